@@ -1,0 +1,283 @@
+"""shoal's user API: apps, futures, object refs, and connecting to a cluster.
+
+>>> import api
+>>> api.init()                                  # doctest: +SKIP
+>>> @api.python_app
+... def square(x):
+...     return x * x
+>>> sum(f.result() for f in [square(i) for i in range(10)])   # doctest: +SKIP
+285
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from api import _errors, _session
+from api._apps import AUTO_LOGNAME, App, bash_app, python_app
+from api._client import Client
+from api._errors import (
+    AppTimeout,
+    BashExitFailure,
+    ConnectionError,
+    DependencyError,
+    ObjectLostError,
+    ResourceUnavailableError,
+    SerializationError,
+    ShoalError,
+    TaskCancelledError,
+    TaskError,
+    WorkerCrashedError,
+)
+from api._futures import AppFuture
+from api._session import ClusterInfo
+from cluster import auth, clusterfile, serialization
+from cluster.protocol import pb, to_dict
+from cluster.serialization import ObjectRef
+
+__all__ = [
+    "AUTO_LOGNAME",
+    "App",
+    "AppFuture",
+    "AppTimeout",
+    "BashExitFailure",
+    "ClusterInfo",
+    "ConnectionError",
+    "DependencyError",
+    "ObjectLostError",
+    "ObjectRef",
+    "ResourceUnavailableError",
+    "SerializationError",
+    "ShoalError",
+    "TaskCancelledError",
+    "TaskError",
+    "WorkerCrashedError",
+    "as_completed",
+    "bash_app",
+    "get",
+    "init",
+    "is_initialized",
+    "put",
+    "python_app",
+    "shutdown",
+    "wait",
+]
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+
+
+def _targets(cf: clusterfile.ClusterFile) -> list[str]:
+    targets = []
+    if cf.unix_socket and cf.host == socket.gethostname() and os.path.exists(cf.unix_socket):
+        targets.append(f"unix:{cf.unix_socket}")
+    targets.append(cf.address)
+    return targets
+
+
+def _job_cluster() -> clusterfile.ClusterFile | None:
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return None
+    try:
+        cf = clusterfile.read(clusterfile.path_for(job))
+    except ValueError:
+        return None
+    return cf if clusterfile.head_alive(cf) else None
+
+
+def _resolve(address: str | None) -> tuple[list[str], str, clusterfile.ClusterFile | None]:
+    if address is None:
+        address = os.environ.get("SHOAL_ADDRESS") or None
+        if address is None:
+            cf = _job_cluster()
+            return (_targets(cf), cf.secret, cf) if cf else ([], "", None)
+    if address == "auto":
+        cf = _job_cluster()
+        if cf is None:
+            found = clusterfile.running()
+            if os.environ.get("SLURM_JOB_ID") or len(found) != 1:
+                where = os.environ.get("SLURM_JOB_ID")
+                listing = ", ".join(f"{c.cluster_id} at {c.address}" for c in found) or "none"
+                scope = f"Slurm job {where}" if where else "this user"
+                raise _errors.ConnectionError(
+                    f'api.init("auto") needs exactly one running cluster for {scope}; found: '
+                    f"{listing} (in {clusterfile.clusters_dir()}). Start one with "
+                    "`clusterctl up`, or pass its address or cluster file.")
+            cf = found[0]
+        return _targets(cf), cf.secret, cf
+    if address.endswith(".json") or os.path.isfile(address):
+        try:
+            cf = clusterfile.read(address)
+        except ValueError as err:
+            raise _errors.ConnectionError(str(err)) from None
+        if cf.state != "up":
+            raise _errors.ConnectionError(
+                f"cluster {cf.cluster_id} in {address} is {cf.state}; start it with "
+                "`clusterctl up`")
+        return _targets(cf), cf.secret, cf
+    if not _HOST_PORT.match(address):
+        raise ValueError(f"api.init(address={address!r}): expected 'host:port', a cluster file "
+                         'path, "auto", or None for a local cluster')
+    cf = clusterfile.find_by_address(address)
+    if cf is not None:
+        return [address], cf.secret, cf
+    secret = os.environ.get(auth.ENV_VAR, "")
+    if not secret:
+        raise _errors.ConnectionError(
+            f"no secret known for the cluster at {address}: no cluster file of yours names that "
+            f"address and ${auth.ENV_VAR} is not set. Pass the cluster file's path instead.")
+    return [address], secret, None
+
+
+def init(address: str | None = None, *, num_cpus: int | None = None,
+         num_gpus: int | None = None, resources: dict[str, float] | None = None,
+         run_dir: str | None = None, timeout: float = 10.0, log_to_driver: bool = True,
+         ignore_reinit_error: bool = False) -> ClusterInfo:
+    """Connect this driver to a cluster, or start a local one.
+
+    ``address``: ``None`` connects to ``$SHOAL_ADDRESS`` or this Slurm job's cluster when
+    there is one, and otherwise starts an embedded local cluster (a head and one daemon
+    with ``num_cpus`` worker slots, default all CPUs) that stops at :func:`shutdown` or
+    exit; ``"host:port"``; the path of a cluster file; or ``"auto"`` (this Slurm job's
+    cluster, else this user's only running one). ``run_dir`` is where per-task files such as
+    :data:`AUTO_LOGNAME` go (default ``./runinfo/NNN``). ``log_to_driver`` prints apps'
+    output here, prefixed with the app, task and node.
+
+    Raises :class:`ConnectionError`, saying what it tried, when the cluster cannot be
+    reached within ``timeout`` seconds.
+
+    >>> api.init()                     # doctest: +SKIP
+    >>> api.init("auto")               # doctest: +SKIP
+    """
+    with _session._lock:
+        current = _session._state["client"]
+        if current is not None and not current.closed:
+            if ignore_reinit_error:
+                return _session._state["info"]
+            raise _errors.ShoalError("api.init() was already called; call api.shutdown() "
+                                     "first, or pass ignore_reinit_error=True")
+        targets, secret, cf = _resolve(address)
+        process = None
+        embedded = not targets
+        log_dir = cf.log_dir if cf else ""
+        if embedded:
+            process, started = _session.start_embedded(num_cpus, num_gpus, resources, timeout)
+            targets = [f"unix:{started['unix_socket']}", started["address"]]
+            secret = started["secret"]
+            log_dir = started.get("log_dir", "")
+        client = Client(targets, secret, log_to_driver=log_to_driver)
+        try:
+            client.connect(timeout)
+        except BaseException:
+            _session.stop_embedded(process)
+            raise
+        info = ClusterInfo(address=client.address.removeprefix("unix:") if not embedded
+                           else targets[-1], cluster_id=client.cluster_id, embedded=embedded,
+                           nodes=[{"name": n.name, **to_dict(n.total)}
+                                  for n in client.nodes.values()], log_dir=log_dir)
+        _session.set_session(client, process, info, run_dir)
+        return info
+
+
+def is_initialized() -> bool:
+    """True while connected to a cluster."""
+    current = _session._state["client"]
+    return current is not None and not current.closed
+
+
+def shutdown() -> None:
+    """Disconnect; an embedded local cluster is stopped. Safe to call twice."""
+    _session.end_session()
+
+
+def put(value: Any) -> ObjectRef:
+    """Store `value` in the cluster and return a reference to pass to apps.
+
+    >>> ref = api.put(list(range(1000)))     # doctest: +SKIP
+    >>> total(ref).result()                  # doctest: +SKIP
+    499500
+    """
+    client = _session.client()
+    if isinstance(value, AppFuture | ObjectRef):
+        raise TypeError("api.put() of a future or ref: pass it to apps directly")
+    object_id = client.new_id()
+    try:
+        data = serialization.dumps(value)
+    except Exception as err:
+        raise SerializationError(f"api.put(): {type(value).__name__} cannot be pickled: "
+                                 f"{err}") from err
+    client.put(object_id, data)
+    return ObjectRef(object_id, client)
+
+
+def _get_refs(refs: list[ObjectRef], timeout: float | None) -> list[Any]:
+    client = _session.client()
+    results = client.get_values([r.id for r in refs], timeout)
+    out = []
+    for result in results:
+        if result.status != pb.OK:
+            raise client.error_for(result, f"object {result.task_id:#x}")
+        out.append(serialization.loads(result.data))
+    return out
+
+
+def get(refs: Any, timeout: float | None = None) -> Any:
+    """The value of a future or ref, or a list of values for a list of them.
+
+    Raises the app's error (e.g. :class:`TaskError`) for a failed task, ``TimeoutError``
+    when ``timeout`` seconds pass first.
+    """
+    if isinstance(refs, AppFuture):
+        return refs.result(timeout)
+    if isinstance(refs, ObjectRef):
+        return _get_refs([refs], timeout)[0]
+    if isinstance(refs, list | tuple):
+        plain = [r for r in refs if isinstance(r, ObjectRef)]
+        fetched = iter(_get_refs(plain, timeout)) if plain else iter(())
+        out = []
+        for r in refs:
+            if isinstance(r, AppFuture):
+                out.append(r.result(timeout))
+            elif isinstance(r, ObjectRef):
+                out.append(next(fetched))
+            else:
+                raise TypeError(f"api.get() takes futures and refs, got {type(r).__name__}")
+        return out
+    raise TypeError(f"api.get() takes a future, a ref or a list of them, got "
+                    f"{type(refs).__name__}")
+
+
+def wait(futures: Iterable[Any], num_returns: int = 1,
+         timeout: float | None = None) -> tuple[list[Any], list[Any]]:
+    """Wait until `num_returns` of `futures` are done (or `timeout`); returns (done, pending).
+
+    Order within each list follows the input. Refs made by :func:`put` count as done.
+    """
+    items = list(futures)
+    if not 0 <= num_returns <= len(items):
+        raise ValueError(f"num_returns must be between 0 and {len(items)}, got {num_returns}")
+    waitable = [f for f in items if isinstance(f, concurrent.futures.Future)]
+    ready_now = len(items) - len(waitable)
+    needed = num_returns - ready_now
+    if needed > 0:
+        pending = [f for f in waitable if not f.done()]
+        already = len(waitable) - len(pending)
+        if already < needed:
+            for _ in concurrent.futures.as_completed(pending, timeout=timeout):
+                already += 1
+                if already >= needed:
+                    break
+    done = [f for f in items if not isinstance(f, concurrent.futures.Future) or f.done()]
+    not_done = [f for f in items if isinstance(f, concurrent.futures.Future) and not f.done()]
+    return done, not_done
+
+
+def as_completed(futures: Iterable[AppFuture],
+                 timeout: float | None = None) -> Iterator[AppFuture]:
+    """Yield futures as they finish (like :func:`concurrent.futures.as_completed`)."""
+    return concurrent.futures.as_completed(list(futures), timeout=timeout)

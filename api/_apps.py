@@ -1,0 +1,281 @@
+"""``@python_app`` and ``@bash_app``: functions whose calls run on the cluster."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import inspect
+import os
+import pickle
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import cloudpickle
+
+from api import _errors, _session
+from api._futures import AppFuture
+from cluster import scheduler, serialization
+from cluster.protocol import fill, pb
+
+
+class _AutoLogname:
+    """Sentinel: ``stdout=api.AUTO_LOGNAME`` names a per-task file under the run directory."""
+
+    _instance: _AutoLogname | None = None
+
+    def __new__(cls) -> _AutoLogname:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "api.AUTO_LOGNAME"
+
+    def __reduce__(self) -> str:
+        return "AUTO_LOGNAME"
+
+
+AUTO_LOGNAME = _AutoLogname()
+
+_SYSTEM_PREFIXES = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                                          sys.exec_prefix)})
+
+
+def _pickle_user_module_by_value(fn: Callable[..., Any]) -> None:
+    """Ship the code of the user's own modules by value, so workers need not import them.
+
+    Functions from installed packages stay pickled by reference (the workers have the same
+    environment); a function from the user's scripts or test files travels with its code.
+    """
+    module_name = getattr(fn, "__module__", None)
+    if not module_name or module_name == "__main__":
+        return
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    if module is None or not path:
+        return
+    real = os.path.realpath(path)
+    if real.startswith(_SYSTEM_PREFIXES) or "site-packages" in real:
+        return
+    if module_name.split(".")[0] in ("api", "cluster"):
+        return
+    try:
+        cloudpickle.register_pickle_by_value(module)
+    except ValueError:
+        pass
+
+
+class App:
+    """A function made into an app. Calling it submits a task and returns an AppFuture."""
+
+    def __init__(self, fn: Callable[..., Any], kind: int, *, num_cpus: float, num_gpus: float,
+                 memory: float, resources: Mapping[str, float] | None, max_retries: int,
+                 walltime: float | None, name: str | None) -> None:
+        if not callable(fn):
+            raise TypeError(f"an app must wrap a function, got {type(fn).__name__}")
+        for label, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
+                             ("memory", memory), ("max_retries", max_retries)):
+            if value is None or value < 0:
+                raise ValueError(f"{label} must be >= 0, got {value!r}")
+        if walltime is not None and walltime <= 0:
+            raise ValueError(f"walltime must be a positive number of seconds, got {walltime!r}")
+        self.fn = fn
+        self.kind = kind
+        self.name = name or getattr(fn, "__name__", "app")
+        self.max_retries = int(max_retries)
+        self.walltime = float(walltime or 0.0)
+        request: dict[str, float] = {}
+        if num_cpus:
+            request["cpus"] = float(num_cpus)
+        if num_gpus:
+            request["gpus"] = float(num_gpus)
+        if memory:
+            request["memory"] = float(memory)
+        for key, value in (resources or {}).items():
+            if key in ("cpus", "gpus", "memory", "CPU", "GPU"):
+                raise ValueError(f"use num_cpus=/num_gpus=/memory= rather than resources[{key!r}]")
+            if value < 0:
+                raise ValueError(f"resource {key!r} must be >= 0, got {value!r}")
+            request[key] = float(value)
+        self.request = request
+        self._resources = fill(pb.Resources(), request)
+        self._blob: bytes | None = None
+        self._fn_id = b""
+        self._lock = threading.Lock()
+        self._signature: inspect.Signature | None = None
+        self._checked_nodes: int = -1
+        functools.update_wrapper(self, fn)
+
+    def _function_blob(self) -> tuple[bytes, bytes]:
+        if self._blob is None:
+            with self._lock:
+                if self._blob is None:
+                    _pickle_user_module_by_value(self.fn)
+                    try:
+                        blob = serialization.dumps_function(self.fn)
+                    except Exception as err:
+                        raise _errors.SerializationError(
+                            f"app {self.name!r} cannot be pickled: {err}") from err
+                    self._fn_id = hashlib.blake2b(blob, digest_size=16).digest()
+                    self._blob = blob
+        return self._blob, self._fn_id
+
+    def _check_fits(self, client: Any) -> None:
+        nodes = client.node_resources()
+        if len(client.nodes) == self._checked_nodes or not nodes:
+            return
+        if not any(scheduler.can_ever_fit(self.request, total) for total in nodes):
+            largest = max(nodes, key=lambda t: (t.get("cpus", 0), t.get("gpus", 0)))
+            raise _errors.ResourceUnavailableError(
+                f"app {self.name!r} asks for {scheduler.describe(self.request)}, but the "
+                f"largest node has {scheduler.describe(largest)}; ask for less or add "
+                "bigger nodes")
+        self._checked_nodes = len(client.nodes)
+
+    def _serialize_args(self, args: tuple, kwargs: dict, deps: list[int]) -> bytes:
+        try:
+            return serialization.dumps((args, kwargs), deps)
+        except Exception as err:
+            for label, value in [*((f"argument {i}", a) for i, a in enumerate(args)),
+                                 *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]:
+                try:
+                    serialization.dumps(value)
+                except Exception as inner:
+                    raise _errors.SerializationError(
+                        f"app {self.name!r}: {label} ({type(value).__name__}) cannot be "
+                        f"pickled: {inner}") from inner
+            raise _errors.SerializationError(
+                f"app {self.name!r}: arguments cannot be pickled: {err}") from err
+
+    def _bash_targets(self, kwargs: dict, task_id: int, run_dir: Any) -> tuple[Any, Any]:
+        if self._signature is None:
+            self._signature = inspect.signature(self.fn)
+        out = []
+        for stream in ("stdout", "stderr"):
+            if stream in kwargs:
+                target = kwargs[stream]
+            else:
+                param = self._signature.parameters.get(stream)
+                target = param.default if param is not None and \
+                    param.default is not inspect.Parameter.empty else None
+            if target is AUTO_LOGNAME:
+                target = run_dir().auto_logname(task_id, self.name, stream)
+                if stream in self._signature.parameters or stream in kwargs:
+                    kwargs[stream] = target
+            elif stream in kwargs and stream not in self._signature.parameters and not any(
+                    p.kind is p.VAR_KEYWORD for p in self._signature.parameters.values()):
+                kwargs.pop(stream)
+            out.append(_normalize_target(target, stream, self.name))
+        return out[0], out[1]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AppFuture:
+        client = _session.client()
+        blob, fn_id = self._function_blob()
+        self._check_fits(client)
+        task_id = client.new_id()
+        stdout = stderr = None
+        if self.kind == pb.BASH:
+            stdout, stderr = self._bash_targets(kwargs, task_id, _session.run_dir)
+        deps: list[int] = []
+        data = self._serialize_args(args, kwargs, deps)
+        spec = pb.TaskSpec(task_id=task_id, fn_id=fn_id, name=self.name, args=data, deps=deps,
+                           resources=self._resources, max_retries=self.max_retries,
+                           walltime=self.walltime, kind=self.kind, cwd=client.cwd)
+        if stdout:
+            spec.stdout, spec.stdout_mode = stdout
+        if stderr:
+            spec.stderr, spec.stderr_mode = stderr
+        future = AppFuture(task_id, self.name, client, stdout[0] if stdout else None,
+                           stderr[0] if stderr else None)
+        client.submit(spec, blob, future)
+        return future
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # An app called inside another app runs the plain function there.
+        return (_plain, (cloudpickle.dumps(self.fn),))
+
+    def __repr__(self) -> str:
+        kind = "bash_app" if self.kind == pb.BASH else "python_app"
+        return f"<{kind} {self.name}>"
+
+
+def _plain(blob: bytes) -> Callable[..., Any]:
+    return pickle.loads(blob)
+
+
+def _normalize_target(target: Any, stream: str, name: str) -> tuple[str, str] | None:
+    if target is None:
+        return None
+    if isinstance(target, str | os.PathLike):
+        return os.path.abspath(os.fspath(target)), "w"
+    if isinstance(target, tuple) and len(target) == 2 and isinstance(target[0], str | os.PathLike):
+        mode = target[1]
+        if mode not in ("w", "a"):
+            raise ValueError(f"bash app {name!r}: {stream} mode must be 'w' or 'a', got {mode!r}")
+        return os.path.abspath(os.fspath(target[0])), mode
+    raise TypeError(f"bash app {name!r}: {stream}= takes a path, (path, mode) or "
+                    f"api.AUTO_LOGNAME, got {target!r}")
+
+
+def _decorator(kind: int, fn: Callable[..., Any] | None, options: dict[str, Any]) -> Any:
+    def wrap(f: Callable[..., Any]) -> App:
+        return App(f, kind, **options)
+
+    if fn is not None:
+        return wrap(fn)
+    return wrap
+
+
+def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
+               num_gpus: float = 0, memory: float = 0,
+               resources: Mapping[str, float] | None = None, max_retries: int = 0,
+               walltime: float | None = None, name: str | None = None) -> Any:
+    """Make a function an app: each call runs it on the cluster and returns an AppFuture.
+
+    Use bare or with options::
+
+        @api.python_app
+        def add(a, b):
+            return a + b
+
+        @api.python_app(num_cpus=2, max_retries=2, walltime=60)
+        def simulate(seed): ...
+
+        total = add(add(1, 2), 3)     # futures as arguments build the DAG
+        total.result()                # 6
+
+    Options: ``num_cpus`` (default 1), ``num_gpus`` (the app sees only its GPUs in
+    ``CUDA_VISIBLE_DEVICES``), ``memory`` (bytes), ``resources`` (custom, e.g.
+    ``{"licence": 1}``), ``max_retries`` (re-run after any failure), ``walltime``
+    (seconds; the app is killed and raises :class:`AppTimeout`).
+    """
+    return _decorator(pb.PYTHON, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
+                                          resources=resources, max_retries=max_retries,
+                                          walltime=walltime, name=name))
+
+
+def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1, num_gpus: float = 0,
+             memory: float = 0, resources: Mapping[str, float] | None = None,
+             max_retries: int = 0, walltime: float | None = None,
+             name: str | None = None) -> Any:
+    """Make a function that returns a command line an app run with ``bash -c`` on a worker.
+
+    ``stdout=``/``stderr=`` (as call keywords or parameter defaults) take a path, a
+    ``(path, mode)`` tuple or :data:`AUTO_LOGNAME`; the future's ``.stdout``/``.stderr``
+    give the paths. A non-zero exit raises :class:`BashExitFailure` (``.exitcode``)::
+
+        @api.bash_app
+        def echo(msg, stdout=api.AUTO_LOGNAME):
+            return f"echo {msg}"
+
+        fut = echo("hello")
+        fut.result()                  # 0
+        open(fut.stdout).read()       # "hello\\n"
+
+    Options as for :func:`python_app`.
+    """
+    return _decorator(pb.BASH, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
+                                        resources=resources, max_retries=max_retries,
+                                        walltime=walltime, name=name))

@@ -1,0 +1,153 @@
+"""The driver's session: which cluster we are connected to, and the embedded one we own."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from api import _errors
+from cluster import auth, clusterfile
+from cluster.workerpool import PACKAGE_ROOT
+
+_lock = threading.RLock()
+_state: dict[str, Any] = {"client": None, "process": None, "run_dir": None, "info": None}
+
+
+@dataclass
+class ClusterInfo:
+    """What :func:`api.init` connected to."""
+
+    address: str
+    cluster_id: str
+    embedded: bool
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    log_dir: str = ""
+
+
+class RunDir:
+    """Parsl-style ``runinfo/NNN`` directory for per-task files, made on first use."""
+
+    def __init__(self, base: str | None) -> None:
+        self.base = os.path.abspath(base or "runinfo")
+        self._path: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        """The run's own directory (created now if needed)."""
+        if self._path is None:
+            with self._lock:
+                if self._path is None:
+                    os.makedirs(self.base, exist_ok=True)
+                    numbers = [int(n) for n in os.listdir(self.base) if n.isdigit()]
+                    number = max(numbers, default=-1) + 1
+                    while True:
+                        path = os.path.join(self.base, f"{number:03d}")
+                        try:
+                            os.makedirs(path)
+                            break
+                        except FileExistsError:
+                            number += 1
+                    self._path = path
+        return self._path
+
+    def auto_logname(self, task_id: int, name: str, stream: str) -> str:
+        """``<run dir>/task_logs/<block>/task_<n>_<name>.<stream>``."""
+        seq = task_id & 0xFFFFFFFFFF
+        folder = os.path.join(self.path, "task_logs", f"{seq // 10000:04d}")
+        return os.path.join(folder, f"task_{seq:04d}_{name}.{stream}")
+
+
+def client() -> Any:
+    """The connected client, or a clear error when init() was not called."""
+    current = _state["client"]
+    if current is None or current.closed:
+        raise _errors.ShoalError("not connected: call api.init() first")
+    return current
+
+
+def run_dir() -> RunDir:
+    """The run directory of this session."""
+    current = _state["run_dir"]
+    if current is None:
+        current = _state["run_dir"] = RunDir(None)
+    return current
+
+
+def start_embedded(num_cpus: int | None, num_gpus: int | None,
+                   resources: dict[str, float] | None, timeout: float) -> tuple[Any, dict]:
+    """Start a head+daemon process beside the driver; it exits when our stdin pipe closes."""
+    secret = auth.new_secret()
+    cluster_id = clusterfile.new_local_id()
+    env = dict(os.environ)
+    env[auth.ENV_VAR] = secret
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if PACKAGE_ROOT not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *parts])
+    cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id", cluster_id,
+           "--watch-stdin"]
+    if num_cpus is not None:
+        cmd += ["--num-cpus", str(int(num_cpus))]
+    if num_gpus is not None:
+        cmd += ["--num-gpus", str(int(num_gpus))]
+    if resources:
+        cmd += ["--resources", json.dumps(resources)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                            start_new_session=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            line = proc.stdout.readline()
+            break
+    if not line:
+        proc.kill()
+        raise _errors.ConnectionError(
+            f"the local cluster did not start within {timeout:g}s (exit code {proc.poll()}); "
+            "see the log files under the temp directory's shoal-<user>/logs")
+    info = json.loads(line)
+    info.update(secret=secret, cluster_id=cluster_id)
+    return proc, info
+
+
+def stop_embedded(proc: Any) -> None:
+    """Close the embedded cluster's stdin and wait for it (killing it after 5 s)."""
+    if proc is None:
+        return
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(2)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def set_session(client_obj: Any, process: Any, info: ClusterInfo, run_base: str | None) -> None:
+    """Record the session (and make sure it is torn down at exit)."""
+    _state.update(client=client_obj, process=process, info=info, run_dir=RunDir(run_base))
+    if not _state.get("atexit"):
+        atexit.register(end_session)
+        _state["atexit"] = True
+
+
+def end_session() -> None:
+    """Disconnect and stop the embedded cluster, if any."""
+    with _lock:
+        current, proc = _state["client"], _state["process"]
+        _state.update(client=None, process=None, info=None)
+    if current is not None:
+        current.close()
+    stop_embedded(proc)

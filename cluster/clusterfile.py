@@ -1,0 +1,130 @@
+"""Cluster files: how drivers and ``clusterctl`` find a running cluster and its secret.
+
+``$SHOAL_HOME/clusters/<id>.json``, mode 0600, written atomically. Everything needed to
+reach, inspect and tear down a cluster is here, so ``clusterctl down`` still works after
+the head has crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cluster import paths
+
+
+@dataclass
+class ClusterFile:
+    """The content of one cluster file."""
+
+    cluster_id: str
+    address: str                      # host:port of the head
+    secret: str
+    state: str = "up"                 # up, down
+    host: str = ""                    # where the head runs
+    head_pid: int = 0
+    unix_socket: str = ""             # for drivers on the head's host
+    runtime_dir: str = ""
+    log_dir: str = ""
+    slurm_job_id: str = ""
+    nodes: list[str] = field(default_factory=list)
+    slurm_jobs: list[str] = field(default_factory=list)
+    slurm_steps: list[str] = field(default_factory=list)
+    created: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        """Where this cluster's file lives."""
+        return path_for(self.cluster_id)
+
+    def save(self) -> str:
+        """Write atomically with mode 0600; returns the path."""
+        return write(self)
+
+
+def clusters_dir() -> str:
+    """The directory of this user's cluster files (0700)."""
+    path = os.path.join(paths.shoal_home(), "clusters")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def path_for(cluster_id: str) -> str:
+    """The cluster file path of `cluster_id`."""
+    return os.path.join(clusters_dir(), f"{cluster_id}.json")
+
+
+def new_local_id() -> str:
+    """An id for a cluster started outside Slurm."""
+    return f"local-{secrets.token_hex(3)}"
+
+
+def write(cf: ClusterFile) -> str:
+    """Write `cf` atomically, readable by the owner only."""
+    path = path_for(cf.cluster_id)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(asdict(cf), f, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def read(path: str) -> ClusterFile:
+    """Load a cluster file; raises ValueError naming the file when it is not one."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        known = {k: v for k, v in data.items() if k in ClusterFile.__dataclass_fields__}
+        return ClusterFile(**known)
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable shoal cluster file: {err}") from err
+
+
+def all_clusters() -> list[ClusterFile]:
+    """Every readable cluster file of this user, newest first."""
+    out = []
+    try:
+        names = os.listdir(clusters_dir())
+    except OSError:
+        return out
+    for name in names:
+        if name.endswith(".json"):
+            try:
+                out.append(read(os.path.join(clusters_dir(), name)))
+            except ValueError:
+                continue
+    out.sort(key=lambda c: c.created, reverse=True)
+    return out
+
+
+def head_alive(cf: ClusterFile) -> bool:
+    """Best effort: False when the head is known dead (its pid is gone on this host)."""
+    if cf.state != "up":
+        return False
+    if cf.head_pid and cf.host == socket.gethostname():
+        try:
+            os.kill(cf.head_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+    return True
+
+
+def running() -> list[ClusterFile]:
+    """This user's clusters that are up and whose head is not known dead."""
+    return [c for c in all_clusters() if head_alive(c)]
+
+
+def find_by_address(address: str) -> ClusterFile | None:
+    """The running cluster file whose head is at `address`, if any."""
+    for cf in running():
+        if cf.address == address:
+            return cf
+    return None

@@ -1,0 +1,300 @@
+"""The per-node daemon: takes batches of tasks from the head, runs them on its workers.
+
+The daemon holds the tasks the head assigned to it in a FIFO, starts each on an idle worker
+once the node's resources allow (GPUs handed out by id through CUDA_VISIBLE_DEVICES),
+enforces walltimes by killing the worker's process group, replaces dead workers, and sends
+results and print output back in batches: at most one message per event-loop turn.
+
+It talks to the head through a *link* (:class:`cluster.headlink.GrpcHeadLink` over the
+network, or an in-process link when head and daemon share a process), so this module has
+no networking of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from cluster.protocol import pb, to_dict
+from cluster.workerpool import WorkerHandle, worker_env
+
+log = logging.getLogger("shoal.daemon")
+_EPS = 1e-9
+
+
+class HeadLink(Protocol):
+    """How a daemon sends to the head."""
+
+    def send(self, message: pb.NodeToHead) -> None: ...
+
+
+@dataclass(slots=True)
+class _Task:
+    spec: pb.TaskSpec
+    request: dict[str, float]
+    gpu_ids: list[int] = field(default_factory=list)
+    started: float = 0.0
+    timer: asyncio.TimerHandle | None = None
+
+
+class Daemon:
+    """Runs tasks on one node's worker processes."""
+
+    def __init__(
+        self,
+        name: str,
+        total: dict[str, float],
+        log_dir: str,
+        num_workers: int | None = None,
+        gpu_ids: list[int] | None = None,
+    ) -> None:
+        self.name = name
+        self.total = dict(total)
+        self.free = dict(total)
+        self.log_dir = log_dir
+        cpus = int(total.get("cpus", 1))
+        self.num_workers = num_workers if num_workers is not None else max(1, cpus)
+        self.max_workers = max(self.num_workers, 4 * max(cpus, 1))
+        self.free_gpus: list[int] = list(gpu_ids if gpu_ids is not None
+                                         else range(int(total.get("gpus", 0))))
+        self.link: HeadLink | None = None
+        self.node_id = 0
+        self.queue: deque[_Task] = deque()
+        self.workers: list[WorkerHandle] = []
+        self.idle: deque[WorkerHandle] = deque()
+        self.functions: dict[bytes, bytes] = {}
+        self.done = 0
+        self.stopping = False
+        self.on_stop: Callable[[], None] | None = None
+        self._results: list[pb.TaskResult] = []
+        self._logs: list[pb.LogLine] = []
+        self._flush_pending = False
+        self._starting = 0
+        self._env = worker_env(log_dir)
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn the initial workers (they connect while the head link comes up)."""
+        self._loop = asyncio.get_running_loop()
+        os.makedirs(self.log_dir, exist_ok=True)
+        await asyncio.gather(*(self._spawn() for _ in range(self.num_workers)))
+
+    async def _spawn(self) -> None:
+        worker = WorkerHandle(len(self.workers), self._on_worker_message, self._on_worker_lost)
+        self.workers.append(worker)
+        self._starting += 1
+        try:
+            await worker.start(self._env)
+        except Exception:
+            log.exception("could not start a worker")
+            self.workers.remove(worker)
+            self._starting -= 1
+
+    def stop(self) -> None:
+        """Stop every worker (running tasks are killed) and tell the owner."""
+        if self.stopping:
+            return
+        self.stopping = True
+        for worker in self.workers:
+            if worker.task is not None:
+                worker.kill()
+            else:
+                worker.stop()
+        loop = self._loop or asyncio.get_event_loop()
+        loop.call_later(1.0, self._kill_all)
+        if self.on_stop is not None:
+            self.on_stop()
+
+    def _kill_all(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+
+    def stats(self) -> tuple[int, int, int]:
+        """(running, queued, workers)."""
+        running = sum(1 for w in self.workers if w.task is not None)
+        return running, len(self.queue), len(self.workers)
+
+    # ---- from the head ---------------------------------------------------------------
+    def on_head_message(self, message: pb.HeadToNode) -> None:
+        """Handle one batch from the head."""
+        if message.node_id:
+            self.node_id = message.node_id
+        for spec in message.tasks:
+            if spec.fn_blob:
+                self.functions[spec.fn_id] = spec.fn_blob
+            self.queue.append(_Task(spec, to_dict(spec.resources)))
+        for task_id in message.cancel:
+            self._cancel(task_id)
+        if message.shutdown:
+            self.stop()
+            return
+        self._pump()
+
+    def _cancel(self, task_id: int) -> None:
+        for task in list(self.queue):
+            if task.spec.task_id == task_id:
+                self.queue.remove(task)
+                self._report(task.spec, pb.CANCELLED, b"", "cancelled", 0.0)
+                return
+        for worker in self.workers:
+            if worker.task is not None and worker.task.spec.task_id == task_id:
+                worker.kill()
+
+    # ---- scheduling onto workers -------------------------------------------------------
+    def _fits(self, request: dict[str, float]) -> bool:
+        free = self.free
+        for key, amount in request.items():
+            if free.get(key, 0.0) + _EPS < amount:
+                return False
+        return True
+
+    def _pump(self) -> None:
+        if self.stopping:
+            return
+        queue, idle = self.queue, self.idle
+        while queue:
+            task = queue[0]
+            if not self._fits(task.request):
+                return
+            if not idle:
+                # All workers busy but resources free (fractional or zero-cpu tasks): grow.
+                if self._starting == 0 and len(self.workers) < self.max_workers:
+                    asyncio.ensure_future(self._spawn())
+                return
+            worker = idle.popleft()
+            queue.popleft()
+            self._start(worker, task)
+
+    def _start(self, worker: WorkerHandle, task: _Task) -> None:
+        spec = task.spec
+        free = self.free
+        for key, amount in task.request.items():
+            free[key] = free.get(key, 0.0) - amount
+        gpus = None
+        want = int(task.request.get("gpus", 0) + 0.999)
+        if want:
+            task.gpu_ids = [self.free_gpus.pop(0) for _ in range(min(want, len(self.free_gpus)))]
+            gpus = ",".join(str(g) for g in task.gpu_ids)
+        if spec.fn_id not in worker.functions:
+            blob = self.functions.get(spec.fn_id)
+            if blob is None:
+                self._report(spec, pb.CANCELLED, b"",
+                             "the app's function never reached this node", 0.0)
+                self._release(task)
+                self.idle.append(worker)
+                return
+            worker.send(("fn", spec.fn_id, blob))
+            worker.functions.add(spec.fn_id)
+        deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
+        stdout = (spec.stdout, spec.stdout_mode) if spec.stdout else None
+        stderr = (spec.stderr, spec.stderr_mode) if spec.stderr else None
+        worker.task = task
+        worker.timed_out = False
+        task.started = time.perf_counter()
+        worker.send(("run", spec.task_id, spec.fn_id, spec.kind, spec.name, spec.args, deps,
+                     gpus, stdout, stderr, spec.cwd))
+        if spec.walltime > 0:
+            loop = self._loop or asyncio.get_event_loop()
+            task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)
+
+    def _walltime(self, worker: WorkerHandle, task: _Task) -> None:
+        if worker.task is task:
+            worker.timed_out = True
+            worker.kill()
+
+    def _release(self, task: _Task) -> None:
+        free = self.free
+        for key, amount in task.request.items():
+            free[key] = free.get(key, 0.0) + amount
+        if task.gpu_ids:
+            self.free_gpus.extend(task.gpu_ids)
+            self.free_gpus.sort()
+            task.gpu_ids = []
+        if task.timer is not None:
+            task.timer.cancel()
+            task.timer = None
+
+    # ---- from workers ----------------------------------------------------------------
+    def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
+        kind = message[0]
+        if kind == "done":
+            _, task_id, status, data, seconds, text = message
+            task = worker.task
+            worker.task = None
+            if task is not None:
+                self._release(task)
+                self._report(task.spec, status, data, text, seconds)
+            self.done += 1
+            if not worker.closing:
+                self.idle.append(worker)
+            self._pump()
+        elif kind == "log":
+            _, task_id, name, text, is_stderr = message
+            self._logs.append(pb.LogLine(task_id=task_id, name=name, node=self.name, text=text,
+                                         stderr=is_stderr))
+            self._schedule_flush()
+        elif kind == "ready":
+            self._starting -= 1
+            worker.ready = True
+            self.idle.append(worker)
+            self._pump()
+
+    def _on_worker_lost(self, worker: WorkerHandle) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        if not worker.ready:
+            self._starting -= 1
+        task = worker.task
+        worker.task = None
+        if task is not None:
+            self._release(task)
+            code = worker.proc.returncode if worker.proc is not None else None
+            if worker.timed_out:
+                self._report(task.spec, pb.TIMEOUT, b"",
+                             f"walltime of {task.spec.walltime:g}s exceeded; the app was killed",
+                             time.perf_counter() - task.started)
+            else:
+                self._report(task.spec, pb.WORKER_CRASHED, b"",
+                             f"worker process {worker.pid} on {self.name} died "
+                             f"(exit code {code}) while running the task",
+                             time.perf_counter() - task.started)
+        if not self.stopping:
+            if len(self.workers) < self.num_workers:
+                asyncio.ensure_future(self._spawn())
+            self._pump()
+
+    # ---- to the head -----------------------------------------------------------------
+    def _report(self, spec: pb.TaskSpec, status: int, data: bytes, message: str,
+                seconds: float) -> None:
+        self._results.append(pb.TaskResult(task_id=spec.task_id, status=status, data=data,
+                                           node=self.name, attempt=spec.attempt,
+                                           run_seconds=seconds, message=message))
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            loop = self._loop or asyncio.get_event_loop()
+            loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        if not (self._results or self._logs) or self.link is None:
+            return
+        message = pb.NodeToHead(results=self._results, logs=self._logs)
+        self._results, self._logs = [], []
+        self.link.send(message)
+
+    def heartbeat(self) -> pb.Heartbeat:
+        """Current load, for the head's node table."""
+        running, queued, workers = self.stats()
+        return pb.Heartbeat(running=running, queued=queued, workers=workers)

@@ -1,0 +1,516 @@
+"""The head's state machine: node table, task table, dependency tracking, objects, dispatch.
+
+Everything here runs on one asyncio loop and does no I/O itself: connections (gRPC streams
+or an in-process link, see :mod:`cluster.headserver`) hand it messages and it hands them
+messages back through ``conn.send``. Placement is delegated to the pure functions of
+:mod:`cluster.scheduler`.
+
+Object ids are task ids (a task's result) or put ids; both are made by the driver as
+``driver_id << 40 | sequence``, so the head can route a task's logs and results to its
+driver without a lookup. Values live here, reference counted: the driver's handle counts
+one, every not-yet-finished task that depends on it counts one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cluster import scheduler
+from cluster.protocol import fill, pb, to_dict
+
+log = logging.getLogger("shoal.head")
+
+DRIVER_SHIFT = 40
+RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
+
+
+class Conn(Protocol):
+    """A connection the head can send batches on."""
+
+    def send(self, message: object) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class _Task:
+    spec: pb.TaskSpec
+    request: dict[str, float]
+    shape: bytes
+    pending: int = 0
+    node_id: int = 0
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class _Value:
+    status: int
+    data: bytes
+    message: str = ""
+
+
+@dataclass(slots=True)
+class _Node:
+    node_id: int
+    name: str
+    address: str
+    pid: int
+    conn: Conn
+    view: scheduler.NodeView
+    running: dict[int, _Task] = field(default_factory=dict)
+    functions: set[bytes] = field(default_factory=set)
+    outbox: list[pb.TaskSpec] = field(default_factory=list)
+    mean_seconds: float | None = None
+    alive: bool = True
+    last_seen: float = field(default_factory=time.monotonic)
+    heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
+    done: int = 0
+    remote: bool = True
+
+
+@dataclass(slots=True)
+class _Driver:
+    driver_id: int
+    conn: Conn
+    hostname: str = ""
+    pid: int = 0
+    refs: dict[int, int] = field(default_factory=dict)
+    results: list[pb.TaskResult] = field(default_factory=list)
+    logs: list[pb.LogLine] = field(default_factory=list)
+    replies: list[pb.GetReply] = field(default_factory=list)
+    nodes: list[pb.NodeInfo] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Get:
+    driver: _Driver
+    request_id: int
+    ids: list[int]
+    missing: int
+
+
+class Head:
+    """Cluster state and the rules that move tasks through it."""
+
+    def __init__(self, cluster_id: str, node_timeout: float = 10.0) -> None:
+        self.cluster_id = cluster_id
+        self.node_timeout = node_timeout
+        self.started = time.time()
+        self.nodes: dict[int, _Node] = {}
+        self.drivers: dict[int, _Driver] = {}
+        self.tasks: dict[int, _Task] = {}
+        self.ready: dict[bytes, deque[_Task]] = {}
+        self.waiters: dict[int, list[_Task]] = {}
+        self.values: dict[int, _Value] = {}
+        self.refs: dict[int, int] = {}
+        self.functions: dict[bytes, bytes] = {}
+        self.gets: dict[int, list[_Get]] = {}
+        self.done = 0
+        self.failed = 0
+        self.on_shutdown: Callable[[], None] | None = None
+        self._next_node = 1
+        self._next_driver = 1
+        self._flush_pending = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- helpers ---------------------------------------------------------------------
+    def _soon(self) -> None:
+        if not self._flush_pending:
+            self._flush_pending = True
+            (self._loop or asyncio.get_event_loop()).call_soon(self._flush)
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the loop and start the node liveness check."""
+        self._loop = loop
+        loop.call_later(1.0, self._check_nodes)
+
+    def _incref(self, object_id: int) -> None:
+        self.refs[object_id] = self.refs.get(object_id, 0) + 1
+
+    def _decref(self, object_id: int) -> None:
+        count = self.refs.get(object_id, 0) - 1
+        if count > 0:
+            self.refs[object_id] = count
+        else:
+            self.refs.pop(object_id, None)
+            self.values.pop(object_id, None)
+
+    def node_info(self, node: _Node) -> pb.NodeInfo:
+        """The node as the protocol describes it."""
+        info = pb.NodeInfo(node_id=node.node_id, name=node.name, address=node.address,
+                           state="alive" if node.alive else "dead", pid=node.pid,
+                           running=len(node.running), queued=node.heartbeat.queued,
+                           workers=node.heartbeat.workers, done=node.done)
+        fill(info.total, node.view.total)
+        fill(info.used, {k: v for k, v in node.view.used.items() if v > 1e-9})
+        return info
+
+    def _broadcast_node(self, node: _Node) -> None:
+        info = self.node_info(node)
+        for driver in self.drivers.values():
+            driver.nodes.append(info)
+        self._soon()
+
+    # ---- nodes -------------------------------------------------------------------------
+    def node_joined(self, conn: Conn, register: pb.Register, remote: bool = True) -> _Node:
+        """A daemon registered: add it to the table and tell it its id.
+
+        `remote` nodes must heartbeat; an in-process daemon cannot go silent on its own.
+        """
+        node_id = self._next_node
+        self._next_node += 1
+        total = to_dict(register.total)
+        node = _Node(node_id, register.name, register.address, register.pid, conn,
+                     scheduler.NodeView(node_id, total, {}, scheduler.queue_factor(None)),
+                     remote=remote)
+        self.nodes[node_id] = node
+        conn.send(pb.HeadToNode(node_id=node_id))
+        log.info("node %s joined as %d: %s", node.name, node_id, scheduler.describe(total))
+        self._broadcast_node(node)
+        self._soon()
+        return node
+
+    def node_lost(self, node: _Node, reason: str) -> None:
+        """A daemon went away: retry or fail what ran there."""
+        if not node.alive:
+            return
+        node.alive = False
+        node.view.schedulable = False
+        log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
+        running = list(node.running.values())
+        node.running.clear()
+        for task in running:
+            result = pb.TaskResult(task_id=task.spec.task_id, status=pb.NODE_LOST,
+                                   node=node.name, attempt=task.spec.attempt,
+                                   message=f"node {node.name} was lost ({reason})")
+            self._task_failed(task, result)
+        self._broadcast_node(node)
+        self._fail_unschedulable()
+        self._soon()
+
+    def on_node_message(self, node: _Node, message: pb.NodeToHead) -> None:
+        """One batch from a daemon."""
+        node.last_seen = time.monotonic()
+        if message.HasField("heartbeat"):
+            node.heartbeat = message.heartbeat
+        for result in message.results:
+            task = node.running.pop(result.task_id, None)
+            if task is None:
+                continue
+            used = node.view.used
+            for key, amount in task.request.items():
+                used[key] = used.get(key, 0.0) - amount
+            node.done += 1
+            mean = node.mean_seconds
+            seconds = result.run_seconds
+            node.mean_seconds = seconds if mean is None else 0.8 * mean + 0.2 * seconds
+            node.view.factor = scheduler.queue_factor(node.mean_seconds)
+            if result.status == pb.OK:
+                self._task_done(task, result)
+            else:
+                self._task_failed(task, result)
+        if message.logs:
+            drivers = self.drivers
+            for line in message.logs:
+                driver = drivers.get(line.task_id >> DRIVER_SHIFT)
+                if driver is not None:
+                    driver.logs.append(line)
+        self._soon()
+
+    def _check_nodes(self) -> None:
+        now = time.monotonic()
+        for node in list(self.nodes.values()):
+            if node.alive and node.remote and now - node.last_seen > self.node_timeout:
+                self.node_lost(node, f"no heartbeat for {self.node_timeout:g}s")
+        if self._loop is not None:
+            self._loop.call_later(1.0, self._check_nodes)
+
+    # ---- drivers -----------------------------------------------------------------------
+    def driver_joined(self, conn: Conn, hello: pb.DriverHello) -> _Driver:
+        """A driver connected: give it an id and the node table."""
+        driver = _Driver(self._next_driver, conn, hello.hostname, hello.pid)
+        self._next_driver += 1
+        self.drivers[driver.driver_id] = driver
+        welcome = pb.Welcome(driver_id=driver.driver_id, cluster_id=self.cluster_id,
+                             nodes=[self.node_info(n) for n in self.nodes.values()])
+        conn.send(pb.HeadToDriver(welcome=welcome))
+        log.info("driver %d joined from %s pid %d", driver.driver_id, hello.hostname, hello.pid)
+        return driver
+
+    def driver_left(self, driver: _Driver) -> None:
+        """A driver disconnected: drop its queued tasks and its references."""
+        if self.drivers.pop(driver.driver_id, None) is None:
+            return
+        log.info("driver %d left", driver.driver_id)
+        for key, queue in list(self.ready.items()):
+            kept = deque(t for t in queue if t.spec.task_id >> DRIVER_SHIFT != driver.driver_id)
+            for task in queue:
+                if task.spec.task_id >> DRIVER_SHIFT == driver.driver_id:
+                    self.tasks.pop(task.spec.task_id, None)
+                    for dep in task.spec.deps:
+                        self._decref(dep)
+            if kept:
+                self.ready[key] = kept
+            else:
+                del self.ready[key]
+        for object_id, count in driver.refs.items():
+            for _ in range(count):
+                self._decref(object_id)
+        driver.refs.clear()
+
+    def on_driver_message(self, driver: _Driver, message: pb.DriverToHead) -> None:
+        """One batch from a driver: puts, submissions, releases, gets (in that order)."""
+        for value in message.put:
+            self.values[value.id] = _Value(pb.OK, value.data)
+            self._incref(value.id)
+            driver.refs[value.id] = driver.refs.get(value.id, 0) + 1
+            self._wake_gets(value.id)
+        for spec in message.submit:
+            self._submit(driver, spec)
+        for object_id in message.release:
+            held = driver.refs.get(object_id, 0)
+            if held:
+                if held == 1:
+                    del driver.refs[object_id]
+                else:
+                    driver.refs[object_id] = held - 1
+                self._decref(object_id)
+        for request in message.get:
+            self._get(driver, request)
+        self._soon()
+
+    def _get(self, driver: _Driver, request: pb.GetRequest) -> None:
+        missing = 0
+        pending = _Get(driver, request.request_id, list(request.ids), 0)
+        for object_id in request.ids:
+            if object_id not in self.values and object_id in self.tasks:
+                missing += 1
+                self.gets.setdefault(object_id, []).append(pending)
+        pending.missing = missing
+        if missing == 0:
+            self._reply(pending)
+
+    def _reply(self, pending: _Get) -> None:
+        reply = pb.GetReply(request_id=pending.request_id)
+        for object_id in pending.ids:
+            value = self.values.get(object_id)
+            if value is None:
+                reply.values.add(task_id=object_id, status=pb.OBJECT_LOST,
+                                 message=f"object {object_id:#x} is not held by the cluster "
+                                         "(released, or never created)")
+            else:
+                reply.values.add(task_id=object_id, status=value.status, data=value.data,
+                                 message=value.message)
+        pending.driver.replies.append(reply)
+
+    def _wake_gets(self, object_id: int) -> None:
+        waiting = self.gets.pop(object_id, None)
+        if waiting:
+            for pending in waiting:
+                pending.missing -= 1
+                if pending.missing == 0:
+                    self._reply(pending)
+
+    # ---- tasks -------------------------------------------------------------------------
+    def _submit(self, driver: _Driver, spec: pb.TaskSpec) -> None:
+        if spec.fn_blob:
+            self.functions[spec.fn_id] = spec.fn_blob
+            spec.ClearField("fn_blob")
+        task_id = spec.task_id
+        request = to_dict(spec.resources)
+        task = _Task(spec, request, spec.resources.SerializeToString())
+        self._incref(task_id)
+        driver.refs[task_id] = driver.refs.get(task_id, 0) + 1
+        self.tasks[task_id] = task
+        failed_dep: tuple[int, _Value] | None = None
+        pending = 0
+        for dep in spec.deps:
+            self._incref(dep)
+            value = self.values.get(dep)
+            if value is not None:
+                if value.status != pb.OK and failed_dep is None:
+                    failed_dep = (dep, value)
+            elif dep in self.tasks:
+                pending += 1
+                self.waiters.setdefault(dep, []).append(task)
+            elif failed_dep is None:
+                failed_dep = (dep, _Value(pb.OBJECT_LOST, b"", "released or never created"))
+        if spec.fn_id not in self.functions:
+            self._fail(task, pb.CANCELLED, "the app's function body was never sent to the head")
+            return
+        if failed_dep is not None:
+            self._fail_dependency(task, failed_dep[0], failed_dep[1])
+            return
+        reason = self._infeasible(request)
+        if reason:
+            self._fail(task, pb.UNSCHEDULABLE, reason)
+            return
+        task.pending = pending
+        if pending == 0:
+            self._make_ready(task)
+
+    def _infeasible(self, request: dict[str, float]) -> str:
+        alive = [n.view for n in self.nodes.values() if n.alive]
+        if not alive:
+            return ""  # nodes may still join; the task waits
+        if any(scheduler.can_ever_fit(request, v.total) for v in alive):
+            return ""
+        return (f"no node can ever run this task: it asks for {scheduler.describe(request)}, "
+                f"the largest node has {scheduler.describe(scheduler.largest_node(alive))}")
+
+    def _fail_unschedulable(self) -> None:
+        for key, queue in list(self.ready.items()):
+            if queue and self._infeasible(queue[0].request):
+                reason = self._infeasible(queue[0].request)
+                del self.ready[key]
+                for task in queue:
+                    self._fail(task, pb.UNSCHEDULABLE, reason)
+
+    def _make_ready(self, task: _Task) -> None:
+        queue = self.ready.get(task.shape)
+        if queue is None:
+            queue = self.ready[task.shape] = deque()
+        queue.append(task)
+
+    def _task_done(self, task: _Task, result: pb.TaskResult) -> None:
+        task_id = task.spec.task_id
+        self.tasks.pop(task_id, None)
+        self.done += 1
+        if self.refs.get(task_id, 0) > 0:
+            self.values[task_id] = _Value(pb.OK, result.data)
+        for dep in task.spec.deps:
+            self._decref(dep)
+        driver = self.drivers.get(task_id >> DRIVER_SHIFT)
+        if driver is not None:
+            driver.results.append(result)
+        waiting = self.waiters.pop(task_id, None)
+        if waiting:
+            for dependent in waiting:
+                dependent.pending -= 1
+                if dependent.pending == 0 and dependent.spec.task_id in self.tasks:
+                    self._make_ready(dependent)
+        self._wake_gets(task_id)
+
+    def _task_failed(self, task: _Task, result: pb.TaskResult) -> None:
+        if result.status in RETRIABLE and task.attempts < task.spec.max_retries:
+            task.attempts += 1
+            task.spec.attempt = task.attempts
+            log.info("retrying task %#x (%s), attempt %d: %s", task.spec.task_id,
+                     task.spec.name, task.attempts, result.message)
+            self._make_ready(task)
+            return
+        self._finish_failed(task, result)
+
+    def _fail(self, task: _Task, status: int, message: str) -> None:
+        result = pb.TaskResult(task_id=task.spec.task_id, status=status, message=message,
+                               attempt=task.spec.attempt)
+        self._finish_failed(task, result)
+
+    def _finish_failed(self, task: _Task, result: pb.TaskResult) -> None:
+        task_id = task.spec.task_id
+        if self.tasks.pop(task_id, None) is None:
+            return
+        self.failed += 1
+        value = _Value(result.status, result.data, result.message)
+        if self.refs.get(task_id, 0) > 0:
+            self.values[task_id] = value
+        for dep in task.spec.deps:
+            self._decref(dep)
+        driver = self.drivers.get(task_id >> DRIVER_SHIFT)
+        if driver is not None:
+            driver.results.append(result)
+        for dependent in self.waiters.pop(task_id, ()):
+            self._fail_dependency(dependent, task_id, value, task.spec.name)
+        self._wake_gets(task_id)
+
+    def _fail_dependency(self, task: _Task, dep: int, value: _Value, name: str = "") -> None:
+        label = f"{name} " if name else ""
+        status = pb.Status.Name(value.status)
+        message = (f"dependency {label}(task {dep:#x}) failed with {status}: "
+                   f"{value.message or 'see its future for details'}")
+        result = pb.TaskResult(task_id=task.spec.task_id, status=pb.DEPENDENCY_FAILED,
+                               message=message, data=value.data if value.status == pb.APP_ERROR
+                               else b"")
+        self._finish_failed(task, result)
+
+    # ---- dispatch ----------------------------------------------------------------------
+    def _schedule(self) -> None:
+        if not self.ready:
+            return
+        views = [n.view for n in self.nodes.values() if n.alive]
+        if not views:
+            return
+        nodes = self.nodes
+        place = scheduler.place
+        for key in list(self.ready):
+            queue = self.ready[key]
+            while queue:
+                task = queue[0]
+                node_id = place(task.request, views)
+                if node_id is None:
+                    break
+                queue.popleft()
+                self._assign(task, nodes[node_id])
+            if not queue:
+                del self.ready[key]
+
+    def _assign(self, task: _Task, node: _Node) -> None:
+        used = node.view.used
+        for key, amount in task.request.items():
+            used[key] = used.get(key, 0.0) + amount
+        spec = task.spec
+        task.node_id = node.node_id
+        node.running[spec.task_id] = task
+        out = pb.TaskSpec()
+        out.CopyFrom(spec)
+        if spec.fn_id not in node.functions:
+            out.fn_blob = self.functions[spec.fn_id]
+            node.functions.add(spec.fn_id)
+        if spec.deps:
+            values = self.values
+            seen: set[int] = set()
+            for dep in spec.deps:
+                if dep not in seen:
+                    seen.add(dep)
+                    out.dep_values.add(id=dep, data=values[dep].data)
+        node.outbox.append(out)
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._schedule()
+        for node in self.nodes.values():
+            if node.outbox:
+                node.conn.send(pb.HeadToNode(tasks=node.outbox))
+                node.outbox = []
+        for driver in self.drivers.values():
+            if driver.results or driver.logs or driver.replies or driver.nodes:
+                driver.conn.send(pb.HeadToDriver(results=driver.results, logs=driver.logs,
+                                                 replies=driver.replies, nodes=driver.nodes))
+                driver.results, driver.logs, driver.replies, driver.nodes = [], [], [], []
+
+    # ---- status and shutdown -------------------------------------------------------------
+    def status(self) -> pb.StatusReply:
+        """A snapshot for `clusterctl status`."""
+        running = sum(len(n.running) for n in self.nodes.values())
+        return pb.StatusReply(
+            cluster_id=self.cluster_id,
+            nodes=[self.node_info(n) for n in self.nodes.values()],
+            tasks_queued=len(self.tasks) - running, tasks_running=running,
+            tasks_done=self.done, tasks_failed=self.failed, drivers=len(self.drivers),
+            objects=len(self.values), object_bytes=sum(len(v.data) for v in self.values.values()),
+            uptime=time.time() - self.started, head_pid=os.getpid())
+
+    def shutdown(self) -> None:
+        """Tell every daemon to stop, then whoever owns the head."""
+        for node in self.nodes.values():
+            if node.alive:
+                node.conn.send(pb.HeadToNode(shutdown=True))
+        if self.on_shutdown is not None:
+            self.on_shutdown()

@@ -1,0 +1,189 @@
+"""Process entry point: ``python -m cluster.node`` runs a head, a daemon, or both.
+
+- ``--head --daemon``: a whole local cluster in one process (the head and this host's
+  daemon share an event loop and talk without serialization), used by ``api.init()`` and
+  ``clusterctl up`` outside Slurm;
+- ``--head``: the head alone (Slurm: on the allocation's first node);
+- ``--daemon --head-address HOST:PORT``: one node's daemon joining a head.
+
+The cluster secret comes from the ``SHOAL_SECRET`` environment variable, never argv. Once
+serving, the process prints one JSON line on stdout (address, port, pid) and, with
+``--watch-stdin``, stops when its stdin closes (its parent, the driver, is gone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from cluster import auth, clusterfile, paths
+
+log = logging.getLogger("shoal.node")
+
+
+def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
+    """This host's resources, overridden by the command line."""
+    import psutil
+
+    cpus = ns.num_cpus if ns.num_cpus is not None else len(os.sched_getaffinity(0))
+    total: dict[str, float] = {"cpus": float(cpus)}
+    gpus = ns.num_gpus
+    if gpus is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        gpus = len([g for g in visible.split(",") if g.strip()]) if visible else 0
+    if gpus:
+        total["gpus"] = float(gpus)
+    total["memory"] = float(ns.memory if ns.memory is not None
+                            else psutil.virtual_memory().total)
+    if ns.resources:
+        for key, value in json.loads(ns.resources).items():
+            total[key] = float(value)
+    return total
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m cluster.node", description=__doc__)
+    parser.add_argument("--head", action="store_true")
+    parser.add_argument("--daemon", action="store_true")
+    parser.add_argument("--cluster-id", required=True)
+    parser.add_argument("--head-address", default="")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind and advertise")
+    parser.add_argument("--node-name", default="")
+    parser.add_argument("--num-cpus", type=int, default=None)
+    parser.add_argument("--num-gpus", type=int, default=None)
+    parser.add_argument("--memory", type=float, default=None)
+    parser.add_argument("--resources", default="", help="JSON object of custom resources")
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--log-dir", default="")
+    parser.add_argument("--write-cluster-file", action="store_true")
+    parser.add_argument("--watch-stdin", action="store_true")
+    parser.add_argument("--head-timeout", type=float, default=30.0)
+    parser.add_argument("--node-timeout", type=float, default=10.0)
+    return parser.parse_args(argv)
+
+
+async def serve(ns: argparse.Namespace, secret: str) -> None:
+    """Run what `ns` asks for until shutdown."""
+    from cluster.daemon import Daemon
+    from cluster.head import Head
+    from cluster.headserver import LocalConn, start_server
+    from cluster.protocol import fill, pb
+
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
+    node_name = ns.node_name or socket.gethostname()
+    server = None
+    head = None
+    daemon = None
+    port = 0
+    unix_path = ""
+
+    def stop() -> None:
+        if head is not None:
+            head.shutdown()
+        elif daemon is not None:
+            daemon.stop()
+        loop.call_later(1.5, done.set)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+    if ns.daemon:
+        total = detect_resources(ns)
+        daemon = Daemon(node_name, total, os.path.join(log_dir, "tasks"), ns.num_workers)
+        daemon.on_stop = lambda: loop.call_later(1.2, done.set)
+        workers_started = asyncio.ensure_future(daemon.start())
+
+    runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else node_name)
+    if ns.head:
+        head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
+        head.attach_loop(loop)
+        head.on_shutdown = lambda: loop.call_later(1.2, done.set)
+        unix_path = os.path.join(runtime, "head.sock")
+        server, port = await start_server(head, secret, ns.host, unix_path)
+        if daemon is not None:
+            register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid())
+            fill(register.total, daemon.total)
+            node_conn = LocalConn(daemon.on_head_message)
+            node = head.node_joined(node_conn, register, remote=False)
+            daemon.link = LocalConn(lambda m: head.on_node_message(node, m))
+            daemon.node_id = node.node_id
+    elif daemon is not None:
+        from cluster.headlink import GrpcHeadLink
+
+        register = pb.Register(name=node_name, address=ns.host, pid=os.getpid())
+        fill(register.total, daemon.total)
+        link = GrpcHeadLink(daemon, ns.head_address, secret, register, ns.head_timeout)
+        daemon.link = link
+        asyncio.ensure_future(link.run())
+
+    address = f"{ns.host}:{port}" if port else ""
+    if ns.write_cluster_file and head is not None:
+        clusterfile.write(clusterfile.ClusterFile(
+            cluster_id=ns.cluster_id, address=address, secret=secret,
+            host=socket.gethostname(), head_pid=os.getpid(), unix_socket=unix_path,
+            runtime_dir=runtime, log_dir=log_dir, created=time.time(),
+            slurm_job_id=os.environ.get("SLURM_JOB_ID", "")))
+    print(json.dumps({"address": address, "unix_socket": unix_path, "pid": os.getpid(),
+                      "log_dir": log_dir}), flush=True)
+    if ns.watch_stdin:
+        def on_stdin() -> None:
+            try:
+                data = os.read(0, 4096)
+            except OSError:
+                data = b""
+            if not data:
+                loop.remove_reader(0)
+                stop()
+        loop.add_reader(0, on_stdin)
+
+    if daemon is not None:
+        await workers_started
+    await done.wait()
+    if daemon is not None:
+        daemon.stop()
+        await asyncio.sleep(0.05)
+    if server is not None:
+        await server.stop(0.2)
+    import shutil
+    shutil.rmtree(runtime, ignore_errors=True)
+    if ns.write_cluster_file and head is not None:
+        try:
+            cf = clusterfile.read(clusterfile.path_for(ns.cluster_id))
+            if cf.head_pid == os.getpid():
+                cf.state = "down"
+                cf.save()
+        except ValueError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    ns = parse_args(argv)
+    if not (ns.head or ns.daemon):
+        raise SystemExit("say --head, --daemon or both")
+    if ns.daemon and not ns.head and not ns.head_address:
+        raise SystemExit("--daemon alone needs --head-address HOST:PORT")
+    secret = os.environ.pop(auth.ENV_VAR, "")
+    if not secret:
+        raise SystemExit(f"the cluster secret must be in ${auth.ENV_VAR}")
+    log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
+    ns.log_dir = log_dir
+    os.makedirs(log_dir, exist_ok=True)
+    role = "head" if ns.head else f"daemon-{ns.node_name or socket.gethostname()}"
+    logging.basicConfig(
+        filename=os.path.join(log_dir, f"{role}.log"), level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    paths.sweep_stale()
+    asyncio.run(serve(ns, secret))
+
+
+if __name__ == "__main__":
+    main()

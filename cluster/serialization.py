@@ -1,0 +1,159 @@
+"""How values, arguments, functions and errors become bytes and back.
+
+Pickle protocol 5 first (fast, C); cloudpickle when plain pickle cannot (lambdas, classes
+defined in ``__main__``). Object refs and futures found anywhere inside a value are written
+as pickle *persistent ids*, so the dependency list of a task is collected during the one
+pass that serializes its arguments, and the worker substitutes the values while loading.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+PROTOCOL = 5
+
+
+class ObjectRef:
+    """A reference to a value held by the cluster (made by ``api.put`` or a task).
+
+    Pass it to apps as an argument (anywhere inside lists, dicts, tuples): the app receives
+    the value. ``api.get(ref)`` fetches the value into the driver.
+    """
+
+    __slots__ = ("_id", "_owner", "__weakref__")
+    _shoal_ref = True
+
+    def __init__(self, object_id: int, owner: Any = None) -> None:
+        self._id = object_id
+        self._owner = owner
+
+    @property
+    def id(self) -> int:
+        """The cluster-wide id of the object."""
+        return self._id
+
+    def __repr__(self) -> str:
+        return f"ObjectRef({self._id:#x})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ObjectRef) and other._id == self._id
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __del__(self) -> None:
+        owner = self._owner
+        if owner is not None:
+            owner.release(self._id)
+
+    def __reduce__(self) -> tuple:
+        # Only reached when a ref is pickled outside our picklers (e.g. by user code).
+        return (ObjectRef, (self._id,))
+
+
+def ref_id(obj: Any) -> int | None:
+    """The object id if `obj` is a ref or a future of ours, else None."""
+    if getattr(type(obj), "_shoal_ref", False):
+        return obj._id
+    return None
+
+
+class _RefPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._refs = refs
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if getattr(type(obj), "_shoal_ref", False):
+            self._refs.append(obj._id)
+            return obj._id
+        return None
+
+
+class _RefCloudPickler(cloudpickle.CloudPickler):
+    def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._refs = refs
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if getattr(type(obj), "_shoal_ref", False):
+            self._refs.append(obj._id)
+            return obj._id
+        return None
+
+
+def dumps(obj: Any, refs: list[int] | None = None) -> bytes:
+    """Serialize `obj`; ids of refs/futures inside it are appended to `refs`."""
+    found: list[int] = [] if refs is None else refs
+    start = len(found)
+    buf = io.BytesIO()
+    try:
+        _RefPickler(buf, found).dump(obj)
+    except Exception:
+        del found[start:]
+        buf = io.BytesIO()
+        _RefCloudPickler(buf, found).dump(obj)
+    return buf.getvalue()
+
+
+class _RefUnpickler(pickle.Unpickler):
+    def __init__(self, file: io.BytesIO, resolve: Callable[[int], Any]) -> None:
+        super().__init__(file)
+        self._resolve = resolve
+
+    def persistent_load(self, pid: Any) -> Any:
+        return self._resolve(pid)
+
+
+def _as_ref(object_id: int) -> ObjectRef:
+    return ObjectRef(object_id)
+
+
+def loads(data: bytes, resolve: Callable[[int], Any] = _as_ref) -> Any:
+    """Deserialize; each persistent id is replaced by ``resolve(id)``."""
+    return _RefUnpickler(io.BytesIO(data), resolve).load()
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """Serialize a function with cloudpickle (by value where it is not importable)."""
+    return cloudpickle.dumps(fn, protocol=PROTOCOL)
+
+
+def loads_function(blob: bytes) -> Callable[..., Any]:
+    """Inverse of :func:`dumps_function`."""
+    return pickle.loads(blob)
+
+
+def dumps_error(exc: BaseException, traceback_text: str) -> bytes:
+    """Serialize an app's exception with its traceback text; never fails.
+
+    The exception object is pickled separately from its description, so a driver that
+    cannot load the exception's class still gets the type name, message and traceback.
+    """
+    kind = type(exc)
+    try:
+        inner: bytes | None = dumps(exc)
+    except Exception:
+        inner = None
+    meta = (inner, kind.__module__, kind.__qualname__, str(exc), traceback_text)
+    return pickle.dumps(meta, protocol=PROTOCOL)
+
+
+def loads_error(data: bytes) -> tuple[BaseException | None, str, str, str, str]:
+    """Returns (exception or None, type module, type name, message, traceback text)."""
+    try:
+        inner, module, name, message, tb = pickle.loads(data)
+    except Exception as err:
+        return None, "builtins", "Exception", f"undecodable remote error ({err})", ""
+    exc = None
+    if inner is not None:
+        try:
+            exc = loads(inner)
+        except Exception:
+            exc = None
+    return exc, module, name, message, tb

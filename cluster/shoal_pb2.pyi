@@ -1,0 +1,309 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PYTHON: _ClassVar[Kind]
+    BASH: _ClassVar[Kind]
+
+class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OK: _ClassVar[Status]
+    APP_ERROR: _ClassVar[Status]
+    WORKER_CRASHED: _ClassVar[Status]
+    TIMEOUT: _ClassVar[Status]
+    DEPENDENCY_FAILED: _ClassVar[Status]
+    BASH_EXIT: _ClassVar[Status]
+    UNSCHEDULABLE: _ClassVar[Status]
+    CANCELLED: _ClassVar[Status]
+    NODE_LOST: _ClassVar[Status]
+    OBJECT_LOST: _ClassVar[Status]
+PYTHON: Kind
+BASH: Kind
+OK: Status
+APP_ERROR: Status
+WORKER_CRASHED: Status
+TIMEOUT: Status
+DEPENDENCY_FAILED: Status
+BASH_EXIT: Status
+UNSCHEDULABLE: Status
+CANCELLED: Status
+NODE_LOST: Status
+OBJECT_LOST: Status
+
+class Resources(_message.Message):
+    __slots__ = ("cpus", "gpus", "memory", "custom")
+    class CustomEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CPUS_FIELD_NUMBER: _ClassVar[int]
+    GPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    cpus: float
+    gpus: float
+    memory: float
+    custom: _containers.ScalarMap[str, float]
+    def __init__(self, cpus: _Optional[float] = ..., gpus: _Optional[float] = ..., memory: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class Value(_message.Message):
+    __slots__ = ("id", "data")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    data: bytes
+    def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FN_ID_FIELD_NUMBER: _ClassVar[int]
+    FN_BLOB_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    DEPS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    WALLTIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_MODE_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    STDERR_MODE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    DEP_VALUES_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_ID_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    fn_id: bytes
+    fn_blob: bytes
+    name: str
+    args: bytes
+    deps: _containers.RepeatedScalarFieldContainer[int]
+    resources: Resources
+    max_retries: int
+    walltime: float
+    kind: Kind
+    stdout: str
+    stdout_mode: str
+    stderr: str
+    stderr_mode: str
+    attempt: int
+    dep_values: _containers.RepeatedCompositeFieldContainer[Value]
+    driver_id: int
+    cwd: str
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    RUN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    status: Status
+    data: bytes
+    node: str
+    attempt: int
+    run_seconds: float
+    message: str
+    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("task_id", "name", "node", "text", "stderr")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
+    task_id: int
+    name: str
+    node: str
+    text: str
+    stderr: bool
+    def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., node: _Optional[str] = ..., text: _Optional[str] = ..., stderr: _Optional[bool] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "name", "address", "total", "used", "state", "running", "queued", "workers", "done", "pid")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    name: str
+    address: str
+    total: Resources
+    used: Resources
+    state: str
+    running: int
+    queued: int
+    workers: int
+    done: int
+    pid: int
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., state: _Optional[str] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., done: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class DriverHello(_message.Message):
+    __slots__ = ("hostname", "pid")
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    hostname: str
+    pid: int
+    def __init__(self, hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Welcome(_message.Message):
+    __slots__ = ("driver_id", "cluster_id", "nodes")
+    DRIVER_ID_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    driver_id: int
+    cluster_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, driver_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class GetRequest(_message.Message):
+    __slots__ = ("request_id", "ids")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, request_id: _Optional[int] = ..., ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetReply(_message.Message):
+    __slots__ = ("request_id", "values")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    values: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    def __init__(self, request_id: _Optional[int] = ..., values: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+
+class DriverToHead(_message.Message):
+    __slots__ = ("hello", "submit", "put", "release", "get")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    PUT_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    GET_FIELD_NUMBER: _ClassVar[int]
+    hello: DriverHello
+    submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    put: _containers.RepeatedCompositeFieldContainer[Value]
+    release: _containers.RepeatedScalarFieldContainer[int]
+    get: _containers.RepeatedCompositeFieldContainer[GetRequest]
+    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ...) -> None: ...
+
+class HeadToDriver(_message.Message):
+    __slots__ = ("welcome", "results", "logs", "replies", "nodes")
+    WELCOME_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    welcome: Welcome
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    logs: _containers.RepeatedCompositeFieldContainer[LogLine]
+    replies: _containers.RepeatedCompositeFieldContainer[GetReply]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class Register(_message.Message):
+    __slots__ = ("name", "address", "total", "pid")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    total: Resources
+    pid: int
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("running", "queued", "workers")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    running: int
+    queued: int
+    workers: int
+    def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
+
+class NodeToHead(_message.Message):
+    __slots__ = ("register", "results", "logs", "heartbeat")
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    register: Register
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    logs: _containers.RepeatedCompositeFieldContainer[LogLine]
+    heartbeat: Heartbeat
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+
+class HeadToNode(_message.Message):
+    __slots__ = ("node_id", "tasks", "cancel", "shutdown")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    cancel: _containers.RepeatedScalarFieldContainer[int]
+    shutdown: bool
+    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StatusReply(_message.Message):
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid")
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TASKS_DONE_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FAILED_FIELD_NUMBER: _ClassVar[int]
+    DRIVERS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_FIELD_NUMBER: _ClassVar[int]
+    HEAD_PID_FIELD_NUMBER: _ClassVar[int]
+    cluster_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    tasks_queued: int
+    tasks_running: int
+    tasks_done: int
+    tasks_failed: int
+    drivers: int
+    objects: int
+    object_bytes: int
+    uptime: float
+    head_pid: int
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ...) -> None: ...
+
+class ShutdownRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ShutdownReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,104 @@
+"""The daemon's side of its worker processes: spawn, talk to, kill.
+
+Each worker is a fresh interpreter (``python -m cluster.worker``), started with
+``subprocess`` (spawn, never fork: the daemon runs gRPC threads) in its own session, so a
+walltime kill takes its bash children with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from cluster.wire import FrameProtocol
+
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def worker_env(log_dir: str) -> dict[str, str]:
+    """Environment for worker processes: ours, plus the package on the path."""
+    env = dict(os.environ)
+    env["SHOAL_LOG_DIR"] = log_dir
+    path = env.get("PYTHONPATH", "")
+    parts = [p for p in path.split(os.pathsep) if p]
+    if PACKAGE_ROOT not in parts:
+        parts.insert(0, PACKAGE_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env.pop("SHOAL_SECRET", None)  # workers never call the cluster's RPCs themselves
+    return env
+
+
+class WorkerHandle:
+    """One worker process and the state the daemon keeps about it."""
+
+    def __init__(
+        self,
+        index: int,
+        on_message: Callable[[WorkerHandle, Any], None],
+        on_lost: Callable[[WorkerHandle], None],
+    ) -> None:
+        self.index = index
+        self.pid = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.functions: set[bytes] = set()
+        self.ready = False
+        self.task: Any = None                 # the running task record, if any
+        self.timed_out = False
+        self.closing = False
+        self._on_message = on_message
+        self._on_lost = on_lost
+        self._protocol: FrameProtocol | None = None
+
+    async def start(self, env: dict[str, str]) -> None:
+        """Spawn the process and connect its socket to the event loop."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cluster.worker", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        self.pid = self.proc.pid
+        loop = asyncio.get_running_loop()
+        protocol = FrameProtocol(lambda m: self._on_message(self, m), lambda: self._lost())
+        await loop.create_unix_connection(lambda: protocol, sock=ours)
+        self._protocol = protocol
+
+    def _lost(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._on_lost(self)
+
+    def send(self, message: tuple) -> None:
+        """Queue a frame for the worker."""
+        if self._protocol is not None:
+            self._protocol.send(message)
+
+    def kill(self) -> None:
+        """SIGKILL the worker's whole process group (the worker and its bash children)."""
+        if self.pid:
+            for sig_target in (lambda: os.killpg(self.pid, signal.SIGKILL),
+                               lambda: os.kill(self.pid, signal.SIGKILL)):
+                try:
+                    sig_target()
+                    break
+                except (ProcessLookupError, PermissionError):
+                    continue
+
+    def stop(self) -> None:
+        """Ask the worker to exit after its current frame."""
+        self.closing = True
+        self.send(("exit",))
