@@ -80,7 +80,7 @@ class Client:
             channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
             try:
                 await asyncio.wait_for(channel.channel_ready(), timeout)
-            except (TimeoutError, asyncio.TimeoutError, grpc.aio.AioRpcError):
+            except (TimeoutError, grpc.aio.AioRpcError):
                 tried.append(f"{target} (no answer within {timeout:g}s)")
                 await channel.close()
                 continue
@@ -96,7 +96,7 @@ class Client:
                         "$SHOAL_SECRET belongs to another cluster (was it restarted?)") from None
                 tried.append(f"{target} ({err.code().name}: {err.details()})")
                 continue
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 await channel.close()
                 tried.append(f"{target} (no welcome within {timeout:g}s)")
                 continue

@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 
 from cluster import auth, clusterfile, paths
@@ -99,14 +98,14 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
     if ns.daemon:
         total = detect_resources(ns)
         daemon = Daemon(node_name, total, os.path.join(log_dir, "tasks"), ns.num_workers)
-        daemon.on_stop = lambda: loop.call_later(1.2, done.set)
+        daemon.on_stop = lambda: loop.call_later(0.5, done.set)
         workers_started = asyncio.ensure_future(daemon.start())
 
     runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else node_name)
     if ns.head:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)
-        head.on_shutdown = lambda: loop.call_later(1.2, done.set)
+        head.on_shutdown = lambda: loop.call_later(0.2, done.set)
         unix_path = os.path.join(runtime, "head.sock")
         server, port = await start_server(head, secret, ns.host, unix_path)
         if daemon is not None:
@@ -116,6 +115,13 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
             node = head.node_joined(node_conn, register, remote=False)
             daemon.link = LocalConn(lambda m: head.on_node_message(node, m))
             daemon.node_id = node.node_id
+
+            async def local_heartbeat() -> None:
+                while not daemon.stopping:
+                    head.on_node_message(node, pb.NodeToHead(heartbeat=daemon.heartbeat()))
+                    await asyncio.sleep(1.0)
+
+            asyncio.ensure_future(local_heartbeat())
     elif daemon is not None:
         from cluster.headlink import GrpcHeadLink
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import pickle
+import types
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
@@ -119,9 +121,28 @@ def loads(data: bytes, resolve: Callable[[int], Any] = _as_ref) -> Any:
     return _RefUnpickler(io.BytesIO(data), resolve).load()
 
 
+def _reduce_code_keeping_filename(code: types.CodeType) -> Any:
+    # cloudpickle blanks co_filename for deterministic payloads; we keep it, so remote
+    # tracebacks name the user's file and line (and show the source where it is readable).
+    reduced = cloudpickle.cloudpickle._code_reduce(code)
+    func, args = reduced[0], reduced[1]
+    args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in args)
+    return (func, args, *reduced[2:])
+
+
+class _FunctionPickler(cloudpickle.CloudPickler):
+    dispatch_table = ChainMap({types.CodeType: _reduce_code_keeping_filename},
+                              cloudpickle.CloudPickler.dispatch_table)
+
+
 def dumps_function(fn: Callable[..., Any]) -> bytes:
     """Serialize a function with cloudpickle (by value where it is not importable)."""
-    return cloudpickle.dumps(fn, protocol=PROTOCOL)
+    buf = io.BytesIO()
+    try:
+        _FunctionPickler(buf, protocol=PROTOCOL).dump(fn)
+    except AttributeError:  # a cloudpickle without _code_reduce: filenames are lost
+        return cloudpickle.dumps(fn, protocol=PROTOCOL)
+    return buf.getvalue()
 
 
 def loads_function(blob: bytes) -> Callable[..., Any]:

@@ -161,7 +161,10 @@ class Worker:
                 else:
                     data = serialization.dumps(value)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
-                tb = traceback.format_exc()
+                # Skip this frame: the user's code starts one level down.
+                tb = "".join(traceback.format_exception(type(exc), exc,
+                                                        exc.__traceback__.tb_next
+                                                        if exc.__traceback__ else None))
                 status, data, message = APP_ERROR, serialization.dumps_error(exc, tb), str(exc)
         finally:
             self.out.flush()

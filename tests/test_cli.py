@@ -1,0 +1,90 @@
+"""clusterctl up/status/down outside Slurm, with real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from cluster import clusterfile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_up_status_down(clusterctl):
+    up = clusterctl("up", "--num-cpus", "2", "--cluster-id", "cli-basic")
+    assert up.returncode == 0, up.stderr
+    assert "is up at 127.0.0.1:" in up.stdout
+    cf = clusterfile.read(clusterfile.path_for("cli-basic"))
+    assert cf.state == "up" and _alive(cf.head_pid)
+    assert os.path.isdir(cf.runtime_dir)
+
+    status = clusterctl("status", "--cluster", "cli-basic")
+    assert status.returncode == 0, status.stderr
+    assert "cluster cli-basic" in status.stdout and "cpus=2" in status.stdout
+    data = json.loads(clusterctl("status", "--cluster", "cli-basic", "--json").stdout)
+    assert data["clusterId"] == "cli-basic" and len(data["nodes"]) == 1
+
+    again = clusterctl("up", "--cluster-id", "cli-basic")
+    assert again.returncode == 1 and "already up" in again.stderr
+
+    down = clusterctl("down", "--cluster", "cli-basic")
+    assert down.returncode == 0, down.stderr
+    assert not _alive(cf.head_pid)
+    assert not os.path.exists(cf.runtime_dir)
+    assert clusterfile.read(cf.path).state == "down"
+    # Idempotent.
+    assert clusterctl("down", "--cluster", "cli-basic").returncode == 0
+    status = clusterctl("status", "--cluster", "cli-basic")
+    assert status.returncode == 1 and "does not answer" in status.stderr
+
+
+def test_down_after_head_was_killed(clusterctl):
+    assert clusterctl("up", "--cluster-id", "cli-killed").returncode == 0
+    cf = clusterfile.read(clusterfile.path_for("cli-killed"))
+    os.kill(cf.head_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(cf.head_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    down = clusterctl("down", "--cluster", "cli-killed", "--timeout", "2")
+    assert down.returncode == 0, down.stderr
+    assert not os.path.exists(cf.runtime_dir)
+    assert clusterfile.read(cf.path).state == "down"
+
+
+def test_workers_exit_when_the_head_dies(clusterctl):
+    import psutil
+
+    assert clusterctl("up", "--num-cpus", "2", "--cluster-id", "cli-orphans").returncode == 0
+    cf = clusterfile.read(clusterfile.path_for("cli-orphans"))
+    deadline = time.monotonic() + 10
+    workers = []
+    while len(workers) < 2 and time.monotonic() < deadline:
+        workers = [p for p in psutil.process_iter(["cmdline"])
+                   if "cluster.worker" in " ".join(p.info["cmdline"] or [])
+                   and p.ppid() == cf.head_pid]
+        time.sleep(0.05)
+    assert len(workers) == 2
+    os.kill(cf.head_pid, signal.SIGKILL)
+    gone, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, "workers outlived their daemon"
+    clusterctl("down", "--cluster", "cli-orphans")
+
+
+def test_status_and_down_without_cluster_explain(clusterctl):
+    status = clusterctl("status", "--cluster", "no-such-cluster")
+    assert status.returncode == 1
+    assert "no cluster 'no-such-cluster'" in status.stderr
+    assert "Traceback" not in status.stderr
+
+
+def test_bad_resources_json_is_refused(clusterctl):
+    out = clusterctl("up", "--resources", "{not json")
+    assert out.returncode == 2 and "--resources is not valid JSON" in out.stderr

@@ -1,0 +1,193 @@
+"""Connecting: addresses, cluster files, secrets; and every RPC refused without the secret."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+
+import grpc
+import pytest
+
+import api
+from cluster import auth, clusterfile
+from cluster.protocol import pb
+
+
+def _dead_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_dead_address_raises_connection_error_quickly(no_session, monkeypatch):
+    monkeypatch.setenv("SHOAL_SECRET", "whatever")
+    address = f"127.0.0.1:{_dead_port()}"
+    start = time.monotonic()
+    with pytest.raises(api.ConnectionError) as info:
+        api.init(address, timeout=2)
+    assert time.monotonic() - start < 15
+    assert address in str(info.value) and "tried" in str(info.value)
+    assert isinstance(info.value, ConnectionError), "must also be the builtin ConnectionError"
+
+
+def test_malformed_address_is_a_value_error(no_session):
+    with pytest.raises(ValueError, match="host:port"):
+        api.init("not an address at all")
+
+
+def test_unknown_secret_for_address_says_what_to_do(no_session, monkeypatch):
+    monkeypatch.delenv("SHOAL_SECRET", raising=False)
+    with pytest.raises(api.ConnectionError, match="no secret known"):
+        api.init("127.0.0.1:1")
+
+
+def test_missing_cluster_file(no_session, tmp_path):
+    with pytest.raises(api.ConnectionError, match="not a readable shoal cluster file"):
+        api.init(str(tmp_path / "nope.json"))
+
+
+def test_auto_without_a_cluster_lists_what_it_found(no_session):
+    with pytest.raises(api.ConnectionError, match="exactly one running cluster"):
+        api.init("auto")
+
+
+def test_not_initialized_error_is_clear(no_session):
+    @api.python_app
+    def f():
+        return 1
+
+    with pytest.raises(api.ShoalError, match="api.init"):
+        f()
+
+
+def test_init_twice_is_refused_unless_asked(cluster):
+    with pytest.raises(api.ShoalError, match="already called"):
+        api.init()
+    info = api.init(ignore_reinit_error=True)
+    assert info.embedded and info.nodes[0]["cpus"] == 2
+
+
+@pytest.fixture
+def running_cluster(clusterctl):
+    out = clusterctl("up", "--num-cpus", "1", "--cluster-id", "auth-test")
+    assert out.returncode == 0, out.stderr
+    cf = clusterfile.read(clusterfile.path_for("auth-test"))
+    yield cf
+    clusterctl("down", "--cluster", "auth-test")
+
+
+def _poisoned_submit(marker: str) -> bytes:
+    """A DriverToHead whose task arguments, if ever unpickled, create `marker`."""
+
+    class Mark:
+        def __reduce__(self):
+            return (open, (marker, "w"))
+
+    args = pickle.dumps(((Mark(),), {}))
+    fn = pickle.dumps(len)
+    spec = pb.TaskSpec(task_id=(7 << 40) | 1, fn_id=b"f" * 16, fn_blob=fn, name="poison",
+                       args=args)
+    hello = pb.DriverToHead(hello=pb.DriverHello(hostname="attacker", pid=1))
+    return hello.SerializeToString(), pb.DriverToHead(submit=[spec]).SerializeToString()
+
+
+@pytest.mark.parametrize("secret", [None, "wrong-secret"])
+def test_every_rpc_is_refused_without_the_right_secret(running_cluster, tmp_path, secret):
+    marker = str(tmp_path / "executed")
+    hello, poison = _poisoned_submit(marker)
+    service = pb.DESCRIPTOR.services_by_name["Head"]
+    metadata = auth.call_metadata(secret) if secret else None
+    tried = []
+    with grpc.insecure_channel(running_cluster.address) as channel:
+        for method in service.methods:
+            path = f"/{service.full_name}/{method.name}"
+            if method.client_streaming:
+                requests = iter([hello, poison])
+            else:
+                requests = poison
+            if method.client_streaming and method.server_streaming:
+                call = channel.stream_stream(path)(requests, metadata=metadata, timeout=5)
+                with pytest.raises(grpc.RpcError) as info:
+                    list(call)
+            elif method.client_streaming:
+                with pytest.raises(grpc.RpcError) as info:
+                    channel.stream_unary(path)(requests, metadata=metadata, timeout=5)
+            elif method.server_streaming:
+                with pytest.raises(grpc.RpcError) as info:
+                    list(channel.unary_stream(path)(requests, metadata=metadata, timeout=5))
+            else:
+                with pytest.raises(grpc.RpcError) as info:
+                    channel.unary_unary(path)(requests, metadata=metadata, timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+            tried.append(path)
+    assert len(tried) == len(service.methods) >= 4
+    time.sleep(1.0)
+    assert not os.path.exists(marker), "a refused payload was unpickled"
+    # The cluster is unharmed (Shutdown was refused too) and serves the right secret.
+    with grpc.insecure_channel(running_cluster.address) as channel:
+        reply = channel.unary_unary("/shoal.Head/Status",
+                                    response_deserializer=pb.StatusReply.FromString)(
+            pb.StatusRequest().SerializeToString(),
+            metadata=auth.call_metadata(running_cluster.secret), timeout=5)
+    assert reply.cluster_id == "auth-test"
+
+
+def test_wrong_secret_from_api_is_a_clear_connection_error(no_session, running_cluster,
+                                                         monkeypatch):
+    monkeypatch.setenv("SHOAL_SECRET", "not-the-secret")
+    cf_path = clusterfile.path_for("auth-test")
+    os.rename(cf_path, cf_path + ".hidden")  # so the address is not matched to the file
+    try:
+        with pytest.raises(api.ConnectionError, match="refused our secret"):
+            api.init(running_cluster.address, timeout=5)
+    finally:
+        os.rename(cf_path + ".hidden", cf_path)
+
+
+def test_connect_by_address_cluster_file_and_auto(no_session, running_cluster):
+    @api.python_app
+    def host():
+        return socket.gethostname()
+
+    for address in (running_cluster.address, running_cluster.path, "auto"):
+        info = api.init(address, timeout=5)
+        assert info.cluster_id == "auth-test"
+        assert host().result(timeout=30) == socket.gethostname()
+        api.shutdown()
+
+
+def test_secret_is_never_on_a_command_line(running_cluster):
+    secret = running_cluster.secret.encode()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    assert secret not in f.read(), f"secret visible in argv of pid {pid}"
+            except OSError:
+                continue
+
+
+def test_cluster_file_is_private(running_cluster):
+    mode = os.stat(running_cluster.path).st_mode & 0o777
+    assert mode == 0o600
+    assert os.stat(os.path.dirname(running_cluster.path)).st_mode & 0o077 == 0
+    assert os.stat(running_cluster.runtime_dir).st_mode & 0o777 == 0o700
+
+
+def test_poisoned_payload_does_run_with_the_right_secret(running_cluster, tmp_path):
+    """Positive control for the refusal test: the same payload, authenticated, executes."""
+    marker = str(tmp_path / "executed")
+    hello, poison = _poisoned_submit(marker)
+    with grpc.insecure_channel(running_cluster.address) as channel:
+        call = channel.stream_stream("/shoal.Head/DriverStream")(
+            iter([hello, poison]), metadata=auth.call_metadata(running_cluster.secret),
+            timeout=10)
+        deadline = time.monotonic() + 10
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        call.cancel()
+    assert os.path.exists(marker)

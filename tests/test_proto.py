@@ -1,0 +1,16 @@
+"""The checked-in generated modules match proto/ (regenerate: python scripts/gen_proto.py)."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_generated_modules_are_fresh(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_proto.py"), "--out",
+                    str(tmp_path)], check=True, capture_output=True)
+    for name in ("shoal_pb2.py", "shoal_pb2.pyi", "shoal_pb2_grpc.py"):
+        fresh = (tmp_path / name).read_text()
+        checked_in = (ROOT / "cluster" / name).read_text()
+        assert fresh == checked_in, f"cluster/{name} is stale: run python scripts/gen_proto.py"

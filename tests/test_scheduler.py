@@ -1,0 +1,67 @@
+"""Placement is a pure function: tested without processes."""
+
+from cluster import scheduler
+from cluster.scheduler import NodeView, place
+
+
+def node(node_id, total, used=None, factor=1.0, schedulable=True):
+    return NodeView(node_id, dict(total), dict(used or {}), factor, schedulable)
+
+
+def test_least_loaded_node_wins():
+    a = node(1, {"cpus": 4}, {"cpus": 3})
+    b = node(2, {"cpus": 4}, {"cpus": 1})
+    assert place({"cpus": 1}, [a, b]) == 2
+
+
+def test_full_nodes_take_nothing_without_queue_allowance():
+    a = node(1, {"cpus": 2}, {"cpus": 2})
+    assert place({"cpus": 1}, [a]) is None
+
+
+def test_queue_allowance_lets_a_node_take_more_than_its_slots():
+    a = node(1, {"cpus": 2}, {"cpus": 2}, factor=2.0)
+    assert place({"cpus": 1}, [a]) == 1
+    a.used["cpus"] = 4
+    assert place({"cpus": 1}, [a]) is None
+
+
+def test_resources_a_node_lacks_are_never_placed_there():
+    cpu_only = node(1, {"cpus": 8})
+    gpu = node(2, {"cpus": 2, "gpus": 1}, {"cpus": 0.5})
+    assert place({"cpus": 1, "gpus": 1}, [cpu_only, gpu]) == 2
+    assert place({"licence": 1}, [cpu_only, gpu]) is None
+
+
+def test_request_larger_than_node_never_fits_even_with_queue_allowance():
+    a = node(1, {"cpus": 2}, factor=17.0)
+    assert place({"cpus": 3}, [a]) is None
+    assert not scheduler.can_ever_fit({"cpus": 3}, a.total)
+
+
+def test_unschedulable_nodes_are_skipped():
+    a = node(1, {"cpus": 2}, schedulable=False)
+    b = node(2, {"cpus": 2}, {"cpus": 1})
+    assert place({"cpus": 1}, [a, b]) == 2
+
+
+def test_locality_prefers_node_holding_argument_bytes():
+    a = node(1, {"cpus": 4}, {"cpus": 2})
+    b = node(2, {"cpus": 4}, {"cpus": 0})
+    assert place({"cpus": 1}, [a, b], local_bytes={1: 10_000_000}) == 1
+    # ...but not when that node cannot take the task.
+    a.used["cpus"] = 4
+    assert place({"cpus": 1}, [a, b], local_bytes={1: 10_000_000}) == 2
+
+
+def test_queue_factor_shrinks_for_long_tasks():
+    assert scheduler.queue_factor(0.00001) == 1 + scheduler.MAX_EXTRA_PER_SLOT
+    assert scheduler.queue_factor(10.0) < 1.001
+    assert scheduler.queue_factor(0.001) > scheduler.queue_factor(0.01)
+
+
+def test_largest_node_and_describe():
+    nodes = [node(1, {"cpus": 2, "memory": 2**30}), node(2, {"cpus": 8, "gpus": 1})]
+    assert scheduler.largest_node(nodes) == {"cpus": 8, "gpus": 1}
+    assert scheduler.describe({"cpus": 8, "gpus": 1}) == "cpus=8 gpus=1"
+    assert scheduler.describe({"memory": 2**31}) == "memory=2.0GiB"
