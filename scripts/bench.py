@@ -1,0 +1,244 @@
+"""shoal's benchmark suite, run side by side with Ray, Dask and Parsl when they are installed.
+
+    python scripts/bench.py                                   # shoal only
+    python scripts/bench.py --peers ray,dask,parsl --peers-python /path/venv/bin/python
+
+Each backend runs in its own subprocess (a fresh interpreter, 2 worker processes) with
+1 warm-up and --reps repetitions per workload; we print median (min-max) and each peer's
+ratio to shoal measured in the same run. Workloads:
+
+- noop: N no-op tasks submitted at once, then waited for (tasks/s, end to end)
+- submit: the submission of N no-op tasks alone (tasks/s)
+- sync: submit one task, wait for it, M times (microseconds per round trip)
+- chain: an L-link chain, each task taking the previous future (ms per link)
+- cold: a fresh interpreter starts a local cluster and gets one result (s, whole process)
+- idle RSS: memory of the idle cluster's processes beside the driver (MB)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, ROOT)
+
+
+def noop() -> None:
+    return None
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+class ShoalPeer:
+    """shoal, with the same interface as the peers in bench_peers.py."""
+
+    name = "shoal"
+
+    def start(self, workers: int) -> None:
+        import api
+
+        self.api = api
+        api.init(num_cpus=workers, log_to_driver=False)
+        self.noop = api.python_app(noop)
+        self.inc = api.python_app(inc)
+        self.noop().result()
+
+    def stop(self) -> None:
+        self.api.shutdown()
+
+    def noop_burst(self, n: int) -> None:
+        self.wait_all(self.submit_only(n))
+
+    def submit_only(self, n: int) -> list:
+        f = self.noop
+        return [f() for _ in range(n)]
+
+    def wait_all(self, futs: list) -> None:
+        for fut in futs:
+            fut.result()
+
+    def sync_round_trips(self, n: int) -> None:
+        f = self.noop
+        for _ in range(n):
+            f().result()
+
+    def chain(self, n: int) -> None:
+        fut = self.inc(0)
+        for _ in range(n - 1):
+            fut = self.inc(fut)
+        assert fut.result() == n
+
+    def cold_start_script(self) -> str:
+        return (
+            f"import sys; sys.path.insert(0, {ROOT!r})\n"
+            "import api\n"
+            "api.init(num_cpus=2, log_to_driver=False)\n"
+            "def one():\n    return 1\n"
+            "print(api.python_app(one)().result())\n"
+            "api.shutdown()\n"
+        )
+
+    def cluster_pids(self) -> list[int]:
+        import psutil
+
+        me = psutil.Process()
+        return [p.pid for p in me.children(recursive=True)]
+
+
+def _peer(name: str) -> Any:
+    if name == "shoal":
+        return ShoalPeer()
+    import bench_peers
+
+    peers = bench_peers.available_peers()
+    if name not in peers:
+        raise SystemExit(f"peer {name!r} is not installed in {sys.executable}")
+    return peers[name]()
+
+
+def _timed(fn: Any, reps: int) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def _rss_mb(pids: list[int]) -> float:
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            pass
+    return total / 2**20
+
+
+def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
+    """Run every workload on one backend in this process; returns raw samples."""
+    peer = _peer(name)
+    results: dict[str, Any] = {}
+    cold = []
+    script = peer.cold_start_script()
+    for i in range(ns.reps + 1):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                       timeout=120, cwd=ROOT)
+        if i:
+            cold.append(time.perf_counter() - start)
+    results["cold"] = cold
+    peer.start(2)
+    try:
+        import psutil
+
+        time.sleep(1.0)
+        children = [p.pid for p in psutil.Process().children(recursive=True)]
+        results["rss"] = [_rss_mb(children)]
+        n, m, chain = ns.tasks, ns.sync, ns.chain
+        results["noop"] = [n / t for t in _timed(lambda: peer.noop_burst(n), ns.reps)]
+        subs = []
+        for _ in range(ns.reps):
+            start = time.perf_counter()
+            futs = peer.submit_only(n)
+            subs.append(n / (time.perf_counter() - start))
+            peer.wait_all(futs)
+        results["submit"] = subs
+        results["sync"] = [t / m * 1e6 for t in _timed(lambda: peer.sync_round_trips(m),
+                                                       ns.reps)]
+        results["chain"] = [t / chain * 1e3 for t in _timed(lambda: peer.chain(chain),
+                                                            ns.reps)]
+    finally:
+        peer.stop()
+    return results
+
+
+ROWS = [
+    ("noop", "no-op tasks, tasks/s", True),
+    ("submit", "submit alone, tasks/s", True),
+    ("sync", "sync round trip, us", False),
+    ("chain", "chain, ms/link", False),
+    ("cold", "cold start to first result, s", False),
+    ("rss", "idle cluster RSS, MB", False),
+]
+
+
+def _fmt(samples: list[float]) -> str:
+    med = statistics.median(samples)
+    digits = 0 if med >= 100 else 2
+    if len(samples) == 1:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} ({min(samples):,.{digits}f}-{max(samples):,.{digits}f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--peers", default="", help="comma-separated: ray,dask,parsl")
+    parser.add_argument("--peers-python", default=os.environ.get("PEERS_PYTHON", ""),
+                        help="interpreter that has the peers installed")
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--sync", type=int, default=1_000)
+    parser.add_argument("--chain", type=int, default=1_000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--one", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--json", default="", help="also write the raw samples here")
+    ns = parser.parse_args()
+    if ns.one:
+        print(json.dumps(run_one(ns.one, ns)))
+        return
+    names = ["shoal"] + [p for p in ns.peers.split(",") if p]
+    all_results: dict[str, dict[str, Any]] = {}
+    for name in names:
+        python = sys.executable if name == "shoal" or not ns.peers_python else ns.peers_python
+        args = [python, os.path.abspath(__file__), "--one", name, "--tasks", str(ns.tasks),
+                "--sync", str(ns.sync), "--chain", str(ns.chain), "--reps", str(ns.reps)]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600)
+        if proc.returncode != 0:
+            print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+            continue
+        all_results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if ns.json:
+        with open(ns.json, "w") as f:
+            json.dump(all_results, f, indent=1)
+    header = f"{'workload':<32}" + "".join(f"{n:>26}" for n in all_results)
+    print(f"\n{ns.tasks} tasks, {ns.sync} round trips, {ns.chain}-link chain, "
+          f"2 workers, median (min-max) of {ns.reps}\n")
+    print(header)
+    base = all_results.get("shoal", {})
+    for key, label, higher_better in ROWS:
+        row = f"{label:<32}"
+        for name, res in all_results.items():
+            row += f"{_fmt(res[key]):>26}" if key in res else f"{'-':>26}"
+        print(row)
+    if len(all_results) > 1 and base:
+        print("\nshoal's advantage (x times better than the peer; >1 means shoal wins):")
+        for key, label, higher_better in ROWS:
+            parts = []
+            for name, res in all_results.items():
+                if name == "shoal" or key not in res or key not in base:
+                    continue
+                ours, theirs = statistics.median(base[key]), statistics.median(res[key])
+                ratio = ours / theirs if higher_better else theirs / ours
+                parts.append(f"{name} {ratio:.2f}x")
+            print(f"  {label:<32}" + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up, start a local cluster, run the demo workflow against it, and tear it down.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export SHOAL_HOME=${SHOAL_HOME:-$PWD/.shoal-demo}
+id=demo-$$
+.venv/bin/clusterctl up --cluster-id "$id"
+trap '.venv/bin/clusterctl down --cluster "$id"' EXIT
+.venv/bin/clusterctl status --cluster "$id"
+.venv/bin/python scripts/demo/argsum.py "$SHOAL_HOME/clusters/$id.json"
+.venv/bin/python scripts/demo/pipeline.py "$SHOAL_HOME/clusters/$id.json"
+.venv/bin/clusterctl status --cluster "$id"
