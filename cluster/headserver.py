@@ -54,14 +54,17 @@ class StreamConn:
 
 
 class LocalConn:
-    """An in-process 'connection': delivers the message object on the next loop turn."""
+    """An in-process 'connection': hands the message object straight to the receiver.
+
+    Safe because both ends defer their own reactions (they batch with ``call_soon``), so a
+    delivery never re-enters the sender.
+    """
 
     def __init__(self, deliver: Any) -> None:
         self._deliver = deliver
-        self._loop = asyncio.get_running_loop()
 
     def send(self, message: Any) -> None:
-        self._loop.call_soon(self._deliver, message)
+        self._deliver(message)
 
     def close(self) -> None:
         pass
