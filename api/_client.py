@@ -1,16 +1,14 @@
-"""The driver's connection to a head: one gRPC stream, batched both ways.
+"""The driver's connection to a head: futures, batching, results.
 
-User threads append task specs, puts, releases and gets to lists under a lock and wake the
-client's event-loop thread at most once per batch; the loop thread writes everything that
-piled up as one message and resolves futures as result batches arrive.
+User threads append task specs, puts, releases and gets to lists under a lock and ask the
+transport (:mod:`api._transport`) to flush; whatever piled up goes out as one batch. Result
+batches resolve futures on the transport's reader.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import itertools
-import logging
 import os
 import socket
 import sys
@@ -18,17 +16,12 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-import grpc
-
 from api import _errors
 from api._futures import AppFuture
+from api._transport import GrpcTransport, LaneTransport
 from cluster import serialization
-from cluster.auth import call_metadata
 from cluster.head import DRIVER_SHIFT
-from cluster.protocol import CHANNEL_OPTIONS, pb, pb_grpc, to_dict
-
-log = logging.getLogger("shoal.api")
-RELEASE_FLUSH_SECONDS = 0.2
+from cluster.protocol import pb, to_dict
 
 
 class Client:
@@ -49,137 +42,71 @@ class Client:
         self._puts: list[pb.Value] = []
         self._releases: list[int] = []
         self._gets: list[pb.GetRequest] = []
-        self._wake_pending = False
         self._futures: dict[int, AppFuture] = {}
         self._get_waiters: dict[int, concurrent.futures.Future] = {}
         self._sent_functions: set[bytes] = set()
         self._seq = itertools.count(1)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="shoal-client",
-                                        daemon=True)
-        self._thread.start()
-        self._wake: asyncio.Event | None = None
-        self._channel: grpc.aio.Channel | None = None
-        self._call: Any = None
-        self._lost: str = ""
+        self._transport: Any = None
+        self._lost = ""
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
         """Connect to the first reachable target; raises ConnectionError saying what failed."""
-        future = asyncio.run_coroutine_threadsafe(self._connect(timeout), self._loop)
-        try:
-            future.result(timeout + 5)
-        except BaseException:
-            self._stop_loop()
-            raise
-
-    async def _connect(self, timeout: float) -> None:
-        self._wake = asyncio.Event()
+        hello = pb.DriverToHead(hello=pb.DriverHello(hostname=socket.gethostname(),
+                                                     pid=os.getpid()))
         tried = []
         for target in self.targets:
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            if target.startswith("unix:"):
+                transport: Any = LaneTransport(target[5:], self.secret, self._take)
+            else:
+                transport = GrpcTransport(target, self.secret, self._take)
             try:
-                await asyncio.wait_for(channel.channel_ready(), timeout)
-            except (TimeoutError, grpc.aio.AioRpcError):
-                tried.append(f"{target} (no answer within {timeout:g}s)")
-                await channel.close()
+                welcome = transport.connect(hello, timeout)
+            except OSError as err:
+                tried.append(str(err))
                 continue
-            stub = pb_grpc.HeadStub(channel)
-            call = stub.DriverStream(self._requests(), metadata=call_metadata(self.secret))
-            try:
-                first = await asyncio.wait_for(call.read(), timeout)
-            except grpc.aio.AioRpcError as err:
-                await channel.close()
-                if err.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    raise _errors.ConnectionError(
-                        f"the shoal cluster at {target} refused our secret: the cluster file or "
-                        "$SHOAL_SECRET belongs to another cluster (was it restarted?)") from None
-                tried.append(f"{target} ({err.code().name}: {err.details()})")
-                continue
-            except TimeoutError:
-                await channel.close()
-                tried.append(f"{target} (no welcome within {timeout:g}s)")
-                continue
-            if first is grpc.aio.EOF or not first.HasField("welcome"):
-                await channel.close()
-                tried.append(f"{target} (closed the stream)")
-                continue
-            self._channel, self._call, self.address = channel, call, target
-            self.driver_id = first.welcome.driver_id
-            self.cluster_id = first.welcome.cluster_id
-            for node in first.welcome.nodes:
-                self.nodes[node.node_id] = node
-            self._loop.create_task(self._read(call))
-            self._loop.create_task(self._release_timer())
+            self._transport, self.address = transport, target
+            self.driver_id = welcome.driver_id
+            self.cluster_id = welcome.cluster_id
+            transport.start(self._on_message, self._fail_all)
             return
         raise _errors.ConnectionError(
             "could not connect to a shoal cluster; tried " + "; ".join(tried)
             + ". Is it up? (`clusterctl status`, or api.init() with no address for a local one)")
 
-    async def _requests(self) -> Any:
-        yield pb.DriverToHead(hello=pb.DriverHello(hostname=socket.gethostname(),
-                                                   pid=os.getpid()))
-        wake = self._wake
-        assert wake is not None
-        while not self.closed:
-            await wake.wait()
-            wake.clear()
-            with self._lock:
-                self._wake_pending = False
-                submits, puts, releases, gets = (self._submits, self._puts, self._releases,
-                                                 self._gets)
-                self._submits, self._puts, self._releases, self._gets = [], [], [], []
-            if submits or puts or releases or gets:
-                yield pb.DriverToHead(submit=submits, put=puts, release=releases, get=gets)
+    def _take(self) -> pb.DriverToHead | None:
+        with self._lock:
+            if not (self._submits or self._puts or self._releases or self._gets):
+                return None
+            message = pb.DriverToHead(submit=self._submits, put=self._puts,
+                                      release=self._releases, get=self._gets)
+            self._submits, self._puts, self._releases, self._gets = [], [], [], []
+        return message
 
-    def _wakeup(self) -> None:
-        # Called with self._lock held.
-        if not self._wake_pending:
-            self._wake_pending = True
-            wake = self._wake
-            if wake is not None:
-                self._loop.call_soon_threadsafe(wake.set)
+    def _on_message(self, message: pb.HeadToDriver) -> None:
+        if message.HasField("welcome"):
+            for node in message.welcome.nodes:
+                self.nodes[node.node_id] = node
+        if message.results:
+            self._on_results(message.results)
+        if message.logs and self.log_to_driver:
+            self._print_logs(message.logs)
+        for reply in message.replies:
+            waiter = self._get_waiters.pop(reply.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(list(reply.values))
+        for node in message.nodes:
+            self.nodes[node.node_id] = node
 
-    async def _release_timer(self) -> None:
-        while not self.closed:
-            await asyncio.sleep(RELEASE_FLUSH_SECONDS)
-            if self._releases and self._wake is not None:
-                self._wake.set()
-
-    async def _read(self, call: Any) -> None:
-        reason = "the head closed the connection"
-        try:
-            while True:
-                message = await call.read()
-                if message is grpc.aio.EOF:
-                    break
-                if message.results:
-                    self._on_results(message.results)
-                if message.logs and self.log_to_driver:
-                    self._print_logs(message.logs)
-                for reply in message.replies:
-                    waiter = self._get_waiters.pop(reply.request_id, None)
-                    if waiter is not None and not waiter.done():
-                        waiter.set_result(list(reply.values))
-                for node in message.nodes:
-                    self.nodes[node.node_id] = node
-        except grpc.aio.AioRpcError as err:
-            reason = f"lost the head at {self.address}: {err.code().name} {err.details()}"
-        except asyncio.CancelledError:
-            reason = "the driver disconnected"
-        except Exception as err:  # noqa: BLE001
-            reason = f"driver stream failed: {err!r}"
-        if not self.closed:
-            self._fail_all(reason)
-
-    def _fail_all(self, reason: str) -> None:
+    def _fail_all(self, reason: str, shutdown: bool = False) -> None:
         self._lost = reason
         with self._lock:
             futures, self._futures = self._futures, {}
             waiters, self._get_waiters = self._get_waiters, {}
         for fut in futures.values():
             if not fut.done():
-                fut.set_exception(_errors.WorkerCrashedError(reason))
+                fut.set_exception(_errors.TaskCancelledError(reason) if shutdown
+                                  else _errors.WorkerCrashedError(reason))
         for waiter in waiters.values():
             if not waiter.done():
                 waiter.set_exception(_errors.ConnectionError(reason))
@@ -252,16 +179,16 @@ class Client:
                 self._sent_functions.add(spec.fn_id)
             self._futures[spec.task_id] = future
             self._submits.append(spec)
-            self._wakeup()
+        self._transport.flush()
 
     def put(self, object_id: int, data: bytes) -> None:
         """Queue a put."""
         with self._lock:
             self._puts.append(pb.Value(id=object_id, data=data))
-            self._wakeup()
+        self._transport.flush()
 
     def release(self, object_id: int) -> None:
-        """Drop the driver's reference (sent with the next batch or within 0.2 s)."""
+        """Drop the driver's reference (sent with the next batch, or when idle)."""
         if not self.closed:
             self._releases.append(object_id)
 
@@ -272,7 +199,7 @@ class Client:
         with self._lock:
             self._get_waiters[request_id] = waiter
             self._gets.append(pb.GetRequest(request_id=request_id, ids=ids))
-            self._wakeup()
+        self._transport.flush()
         try:
             return waiter.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -285,31 +212,10 @@ class Client:
 
     # ---- shutdown --------------------------------------------------------------------------
     def close(self) -> None:
-        """Flush, end the stream, stop the loop thread."""
+        """Flush, disconnect, fail what is still pending."""
         if self.closed:
             return
-
-        async def finish() -> None:
-            if self._wake is not None:
-                self._wake.set()
-                await asyncio.sleep(0)
-            self.closed = True
-            if self._wake is not None:
-                self._wake.set()
-            if self._call is not None:
-                self._call.cancel()
-            if self._channel is not None:
-                await self._channel.close(grace=0.1)
-
-        try:
-            asyncio.run_coroutine_threadsafe(finish(), self._loop).result(5)
-        except Exception:  # noqa: BLE001
-            pass
+        if self._transport is not None:
+            self._transport.close()
         self.closed = True
-        self._fail_all("the driver called api.shutdown()")
-        self._stop_loop()
-
-    def _stop_loop(self) -> None:
-        if self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(5)
+        self._fail_all("the driver called api.shutdown()", shutdown=True)

@@ -53,10 +53,7 @@ def _stub(cf: clusterfile.ClusterFile) -> tuple[object, object]:
 
     from cluster.protocol import CHANNEL_OPTIONS, pb_grpc
 
-    target = cf.address
-    if cf.unix_socket and cf.host == socket.gethostname() and os.path.exists(cf.unix_socket):
-        target = f"unix:{cf.unix_socket}"
-    channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    channel = grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS)
     return channel, pb_grpc.HeadStub(channel)
 
 

@@ -72,7 +72,7 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
     """Run what `ns` asks for until shutdown."""
     from cluster.daemon import Daemon
     from cluster.head import Head
-    from cluster.headserver import LocalConn, start_server
+    from cluster.headserver import LocalConn, start_driver_lane, start_server
     from cluster.protocol import fill, pb
 
     loop = asyncio.get_running_loop()
@@ -106,8 +106,9 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)
         head.on_shutdown = lambda: loop.call_later(0.2, done.set)
-        unix_path = os.path.join(runtime, "head.sock")
-        server, port = await start_server(head, secret, ns.host, unix_path)
+        unix_path = os.path.join(runtime, "driver.sock")
+        server, port = await start_server(head, secret, ns.host)
+        lane = await start_driver_lane(head, secret, unix_path)
         if daemon is not None:
             register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid())
             fill(register.total, daemon.total)
@@ -158,6 +159,7 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
         daemon.stop()
         await asyncio.sleep(0.05)
     if server is not None:
+        lane.close()
         await server.stop(0.2)
     import shutil
     shutil.rmtree(runtime, ignore_errors=True)

@@ -1,7 +1,9 @@
-"""Length-prefixed frames between a daemon and its worker processes (a Unix socketpair).
+"""Length-prefixed frames over local stream sockets.
 
-Each frame is a 4-byte little-endian length and a pickled tuple. Workers never import gRPC:
-they start in a few tens of milliseconds and speak only this.
+Two users: a daemon and its workers (a socketpair; frames are pickled tuples: workers never
+import gRPC, so they start in tens of milliseconds), and the head's local driver lane (a
+Unix socket in the cluster's 0700 runtime directory; frames are the same protobuf batches
+the gRPC stream carries). Each frame is a 4-byte little-endian length and the body.
 """
 
 from __future__ import annotations
@@ -14,20 +16,46 @@ from typing import Any
 
 HEADER = struct.Struct("<I")
 PROTOCOL = 5
+MAX_FRAME = 1 << 31
 
 
-def encode(message: tuple) -> bytes:
-    """One frame for `message`."""
-    body = pickle.dumps(message, protocol=PROTOCOL)
+def frame(body: bytes) -> bytes:
+    """One frame around `body`."""
     return HEADER.pack(len(body)) + body
 
 
-class FrameProtocol(asyncio.Protocol):
-    """asyncio side of the socketpair: calls `on_message(msg)` per frame, `on_lost()` at EOF."""
+def encode(message: tuple) -> bytes:
+    """One frame holding the pickled `message`."""
+    return frame(pickle.dumps(message, protocol=PROTOCOL))
 
-    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None]) -> None:
+
+def split(buf: bytearray) -> list[bytes]:
+    """Remove and return every complete frame body at the start of `buf`."""
+    out = []
+    pos = 0
+    size = len(buf)
+    unpack = HEADER.unpack_from
+    while size - pos >= 4:
+        (length,) = unpack(buf, pos)
+        end = pos + 4 + length
+        if end > size:
+            break
+        out.append(bytes(buf[pos + 4 : end]))
+        pos = end
+    if pos:
+        del buf[:pos]
+    return out
+
+
+class FrameProtocol(asyncio.Protocol):
+    """asyncio side of a framed socket: ``on_message(decode(body))`` per frame,
+    ``on_lost()`` at EOF. A frame that fails to decode closes the connection."""
+
+    def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
+                 decode: Callable[[bytes], Any] = pickle.loads) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
+        self._decode = decode
         self._buf = bytearray()
         self.transport: asyncio.WriteTransport | None = None
 
@@ -37,24 +65,30 @@ class FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         buf = self._buf
         buf += data
-        pos = 0
-        size = len(buf)
-        unpack = HEADER.unpack_from
-        while size - pos >= 4:
-            (length,) = unpack(buf, pos)
-            end = pos + 4 + length
-            if end > size:
-                break
-            message = pickle.loads(memoryview(buf)[pos + 4 : end])
-            pos = end
+        if len(buf) >= 4 and HEADER.unpack_from(buf, 0)[0] > MAX_FRAME:
+            self.close()
+            return
+        for body in split(buf):
+            try:
+                message = self._decode(body)
+            except Exception:  # noqa: BLE001 - a malformed frame ends the connection
+                self.close()
+                return
             self._on_message(message)
-        if pos:
-            del buf[:pos]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._on_lost()
 
-    def send(self, message: tuple) -> None:
-        """Queue one frame for the worker (never blocks)."""
+    def write(self, data: bytes) -> None:
+        """Queue raw bytes (already framed); never blocks."""
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(encode(message))
+            self.transport.write(data)
+
+    def send(self, message: tuple) -> None:
+        """Queue one pickled frame."""
+        self.write(encode(message))
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self.transport is not None:
+            self.transport.close()

@@ -191,3 +191,25 @@ def test_poisoned_payload_does_run_with_the_right_secret(running_cluster, tmp_pa
             time.sleep(0.05)
         call.cancel()
     assert os.path.exists(marker)
+
+
+def test_local_driver_lane_refuses_a_wrong_secret_before_parsing(running_cluster, tmp_path):
+    from cluster import wire
+
+    marker = str(tmp_path / "executed")
+    hello, poison = _poisoned_submit(marker)
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(5)
+        sock.connect(running_cluster.unix_socket)
+        sock.sendall(wire.frame(b"wrong") + wire.frame(hello) + wire.frame(poison))
+        reply = sock.recv(100)
+        assert reply == wire.frame(b"UNAUTHENTICATED")
+        assert sock.recv(100) == b"", "the head must close the connection"
+    time.sleep(1.0)
+    assert not os.path.exists(marker)
+
+
+def test_local_driver_lane_socket_is_private(running_cluster):
+    assert os.path.exists(running_cluster.unix_socket)
+    assert os.stat(os.path.dirname(running_cluster.unix_socket)).st_mode & 0o777 == 0o700
+    assert len(running_cluster.unix_socket.encode()) < 107
