@@ -222,9 +222,9 @@ def main() -> None:
           f"2 workers, median (min-max) of {ns.reps}\n")
     print(header)
     base = all_results.get("shoal", {})
-    for key, label, higher_better in ROWS:
+    for key, label, _ in ROWS:
         row = f"{label:<32}"
-        for name, res in all_results.items():
+        for res in all_results.values():
             row += f"{_fmt(res[key]):>26}" if key in res else f"{'-':>26}"
         print(row)
     if len(all_results) > 1 and base:
