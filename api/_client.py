@@ -18,10 +18,9 @@ from typing import Any
 
 from api import _errors
 from api._futures import AppFuture
-from api._transport import GrpcTransport, LaneTransport
+from api._transport import LaneTransport
 from cluster import serialization
-from cluster.head import DRIVER_SHIFT
-from cluster.protocol import pb, to_dict
+from cluster.protocol import DRIVER_SHIFT, pb, to_dict
 
 
 class Client:
@@ -59,6 +58,8 @@ class Client:
             if target.startswith("unix:"):
                 transport: Any = LaneTransport(target[5:], self.secret, self._take)
             else:
+                from api._grpc_transport import GrpcTransport
+
                 transport = GrpcTransport(target, self.secret, self._take)
             try:
                 welcome = transport.connect(hello, timeout)

@@ -15,7 +15,7 @@ from typing import Any
 
 from api import _errors
 from cluster import auth, clusterfile
-from cluster.workerpool import PACKAGE_ROOT
+from cluster.paths import PACKAGE_ROOT
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {"client": None, "process": None, "run_dir": None, "info": None}

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-import grpc
 
 METADATA_KEY = "x-shoal-secret"
 ENV_VAR = "SHOAL_SECRET"
@@ -29,40 +26,40 @@ def call_metadata(secret: str) -> tuple[tuple[str, str], ...]:
     return ((METADATA_KEY, secret),)
 
 
-def _deny(kind: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler:
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster secret")
+def server_interceptor(secret: str) -> Any:
+    """A grpc.aio server interceptor rejecting every call that lacks `secret`.
 
-    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong cluster secret")
+    The secret is compared in constant time. A refused call is answered by a handler with
+    no request deserializer, so its payload is never parsed. (gRPC is imported here, not
+    at module level: drivers and workers use this module without it.)
+    """
+    import grpc
 
-    # No request_deserializer: a refused call's payload stays raw bytes, never parsed.
-    if kind is None or (not kind.request_streaming and not kind.response_streaming):
-        return grpc.unary_unary_rpc_method_handler(unary)
-    if kind.request_streaming and kind.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming)
-    if kind.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(streaming)
-    return grpc.unary_stream_rpc_method_handler(streaming)
+    def deny(kind: Any) -> Any:
+        async def refuse(request: Any, context: Any) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong cluster secret")
 
+        if kind is None or (not kind.request_streaming and not kind.response_streaming):
+            return grpc.unary_unary_rpc_method_handler(refuse)
+        if kind.request_streaming and kind.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(refuse)
+        if kind.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(refuse)
+        return grpc.unary_stream_rpc_method_handler(refuse)
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Rejects every call whose metadata lacks the cluster secret (constant-time compare)."""
+    expected = secret.encode()
 
-    def __init__(self, secret: str) -> None:
-        self._secret = secret.encode()
+    class AuthInterceptor(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation: Any, details: Any) -> Any:
+            given = b""
+            for key, value in details.invocation_metadata or ():
+                if key == METADATA_KEY:
+                    given = value.encode() if isinstance(value, str) else value
+                    break
+            if hmac.compare_digest(given, expected):
+                return await continuation(details)
+            # Looking the handler up parses nothing; it tells us the call's shape.
+            return deny(await continuation(details))
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        given = b""
-        for key, value in handler_call_details.invocation_metadata or ():
-            if key == METADATA_KEY:
-                given = value.encode() if isinstance(value, str) else value
-                break
-        if hmac.compare_digest(given, self._secret):
-            return await continuation(handler_call_details)
-        # Looking the handler up deserializes nothing; it tells us the call's shape.
-        return _deny(await continuation(handler_call_details))
+    return AuthInterceptor()

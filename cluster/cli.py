@@ -19,7 +19,7 @@ import sys
 import time
 
 from cluster import auth, clusterfile, paths
-from cluster.workerpool import PACKAGE_ROOT
+from cluster.paths import PACKAGE_ROOT
 
 
 class CliError(Exception):
@@ -51,7 +51,8 @@ def _pick_cluster(cluster_id: str | None, include_down: bool = False) -> cluster
 def _stub(cf: clusterfile.ClusterFile) -> tuple[object, object]:
     import grpc
 
-    from cluster.protocol import CHANNEL_OPTIONS, pb_grpc
+    from cluster import shoal_pb2_grpc as pb_grpc
+    from cluster.protocol import CHANNEL_OPTIONS
 
     channel = grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS)
     return channel, pb_grpc.HeadStub(channel)

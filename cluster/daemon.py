@@ -80,11 +80,22 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
-    async def start(self) -> None:
-        """Spawn the initial workers (they connect while the head link comes up)."""
-        self._loop = asyncio.get_running_loop()
+    def spawn_initial(self) -> None:
+        """Start the initial worker processes now, before any event loop exists, so they
+        boot while the node is still importing gRPC."""
         os.makedirs(self.log_dir, exist_ok=True)
-        await asyncio.gather(*(self._spawn() for _ in range(self.num_workers)))
+        for _ in range(self.num_workers - len(self.workers)):
+            worker = WorkerHandle(len(self.workers), self._on_worker_message,
+                                  self._on_worker_lost)
+            worker.spawn(self._env)
+            self.workers.append(worker)
+            self._starting += 1
+
+    async def start(self) -> None:
+        """Attach the initial workers to the loop (spawning them if not done yet)."""
+        self._loop = asyncio.get_running_loop()
+        self.spawn_initial()
+        await asyncio.gather(*(w.attach() for w in self.workers))
 
     async def _spawn(self) -> None:
         worker = WorkerHandle(len(self.workers), self._on_worker_message, self._on_worker_lost)

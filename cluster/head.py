@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cluster import scheduler
-from cluster.protocol import fill, pb, to_dict
+from cluster.protocol import DRIVER_SHIFT, fill, pb, to_dict
 
 log = logging.getLogger("shoal.head")
 
-DRIVER_SHIFT = 40
 RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
 
 

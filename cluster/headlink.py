@@ -13,10 +13,11 @@ import time
 
 import grpc
 
+from cluster import shoal_pb2_grpc as pb_grpc
 from cluster.auth import call_metadata
 from cluster.daemon import Daemon
 from cluster.headserver import StreamConn
-from cluster.protocol import CHANNEL_OPTIONS, pb, pb_grpc
+from cluster.protocol import CHANNEL_OPTIONS, pb
 
 log = logging.getLogger("shoal.daemon")
 

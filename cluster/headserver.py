@@ -22,10 +22,11 @@ from typing import Any
 
 import grpc
 
+from cluster import shoal_pb2_grpc as pb_grpc
 from cluster import wire
-from cluster.auth import AuthInterceptor
+from cluster.auth import server_interceptor
 from cluster.head import Head
-from cluster.protocol import SERVER_OPTIONS, pb, pb_grpc
+from cluster.protocol import SERVER_OPTIONS, pb
 
 log = logging.getLogger("shoal.head")
 
@@ -227,7 +228,7 @@ class HeadService(pb_grpc.HeadServicer):
 
 async def start_server(head: Head, secret: str, host: str) -> tuple[grpc.aio.Server, int]:
     """Serve the head's gRPC service on ``host:0``; returns (server, port)."""
-    server = grpc.aio.server(interceptors=[AuthInterceptor(secret)], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[server_interceptor(secret)], options=SERVER_OPTIONS)
     pb_grpc.add_HeadServicer_to_server(HeadService(head), server)
     bind = f"[{host}]:0" if ":" in host else f"{host}:0"
     port = server.add_insecure_port(bind)

@@ -18,9 +18,11 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
+from typing import Any
 
 from cluster import auth, clusterfile, paths
 
@@ -29,8 +31,6 @@ log = logging.getLogger("shoal.node")
 
 def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
     """This host's resources, overridden by the command line."""
-    import psutil
-
     cpus = ns.num_cpus if ns.num_cpus is not None else len(os.sched_getaffinity(0))
     total: dict[str, float] = {"cpus": float(cpus)}
     gpus = ns.num_gpus
@@ -40,7 +40,7 @@ def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
     if gpus:
         total["gpus"] = float(gpus)
     total["memory"] = float(ns.memory if ns.memory is not None
-                            else psutil.virtual_memory().total)
+                            else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     if ns.resources:
         for key, value in json.loads(ns.resources).items():
             total[key] = float(value)
@@ -68,9 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(ns: argparse.Namespace, secret: str) -> None:
-    """Run what `ns` asks for until shutdown."""
-    from cluster.daemon import Daemon
+async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
+    """Run what `ns` asks for until shutdown (`daemon`: this host's, already spawning)."""
     from cluster.head import Head
     from cluster.headserver import LocalConn, start_driver_lane, start_server
     from cluster.protocol import fill, pb
@@ -81,31 +80,36 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
     node_name = ns.node_name or socket.gethostname()
     server = None
     head = None
-    daemon = None
     port = 0
     unix_path = ""
 
+    def finish() -> None:
+        # Remote daemons need a moment to receive their shutdown message; a cluster that
+        # is all in this process can end at once (its workers exit on "exit" or EOF).
+        remote = head is not None and any(n.alive and n.remote for n in head.nodes.values())
+        loop.call_later(0.3 if remote else 0.0, done.set)
+
     def stop() -> None:
         if head is not None:
-            head.shutdown()
+            head.shutdown()  # calls finish() through on_shutdown
         elif daemon is not None:
             daemon.stop()
-        loop.call_later(1.5, done.set)
+        else:
+            done.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
 
-    if ns.daemon:
-        total = detect_resources(ns)
-        daemon = Daemon(node_name, total, os.path.join(log_dir, "tasks"), ns.num_workers)
-        daemon.on_stop = lambda: loop.call_later(0.5, done.set)
+    if daemon is not None:
+        if not ns.head:
+            daemon.on_stop = lambda: loop.call_later(0.3, done.set)
         workers_started = asyncio.ensure_future(daemon.start())
 
     runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else node_name)
     if ns.head:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)
-        head.on_shutdown = lambda: loop.call_later(0.2, done.set)
+        head.on_shutdown = finish
         unix_path = os.path.join(runtime, "driver.sock")
         server, port = await start_server(head, secret, ns.host)
         lane = await start_driver_lane(head, secret, unix_path)
@@ -157,11 +161,9 @@ async def serve(ns: argparse.Namespace, secret: str) -> None:
     await done.wait()
     if daemon is not None:
         daemon.stop()
-        await asyncio.sleep(0.05)
     if server is not None:
         lane.close()
-        await server.stop(0.2)
-    import shutil
+        await server.stop(0)
     shutil.rmtree(runtime, ignore_errors=True)
     if ns.write_cluster_file and head is not None:
         try:
@@ -189,8 +191,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         filename=os.path.join(log_dir, f"{role}.log"), level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    daemon = None
+    if ns.daemon:
+        from cluster.daemon import Daemon
+
+        daemon = Daemon(ns.node_name or socket.gethostname(), detect_resources(ns),
+                        os.path.join(log_dir, "tasks"), ns.num_workers)
+        daemon.spawn_initial()
     paths.sweep_stale()
-    asyncio.run(serve(ns, secret))
+    asyncio.run(serve(ns, secret, daemon))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,20 @@
-"""The generated protobuf/gRPC modules plus the small conversions everyone needs."""
+"""The generated protobuf messages plus the small conversions everyone needs.
+
+The gRPC stubs (``cluster.shoal_pb2_grpc``) are imported only where gRPC is used, so a
+driver on the head's host and the workers never pay for importing gRPC.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 from cluster import shoal_pb2 as pb
-from cluster import shoal_pb2_grpc as pb_grpc
 
-__all__ = ["pb", "pb_grpc", "to_dict", "fill", "CHANNEL_OPTIONS", "SERVER_OPTIONS"]
+__all__ = ["pb", "to_dict", "fill", "CHANNEL_OPTIONS", "SERVER_OPTIONS", "DRIVER_SHIFT"]
+
+#: Task and object ids are ``driver_id << DRIVER_SHIFT | sequence``: made by the driver,
+#: unique in the cluster, and routable to their driver without a lookup.
+DRIVER_SHIFT = 40
 
 # Values travel inline in messages (until the object store takes large ones), so lift
 # gRPC's 4 MB default; keepalive makes a vanished peer visible on an idle stream.

@@ -8,7 +8,6 @@ the gRPC stream carries). Each frame is a 4-byte little-endian length and the bo
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 import struct
 from collections.abc import Callable
@@ -47,9 +46,12 @@ def split(buf: bytearray) -> list[bytes]:
     return out
 
 
-class FrameProtocol(asyncio.Protocol):
-    """asyncio side of a framed socket: ``on_message(decode(body))`` per frame,
-    ``on_lost()`` at EOF. A frame that fails to decode closes the connection."""
+class FrameProtocol:
+    """asyncio protocol for a framed socket: ``on_message(decode(body))`` per frame,
+    ``on_lost()`` at EOF. A frame that fails to decode closes the connection.
+
+    (Duck-typed rather than subclassing asyncio.Protocol, so workers, which import this
+    module, never import asyncio.)"""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
                  decode: Callable[[bytes], Any] = pickle.loads) -> None:
@@ -57,10 +59,19 @@ class FrameProtocol(asyncio.Protocol):
         self._on_lost = on_lost
         self._decode = decode
         self._buf = bytearray()
-        self.transport: asyncio.WriteTransport | None = None
+        self.transport: Any = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def eof_received(self) -> bool:
+        return False
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf

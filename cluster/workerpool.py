@@ -16,9 +16,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cluster.paths import PACKAGE_ROOT
 from cluster.wire import FrameProtocol
-
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def worker_env(log_dir: str) -> dict[str, str]:
@@ -54,10 +53,18 @@ class WorkerHandle:
         self._on_message = on_message
         self._on_lost = on_lost
         self._protocol: FrameProtocol | None = None
+        self._sock: socket.socket | None = None
 
     async def start(self, env: dict[str, str]) -> None:
         """Spawn the process and connect its socket to the event loop."""
+        self.spawn(env)
+        await self.attach()
+
+    def spawn(self, env: dict[str, str]) -> None:
+        """Start the process (no event loop needed: a node spawns its first workers while
+        it is still importing gRPC)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = ours
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cluster.worker", str(theirs.fileno())],
@@ -69,9 +76,12 @@ class WorkerHandle:
         finally:
             theirs.close()
         self.pid = self.proc.pid
+
+    async def attach(self) -> None:
+        """Connect the spawned process's socket to the running event loop."""
         loop = asyncio.get_running_loop()
         protocol = FrameProtocol(lambda m: self._on_message(self, m), lambda: self._lost())
-        await loop.create_unix_connection(lambda: protocol, sock=ours)
+        await loop.create_unix_connection(lambda: protocol, sock=self._sock)
         self._protocol = protocol
 
     def _lost(self) -> None:
