@@ -135,6 +135,12 @@ class GrpcTransport:
                 self._call.cancel()
             if self._channel is not None:
                 await self._channel.close(grace=0.1)
+            # End grpc's own helper tasks too, so none is destroyed while pending.
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
         if self._loop.is_running():
             try:

@@ -1,0 +1,149 @@
+"""A second daemon joins a head over gRPC (two daemons on one host, real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import api
+from cluster import clusterfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _start_daemon(cf: clusterfile.ClusterFile, name: str, *extra: str,
+                  head_timeout: float = 30) -> subprocess.Popen:
+    env = {**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", cf.cluster_id,
+         "--head-address", cf.address, "--node-name", name, "--head-timeout",
+         str(head_timeout), *extra],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_nodes(count: int, timeout: float = 20) -> None:
+    @api.python_app(num_cpus=0)
+    def nothing():
+        return None
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        client = api._session.client()
+        if len([n for n in client.nodes.values() if n.state == "alive"]) >= count:
+            return
+        nothing().result(timeout=10)  # node-table updates ride on result batches
+        time.sleep(0.1)
+    raise AssertionError(f"fewer than {count} nodes joined")
+
+
+@pytest.fixture
+def two_nodes(clusterctl, no_session):
+    up = clusterctl("up", "--num-cpus", "1", "--cluster-id", "multi")
+    assert up.returncode == 0, up.stderr
+    cf = clusterfile.read(clusterfile.path_for("multi"))
+    daemon = _start_daemon(cf, "second", "--num-cpus", "2", "--resources", '{"special": 1}')
+    api.init(cf.path)
+    _wait_nodes(2)
+    yield cf, daemon
+    api.shutdown()
+    clusterctl("down", "--cluster", "multi")
+    if daemon.poll() is None:
+        daemon.kill()
+
+
+@api.python_app
+def node_name():
+    import socket
+    import time
+
+    time.sleep(0.05)
+    return os.environ.get("SHOAL_NODE_NAME", socket.gethostname()), os.getppid()
+
+
+def test_tasks_spread_over_both_daemons(two_nodes):
+    cf, daemon = two_nodes
+    parents = {f.result(timeout=60)[1] for f in [node_name() for _ in range(30)]}
+    assert daemon.pid in parents and cf.head_pid in parents
+
+
+def test_custom_resource_routes_to_the_node_that_has_it(two_nodes):
+    cf, daemon = two_nodes
+
+    @api.python_app(resources={"special": 1})
+    def special():
+        return os.getppid()
+
+    assert {special().result(timeout=60) for _ in range(3)} == {daemon.pid}
+
+
+def test_dependencies_cross_daemons(two_nodes):
+    @api.python_app(resources={"special": 1})
+    def produce():
+        return list(range(1000))
+
+    @api.python_app(num_cpus=1)
+    def consume(values):
+        return sum(values), os.getppid()
+
+    total, _ = consume(produce()).result(timeout=60)
+    assert total == sum(range(1000))
+
+
+def test_node_loss_retries_running_tasks_elsewhere(two_nodes, tmp_path):
+    cf, daemon = two_nodes
+
+    @api.python_app(max_retries=1)
+    def slow_then_report(path):
+        open(path, "a").write(f"{os.getppid()}\n")
+        import time
+
+        time.sleep(1.5)
+        return os.getppid()
+
+    futs = [slow_then_report(str(tmp_path / f"t{i}")) for i in range(3)]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        started = [p for p in tmp_path.iterdir() if str(daemon.pid) in p.read_text()]
+        if started:
+            break
+        time.sleep(0.05)
+    assert started, "no task started on the second daemon"
+    os.killpg(daemon.pid, signal.SIGKILL)
+    results = [f.result(timeout=60) for f in futs]
+    assert all(r == cf.head_pid for r in results), "lost tasks must finish on the head's node"
+
+
+def test_node_loss_without_retries_is_worker_crashed(two_nodes):
+    cf, daemon = two_nodes
+
+    @api.python_app(resources={"special": 1})
+    def hang():
+        import time
+
+        time.sleep(60)
+
+    fut = hang()
+    time.sleep(1.0)
+    os.killpg(daemon.pid, signal.SIGKILL)
+    with pytest.raises(api.WorkerCrashedError, match="lost"):
+        fut.result(timeout=60)
+
+
+def test_daemon_exits_after_losing_the_head(clusterctl):
+    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", "orphan").returncode == 0
+    cf = clusterfile.read(clusterfile.path_for("orphan"))
+    daemon = _start_daemon(cf, "lonely", "--num-cpus", "1", head_timeout=2)
+    try:
+        assert daemon.stdout is not None and daemon.stdout.readline()  # serving
+        time.sleep(1.0)
+        os.kill(cf.head_pid, signal.SIGKILL)
+        assert daemon.wait(timeout=30) is not None
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        clusterctl("down", "--cluster", "orphan")
