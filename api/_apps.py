@@ -72,7 +72,8 @@ class App:
 
     def __init__(self, fn: Callable[..., Any], kind: int, *, num_cpus: float, num_gpus: float,
                  memory: float, resources: Mapping[str, float] | None, max_retries: int,
-                 walltime: float | None, name: str | None) -> None:
+                 walltime: float | None, name: str | None, num_nodes: int = 1,
+                 ranks_per_node: int = 1) -> None:
         if not callable(fn):
             raise TypeError(f"an app must wrap a function, got {type(fn).__name__}")
         for label, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
@@ -81,6 +82,11 @@ class App:
                 raise ValueError(f"{label} must be >= 0, got {value!r}")
         if walltime is not None and walltime <= 0:
             raise ValueError(f"walltime must be a positive number of seconds, got {walltime!r}")
+        for label, count in (("num_nodes", num_nodes), ("ranks_per_node", ranks_per_node)):
+            if not isinstance(count, int) or count < 1:
+                raise ValueError(f"{label} must be a whole number >= 1, got {count!r}")
+        self.num_nodes = num_nodes
+        self.ranks_per_node = ranks_per_node
         self.fn = fn
         self.kind = kind
         self.name = name or getattr(fn, "__name__", "app")
@@ -126,7 +132,12 @@ class App:
         nodes = client.node_resources()
         if len(client.nodes) == self._checked_nodes or not nodes:
             return
-        if not any(scheduler.can_ever_fit(self.request, total) for total in nodes):
+        fitting = sum(1 for total in nodes if scheduler.can_ever_fit(self.request, total))
+        if self.num_nodes > 1 and fitting < self.num_nodes:
+            raise _errors.ResourceUnavailableError(
+                f"app {self.name!r} asks for {self.num_nodes} nodes with "
+                f"{scheduler.describe(self.request)} each; the cluster has {fitting}")
+        if not fitting:
             largest = max(nodes, key=lambda t: (t.get("cpus", 0), t.get("gpus", 0)))
             raise _errors.ResourceUnavailableError(
                 f"app {self.name!r} asks for {scheduler.describe(self.request)}, but the "
@@ -182,7 +193,8 @@ class App:
         data = self._serialize_args(args, kwargs, deps)
         spec = pb.TaskSpec(task_id=task_id, fn_id=fn_id, name=self.name, args=data, deps=deps,
                            resources=self._resources, max_retries=self.max_retries,
-                           walltime=self.walltime, kind=self.kind, cwd=client.cwd)
+                           walltime=self.walltime, kind=self.kind, cwd=client.cwd,
+                           num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node)
         if stdout:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
@@ -259,7 +271,7 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
 def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1, num_gpus: float = 0,
              memory: float = 0, resources: Mapping[str, float] | None = None,
              max_retries: int = 0, walltime: float | None = None,
-             name: str | None = None) -> Any:
+             name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1) -> Any:
     """Make a function that returns a command line an app run with ``bash -c`` on a worker.
 
     ``stdout=``/``stderr=`` (as call keywords or parameter defaults) take a path, a
@@ -274,8 +286,16 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1, num_g
         fut.result()                  # 0
         open(fut.stdout).read()       # "hello\\n"
 
-    Options as for :func:`python_app`.
+    Options as for :func:`python_app`, plus, for multi-node (MPI) apps, ``num_nodes`` and
+    ``ranks_per_node``: the app holds every slot of `num_nodes` whole nodes and runs on the
+    first, with ``$CLUSTER_NODELIST`` (comma-separated hosts) and ``$CLUSTER_MPI_PREFIX``
+    (an ``srun --overlap`` line for num_nodes * ranks_per_node ranks) in its environment::
+
+        @api.bash_app(num_nodes=2, ranks_per_node=4)
+        def mpi_hello():
+            return "$CLUSTER_MPI_PREFIX ./mpi_hello"
     """
     return _decorator(pb.BASH, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                         resources=resources, max_retries=max_retries,
-                                        walltime=walltime, name=name))
+                                        walltime=walltime, name=name, num_nodes=num_nodes,
+                                        ranks_per_node=ranks_per_node))

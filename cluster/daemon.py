@@ -38,7 +38,7 @@ class HeadLink(Protocol):
 class _Task:
     spec: pb.TaskSpec
     request: dict[str, float]
-    gpu_ids: list[int] = field(default_factory=list)
+    gpu_ids: list[str] = field(default_factory=list)
     started: float = 0.0
     timer: asyncio.TimerHandle | None = None
 
@@ -52,7 +52,7 @@ class Daemon:
         total: dict[str, float],
         log_dir: str,
         num_workers: int | None = None,
-        gpu_ids: list[int] | None = None,
+        gpu_ids: list[str] | None = None,
     ) -> None:
         self.name = name
         self.total = dict(total)
@@ -61,8 +61,11 @@ class Daemon:
         cpus = int(total.get("cpus", 1))
         self.num_workers = num_workers if num_workers is not None else max(1, cpus)
         self.max_workers = max(self.num_workers, 4 * max(cpus, 1))
-        self.free_gpus: list[int] = list(gpu_ids if gpu_ids is not None
-                                         else range(int(total.get("gpus", 0))))
+        if gpu_ids is None:
+            visible = [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+                       if g.strip()]
+            gpu_ids = visible if visible else [str(i) for i in range(int(total.get("gpus", 0)))]
+        self.free_gpus: list[str] = list(gpu_ids)[: int(total.get("gpus", 0))]
         self.link: HeadLink | None = None
         self.node_id = 0
         self.queue: deque[_Task] = deque()
@@ -192,7 +195,7 @@ class Daemon:
         want = int(task.request.get("gpus", 0) + 0.999)
         if want:
             task.gpu_ids = [self.free_gpus.pop(0) for _ in range(min(want, len(self.free_gpus)))]
-            gpus = ",".join(str(g) for g in task.gpu_ids)
+            gpus = ",".join(task.gpu_ids)
         if spec.fn_id not in worker.functions:
             blob = self.functions.get(spec.fn_id)
             if blob is None:
@@ -210,7 +213,7 @@ class Daemon:
         worker.timed_out = False
         task.started = time.perf_counter()
         worker.send(("run", spec.task_id, spec.fn_id, spec.kind, spec.name, spec.args, deps,
-                     gpus, stdout, stderr, spec.cwd))
+                     gpus, stdout, stderr, spec.cwd, dict(spec.env) if spec.env else None))
         if spec.walltime > 0:
             loop = self._loop or asyncio.get_event_loop()
             task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)
@@ -226,7 +229,6 @@ class Daemon:
             free[key] = free.get(key, 0.0) + amount
         if task.gpu_ids:
             self.free_gpus.extend(task.gpu_ids)
-            self.free_gpus.sort()
             task.gpu_ids = []
         if task.timer is not None:
             task.timer.cancel()

@@ -46,6 +46,7 @@ class _Task:
     pending: int = 0
     node_id: int = 0
     attempts: int = 0
+    reserved: dict[int, dict[str, float]] = field(default_factory=dict)  # node id -> held
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class Head:
         self.drivers: dict[int, _Driver] = {}
         self.tasks: dict[int, _Task] = {}
         self.ready: dict[bytes, deque[_Task]] = {}
+        self.gangs: deque[_Task] = deque()  # ready multi-node apps
         self.waiters: dict[int, list[_Task]] = {}
         self.values: dict[int, _Value] = {}
         self.refs: dict[int, int] = {}
@@ -186,6 +188,7 @@ class Head:
         running = list(node.running.values())
         node.running.clear()
         for task in running:
+            self._unreserve(task)
             result = pb.TaskResult(task_id=task.spec.task_id, status=pb.NODE_LOST,
                                    node=node.name, attempt=task.spec.attempt,
                                    message=f"node {node.name} was lost ({reason})")
@@ -203,9 +206,7 @@ class Head:
             task = node.running.pop(result.task_id, None)
             if task is None:
                 continue
-            used = node.view.used
-            for key, amount in task.request.items():
-                used[key] = used.get(key, 0.0) - amount
+            self._unreserve(task)
             node.done += 1
             mean = node.mean_seconds
             seconds = result.run_seconds
@@ -259,6 +260,9 @@ class Head:
                 self.ready[key] = kept
             else:
                 del self.ready[key]
+        for task in [t for t in self.gangs if t.spec.task_id >> DRIVER_SHIFT == driver.driver_id]:
+            self.gangs.remove(task)
+            self.tasks.pop(task.spec.task_id, None)
         for object_id, count in driver.refs.items():
             for _ in range(count):
                 self._decref(object_id)
@@ -347,7 +351,7 @@ class Head:
         if failed_dep is not None:
             self._fail_dependency(task, failed_dep[0], failed_dep[1])
             return
-        reason = self._infeasible(request)
+        reason = self._infeasible(request, spec.num_nodes)
         if reason:
             self._fail(task, pb.UNSCHEDULABLE, reason)
             return
@@ -355,11 +359,18 @@ class Head:
         if pending == 0:
             self._make_ready(task)
 
-    def _infeasible(self, request: dict[str, float]) -> str:
+    def _infeasible(self, request: dict[str, float], num_nodes: int = 1) -> str:
         alive = [n.view for n in self.nodes.values() if n.alive]
         if not alive:
             return ""  # nodes may still join; the task waits
-        if any(scheduler.can_ever_fit(request, v.total) for v in alive):
+        fitting = sum(1 for v in alive if scheduler.can_ever_fit(request, v.total))
+        if num_nodes > 1:
+            if fitting >= num_nodes:
+                return ""
+            return (f"the app asks for {num_nodes} nodes with "
+                    f"{scheduler.describe(request)} each; the cluster has {fitting} such "
+                    f"node{'s' if fitting != 1 else ''}")
+        if fitting:
             return ""
         return (f"no node can ever run this task: it asks for {scheduler.describe(request)}, "
                 f"the largest node has {scheduler.describe(scheduler.largest_node(alive))}")
@@ -373,6 +384,9 @@ class Head:
                     self._fail(task, pb.UNSCHEDULABLE, reason)
 
     def _make_ready(self, task: _Task) -> None:
+        if task.spec.num_nodes > 1:
+            self.gangs.append(task)
+            return
         queue = self.ready.get(task.shape)
         if queue is None:
             queue = self.ready[task.shape] = deque()
@@ -441,12 +455,19 @@ class Head:
 
     # ---- dispatch ----------------------------------------------------------------------
     def _schedule(self) -> None:
-        if not self.ready:
+        if not (self.ready or self.gangs):
             return
         views = [n.view for n in self.nodes.values() if n.alive]
         if not views:
             return
         nodes = self.nodes
+        while self.gangs:
+            task = self.gangs[0]
+            chosen = scheduler.place_gang(task.request, views, task.spec.num_nodes)
+            if chosen is None:
+                break
+            self.gangs.popleft()
+            self._assign_gang(task, [nodes[i] for i in chosen])
         place = scheduler.place
         for key in list(self.ready):
             queue = self.ready[key]
@@ -460,10 +481,40 @@ class Head:
             if not queue:
                 del self.ready[key]
 
-    def _assign(self, task: _Task, node: _Node) -> None:
+    def _reserve(self, task: _Task, node: _Node, amounts: dict[str, float]) -> None:
         used = node.view.used
-        for key, amount in task.request.items():
+        for key, amount in amounts.items():
             used[key] = used.get(key, 0.0) + amount
+        task.reserved[node.node_id] = amounts
+
+    def _unreserve(self, task: _Task) -> None:
+        for node_id, amounts in task.reserved.items():
+            node = self.nodes.get(node_id)
+            if node is not None:
+                used = node.view.used
+                for key, amount in amounts.items():
+                    used[key] = used.get(key, 0.0) - amount
+        task.reserved = {}
+
+    def _assign_gang(self, task: _Task, gang: list[_Node]) -> None:
+        """A multi-node app holds every slot of its nodes and runs on the first one, with
+        $CLUSTER_NODELIST and $CLUSTER_MPI_PREFIX describing the set."""
+        from cluster.slurm import mpi_prefix
+
+        for node in gang[1:]:
+            self._reserve(task, node, dict(node.view.total))
+        names = [n.name for n in gang]
+        ranks = max(1, task.spec.ranks_per_node)
+        env = task.spec.env
+        env["CLUSTER_NODELIST"] = ",".join(names)
+        env["CLUSTER_NUM_NODES"] = str(len(names))
+        env["CLUSTER_RANKS_PER_NODE"] = str(ranks)
+        env["CLUSTER_MPI_PREFIX"] = mpi_prefix(names, ranks, os.environ.get("SHOAL_MPI", ""))
+        first = gang[0]
+        self._assign(task, first, reserve=dict(first.view.total))
+
+    def _assign(self, task: _Task, node: _Node, reserve: dict[str, float] | None = None) -> None:
+        self._reserve(task, node, reserve if reserve is not None else task.request)
         spec = task.spec
         task.node_id = node.node_id
         node.running[spec.task_id] = task

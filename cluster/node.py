@@ -31,7 +31,11 @@ log = logging.getLogger("shoal.node")
 
 def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
     """This host's resources, overridden by the command line."""
-    cpus = ns.num_cpus if ns.num_cpus is not None else len(os.sched_getaffinity(0))
+    cpus = ns.num_cpus
+    if cpus is None and ns.node_cpus:
+        cpus = json.loads(ns.node_cpus).get(socket.gethostname())
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0))
     total: dict[str, float] = {"cpus": float(cpus)}
     gpus = ns.num_gpus
     if gpus is None:
@@ -47,13 +51,32 @@ def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
     return total
 
 
+def resolve_host(host: str, interface: str) -> str:
+    """The address to bind and advertise (see --host)."""
+    if host != "auto":
+        return host
+    if interface:
+        import psutil
+
+        for addr in psutil.net_if_addrs().get(interface, []):
+            if addr.family == socket.AF_INET:
+                return addr.address
+        names = ", ".join(sorted(psutil.net_if_addrs()))
+        raise SystemExit(f"--interface {interface}: no IPv4 address on it (interfaces: {names})")
+    return socket.gethostbyname(socket.gethostname())
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m cluster.node", description=__doc__)
     parser.add_argument("--head", action="store_true")
     parser.add_argument("--daemon", action="store_true")
     parser.add_argument("--cluster-id", required=True)
     parser.add_argument("--head-address", default="")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind and advertise")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind and advertise; 'auto': --interface's address, "
+                             "else the address this host's name resolves to")
+    parser.add_argument("--interface", default="", help="network interface for --host auto")
+    parser.add_argument("--node-cpus", default="", help="JSON {hostname: cpus} (Slurm)")
     parser.add_argument("--node-name", default="")
     parser.add_argument("--num-cpus", type=int, default=None)
     parser.add_argument("--num-gpus", type=int, default=None)
@@ -186,6 +209,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"the cluster secret must be in ${auth.ENV_VAR}")
     log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
     ns.log_dir = log_dir
+    ns.host = resolve_host(ns.host, ns.interface)
     os.makedirs(log_dir, exist_ok=True)
     role = "head" if ns.head else f"daemon-{ns.node_name or socket.gethostname()}"
     logging.basicConfig(

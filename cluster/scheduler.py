@@ -111,6 +111,33 @@ def place(
     return best
 
 
+def place_gang(
+    request: Resources, nodes: Sequence[NodeView], count: int
+) -> list[int] | None:
+    """Choose `count` whole, idle nodes for a multi-node app, or None when not possible now.
+
+    A node qualifies when nothing is assigned to it and it could run `request`; the first
+    `count` in node-id order are taken (stable, so MPI rank layouts are predictable).
+
+    >>> idle = [NodeView(i, {"cpus": 4}) for i in (1, 2, 3)]
+    >>> place_gang({"cpus": 1}, idle, 2)
+    [1, 2]
+    >>> idle[0].used["cpus"] = 1
+    >>> place_gang({"cpus": 1}, idle, 3) is None
+    True
+    """
+    chosen = []
+    for node in sorted(nodes, key=lambda n: n.node_id):
+        if not node.schedulable or not can_ever_fit(request, node.total):
+            continue
+        if any(v > _EPS for v in node.used.values()):
+            continue
+        chosen.append(node.node_id)
+        if len(chosen) == count:
+            return chosen
+    return None
+
+
 def largest_node(nodes: Sequence[NodeView]) -> dict[str, float]:
     """The resources of the biggest node (by cpus, then gpus, then memory), for errors."""
     if not nodes:

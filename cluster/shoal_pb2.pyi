@@ -65,7 +65,14 @@ class Value(_message.Message):
     def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd")
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     FN_ID_FIELD_NUMBER: _ClassVar[int]
     FN_BLOB_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +91,9 @@ class TaskSpec(_message.Message):
     DEP_VALUES_FIELD_NUMBER: _ClassVar[int]
     DRIVER_ID_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
+    NUM_NODES_FIELD_NUMBER: _ClassVar[int]
+    RANKS_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     fn_id: bytes
     fn_blob: bytes
@@ -102,7 +112,10 @@ class TaskSpec(_message.Message):
     dep_values: _containers.RepeatedCompositeFieldContainer[Value]
     driver_id: int
     cwd: str
-    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ...) -> None: ...
+    num_nodes: int
+    ranks_per_node: int
+    env: _containers.ScalarMap[str, str]
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message")

@@ -130,6 +130,7 @@ class Worker:
         stdout: tuple[str, str] | None,
         stderr: tuple[str, str] | None,
         cwd: str,
+        env: dict[str, str] | None,
     ) -> None:
         self.task_id, self.task_name = task_id, name
         if cwd and cwd != self._cwd:
@@ -140,9 +141,11 @@ class Worker:
                 pass  # the driver's directory does not exist on this node
         start = time.perf_counter()
         sys.stdout, sys.stderr = self.out, self.err
-        saved_gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+        overrides = dict(env or {})
         if gpus is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+            overrides["CUDA_VISIBLE_DEVICES"] = gpus
+        saved = {key: os.environ.get(key) for key in overrides}
+        os.environ.update(overrides)
         try:
             status, data, message = OK, b"", ""
             try:
@@ -170,11 +173,11 @@ class Worker:
             self.out.flush()
             self.err.flush()
             sys.stdout, sys.stderr = self._real_stdout, self._real_stderr
-            if gpus is not None:
-                if saved_gpus is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            for key, old in saved.items():
+                if old is None:
+                    os.environ.pop(key, None)
                 else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = saved_gpus
+                    os.environ[key] = old
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None

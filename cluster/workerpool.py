@@ -23,6 +23,10 @@ from cluster.wire import FrameProtocol
 def worker_env(log_dir: str) -> dict[str, str]:
     """Environment for worker processes: ours, plus the package on the path."""
     env = dict(os.environ)
+    if "SLURM_STEP_ID" in env:
+        from cluster.slurm import worker_environment
+
+        env = worker_environment(env)  # so bash apps' own srun starts a fresh step
     env["SHOAL_LOG_DIR"] = log_dir
     path = env.get("PYTHONPATH", "")
     parts = [p for p in path.split(os.pathsep) if p]

@@ -147,3 +147,35 @@ def test_daemon_exits_after_losing_the_head(clusterctl):
         if daemon.poll() is None:
             daemon.kill()
         clusterctl("down", "--cluster", "orphan")
+
+
+def test_multi_node_app_holds_whole_nodes_and_sees_the_node_list(two_nodes, tmp_path):
+    out = tmp_path / "env.txt"
+
+    @api.bash_app(num_nodes=2, ranks_per_node=3)
+    def show(path):
+        return (f"echo $CLUSTER_NODELIST $CLUSTER_NUM_NODES $CLUSTER_RANKS_PER_NODE > {path};"
+                f" echo $CLUSTER_MPI_PREFIX >> {path}; sleep 0.5")
+
+    @api.python_app
+    def quick():
+        return 1
+
+    fut = show(str(out))
+    others = [quick() for _ in range(4)]
+    assert fut.result(timeout=60) == 0
+    assert all(f.result(timeout=60) == 1 for f in others)
+    names, prefix = out.read_text().splitlines()
+    nodes, count, ranks = names.split()
+    assert sorted(nodes.split(",")) == sorted([os.uname().nodename, "second"])
+    assert (count, ranks) == ("2", "3")
+    assert prefix.startswith("srun --overlap --nodes=2 --ntasks=6 --ntasks-per-node=3")
+
+
+def test_multi_node_app_larger_than_cluster_fails_at_call(two_nodes):
+    @api.bash_app(num_nodes=3)
+    def too_big():
+        return "true"
+
+    with pytest.raises(api.ResourceUnavailableError, match="3 nodes"):
+        too_big()

@@ -1,0 +1,243 @@
+"""Starting and stopping whole clusters: on this host, or inside a Slurm allocation.
+
+Inside an allocation the head runs on the allocation's first node (directly when we are on
+it, as in an sbatch script; through ``srun`` from an salloc shell on a login node) and one
+daemon per node runs in a single ``srun --overlap`` step. Everything needed to tear the
+cluster down (job and step ids, nodes, pids) goes into the cluster file, so ``down`` works
+after the head has died.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cluster import auth, clusterfile, paths, slurm
+
+
+class BootstrapError(RuntimeError):
+    """Starting or stopping failed; the message says why and where the logs are."""
+
+
+def child_env(secret: str) -> dict[str, str]:
+    """Our environment plus the secret and the package on the path (for node processes)."""
+    env = dict(os.environ)
+    env[auth.ENV_VAR] = secret
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if paths.PACKAGE_ROOT not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([paths.PACKAGE_ROOT, *parts])
+    return env
+
+
+def _read_ready(proc: subprocess.Popen, timeout: float, log_dir: str) -> dict[str, Any]:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else b""
+    if not line:
+        proc.kill()
+        raise BootstrapError(f"the head did not start within {timeout:g}s "
+                             f"(exit code {proc.poll()}); see the logs in {log_dir}")
+    return json.loads(line)
+
+
+def _status(cf: clusterfile.ClusterFile, timeout: float) -> Any:
+    import grpc
+
+    from cluster import shoal_pb2_grpc as pb_grpc
+    from cluster.protocol import CHANNEL_OPTIONS, pb
+
+    with grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS) as channel:
+        return pb_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=auth.call_metadata(cf.secret), timeout=timeout)
+
+
+def status(cf: clusterfile.ClusterFile, timeout: float = 5.0) -> Any:
+    """The head's StatusReply; raises BootstrapError when it does not answer."""
+    import grpc
+
+    try:
+        return _status(cf, timeout)
+    except grpc.RpcError as err:
+        raise BootstrapError(
+            f"the head of {cf.cluster_id} at {cf.address} does not answer ({err.code().name}); "
+            f"`clusterctl down --cluster {cf.cluster_id}` cleans up what is left") from None
+
+
+def start_local(cluster_id: str | None, host: str, node_options: list[str],
+                timeout: float) -> clusterfile.ClusterFile:
+    """A head and this host's daemon in one background process."""
+    cluster_id = cluster_id or clusterfile.new_local_id()
+    _refuse_running(cluster_id)
+    secret = auth.new_secret()
+    log_dir = paths.log_dir(cluster_id)
+    cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id",
+           cluster_id, "--write-cluster-file", "--host", host, "--log-dir", log_dir,
+           *node_options]
+    with open(os.path.join(log_dir, "head.stderr"), "ab") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env=child_env(secret), start_new_session=True)
+    _read_ready(proc, timeout, log_dir)
+    return clusterfile.read(clusterfile.path_for(cluster_id))
+
+
+def _refuse_running(cluster_id: str) -> None:
+    path = clusterfile.path_for(cluster_id)
+    if os.path.exists(path):
+        cf = clusterfile.read(path)
+        if clusterfile.head_alive(cf):
+            raise BootstrapError(f"cluster {cluster_id} is already up at {cf.address}")
+
+
+def start_in_allocation(interface: str, head_timeout: float, timeout: float,
+                        progress: Callable[[str], None]) -> clusterfile.ClusterFile:
+    """Head on the first node, one daemon per node (one srun step); returns once all
+    nodes have joined."""
+    alloc = slurm.current_allocation()
+    cluster_id = alloc.job_id
+    _refuse_running(cluster_id)
+    secret = auth.new_secret()
+    env = child_env(secret)
+    log_dir = paths.log_dir(cluster_id)
+    python = slurm.python_executable()
+    steps_before = set(slurm.job_steps(alloc.job_id))
+    head_node = alloc.nodes[0]
+    here = socket.gethostname()
+    head_args = ["--head", "--cluster-id", cluster_id, "--write-cluster-file", "--log-dir",
+                 log_dir, "--host", "auto"]
+    if interface:
+        head_args += ["--interface", interface]
+    if here == head_node:
+        cmd = [python, "-m", "cluster.node", *head_args]
+    else:
+        cmd = slurm.head_srun_command(alloc, head_node, python, head_args)
+    progress(f"starting the head on {head_node}")
+    with open(os.path.join(log_dir, "head.stderr"), "ab") as err:
+        head = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env=env, start_new_session=True)
+    ready = _read_ready(head, timeout, log_dir)
+    address = ready["address"]
+    daemon_args = ["--daemon", "--cluster-id", cluster_id, "--head-address", address,
+                   "--log-dir", log_dir, "--host", "auto", "--head-timeout", str(head_timeout),
+                   "--node-cpus", json.dumps(alloc.cpus)]
+    if alloc.memory_mb:
+        daemon_args += ["--memory", str(alloc.memory_mb * 2**20)]
+    if interface:
+        daemon_args += ["--interface", interface]
+    progress(f"starting {len(alloc.nodes)} daemons with srun")
+    with open(os.path.join(log_dir, "daemons.out"), "ab") as out:
+        daemons = subprocess.Popen(slurm.daemon_srun_command(alloc, python, daemon_args),
+                                   stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=env,
+                                   start_new_session=True)
+    cf = clusterfile.read(clusterfile.path_for(cluster_id))
+    deadline = time.monotonic() + timeout
+    joined = -1
+    while True:
+        if daemons.poll() is not None:
+            raise BootstrapError(f"the daemon step ended (exit code {daemons.returncode}); "
+                                 f"see {os.path.join(log_dir, 'daemons.out')}")
+        try:
+            reply = _status(cf, 2.0)
+            count = sum(1 for n in reply.nodes if n.state == "alive")
+        except Exception:  # noqa: BLE001
+            count = 0
+        if count != joined:
+            joined = count
+            progress(f"{count}/{len(alloc.nodes)} nodes joined")
+        if count >= len(alloc.nodes):
+            break
+        if time.monotonic() > deadline:
+            raise BootstrapError(f"only {count} of {len(alloc.nodes)} nodes joined within "
+                                 f"{timeout:g}s; see the logs in {log_dir} on each node")
+        time.sleep(0.05)
+    steps = [s for s in slurm.job_steps(alloc.job_id) if s not in steps_before]
+    cf = clusterfile.read(clusterfile.path_for(cluster_id))
+    cf.nodes = list(alloc.nodes)
+    cf.slurm_job_id = alloc.job_id
+    cf.slurm_steps = steps
+    cf.extra.update(launcher_host=here, launcher_pids=[head.pid, daemons.pid],
+                    runtime_root=paths.runtime_root())
+    cf.save()
+    return cf
+
+
+def _pid_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split(") ", 1)[-1].startswith("Z"):
+                    return True  # a zombie is as good as gone
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
+    """Stop a cluster: ask the head, end its Slurm steps, scancel its blocks, remove runtime
+    directories, mark the file down. Works with a dead head; idempotent. Returns notes."""
+    import grpc
+
+    from cluster import shoal_pb2_grpc as pb_grpc
+    from cluster.protocol import CHANNEL_OPTIONS, pb
+
+    notes: list[str] = []
+    try:
+        with grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS) as channel:
+            pb_grpc.HeadStub(channel).Shutdown(
+                pb.ShutdownRequest(), metadata=auth.call_metadata(cf.secret),
+                timeout=min(timeout, 5.0))
+    except grpc.RpcError:
+        notes.append("the head did not answer; cleaning up from the cluster file")
+    here = socket.gethostname()
+    if cf.head_pid and cf.host == here and not _pid_gone(cf.head_pid, timeout):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(cf.head_pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
+            if _pid_gone(cf.head_pid, 2):
+                break
+    if cf.slurm_steps or cf.slurm_jobs:
+        deadline = time.monotonic() + timeout
+        remaining = list(cf.slurm_steps)
+        while remaining and time.monotonic() < deadline:
+            try:
+                alive = set(slurm.job_steps(cf.slurm_job_id)) if cf.slurm_job_id else set()
+            except slurm.SlurmError:
+                alive = set()
+            remaining = [s for s in remaining if s in alive]
+            if remaining:
+                time.sleep(0.1)
+        try:
+            slurm.cancel(remaining + list(cf.slurm_jobs))
+            if remaining:
+                notes.append(f"cancelled steps {', '.join(remaining)}")
+            if cf.slurm_jobs:
+                notes.append(f"cancelled blocks {', '.join(cf.slurm_jobs)}")
+        except slurm.SlurmError as err:
+            notes.append(f"scancel failed: {err}")
+    for pid in cf.extra.get("launcher_pids", []) if cf.extra.get("launcher_host") == here else []:
+        if not _pid_gone(pid, 2):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    root = cf.extra.get("runtime_root") or os.path.dirname(cf.runtime_dir or "")
+    for path in [cf.runtime_dir] + [os.path.join(root, f"{cf.cluster_id}-{n}")
+                                    for n in cf.nodes]:
+        if path and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+    cf.state = "down"
+    cf.save()
+    return notes
