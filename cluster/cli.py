@@ -1,8 +1,12 @@
 """``clusterctl``: start, inspect and stop shoal clusters.
 
-    clusterctl up [--num-cpus N] [--host ADDR]   start a cluster (outside Slurm: on this host)
-    clusterctl status [--cluster ID]             nodes, slots, tasks
-    clusterctl down [--cluster ID]               stop it and remove its runtime files
+    clusterctl up [--interface NAME]        inside a Slurm allocation: head on the first
+                                            node, one daemon per node (srun --overlap);
+                                            outside Slurm: a local cluster on this host
+    clusterctl status [--cluster ID]        nodes, slots, tasks
+    clusterctl down [--cluster ID]          stop it, end its steps, scancel its blocks
+    clusterctl run [--] COMMAND ...         up, run COMMAND (api.init("auto") finds the
+                                            cluster), down even if it fails; its exit code
 """
 
 from __future__ import annotations
@@ -10,16 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 
-from cluster import auth, clusterfile, paths
-from cluster.paths import PACKAGE_ROOT
+from cluster import bootstrap, clusterfile, slurm
 
 
 class CliError(Exception):
@@ -39,7 +38,7 @@ def _pick_cluster(cluster_id: str | None, include_down: bool = False) -> cluster
     if job and os.path.exists(clusterfile.path_for(job)):
         return clusterfile.read(clusterfile.path_for(job))
     found = clusterfile.all_clusters() if include_down else clusterfile.running()
-    found = [c for c in found if include_down or c.state == "up"]
+    found = [c for c in found if c.state == "up"]
     if len(found) == 1:
         return found[0]
     if not found:
@@ -48,54 +47,53 @@ def _pick_cluster(cluster_id: str | None, include_down: bool = False) -> cluster
     raise CliError(f"several clusters are running ({listing}); name one with --cluster ID")
 
 
-def _stub(cf: clusterfile.ClusterFile) -> tuple[object, object]:
-    import grpc
+def _progress(quiet: bool) -> object:
+    tty = sys.stderr.isatty()
 
-    from cluster import shoal_pb2_grpc as pb_grpc
-    from cluster.protocol import CHANNEL_OPTIONS
+    def show(text: str) -> None:
+        if quiet:
+            return
+        if tty:
+            sys.stderr.write(f"\r\033[K{text}")
+            sys.stderr.flush()
+        else:
+            print(text, file=sys.stderr)
 
-    channel = grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS)
-    return channel, pb_grpc.HeadStub(channel)
+    return show
+
+
+def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
+    if ns.resources:
+        try:
+            json.loads(ns.resources)
+        except json.JSONDecodeError as err:
+            raise CliError(f"--resources is not valid JSON: {err}") from None
+    if slurm.in_allocation() and not ns.local:
+        show = _progress(ns.quiet)
+        cf = bootstrap.start_in_allocation(ns.interface, ns.head_timeout, ns.timeout, show)
+        if sys.stderr.isatty() and not ns.quiet:
+            sys.stderr.write("\n")
+        return cf
+    options = []
+    for flag, value in (("--num-cpus", ns.num_cpus), ("--num-gpus", ns.num_gpus)):
+        if value is not None:
+            options += [flag, str(value)]
+    if ns.resources:
+        options += ["--resources", ns.resources]
+    host = ns.host
+    if ns.interface:
+        options += ["--interface", ns.interface]
+        host = "auto"
+    return bootstrap.start_local(ns.cluster_id, host, options, ns.timeout)
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
-    cluster_id = ns.cluster_id or clusterfile.new_local_id()
-    existing = clusterfile.path_for(cluster_id)
-    if os.path.exists(existing):
-        cf = clusterfile.read(existing)
-        if clusterfile.head_alive(cf):
-            raise CliError(f"cluster {cluster_id} is already up at {cf.address}")
-    secret = auth.new_secret()
-    env = dict(os.environ)
-    env[auth.ENV_VAR] = secret
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if PACKAGE_ROOT not in parts:
-        env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *parts])
-    log_dir = paths.log_dir(cluster_id)
-    cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id",
-           cluster_id, "--write-cluster-file", "--host", ns.host, "--log-dir", log_dir]
-    if ns.num_cpus is not None:
-        cmd += ["--num-cpus", str(ns.num_cpus)]
-    if ns.num_gpus is not None:
-        cmd += ["--num-gpus", str(ns.num_gpus)]
-    if ns.resources:
-        json.loads(ns.resources)
-        cmd += ["--resources", ns.resources]
-    with open(os.path.join(log_dir, "head.stderr"), "ab") as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=err, env=env, start_new_session=True)
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], ns.timeout)
-    line = proc.stdout.readline() if ready else b""
-    if not line:
-        proc.kill()
-        raise CliError(f"the head did not start within {ns.timeout:g}s; see {log_dir}")
-    info = json.loads(line)
-    proc.stdout.close()
-    print(f"shoal cluster {cluster_id} is up at {info['address']} (pid {info['pid']})")
-    print(f"  cluster file: {clusterfile.path_for(cluster_id)}")
-    print(f"  logs:         {log_dir}")
-    print('  connect:      api.init("auto")   or   api.init("' + info["address"] + '")')
+    cf = _up(ns)
+    where = f"{len(cf.nodes)} nodes of job {cf.slurm_job_id}" if cf.slurm_job_id else "this host"
+    print(f"shoal cluster {cf.cluster_id} is up at {cf.address} ({where})")
+    print(f"  cluster file: {cf.path}")
+    print(f"  logs:         {cf.log_dir}")
+    print('  connect:      api.init("auto")   or   api.init("' + cf.path + '")')
     return 0
 
 
@@ -106,108 +104,119 @@ def _fmt_res(res: object) -> str:
     return describe(to_dict(res))  # type: ignore[arg-type]
 
 
+def _free(node: object) -> str:
+    from cluster.protocol import to_dict
+    from cluster.scheduler import describe
+
+    total, used = to_dict(node.total), to_dict(node.used)  # type: ignore[attr-defined]
+    return describe({k: max(0.0, v - used.get(k, 0.0)) for k, v in total.items()})
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
-    import grpc
-
-    from cluster.auth import call_metadata
-    from cluster.protocol import pb
-
     cf = _pick_cluster(ns.cluster)
-    channel, stub = _stub(cf)
-    try:
-        reply = stub.Status(pb.StatusRequest(), metadata=call_metadata(cf.secret),  # type: ignore[attr-defined]
-                            timeout=ns.timeout)
-    except grpc.RpcError as err:
-        raise CliError(f"the head of {cf.cluster_id} at {cf.address} does not answer "
-                       f"({err.code().name}); `clusterctl down --cluster {cf.cluster_id}` "
-                       "cleans up what is left") from None
-    finally:
-        channel.close()  # type: ignore[attr-defined]
+    reply = bootstrap.status(cf, ns.timeout)
     if ns.json:
         from google.protobuf.json_format import MessageToDict
+
         print(json.dumps(MessageToDict(reply), indent=1))
         return 0
+    job = f"   slurm job {cf.slurm_job_id}" if cf.slurm_job_id else ""
     print(f"cluster {reply.cluster_id} at {cf.address}   up {reply.uptime:.0f}s   "
-          f"drivers {reply.drivers}   head pid {reply.head_pid}")
+          f"drivers {reply.drivers}   head pid {reply.head_pid}{job}")
     print(f"tasks: {reply.tasks_queued} queued, {reply.tasks_running} running, "
           f"{reply.tasks_done} done, {reply.tasks_failed} failed   "
           f"objects: {reply.objects} ({reply.object_bytes / 2**20:.1f} MiB)")
-    print(f"{'node':<16} {'state':<6} {'running':>7} {'done':>8} {'workers':>7}  "
-          "used / total")
+    print(f"{'node':<14} {'address':<16} {'state':<6} {'running':>7} {'done':>7} "
+          f"{'workers':>7}  free / total")
     for node in reply.nodes:
-        print(f"{node.name:<16} {node.state:<6} {node.running:>7} {node.done:>8} "
-              f"{node.workers:>7}  {_fmt_res(node.used)} / {_fmt_res(node.total)}")
+        print(f"{node.name:<14} {node.address:<16} {node.state:<6} {node.running:>7} "
+              f"{node.done:>7} {node.workers:>7}  {_free(node)} / {_fmt_res(node.total)}")
+    if cf.slurm_steps or cf.slurm_jobs:
+        print(f"slurm: steps {', '.join(cf.slurm_steps) or '-'}   "
+              f"blocks {', '.join(cf.slurm_jobs) or '-'}")
     return 0
 
 
-def _wait_gone(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def cmd_down(ns: argparse.Namespace) -> int:
-    import grpc
-
-    from cluster.auth import call_metadata
-    from cluster.protocol import pb
-
     cf = _pick_cluster(ns.cluster, include_down=True)
     if cf.state == "down":
         print(f"cluster {cf.cluster_id} is already down")
         return 0
-    channel, stub = _stub(cf)
-    try:
-        stub.Shutdown(pb.ShutdownRequest(), metadata=call_metadata(cf.secret),  # type: ignore[attr-defined]
-                      timeout=ns.timeout)
-    except grpc.RpcError:
-        pass  # the head may be dead already: clean up from the cluster file
-    finally:
-        channel.close()  # type: ignore[attr-defined]
-    local = cf.host == socket.gethostname()
-    if local and cf.head_pid and not _wait_gone(cf.head_pid, ns.timeout):
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(cf.head_pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            if _wait_gone(cf.head_pid, 2):
-                break
-    if local and cf.runtime_dir:
-        shutil.rmtree(cf.runtime_dir, ignore_errors=True)
-    cf.state = "down"
-    cf.save()
+    for note in bootstrap.teardown(cf, ns.timeout):
+        print(f"  {note}", file=sys.stderr)
     print(f"cluster {cf.cluster_id} is down")
     return 0
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    if not command:
+        raise CliError("nothing to run: clusterctl run -- python driver.py")
+    cf = _up(ns)
+    print(f"shoal cluster {cf.cluster_id} is up at {cf.address}", file=sys.stderr)
+    env = dict(os.environ)
+    env["SHOAL_ADDRESS"] = cf.path  # api.init() and api.init("auto") both find it
+    proc = None
+    code = 1
+
+    def forward(signum: int, frame: object) -> None:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            proc = subprocess.Popen(command, env=env)
+        except OSError as err:
+            raise CliError(f"cannot run {command[0]!r}: {err}") from None
+        code = proc.wait()
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        bootstrap.teardown(clusterfile.read(cf.path), ns.timeout)
+        print(f"shoal cluster {cf.cluster_id} is down", file=sys.stderr)
+    return code if code >= 0 else 128 - code
+
+
+def _add_up_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cluster-id", default=None, help="id for the cluster file (local only)")
+    p.add_argument("--interface", default="", help="network interface whose address the head "
+                   "and daemons advertise (default: the address the hostname resolves to)")
+    p.add_argument("--host", default="127.0.0.1", help="address of a local cluster")
+    p.add_argument("--local", action="store_true",
+                   help="start a local cluster even inside a Slurm allocation")
+    p.add_argument("--num-cpus", type=int, default=None, help="local cluster: worker slots")
+    p.add_argument("--num-gpus", type=int, default=None, help="local cluster: GPUs")
+    p.add_argument("--resources", default="", help='custom resources as JSON, e.g. {"ssd": 1}')
+    p.add_argument("--head-timeout", type=float, default=30.0,
+                   help="daemons stop after losing the head this long (s)")
+    p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for nodes")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The clusterctl argument parser."""
     parser = argparse.ArgumentParser(prog="clusterctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="action", required=True)
     up = sub.add_parser("up", help="start a cluster")
-    up.add_argument("--cluster-id", default=None, help="id for the cluster file")
-    up.add_argument("--host", default="127.0.0.1", help="address to bind and advertise")
-    up.add_argument("--num-cpus", type=int, default=None)
-    up.add_argument("--num-gpus", type=int, default=None)
-    up.add_argument("--resources", default="", help='custom resources as JSON, e.g. {"ssd": 1}')
-    up.add_argument("--timeout", type=float, default=30.0)
+    _add_up_options(up)
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", help="show nodes and tasks")
-    status.add_argument("--cluster", default=None, help="cluster id (default: the only one)")
+    status.add_argument("--cluster", default=None, help="cluster id (default: this job's, or "
+                        "the only one)")
     status.add_argument("--json", action="store_true")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
     down = sub.add_parser("down", help="stop a cluster and clean up")
-    down.add_argument("--cluster", default=None, help="cluster id (default: the only one)")
+    down.add_argument("--cluster", default=None, help="cluster id (default: this job's, or "
+                      "the only one)")
     down.add_argument("--timeout", type=float, default=10.0)
     down.set_defaults(func=cmd_down)
+    run = sub.add_parser("run", help="up, run a command, down")
+    _add_up_options(run)
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_run)
     return parser
 
 
@@ -216,12 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         return ns.func(ns)
-    except CliError as err:
+    except (CliError, bootstrap.BootstrapError, slurm.SlurmError) as err:
         print(f"clusterctl: {err}", file=sys.stderr)
         return 1
-    except json.JSONDecodeError as err:
-        print(f"clusterctl: --resources is not valid JSON: {err}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -11,11 +11,13 @@ from cluster import clusterfile
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for this machine's minimal init to reap it is not)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return True
 
 
 def test_up_status_down(clusterctl):
@@ -87,4 +89,27 @@ def test_status_and_down_without_cluster_explain(clusterctl):
 
 def test_bad_resources_json_is_refused(clusterctl):
     out = clusterctl("up", "--resources", "{not json")
-    assert out.returncode == 2 and "--resources is not valid JSON" in out.stderr
+    assert out.returncode == 1 and "--resources is not valid JSON" in out.stderr
+
+
+def test_run_ups_runs_and_downs_with_the_drivers_exit_code(clusterctl, tmp_path):
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import api, sys\n"
+        "api.init('auto')\n"
+        "@api.python_app\n"
+        "def sq(x):\n    return x * x\n"
+        "print('result', sum(f.result() for f in [sq(i) for i in range(5)]))\n"
+        "sys.exit(3)\n")
+    out = clusterctl("run", "--num-cpus", "2", "--", "python", str(driver),
+                     env={"PATH": os.path.dirname(__import__("sys").executable) + ":"
+                          + os.environ["PATH"]})
+    assert out.returncode == 3, out.stderr
+    assert "result 30" in out.stdout
+    assert "is down" in out.stderr
+    assert not [c for c in clusterfile.running()]
+
+
+def test_run_without_command_explains(clusterctl):
+    out = clusterctl("run")
+    assert out.returncode == 1 and "nothing to run" in out.stderr
