@@ -48,6 +48,8 @@ def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
     if ns.resources:
         for key, value in json.loads(ns.resources).items():
             total[key] = float(value)
+    # As in Ray: a task asking for {"node:NAME": 0.01} runs on that node.
+    total[f"node:{ns.node_name or socket.gethostname()}"] = 1.0
     return total
 
 

@@ -153,6 +153,8 @@ def describe(resources: Resources) -> str:
     """Human-readable resources: ``cpus=4 gpus=0 memory=3.8GiB``."""
     parts = []
     for key, value in sorted(resources.items(), key=lambda kv: (kv[0] != "cpus", kv[0])):
+        if key.startswith("node:"):
+            continue
         if key == "memory":
             parts.append(f"memory={value / 2**30:.1f}GiB")
         else:

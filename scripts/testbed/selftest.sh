@@ -12,7 +12,7 @@ set -uo pipefail
 D="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS="${1:-1}"
 STATE="${SLURM_TESTBED_DIR:-/var/tmp/shoal-testbed}"
-OUT=$(mktemp -d)
+OUT=$(mktemp -d /var/tmp/shoal-selftest.XXXXXX)   # not /tmp: SLURM_TESTBED_PRIVATE_TMP=1 hides it from jobs
 trap 'rm -rf "$OUT"' EXIT
 cd "$OUT" || exit 1
 ts() { date +%s.%N; }

@@ -1,0 +1,244 @@
+"""shoal on a real Slurm: the test bed (scripts/testbed) runs slurmctld and one slurmd per
+node, each node in its own network and UTS namespace, so nodes have their own addresses
+and hostnames. scripts/test.sh brings it up when run as root."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from cluster import clusterfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TESTBED = pathlib.Path(os.environ.get("SLURM_TESTBED_DIR", "/var/tmp/shoal-testbed"))
+PY = sys.executable
+
+
+def _bed_is_up() -> str:
+    if os.geteuid() != 0:
+        return "the Slurm test bed needs root (network namespaces)"
+    if shutil.which("scontrol") is None:
+        return "Slurm is not installed: run `bash scripts/testbed/up.sh`"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
+    except subprocess.TimeoutExpired:
+        return "slurmctld does not answer"
+    if "UP" not in ping.stdout:
+        return "the Slurm test bed is not up: run `bash scripts/testbed/up.sh`"
+    return ""
+
+
+pytestmark = pytest.mark.skipif(bool(_bed_is_up()), reason=_bed_is_up() or "up")
+
+
+def _namespaces() -> list[str]:
+    rows = (TESTBED / "nodes.tsv").read_text().split("\n")
+    return [r.split("\t")[2] for r in rows if r.strip()]
+
+
+def our_processes(job_id: str = "") -> list[str]:
+    """Command lines of shoal processes in any node namespace (or for one job)."""
+    found = []
+    for ns in _namespaces():
+        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+        for pid in out.stdout.split():
+            try:
+                cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat.split(") ", 1)[-1].startswith("Z"):
+                continue
+            text = cmd.decode(errors="replace")
+            if "cluster.node" in text or "cluster.worker" in text:
+                if not job_id or job_id in text or "cluster.worker" in text:
+                    found.append(f"{pid}: {text}")
+    return found
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def job_alive(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"],
+                         capture_output=True, text=True)
+    return bool(out.stdout.strip()) and "COMPLET" not in out.stdout
+
+
+@pytest.fixture
+def env(tmp_path):
+    home = tmp_path / "shoal-home"
+    return {**os.environ, "SHOAL_HOME": str(home), "PYTHONPATH": str(ROOT),
+            "PATH": f"{os.path.dirname(PY)}:{os.environ['PATH']}"}
+
+
+DRIVER = textwrap.dedent("""
+    import os, socket, sys, api
+    api.init("auto")
+
+    @api.python_app
+    def platform(i):
+        import time
+        time.sleep(0.2)
+        return socket.gethostname()
+
+    names = sorted({f.result() for f in [platform(i) for i in range(16)]})
+    print("NAMES", ",".join(names))
+
+    @api.python_app(resources={"node:node1": 0.01})
+    def make():
+        import numpy as np
+        return socket.gethostname(), np.ones(8 * 2**20)          # 64 MB
+
+    @api.python_app(resources={"node:node2": 0.01})
+    def consume(made):
+        host, array = made
+        return host, socket.gethostname(), float(array.sum())
+
+    print("MOVED", *consume(make()).result())
+
+    @api.bash_app(num_nodes=2, ranks_per_node=1)
+    def everywhere(stdout=None):
+        return "$CLUSTER_MPI_PREFIX hostname"
+
+    fut = everywhere(stdout=os.path.abspath("mpi_hosts.txt"))
+    fut.result()
+    print("MPI", ",".join(sorted(open(fut.stdout).read().split())))
+    api.shutdown()
+""")
+
+
+def test_salloc_up_driver_status_down(tmp_path, env):
+    (tmp_path / "driver.py").write_text(DRIVER)
+    script = tmp_path / "job.sh"
+    script.write_text(textwrap.dedent(f"""
+        set -e
+        cd {tmp_path}
+        echo "JOB $SLURM_JOB_ID"
+        clusterctl up --quiet
+        python driver.py
+        clusterctl status
+        clusterctl down
+    """))
+    proc = subprocess.run(["salloc", "-N2", "-c2", "bash", str(script)], capture_output=True,
+                          text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    job = next(line.split()[1] for line in out.splitlines() if line.startswith("JOB "))
+    assert "NAMES node1,node2" in out
+    moved = next(line for line in out.splitlines() if line.startswith("MOVED")).split()
+    assert moved[1:3] == ["node1", "node2"] and float(moved[3]) == 8 * 2**20
+    assert "MPI node1,node2" in out
+    assert "node1" in out and "node2" in out and "alive" in out  # status lists both nodes
+    cf = clusterfile.ClusterFile(**json.loads(
+        (tmp_path / "shoal-home" / "clusters" / f"{job}.json").read_text()))
+    assert cf.state == "down" and cf.slurm_job_id == job
+    wait_until(lambda: not our_processes(job), 20, "shoal processes to leave the nodes")
+    assert not [p for p in pathlib.Path("/dev/shm").glob(f"shoal-*/{job}*")]
+    assert not job_alive(job)
+
+
+def test_sbatch_clusterctl_run(tmp_path, env):
+    (tmp_path / "driver.py").write_text(textwrap.dedent("""
+        import socket, api
+        api.init("auto")
+        @api.python_app
+        def host(i):
+            import time
+            time.sleep(0.2)
+            return socket.gethostname()
+        print("HOSTS", ",".join(sorted({f.result() for f in [host(i) for i in range(12)]})))
+        raise SystemExit(5)
+    """))
+    script = tmp_path / "batch.sh"
+    script.write_text(f"#!/bin/bash\ncd {tmp_path}\nclusterctl run --quiet -- python driver.py\n"
+                      "echo EXIT $?\n")
+    out = subprocess.run(["sbatch", "--parsable", "-N2", "-c2", "-o", str(tmp_path / "out.txt"),
+                          str(script)], capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    wait_until(lambda: not job_alive(job), 180, f"batch job {job} to finish")
+    text = (tmp_path / "out.txt").read_text()
+    assert "HOSTS node1,node2" in text, text
+    assert "EXIT 5" in text, text
+    wait_until(lambda: not our_processes(job), 20, "shoal processes to leave the nodes")
+
+
+def test_head_killed_daemons_exit_and_down_cleans_up(tmp_path, env):
+    script = tmp_path / "job.sh"
+    script.write_text(textwrap.dedent(f"""
+        set -e
+        cd {tmp_path}
+        echo "JOB $SLURM_JOB_ID"
+        clusterctl up --quiet --head-timeout 3
+        pid=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['head_pid'])" \\
+              "$SHOAL_HOME/clusters/$SLURM_JOB_ID.json")
+        kill -9 "$pid"
+        for i in $(seq 100); do
+          pgrep -f "cluster.node --daemon --cluster-id $SLURM_JOB_ID" >/dev/null || break
+          sleep 0.2
+        done
+        pgrep -f "cluster.node --daemon --cluster-id $SLURM_JOB_ID" && echo DAEMONS-LEFT
+        clusterctl down
+        echo DOWN-OK
+    """))
+    proc = subprocess.run(["salloc", "-N2", "-c2", "bash", str(script)], capture_output=True,
+                          text=True, env=env, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DAEMONS-LEFT" not in proc.stdout
+    assert "DOWN-OK" in proc.stdout
+    job = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("JOB "))
+    wait_until(lambda: not our_processes(job), 20, "shoal processes to leave the nodes")
+
+
+def test_two_clusters_side_by_side(tmp_path, env):
+    """Two allocations on the same node each get their own cluster; down of one leaves the
+    other running."""
+    hold = tmp_path / "release"
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.sh").write_text(textwrap.dedent(f"""
+            cd {tmp_path}
+            clusterctl up --quiet && echo "$SLURM_JOB_ID" > {tmp_path}/{name}.job
+            while [ ! -e {hold}.{name} ]; do sleep 0.1; done
+            clusterctl down
+        """))
+    procs = {name: subprocess.Popen(["salloc", "-N1", "-c1", "-w", "node1", "bash",
+                                     str(tmp_path / f"{name}.sh")], env=env, cwd=tmp_path,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("a", "b")}
+    try:
+        jobs = {n: wait_until(lambda n=n: (tmp_path / f"{n}.job").exists() and
+                              (tmp_path / f"{n}.job").read_text().strip(), 120, f"cluster {n}")
+                for n in ("a", "b")}
+        files = {n: clusterfile.ClusterFile(**json.loads(
+            (tmp_path / "shoal-home" / "clusters" / f"{j}.json").read_text()))
+            for n, j in jobs.items()}
+        assert files["a"].address != files["b"].address
+        assert files["a"].runtime_dir != files["b"].runtime_dir
+        (tmp_path / "release.b").touch()
+        procs["b"].wait(timeout=60)
+        check = subprocess.run(
+            [PY, "-c", "import api,socket; api.init('auto')\n"
+             "print('A-ALIVE', api.python_app(socket.gethostname)().result())"],
+            env={**env, "SLURM_JOB_ID": jobs["a"]}, capture_output=True, text=True, timeout=60)
+        assert "A-ALIVE node1" in check.stdout, check.stderr
+    finally:
+        for name in ("a", "b"):
+            (tmp_path / f"release.{name}").touch()
+        for proc in procs.values():
+            proc.wait(timeout=60)
