@@ -113,3 +113,22 @@ def test_run_ups_runs_and_downs_with_the_drivers_exit_code(clusterctl, tmp_path)
 def test_run_without_command_explains(clusterctl):
     out = clusterctl("run")
     assert out.returncode == 1 and "nothing to run" in out.stderr
+
+
+def test_run_tears_down_when_interrupted(tmp_path):
+    import subprocess
+    import sys
+
+    driver = tmp_path / "driver.py"
+    driver.write_text("import api, time\napi.init('auto')\nprint('ready', flush=True)\n"
+                      "time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", "--num-cpus", "1",
+                             "--", sys.executable, str(driver)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    assert len(clusterfile.running()) == 1
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "is down" in err
+    assert not clusterfile.running()

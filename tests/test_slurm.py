@@ -119,6 +119,22 @@ DRIVER = textwrap.dedent("""
     fut = everywhere(stdout=os.path.abspath("mpi_hosts.txt"))
     fut.result()
     print("MPI", ",".join(sorted(open(fut.stdout).read().split())))
+
+    @api.bash_app(num_nodes=2, ranks_per_node=2)
+    def mpi_hello(program, stdout=None):
+        return f"$CLUSTER_MPI_PREFIX --mpi=pmix {program}"
+
+    fut = mpi_hello(sys.argv[1], stdout=os.path.abspath("mpi_hello.txt"))
+    fut.result()
+    print("HELLO", "|".join(sorted(open(fut.stdout).read().strip().splitlines())))
+
+    @api.python_app(num_gpus=1)
+    def gpu():
+        import time
+        time.sleep(0.3)
+        return socket.gethostname(), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+    print("GPUS", sorted(f.result() for f in [gpu() for _ in range(4)]))
     api.shutdown()
 """)
 
@@ -131,12 +147,12 @@ def test_salloc_up_driver_status_down(tmp_path, env):
         cd {tmp_path}
         echo "JOB $SLURM_JOB_ID"
         clusterctl up --quiet
-        python driver.py
+        python driver.py {TESTBED}/bin/mpi_hello
         clusterctl status
         clusterctl down
     """))
-    proc = subprocess.run(["salloc", "-N2", "-c2", "bash", str(script)], capture_output=True,
-                          text=True, env=env, timeout=240, cwd=tmp_path)
+    proc = subprocess.run(["salloc", "-N2", "-c2", "--gres=gpu:2", "bash", str(script)],
+                          capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     job = next(line.split()[1] for line in out.splitlines() if line.startswith("JOB "))
@@ -144,6 +160,11 @@ def test_salloc_up_driver_status_down(tmp_path, env):
     moved = next(line for line in out.splitlines() if line.startswith("MOVED")).split()
     assert moved[1:3] == ["node1", "node2"] and float(moved[3]) == 8 * 2**20
     assert "MPI node1,node2" in out
+    hello = next(line for line in out.splitlines() if line.startswith("HELLO "))[6:].split("|")
+    assert hello == [f"hello from rank {r} of 4 on node{1 + r // 2}" for r in range(4)], hello
+    gpus = next(line for line in out.splitlines() if line.startswith("GPUS "))
+    # Each GPU task saw exactly one of its node's two GPUs.
+    assert "'0'" in gpus and "'1'" in gpus and "'0,1'" not in gpus and "None" not in gpus
     assert "node1" in out and "node2" in out and "alive" in out  # status lists both nodes
     cf = clusterfile.ClusterFile(**json.loads(
         (tmp_path / "shoal-home" / "clusters" / f"{job}.json").read_text()))
