@@ -132,6 +132,9 @@ class App:
         nodes = client.node_resources()
         if len(client.nodes) == self._checked_nodes or not nodes:
             return
+        if client.block_shape and self.num_nodes == 1 and \
+                scheduler.can_ever_fit(self.request, client.block_shape):
+            return  # the autoscaler can add a node that fits
         fitting = sum(1 for total in nodes if scheduler.can_ever_fit(self.request, total))
         if self.num_nodes > 1 and fitting < self.num_nodes:
             raise _errors.ResourceUnavailableError(

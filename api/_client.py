@@ -34,6 +34,7 @@ class Client:
         self.cluster_id = ""
         self.address = ""
         self.nodes: dict[int, pb.NodeInfo] = {}
+        self.block_shape: dict[str, float] = {}  # what an autoscaled node would bring
         self.cwd = os.getcwd()
         self.closed = False
         self._lock = threading.Lock()
@@ -88,6 +89,7 @@ class Client:
         if message.HasField("welcome"):
             for node in message.welcome.nodes:
                 self.nodes[node.node_id] = node
+            self.block_shape = to_dict(message.welcome.block_shape)
         if message.results:
             self._on_results(message.results)
         if message.logs and self.log_to_driver:

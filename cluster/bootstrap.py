@@ -9,6 +9,7 @@ after the head has died.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import select
@@ -89,6 +90,26 @@ def start_local(cluster_id: str | None, host: str, node_options: list[str],
     return clusterfile.read(clusterfile.path_for(cluster_id))
 
 
+def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
+                      timeout: float) -> clusterfile.ClusterFile:
+    """A head on this host (say a login node) with no nodes of its own: the autoscaler
+    submits blocks (sbatch jobs) whose daemons join it."""
+    cluster_id = cluster_id or clusterfile.new_local_id()
+    _refuse_running(cluster_id)
+    secret = auth.new_secret()
+    log_dir = paths.log_dir(cluster_id)
+    cmd = [sys.executable, "-m", "cluster.node", "--head", "--cluster-id", cluster_id,
+           "--write-cluster-file", "--host", "auto", "--log-dir", log_dir,
+           "--autoscale", cfg_json]
+    if interface:
+        cmd += ["--interface", interface]
+    with open(os.path.join(log_dir, "head.stderr"), "ab") as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, env=child_env(secret), start_new_session=True)
+    _read_ready(proc, timeout, log_dir)
+    return clusterfile.read(clusterfile.path_for(cluster_id))
+
+
 def _refuse_running(cluster_id: str) -> None:
     path = clusterfile.path_for(cluster_id)
     if os.path.exists(path):
@@ -98,7 +119,8 @@ def _refuse_running(cluster_id: str) -> None:
 
 
 def start_in_allocation(interface: str, head_timeout: float, timeout: float,
-                        progress: Callable[[str], None]) -> clusterfile.ClusterFile:
+                        progress: Callable[[str], None],
+                        autoscale: str = "") -> clusterfile.ClusterFile:
     """Head on the first node, one daemon per node (one srun step); returns once all
     nodes have joined."""
     alloc = slurm.current_allocation()
@@ -115,6 +137,8 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
                  log_dir, "--host", "auto"]
     if interface:
         head_args += ["--interface", interface]
+    if autoscale:
+        head_args += ["--autoscale", autoscale]
     if here == head_node:
         cmd = [python, "-m", "cluster.node", *head_args]
     else:
@@ -159,7 +183,7 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
                                  f"{timeout:g}s; see the logs in {log_dir} on each node")
         time.sleep(0.05)
     steps = [s for s in slurm.job_steps(alloc.job_id) if s not in steps_before]
-    cf = clusterfile.read(clusterfile.path_for(cluster_id))
+    cf = clusterfile.read(clusterfile.path_for(cluster_id))  # fresh: the head may have added blocks
     cf.nodes = list(alloc.nodes)
     cf.slurm_job_id = alloc.job_id
     cf.slurm_steps = steps
@@ -227,6 +251,13 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
                 notes.append(f"cancelled blocks {', '.join(cf.slurm_jobs)}")
         except slurm.SlurmError as err:
             notes.append(f"scancel failed: {err}")
+    if cf.extra.get("autoscale"):
+        from cluster.provider import job_name
+
+        try:
+            slurm.cancel_by_name(job_name(cf.cluster_id))
+        except slurm.SlurmError as err:
+            notes.append(f"scancel --name failed: {err}")
     for pid in cf.extra.get("launcher_pids", []) if cf.extra.get("launcher_host") == here else []:
         if not _pid_gone(pid, 2):
             try:
@@ -234,8 +265,8 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
             except (ProcessLookupError, PermissionError):
                 pass
     root = cf.extra.get("runtime_root") or os.path.dirname(cf.runtime_dir or "")
-    for path in [cf.runtime_dir] + [os.path.join(root, f"{cf.cluster_id}-{n}")
-                                    for n in cf.nodes]:
+    # The head's directory and every daemon's on this host ("<id>-<node>[-b<block>]").
+    for path in [cf.runtime_dir, *glob.glob(os.path.join(root, f"{cf.cluster_id}-*"))]:
         if path and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
     cf.state = "down"

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 
-from cluster import bootstrap, clusterfile, slurm
+from cluster import bootstrap, clusterfile, config, slurm
 
 
 class CliError(Exception):
@@ -62,7 +62,23 @@ def _progress(quiet: bool) -> object:
     return show
 
 
+def _scaling(ns: argparse.Namespace) -> str:
+    """The scaling config as JSON ("" when neither --config nor a scaling flag was given)."""
+    overrides = {key: getattr(ns, key) for key in config.KEYS
+                 if key not in ("interface",) and getattr(ns, key, None) is not None}
+    if not ns.config and not overrides:
+        return ""
+    if ns.interface:
+        overrides["interface"] = ns.interface
+    try:
+        cfg = config.load(ns.config, overrides)
+    except config.ConfigError as err:
+        raise CliError(f"config: {err}") from None
+    return json.dumps(config.to_dict(cfg))
+
+
 def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
+    scaling = _scaling(ns)
     if ns.resources:
         try:
             json.loads(ns.resources)
@@ -70,10 +86,13 @@ def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
             raise CliError(f"--resources is not valid JSON: {err}") from None
     if slurm.in_allocation() and not ns.local:
         show = _progress(ns.quiet)
-        cf = bootstrap.start_in_allocation(ns.interface, ns.head_timeout, ns.timeout, show)
+        cf = bootstrap.start_in_allocation(ns.interface, ns.head_timeout, ns.timeout, show,
+                                           scaling)
         if sys.stderr.isatty() and not ns.quiet:
             sys.stderr.write("\n")
         return cf
+    if scaling:
+        return bootstrap.start_with_blocks(ns.cluster_id, scaling, ns.interface, ns.timeout)
     options = []
     for flag, value in (("--num-cpus", ns.num_cpus), ("--num-gpus", ns.num_gpus)):
         if value is not None:
@@ -89,7 +108,12 @@ def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
 
 def cmd_up(ns: argparse.Namespace) -> int:
     cf = _up(ns)
-    where = f"{len(cf.nodes)} nodes of job {cf.slurm_job_id}" if cf.slurm_job_id else "this host"
+    if cf.slurm_job_id:
+        where = f"{len(cf.nodes)} nodes of job {cf.slurm_job_id}"
+    elif ns.config or _scaling(ns):
+        where = "no nodes yet: the autoscaler adds Slurm blocks"
+    else:
+        where = "this host"
     print(f"shoal cluster {cf.cluster_id} is up at {cf.address} ({where})")
     print(f"  cluster file: {cf.path}")
     print(f"  logs:         {cf.log_dir}")
@@ -131,9 +155,15 @@ def cmd_status(ns: argparse.Namespace) -> int:
     for node in reply.nodes:
         print(f"{node.name:<14} {node.address:<16} {node.state:<6} {node.running:>7} "
               f"{node.done:>7} {node.workers:>7}  {_free(node)} / {_fmt_res(node.total)}")
-    if cf.slurm_steps or cf.slurm_jobs:
-        print(f"slurm: steps {', '.join(cf.slurm_steps) or '-'}   "
-              f"blocks {', '.join(cf.slurm_jobs) or '-'}")
+    if cf.slurm_steps:
+        print(f"slurm steps: {', '.join(cf.slurm_steps)}")
+    if reply.blocks:
+        print(f"{'block':<6} {'job':<8} {'state':<9} {'nodes':>5} {'age':>7} "
+              f"{'walltime left':>13} {'idle':>7}  reason")
+        for b in reply.blocks:
+            left = f"{b.walltime_left:.0f}s" if b.walltime_left >= 0 else "-"
+            print(f"{b.block_id:<6} {b.job_id or '-':<8} {b.state:<9} {b.nodes:>5} "
+                  f"{b.age:>6.0f}s {left:>13} {b.idle:>6.0f}s  {b.reason}")
     return 0
 
 
@@ -192,6 +222,16 @@ def _add_up_options(p: argparse.ArgumentParser) -> None:
                    help="daemons stop after losing the head this long (s)")
     p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for nodes")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    scaling = p.add_argument_group(
+        "autoscaling (Slurm blocks)", "keys as in a --config TOML file; any of them turns the "
+        "autoscaler on (from a login node: a head with no nodes that grows by sbatch blocks)")
+    scaling.add_argument("--config", default=None, help="TOML file with the keys below")
+    for key, spec in config.KEYS.items():
+        if key == "interface":
+            continue
+        kind = {"int": int, "float": float}.get(str(spec.type), str)
+        scaling.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=None,
+                             help=f"default {spec.default!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:

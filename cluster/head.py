@@ -73,6 +73,9 @@ class _Node:
     heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
     done: int = 0
     remote: bool = True
+    block_id: str = ""
+    draining: bool = False
+    idle_since: float | None = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -116,6 +119,10 @@ class Head:
         self.done = 0
         self.failed = 0
         self.on_shutdown: Callable[[], None] | None = None
+        #: Resources one autoscaled node would bring (empty when nothing autoscales);
+        #: tasks that fit it wait for a block instead of failing as unschedulable.
+        self.block_shape: dict[str, float] = {}
+        self.blocks_status: Callable[[], list[pb.BlockInfo]] | None = None
         self._next_node = 1
         self._next_driver = 1
         self._flush_pending = False
@@ -148,7 +155,8 @@ class Head:
         info = pb.NodeInfo(node_id=node.node_id, name=node.name, address=node.address,
                            state="alive" if node.alive else "dead", pid=node.pid,
                            running=len(node.running), queued=node.heartbeat.queued,
-                           workers=node.heartbeat.workers, done=node.done)
+                           workers=node.heartbeat.workers, done=node.done,
+                           block_id=node.block_id, draining=node.draining)
         fill(info.total, node.view.total)
         fill(info.used, {k: v for k, v in node.view.used.items() if v > 1e-9})
         return info
@@ -170,7 +178,7 @@ class Head:
         total = to_dict(register.total)
         node = _Node(node_id, register.name, register.address, register.pid, conn,
                      scheduler.NodeView(node_id, total, {}, scheduler.queue_factor(None)),
-                     remote=remote)
+                     remote=remote, block_id=register.block_id)
         self.nodes[node_id] = node
         conn.send(pb.HeadToNode(node_id=node_id))
         log.info("node %s joined as %d: %s", node.name, node_id, scheduler.describe(total))
@@ -208,6 +216,8 @@ class Head:
                 continue
             self._unreserve(task)
             node.done += 1
+            if not node.running:
+                node.idle_since = time.monotonic()
             mean = node.mean_seconds
             seconds = result.run_seconds
             node.mean_seconds = seconds if mean is None else 0.8 * mean + 0.2 * seconds
@@ -240,6 +250,7 @@ class Head:
         self.drivers[driver.driver_id] = driver
         welcome = pb.Welcome(driver_id=driver.driver_id, cluster_id=self.cluster_id,
                              nodes=[self.node_info(n) for n in self.nodes.values()])
+        fill(welcome.block_shape, self.block_shape)
         conn.send(pb.HeadToDriver(welcome=welcome))
         log.info("driver %d joined from %s pid %d", driver.driver_id, hello.hostname, hello.pid)
         return driver
@@ -372,6 +383,8 @@ class Head:
                     f"node{'s' if fitting != 1 else ''}")
         if fitting:
             return ""
+        if self.block_shape and scheduler.can_ever_fit(request, self.block_shape):
+            return ""  # the autoscaler will add a block that fits
         return (f"no node can ever run this task: it asks for {scheduler.describe(request)}, "
                 f"the largest node has {scheduler.describe(scheduler.largest_node(alive))}")
 
@@ -518,6 +531,7 @@ class Head:
         spec = task.spec
         task.node_id = node.node_id
         node.running[spec.task_id] = task
+        node.idle_since = None
         out = pb.TaskSpec()
         out.CopyFrom(spec)
         if spec.fn_id not in node.functions:
@@ -545,6 +559,40 @@ class Head:
                                                  replies=driver.replies, nodes=driver.nodes))
                 driver.results, driver.logs, driver.replies, driver.nodes = [], [], [], []
 
+    # ---- for the autoscaler ---------------------------------------------------------------
+    def demand(self) -> tuple[int, float, float, bool]:
+        """(queued tasks, their CPUs, CPUs assigned to nodes, whether a queued task fits
+        only a block node)."""
+        queued = 0
+        queued_cpus = 0.0
+        unmet = False
+        alive = [n.view for n in self.nodes.values() if n.alive and not n.draining]
+        for queue in [*self.ready.values(), self.gangs]:
+            for task in queue:
+                queued += 1
+                queued_cpus += task.request.get("cpus", 0.0)
+            if queue and self.block_shape:
+                request = queue[0].request
+                if not any(scheduler.can_ever_fit(request, v.total) for v in alive) and \
+                        scheduler.can_ever_fit(request, self.block_shape):
+                    unmet = True
+        running = sum(n.view.used.get("cpus", 0.0) for n in self.nodes.values() if n.alive)
+        return queued, queued_cpus, running, unmet
+
+    def drain(self, node_ids: list[int]) -> None:
+        """No new work for these nodes; what runs there finishes."""
+        for node_id in node_ids:
+            node = self.nodes.get(node_id)
+            if node is not None:
+                node.draining = True
+                node.view.schedulable = False
+
+    def stop_node(self, node_id: int) -> None:
+        """Tell a node's daemon to exit."""
+        node = self.nodes.get(node_id)
+        if node is not None and node.alive:
+            node.conn.send(pb.HeadToNode(shutdown=True))
+
     # ---- status and shutdown -------------------------------------------------------------
     def status(self) -> pb.StatusReply:
         """A snapshot for `clusterctl status`."""
@@ -555,7 +603,8 @@ class Head:
             tasks_queued=len(self.tasks) - running, tasks_running=running,
             tasks_done=self.done, tasks_failed=self.failed, drivers=len(self.drivers),
             objects=len(self.values), object_bytes=sum(len(v.data) for v in self.values.values()),
-            uptime=time.time() - self.started, head_pid=os.getpid())
+            uptime=time.time() - self.started, head_pid=os.getpid(),
+            blocks=self.blocks_status() if self.blocks_status else [])
 
     def shutdown(self) -> None:
         """Tell every daemon to stop, then whoever owns the head."""

@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -53,8 +54,13 @@ def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
     return total
 
 
-def resolve_host(host: str, interface: str) -> str:
-    """The address to bind and advertise (see --host)."""
+def resolve_host(host: str, interface: str, strict: bool) -> str:
+    """The address to bind and advertise (see --host).
+
+    `strict` (the head): a missing interface is an error. A daemon falls back to the
+    address its hostname resolves to, since a login node's interface (say a bridge) need
+    not exist on compute nodes.
+    """
     if host != "auto":
         return host
     if interface:
@@ -64,7 +70,11 @@ def resolve_host(host: str, interface: str) -> str:
             if addr.family == socket.AF_INET:
                 return addr.address
         names = ", ".join(sorted(psutil.net_if_addrs()))
-        raise SystemExit(f"--interface {interface}: no IPv4 address on it (interfaces: {names})")
+        if strict:
+            raise SystemExit(f"--interface {interface}: no IPv4 address on it "
+                             f"(interfaces here: {names})")
+        log.warning("interface %s not on this node (%s); using the hostname's address",
+                    interface, names)
     return socket.gethostbyname(socket.gethostname())
 
 
@@ -90,6 +100,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--watch-stdin", action="store_true")
     parser.add_argument("--head-timeout", type=float, default=30.0)
     parser.add_argument("--node-timeout", type=float, default=10.0)
+    parser.add_argument("--autoscale", default="", help="JSON scaling config (head only)")
+    parser.add_argument("--secret-file", default="",
+                        help="read the secret from this file (a cluster file or plain text)")
+    parser.add_argument("--block-id", default="", help="the block this daemon belongs to")
     return parser.parse_args(argv)
 
 
@@ -130,7 +144,9 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             daemon.on_stop = lambda: loop.call_later(0.3, done.set)
         workers_started = asyncio.ensure_future(daemon.start())
 
-    runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else node_name)
+    # Two daemons of one cluster can share a host (two blocks packed on one node).
+    local_name = f"{node_name}-b{ns.block_id}" if ns.block_id else node_name
+    runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else local_name)
     if ns.head:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)
@@ -155,7 +171,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     elif daemon is not None:
         from cluster.headlink import GrpcHeadLink
 
-        register = pb.Register(name=node_name, address=ns.host, pid=os.getpid())
+        register = pb.Register(name=node_name, address=ns.host, pid=os.getpid(),
+                               block_id=ns.block_id)
         fill(register.total, daemon.total)
         link = GrpcHeadLink(daemon, ns.head_address, secret, register, ns.head_timeout)
         daemon.link = link
@@ -167,7 +184,21 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             cluster_id=ns.cluster_id, address=address, secret=secret,
             host=socket.gethostname(), head_pid=os.getpid(), unix_socket=unix_path,
             runtime_dir=runtime, log_dir=log_dir, created=time.time(),
-            slurm_job_id=os.environ.get("SLURM_JOB_ID", "")))
+            slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
+            extra={"autoscale": True} if ns.autoscale else {}))
+    manager = None
+    if ns.autoscale and head is not None:
+        from cluster import config
+        from cluster.blocks import BlockManager
+        from cluster.provider import SlurmProvider
+
+        cfg = config.from_mapping(json.loads(ns.autoscale))
+        provider = SlurmProvider(cfg, cluster_id=ns.cluster_id, head_address=address,
+                                 secret_file=clusterfile.path_for(ns.cluster_id),
+                                 python=cfg.python or sys.executable, log_dir=log_dir,
+                                 package_root=paths.PACKAGE_ROOT)
+        manager = BlockManager(head, cfg, provider, ns.cluster_id)
+        scaling = asyncio.ensure_future(manager.run())
     print(json.dumps({"address": address, "unix_socket": unix_path, "pid": os.getpid(),
                       "log_dir": log_dir}), flush=True)
     if ns.watch_stdin:
@@ -184,6 +215,12 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     if daemon is not None:
         await workers_started
     await done.wait()
+    if manager is not None:
+        scaling.cancel()
+        try:
+            await manager.cancel_all()
+        except Exception:  # noqa: BLE001 - `down` scancels from the cluster file too
+            log.exception("could not cancel blocks")
     if daemon is not None:
         daemon.stop()
     if server is not None:
@@ -207,11 +244,17 @@ def main(argv: list[str] | None = None) -> None:
     if ns.daemon and not ns.head and not ns.head_address:
         raise SystemExit("--daemon alone needs --head-address HOST:PORT")
     secret = os.environ.pop(auth.ENV_VAR, "")
+    if ns.secret_file:
+        try:
+            with open(ns.secret_file) as f:
+                text = f.read()
+            secret = json.loads(text)["secret"] if text.lstrip().startswith("{") else text.strip()
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"cannot read the secret from {ns.secret_file}: {err}") from None
     if not secret:
         raise SystemExit(f"the cluster secret must be in ${auth.ENV_VAR}")
     log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
     ns.log_dir = log_dir
-    ns.host = resolve_host(ns.host, ns.interface)
     os.makedirs(log_dir, exist_ok=True)
     role = "head" if ns.head else f"daemon-{ns.node_name or socket.gethostname()}"
     logging.basicConfig(
@@ -224,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         daemon = Daemon(ns.node_name or socket.gethostname(), detect_resources(ns),
                         os.path.join(log_dir, "tasks"), ns.num_workers)
         daemon.spawn_initial()
+    ns.host = resolve_host(ns.host, ns.interface, strict=ns.head)
     paths.sweep_stale()
     asyncio.run(serve(ns, secret, daemon))
 

@@ -150,7 +150,7 @@ class LogLine(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., node: _Optional[str] = ..., text: _Optional[str] = ..., stderr: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "address", "total", "used", "state", "running", "queued", "workers", "done", "pid")
+    __slots__ = ("node_id", "name", "address", "total", "used", "state", "running", "queued", "workers", "done", "pid", "block_id", "draining")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,8 @@ class NodeInfo(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     name: str
     address: str
@@ -173,7 +175,29 @@ class NodeInfo(_message.Message):
     workers: int
     done: int
     pid: int
-    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., state: _Optional[str] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., done: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+    block_id: str
+    draining: bool
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., state: _Optional[str] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., done: _Optional[int] = ..., pid: _Optional[int] = ..., block_id: _Optional[str] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class BlockInfo(_message.Message):
+    __slots__ = ("block_id", "job_id", "state", "nodes", "age", "walltime_left", "idle", "reason")
+    BLOCK_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
+    WALLTIME_LEFT_FIELD_NUMBER: _ClassVar[int]
+    IDLE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    block_id: str
+    job_id: str
+    state: str
+    nodes: int
+    age: float
+    walltime_left: float
+    idle: float
+    reason: str
+    def __init__(self, block_id: _Optional[str] = ..., job_id: _Optional[str] = ..., state: _Optional[str] = ..., nodes: _Optional[int] = ..., age: _Optional[float] = ..., walltime_left: _Optional[float] = ..., idle: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DriverHello(_message.Message):
     __slots__ = ("hostname", "pid")
@@ -184,14 +208,16 @@ class DriverHello(_message.Message):
     def __init__(self, hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("driver_id", "cluster_id", "nodes")
+    __slots__ = ("driver_id", "cluster_id", "nodes", "block_shape")
     DRIVER_ID_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SHAPE_FIELD_NUMBER: _ClassVar[int]
     driver_id: int
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, driver_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    block_shape: Resources
+    def __init__(self, driver_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., block_shape: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class GetRequest(_message.Message):
     __slots__ = ("request_id", "ids")
@@ -238,16 +264,18 @@ class HeadToDriver(_message.Message):
     def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("name", "address", "total", "pid")
+    __slots__ = ("name", "address", "total", "pid", "block_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     total: Resources
     pid: int
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ...) -> None: ...
+    block_id: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., block_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("running", "queued", "workers")
@@ -288,7 +316,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -300,6 +328,7 @@ class StatusReply(_message.Message):
     OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_FIELD_NUMBER: _ClassVar[int]
     HEAD_PID_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -311,7 +340,8 @@ class StatusReply(_message.Message):
     object_bytes: int
     uptime: float
     head_pid: int
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ...) -> None: ...
+    blocks: _containers.RepeatedCompositeFieldContainer[BlockInfo]
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -234,6 +234,14 @@ def cancel(ids: Sequence[str]) -> None:
             raise
 
 
+def cancel_by_name(name: str) -> None:
+    """``scancel`` every job of this user named `name` (blocks whose id was never recorded,
+    e.g. when the head died right after sbatch)."""
+    import getpass
+
+    _run(["scancel", f"--name={name}", f"--user={getpass.getuser()}"])
+
+
 def in_allocation() -> bool:
     """True inside a Slurm job (salloc shell, sbatch script, or srun step)."""
     return bool(os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID"))
