@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
+from test_slurm import ROOT, _bed_is_up, our_processes, wait_until
 
 import api
 from cluster import clusterfile
-from test_slurm import ROOT, _bed_is_up, our_processes, wait_until
 
 pytestmark = pytest.mark.skipif(bool(_bed_is_up()), reason=_bed_is_up() or "up")
 BRIDGE = "shoalbr0"
