@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -140,6 +140,47 @@ async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.Abstr
     return await loop.create_unix_server(lambda: _LaneSession(head, key).protocol, path=path)
 
 
+async def _bridge(requests: AsyncIterator[Any], first_field: str,
+                  join: Callable[[StreamConn, Any], Any], on_message: Callable[[Any, Any], None],
+                  leave: Callable[[Any, str], None]) -> AsyncIterator[Any]:
+    """Run one peer's stream: its first message must carry `first_field` (hello or
+    register) and makes it join; every message goes to `on_message`; the peer leaves (once)
+    when either direction ends. Yields what the head sends it."""
+    conn = StreamConn()
+    state: dict[str, Any] = {}
+
+    def depart(reason: str) -> None:
+        peer = state.pop("peer", None)
+        if peer is not None:
+            leave(peer, reason)
+
+    async def read() -> None:
+        reason = "stream closed"
+        try:
+            async for message in requests:
+                peer = state.get("peer")
+                if peer is None:
+                    if not message.HasField(first_field):
+                        raise ValueError(f"the first message must carry {first_field}")
+                    peer = state["peer"] = join(conn, message)
+                on_message(peer, message)
+        except Exception as err:  # noqa: BLE001 - a bad peer must not hurt the head
+            if not isinstance(err, asyncio.CancelledError):
+                reason = str(err) or type(err).__name__
+                log.warning("%s stream ended: %s", first_field, reason)
+        finally:
+            depart(reason)
+            conn.close()
+
+    reader = asyncio.ensure_future(read())
+    try:
+        async for message in conn.messages():
+            yield message
+    finally:
+        reader.cancel()
+        depart("stream closed")
+
+
 class HeadService(pb_grpc.HeadServicer):
     """gRPC servicer bridging streams to the :class:`Head` state machine."""
 
@@ -149,70 +190,22 @@ class HeadService(pb_grpc.HeadServicer):
     async def DriverStream(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.DriverToHead], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeadToDriver]:
-        conn = StreamConn()
         head = self.head
-        state: dict[str, Any] = {}
-
-        async def read() -> None:
-            try:
-                async for message in request_iterator:
-                    driver = state.get("driver")
-                    if driver is None:
-                        if not message.HasField("hello"):
-                            raise ValueError("first message must be a hello")
-                        driver = state["driver"] = head.driver_joined(conn, message.hello)
-                    head.on_driver_message(driver, message)
-            except Exception as err:  # noqa: BLE001 - a bad peer must not hurt the head
-                if not isinstance(err, asyncio.CancelledError):
-                    log.warning("driver stream ended: %s", err)
-            finally:
-                conn.close()
-
-        reader = asyncio.ensure_future(read())
-        try:
-            async for message in conn.messages():
-                yield message
-        finally:
-            reader.cancel()
-            driver = state.get("driver")
-            if driver is not None:
-                head.driver_left(driver)
+        async for message in _bridge(
+                request_iterator, "hello",
+                lambda conn, m: head.driver_joined(conn, m.hello), head.on_driver_message,
+                lambda driver, reason: head.driver_left(driver)):
+            yield message
 
     async def NodeStream(  # noqa: N802
         self, request_iterator: AsyncIterator[pb.NodeToHead], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.HeadToNode]:
-        conn = StreamConn()
         head = self.head
-        state: dict[str, Any] = {}
-
-        async def read() -> None:
-            reason = "stream closed"
-            try:
-                async for message in request_iterator:
-                    node = state.get("node")
-                    if node is None:
-                        if not message.HasField("register"):
-                            raise ValueError("first message must be a registration")
-                        node = state["node"] = head.node_joined(conn, message.register)
-                    head.on_node_message(node, message)
-            except Exception as err:  # noqa: BLE001
-                if not isinstance(err, asyncio.CancelledError):
-                    reason = str(err) or type(err).__name__
-            finally:
-                node = state.get("node")
-                if node is not None:
-                    head.node_lost(node, reason)
-                conn.close()
-
-        reader = asyncio.ensure_future(read())
-        try:
-            async for message in conn.messages():
-                yield message
-        finally:
-            reader.cancel()
-            node = state.get("node")
-            if node is not None:
-                head.node_lost(node, "stream closed")
+        async for message in _bridge(
+                request_iterator, "register",
+                lambda conn, m: head.node_joined(conn, m.register), head.on_node_message,
+                head.node_lost):
+            yield message
 
     async def Status(  # noqa: N802
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext

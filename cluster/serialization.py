@@ -65,10 +65,10 @@ def ref_id(obj: Any) -> int | None:
     return None
 
 
-class _RefPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
-        super().__init__(file, protocol=PROTOCOL)
-        self._refs = refs
+class _RefIds:
+    """persistent_id for our picklers: refs and futures become their ids (collected)."""
+
+    _refs: list[int]
 
     def persistent_id(self, obj: Any) -> int | None:
         if getattr(type(obj), "_shoal_ref", False):
@@ -77,16 +77,16 @@ class _RefPickler(pickle.Pickler):
         return None
 
 
-class _RefCloudPickler(cloudpickle.CloudPickler):
+class _RefPickler(_RefIds, pickle.Pickler):
     def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
         super().__init__(file, protocol=PROTOCOL)
         self._refs = refs
 
-    def persistent_id(self, obj: Any) -> int | None:
-        if getattr(type(obj), "_shoal_ref", False):
-            self._refs.append(obj._id)
-            return obj._id
-        return None
+
+class _RefCloudPickler(_RefIds, cloudpickle.CloudPickler):
+    def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
+        super().__init__(file, protocol=PROTOCOL)
+        self._refs = refs
 
 
 def dumps(obj: Any, refs: list[int] | None = None) -> bytes:
