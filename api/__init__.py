@@ -19,9 +19,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from api import _errors, _session
+from api._actors import ActorClass, ActorHandle, actor, get_actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
 from api._errors import (
+    ActorDiedError,
     AppTimeout,
     BashExitFailure,
     ConnectionError,
@@ -42,6 +44,9 @@ from cluster.serialization import ObjectRef
 
 __all__ = [
     "AUTO_LOGNAME",
+    "ActorClass",
+    "ActorDiedError",
+    "ActorHandle",
     "App",
     "AppFuture",
     "AppTimeout",
@@ -57,11 +62,14 @@ __all__ = [
     "TaskCancelledError",
     "TaskError",
     "WorkerCrashedError",
+    "actor",
     "as_completed",
     "bash_app",
     "get",
+    "get_actor",
     "init",
     "is_initialized",
+    "kill",
     "put",
     "python_app",
     "shutdown",

@@ -42,6 +42,8 @@ class Client:
         self._puts: list[pb.Value] = []
         self._releases: list[int] = []
         self._gets: list[pb.GetRequest] = []
+        self._kills: list[int] = []
+        self._lookups: list[pb.ActorLookup] = []
         self._futures: dict[int, AppFuture] = {}
         self._get_waiters: dict[int, concurrent.futures.Future] = {}
         self._sent_functions: set[bytes] = set()
@@ -78,11 +80,14 @@ class Client:
 
     def _take(self) -> pb.DriverToHead | None:
         with self._lock:
-            if not (self._submits or self._puts or self._releases or self._gets):
+            if not (self._submits or self._puts or self._releases or self._gets or
+                    self._kills or self._lookups):
                 return None
             message = pb.DriverToHead(submit=self._submits, put=self._puts,
-                                      release=self._releases, get=self._gets)
+                                      release=self._releases, get=self._gets,
+                                      kill_actor=self._kills, lookup=self._lookups)
             self._submits, self._puts, self._releases, self._gets = [], [], [], []
+            self._kills, self._lookups = [], []
         return message
 
     def _on_message(self, message: pb.HeadToDriver) -> None:
@@ -98,6 +103,10 @@ class Client:
             waiter = self._get_waiters.pop(reply.request_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(list(reply.values))
+        for lookup in message.lookups:
+            waiter = self._get_waiters.pop(lookup.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(lookup)
         for node in message.nodes:
             self.nodes[node.node_id] = node
 
@@ -154,6 +163,8 @@ class Client:
             return _errors.ResourceUnavailableError(f"app {name!r}: {message}")
         if status == pb.OBJECT_LOST:
             return _errors.ObjectLostError(message)
+        if status == pb.ACTOR_DIED:
+            return _errors.ActorDiedError(f"{name}: {message}")
         return _errors.TaskCancelledError(f"app {name!r} was cancelled: {message}")
 
     def _print_logs(self, lines: Iterable[pb.LogLine]) -> None:
@@ -208,6 +219,26 @@ class Client:
         except concurrent.futures.TimeoutError:
             self._get_waiters.pop(request_id, None)
             raise TimeoutError(f"objects not available within {timeout}s") from None
+
+    def lookup_actor(self, name: str, timeout: float | None) -> pb.ActorLookupReply:
+        """Ask the head for the live actor named `name`."""
+        waiter: concurrent.futures.Future = concurrent.futures.Future()
+        request_id = next(self._seq)
+        with self._lock:
+            self._get_waiters[request_id] = waiter
+            self._lookups.append(pb.ActorLookup(request_id=request_id, name=name))
+        self._transport.flush()
+        try:
+            return waiter.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self._get_waiters.pop(request_id, None)
+            raise TimeoutError(f"no answer about actor {name!r} within {timeout}s") from None
+
+    def kill_actor(self, actor_id: int) -> None:
+        """Ask the head to kill an actor."""
+        with self._lock:
+            self._kills.append(actor_id)
+        self._transport.flush()
 
     def node_resources(self) -> list[dict[str, float]]:
         """Total resources of the alive nodes."""

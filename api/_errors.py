@@ -103,6 +103,11 @@ class WorkerCrashedError(ShoalError):
     """The worker process or node running the task died (after any retries)."""
 
 
+class ActorDiedError(ShoalError):
+    """The actor is dead (killed, its driver left, or out of restarts): the call did not
+    run, or did not finish."""
+
+
 class ObjectLostError(ShoalError):
     """An object is no longer held by the cluster (released, or its holder died)."""
 

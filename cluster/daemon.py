@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.protocol import pb, to_dict
+from cluster.protocol import DRIVER_SHIFT, pb, to_dict
 from cluster.workerpool import WorkerHandle, worker_env
 
 log = logging.getLogger("shoal.daemon")
@@ -41,6 +41,20 @@ class _Task:
     gpu_ids: list[str] = field(default_factory=list)
     started: float = 0.0
     timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _ActorHost:
+    """An actor living in a dedicated worker of this daemon."""
+
+    actor_id: int
+    create: _Task
+    worker: WorkerHandle
+    max_concurrency: int
+    queue: deque[pb.TaskSpec] = field(default_factory=deque)
+    inflight: dict[int, pb.TaskSpec] = field(default_factory=dict)
+    ready: bool = False
+    killed: bool = False
 
 
 class Daemon:
@@ -81,6 +95,11 @@ class Daemon:
         self._starting = 0
         self._env = worker_env(log_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.actors: dict[int, _ActorHost] = {}
+        self._events: list[pb.ActorEvent] = []
+        self._submits: list[pb.TaskSpec] = []
+        self._call_waiters: dict[int, tuple[WorkerHandle, int]] = {}
+        self._call_seq = 0
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -121,6 +140,9 @@ class Daemon:
                 worker.kill()
             else:
                 worker.stop()
+        for host in self.actors.values():
+            host.killed = True
+            host.worker.kill()
         loop = self._loop or asyncio.get_event_loop()
         loop.call_later(1.0, self._kill_all)
         if self.on_stop is not None:
@@ -143,9 +165,30 @@ class Daemon:
         for spec in message.tasks:
             if spec.fn_blob:
                 self.functions[spec.fn_id] = spec.fn_blob
-            self.queue.append(_Task(spec, to_dict(spec.resources)))
+            if spec.kind == pb.ACTOR_CALL:
+                host = self.actors.get(spec.actor_id)
+                if host is None:
+                    self._report(spec, pb.ACTOR_DIED, b"", "the actor is not on this node", 0.0)
+                else:
+                    host.queue.append(spec)
+                    self._pump_actor(host)
+            elif spec.kind == pb.ACTOR_CREATE:
+                self._create_actor(_Task(spec, to_dict(spec.resources)))
+            else:
+                self.queue.append(_Task(spec, to_dict(spec.resources)))
         for task_id in message.cancel:
             self._cancel(task_id)
+        for actor_id in message.kill_actor:
+            host = self.actors.pop(actor_id, None)
+            if host is not None:
+                host.killed = True
+                host.worker.kill()
+                self._release(host.create)
+        for result in message.results:
+            waiter = self._call_waiters.pop(result.task_id, None)
+            if waiter is not None:
+                worker, ref = waiter
+                worker.send(("result", ref, result.status, result.data, result.message))
         if message.shutdown:
             self.stop()
             return
@@ -234,6 +277,103 @@ class Daemon:
             task.timer.cancel()
             task.timer = None
 
+    # ---- actors ------------------------------------------------------------------------
+    def _create_actor(self, task: _Task) -> None:
+        spec = task.spec
+        free = self.free
+        for key, amount in task.request.items():
+            free[key] = free.get(key, 0.0) - amount
+        want = int(task.request.get("gpus", 0) + 0.999)
+        task.gpu_ids = [self.free_gpus.pop(0) for _ in range(min(want, len(self.free_gpus)))]
+        task.started = time.perf_counter()
+        host: _ActorHost | None = None
+
+        def on_message(worker: WorkerHandle, message: Any) -> None:
+            assert host is not None
+            self._on_actor_message(host, message)
+
+        def on_lost(worker: WorkerHandle) -> None:
+            assert host is not None
+            self._on_actor_lost(host)
+
+        worker = WorkerHandle(-1, on_message, on_lost)
+        host = _ActorHost(spec.task_id, task, worker, max(1, spec.actor.max_concurrency or 1))
+        self.actors[spec.task_id] = host
+        asyncio.ensure_future(self._start_actor_worker(host))
+
+    async def _start_actor_worker(self, host: _ActorHost) -> None:
+        try:
+            await host.worker.start(self._env)
+        except Exception as err:  # noqa: BLE001
+            self.actors.pop(host.actor_id, None)
+            self._release(host.create)
+            self._report(host.create.spec, pb.WORKER_CRASHED, b"",
+                         f"could not start the actor's worker: {err}", 0.0)
+
+    def _pump_actor(self, host: _ActorHost) -> None:
+        if not host.ready or host.killed:
+            return
+        while host.queue and len(host.inflight) < host.max_concurrency:
+            spec = host.queue.popleft()
+            host.inflight[spec.task_id] = spec
+            deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
+            host.worker.send(("actor_call", spec.task_id, spec.method, spec.args, deps))
+
+    def _on_actor_message(self, host: _ActorHost, message: Any) -> None:
+        kind = message[0]
+        if kind == "ready":
+            spec = host.create.spec
+            gpus = ",".join(host.create.gpu_ids) if host.create.gpu_ids else None
+            host.worker.send(("fn", spec.fn_id, self.functions.get(spec.fn_id, b"")))
+            deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
+            host.worker.send(("actor_create", spec.task_id, spec.fn_id, spec.name, spec.args,
+                              deps, gpus, spec.cwd, dict(spec.env) if spec.env else None,
+                              host.max_concurrency))
+        elif kind == "done":
+            _, task_id, status, data, seconds, text = message
+            if task_id == host.actor_id:
+                self._report(host.create.spec, status, data, text, seconds)
+                if status == pb.OK:
+                    host.ready = True
+                    self._pump_actor(host)
+                else:
+                    self.actors.pop(host.actor_id, None)
+                    host.killed = True
+                    host.worker.stop()
+                    self._release(host.create)
+                return
+            spec = host.inflight.pop(task_id, None)
+            if spec is not None:
+                self._report(spec, status, data, text, seconds)
+            self._pump_actor(host)
+        else:
+            self._on_worker_message(host.worker, message)
+
+    def _on_actor_lost(self, host: _ActorHost) -> None:
+        if host.killed or self.stopping:
+            return
+        self.actors.pop(host.actor_id, None)
+        self._release(host.create)
+        code = host.worker.proc.returncode if host.worker.proc is not None else None
+        message = f"its worker process {host.worker.pid} on {self.name} died (exit code {code})"
+        if not host.ready:
+            self._report(host.create.spec, pb.WORKER_CRASHED, b"", message, 0.0)
+            return
+        self._events.append(pb.ActorEvent(actor_id=host.actor_id, died=True, message=message))
+        self._schedule_flush()
+
+    def _worker_call(self, worker: WorkerHandle, message: Any) -> None:
+        """An app on this node called an actor: forward the call to the head."""
+        _, ref, actor_id, method, args, deps = message
+        from cluster.head import NODE_CALLER_BASE
+
+        self._call_seq += 1
+        task_id = ((NODE_CALLER_BASE + self.node_id) << DRIVER_SHIFT) | self._call_seq
+        self._call_waiters[task_id] = (worker, ref)
+        self._submits.append(pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL, actor_id=actor_id,
+                                         method=method, name=method, args=args, deps=deps))
+        self._schedule_flush()
+
     # ---- from workers ----------------------------------------------------------------
     def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
         kind = message[0]
@@ -258,6 +398,8 @@ class Daemon:
             worker.ready = True
             self.idle.append(worker)
             self._pump()
+        elif kind == "call":
+            self._worker_call(worker, message)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         if worker in self.workers:
@@ -301,10 +443,12 @@ class Daemon:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if not (self._results or self._logs) or self.link is None:
+        if not (self._results or self._logs or self._events or self._submits) or \
+                self.link is None:
             return
-        message = pb.NodeToHead(results=self._results, logs=self._logs)
-        self._results, self._logs = [], []
+        message = pb.NodeToHead(results=self._results, logs=self._logs,
+                                actor_events=self._events, submit=self._submits)
+        self._results, self._logs, self._events, self._submits = [], [], [], []
         self.link.send(message)
 
     def heartbeat(self) -> pb.Heartbeat:

@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cluster import scheduler
+from cluster.actors import ActorTable
 from cluster.protocol import DRIVER_SHIFT, fill, pb, to_dict
 
 log = logging.getLogger("shoal.head")
 
+#: Callers that are nodes (apps calling actors) get ids above every driver's.
+NODE_CALLER_BASE = 1 << 23
 RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
 
 
@@ -75,6 +78,7 @@ class _Node:
     remote: bool = True
     block_id: str = ""
     draining: bool = False
+    actors: set[int] = field(default_factory=set)
     idle_since: float | None = field(default_factory=time.monotonic)
 
 
@@ -89,6 +93,21 @@ class _Driver:
     logs: list[pb.LogLine] = field(default_factory=list)
     replies: list[pb.GetReply] = field(default_factory=list)
     nodes: list[pb.NodeInfo] = field(default_factory=list)
+    lookups: list[pb.ActorLookupReply] = field(default_factory=list)
+
+
+class _NodeCallerConn:
+    """Results for calls that apps on a node made: delivered to that node's daemon."""
+
+    def __init__(self, node: _Node) -> None:
+        self._node = node
+
+    def send(self, message: pb.HeadToDriver) -> None:
+        if message.results and self._node.alive:
+            self._node.conn.send(pb.HeadToNode(results=message.results))
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -123,6 +142,7 @@ class Head:
         #: tasks that fit it wait for a block instead of failing as unschedulable.
         self.block_shape: dict[str, float] = {}
         self.blocks_status: Callable[[], list[pb.BlockInfo]] | None = None
+        self.actor_table = ActorTable(self)
         self._next_node = 1
         self._next_driver = 1
         self._flush_pending = False
@@ -193,7 +213,8 @@ class Head:
         node.alive = False
         node.view.schedulable = False
         log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
-        running = list(node.running.values())
+        self.actor_table.node_lost(node, reason)
+        running = [t for t in node.running.values() if not self.actor_table.is_creation(t)]
         node.running.clear()
         for task in running:
             self._unreserve(task)
@@ -201,6 +222,9 @@ class Head:
                                    node=node.name, attempt=task.spec.attempt,
                                    message=f"node {node.name} was lost ({reason})")
             self._task_failed(task, result)
+        caller = self.drivers.get(NODE_CALLER_BASE + node.node_id)
+        if caller is not None:
+            self.driver_left(caller)
         self._broadcast_node(node)
         self._fail_unschedulable()
         self._soon()
@@ -213,6 +237,19 @@ class Head:
         for result in message.results:
             task = node.running.pop(result.task_id, None)
             if task is None:
+                self.actor_table.call_result(result)
+                continue
+            if self.actor_table.is_creation(task):
+                ok = result.status == pb.OK
+                if ok:
+                    node.running[result.task_id] = task  # holds its resources while alive
+                else:
+                    self._unreserve(task)
+                self.actor_table.created(task, node, ok, result.message)
+                if ok:
+                    self._task_done(task, result)
+                else:
+                    self._finish_failed(task, result)
                 continue
             self._unreserve(task)
             node.done += 1
@@ -226,6 +263,15 @@ class Head:
                 self._task_done(task, result)
             else:
                 self._task_failed(task, result)
+        for event in message.actor_events:
+            self.actor_table.died(event.actor_id, event.message)
+        if message.submit:
+            caller_id = NODE_CALLER_BASE + node.node_id
+            caller = self.drivers.get(caller_id)
+            if caller is None:
+                caller = self.drivers[caller_id] = _Driver(caller_id, _NodeCallerConn(node))
+            for spec in message.submit:
+                self._submit(caller, spec)
         if message.logs:
             drivers = self.drivers
             for line in message.logs:
@@ -260,6 +306,7 @@ class Head:
         if self.drivers.pop(driver.driver_id, None) is None:
             return
         log.info("driver %d left", driver.driver_id)
+        self.actor_table.owner_left(driver.driver_id)
         for key, queue in list(self.ready.items()):
             kept = deque(t for t in queue if t.spec.task_id >> DRIVER_SHIFT != driver.driver_id)
             for task in queue:
@@ -298,6 +345,14 @@ class Head:
                 self._decref(object_id)
         for request in message.get:
             self._get(driver, request)
+        for actor_id in message.kill_actor:
+            self.actor_table.kill(actor_id)
+        for lookup in message.lookup:
+            info = self.actor_table.lookup(lookup.name)
+            reply = pb.ActorLookupReply(request_id=lookup.request_id, found=info is not None)
+            if info is not None:
+                reply.actor.CopyFrom(info)
+            driver.lookups.append(reply)
         self._soon()
 
     def _get(self, driver: _Driver, request: pb.GetRequest) -> None:
@@ -356,9 +411,18 @@ class Head:
                 self.waiters.setdefault(dep, []).append(task)
             elif failed_dep is None:
                 failed_dep = (dep, _Value(pb.OBJECT_LOST, b"", "released or never created"))
-        if spec.fn_id not in self.functions:
+        if spec.kind == pb.ACTOR_CALL:
+            self.actor_table.enqueue(task)
+        elif spec.fn_id not in self.functions:
             self._fail(task, pb.CANCELLED, "the app's function body was never sent to the head")
             return
+        if task_id not in self.tasks:
+            return  # refused (dead actor)
+        if spec.kind == pb.ACTOR_CREATE:
+            refused = self.actor_table.register(task)
+            if refused:
+                self._fail(task, pb.ACTOR_DIED, refused)
+                return
         if failed_dep is not None:
             self._fail_dependency(task, failed_dep[0], failed_dep[1])
             return
@@ -397,6 +461,9 @@ class Head:
                     self._fail(task, pb.UNSCHEDULABLE, reason)
 
     def _make_ready(self, task: _Task) -> None:
+        if task.spec.kind == pb.ACTOR_CALL:
+            self.actor_table.ready(task)
+            return
         if task.spec.num_nodes > 1:
             self.gangs.append(task)
             return
@@ -411,8 +478,9 @@ class Head:
         self.done += 1
         if self.refs.get(task_id, 0) > 0:
             self.values[task_id] = _Value(pb.OK, result.data)
-        for dep in task.spec.deps:
-            self._decref(dep)
+        if task.spec.kind != pb.ACTOR_CREATE:  # a restart needs the arguments again
+            for dep in task.spec.deps:
+                self._decref(dep)
         driver = self.drivers.get(task_id >> DRIVER_SHIFT)
         if driver is not None:
             driver.results.append(result)
@@ -486,6 +554,9 @@ class Head:
             queue = self.ready[key]
             while queue:
                 task = queue[0]
+                if task.spec.task_id not in self.tasks:
+                    queue.popleft()  # cancelled while queued (e.g. a killed actor)
+                    continue
                 node_id = place(task.request, views)
                 if node_id is None:
                     break
@@ -528,13 +599,17 @@ class Head:
 
     def _assign(self, task: _Task, node: _Node, reserve: dict[str, float] | None = None) -> None:
         self._reserve(task, node, reserve if reserve is not None else task.request)
-        spec = task.spec
         task.node_id = node.node_id
-        node.running[spec.task_id] = task
+        node.running[task.spec.task_id] = task
         node.idle_since = None
+        self._send_to_node(task, node)
+
+    def _send_to_node(self, task: _Task, node: _Node) -> None:
+        """Queue the task's spec, with its dependencies' values, for the node."""
+        spec = task.spec
         out = pb.TaskSpec()
         out.CopyFrom(spec)
-        if spec.fn_id not in node.functions:
+        if spec.fn_id and spec.fn_id not in node.functions:
             out.fn_blob = self.functions[spec.fn_id]
             node.functions.add(spec.fn_id)
         if spec.deps:
@@ -554,10 +629,13 @@ class Head:
                 node.conn.send(pb.HeadToNode(tasks=node.outbox))
                 node.outbox = []
         for driver in self.drivers.values():
-            if driver.results or driver.logs or driver.replies or driver.nodes:
+            if driver.results or driver.logs or driver.replies or driver.nodes or \
+                    driver.lookups:
                 driver.conn.send(pb.HeadToDriver(results=driver.results, logs=driver.logs,
-                                                 replies=driver.replies, nodes=driver.nodes))
+                                                 replies=driver.replies, nodes=driver.nodes,
+                                                 lookups=driver.lookups))
                 driver.results, driver.logs, driver.replies, driver.nodes = [], [], [], []
+                driver.lookups = []
 
     # ---- for the autoscaler ---------------------------------------------------------------
     def demand(self) -> tuple[int, float, float, bool]:
@@ -600,11 +678,12 @@ class Head:
         return pb.StatusReply(
             cluster_id=self.cluster_id,
             nodes=[self.node_info(n) for n in self.nodes.values()],
-            tasks_queued=len(self.tasks) - running, tasks_running=running,
+            tasks_queued=max(0, len(self.tasks) - running), tasks_running=running,
             tasks_done=self.done, tasks_failed=self.failed, drivers=len(self.drivers),
             objects=len(self.values), object_bytes=sum(len(v.data) for v in self.values.values()),
             uptime=time.time() - self.started, head_pid=os.getpid(),
-            blocks=self.blocks_status() if self.blocks_status else [])
+            blocks=self.blocks_status() if self.blocks_status else [],
+            actors=self.actor_table.status())
 
     def shutdown(self) -> None:
         """Tell every daemon to stop, then whoever owns the head."""

@@ -11,6 +11,8 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     PYTHON: _ClassVar[Kind]
     BASH: _ClassVar[Kind]
+    ACTOR_CREATE: _ClassVar[Kind]
+    ACTOR_CALL: _ClassVar[Kind]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,8 +26,11 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[Status]
     NODE_LOST: _ClassVar[Status]
     OBJECT_LOST: _ClassVar[Status]
+    ACTOR_DIED: _ClassVar[Status]
 PYTHON: Kind
 BASH: Kind
+ACTOR_CREATE: Kind
+ACTOR_CALL: Kind
 OK: Status
 APP_ERROR: Status
 WORKER_CRASHED: Status
@@ -36,6 +41,7 @@ UNSCHEDULABLE: Status
 CANCELLED: Status
 NODE_LOST: Status
 OBJECT_LOST: Status
+ACTOR_DIED: Status
 
 class Resources(_message.Message):
     __slots__ = ("cpus", "gpus", "memory", "custom")
@@ -56,6 +62,74 @@ class Resources(_message.Message):
     custom: _containers.ScalarMap[str, float]
     def __init__(self, cpus: _Optional[float] = ..., gpus: _Optional[float] = ..., memory: _Optional[float] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
+class ActorOptions(_message.Message):
+    __slots__ = ("name", "detached", "max_restarts", "max_task_retries", "max_concurrency", "class_name", "methods")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASK_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    detached: bool
+    max_restarts: int
+    max_task_retries: int
+    max_concurrency: int
+    class_name: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., detached: _Optional[bool] = ..., max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., class_name: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ActorInfo(_message.Message):
+    __slots__ = ("actor_id", "class_name", "name", "node", "state", "restarts", "detached", "methods", "message")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    actor_id: int
+    class_name: str
+    name: str
+    node: str
+    state: str
+    restarts: int
+    detached: bool
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    message: str
+    def __init__(self, actor_id: _Optional[int] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., detached: _Optional[bool] = ..., methods: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ActorLookup(_message.Message):
+    __slots__ = ("request_id", "name")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    name: str
+    def __init__(self, request_id: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ActorLookupReply(_message.Message):
+    __slots__ = ("request_id", "found", "actor")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    found: bool
+    actor: ActorInfo
+    def __init__(self, request_id: _Optional[int] = ..., found: _Optional[bool] = ..., actor: _Optional[_Union[ActorInfo, _Mapping]] = ...) -> None: ...
+
+class ActorEvent(_message.Message):
+    __slots__ = ("actor_id", "died", "message")
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    DIED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    actor_id: int
+    died: bool
+    message: str
+    def __init__(self, actor_id: _Optional[int] = ..., died: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
 class Value(_message.Message):
     __slots__ = ("id", "data")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -65,7 +139,7 @@ class Value(_message.Message):
     def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env")
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +168,9 @@ class TaskSpec(_message.Message):
     NUM_NODES_FIELD_NUMBER: _ClassVar[int]
     RANKS_PER_NODE_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     fn_id: bytes
     fn_blob: bytes
@@ -115,7 +192,10 @@ class TaskSpec(_message.Message):
     num_nodes: int
     ranks_per_node: int
     env: _containers.ScalarMap[str, str]
-    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    actor_id: int
+    method: str
+    actor: ActorOptions
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message")
@@ -236,32 +316,38 @@ class GetReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., values: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
 
 class DriverToHead(_message.Message):
-    __slots__ = ("hello", "submit", "put", "release", "get")
+    __slots__ = ("hello", "submit", "put", "release", "get", "kill_actor", "lookup")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     GET_FIELD_NUMBER: _ClassVar[int]
+    KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_FIELD_NUMBER: _ClassVar[int]
     hello: DriverHello
     submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     put: _containers.RepeatedCompositeFieldContainer[Value]
     release: _containers.RepeatedScalarFieldContainer[int]
     get: _containers.RepeatedCompositeFieldContainer[GetRequest]
-    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ...) -> None: ...
+    kill_actor: _containers.RepeatedScalarFieldContainer[int]
+    lookup: _containers.RepeatedCompositeFieldContainer[ActorLookup]
+    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ..., kill_actor: _Optional[_Iterable[int]] = ..., lookup: _Optional[_Iterable[_Union[ActorLookup, _Mapping]]] = ...) -> None: ...
 
 class HeadToDriver(_message.Message):
-    __slots__ = ("welcome", "results", "logs", "replies", "nodes")
+    __slots__ = ("welcome", "results", "logs", "replies", "nodes", "lookups")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
+    LOOKUPS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
     replies: _containers.RepeatedCompositeFieldContainer[GetReply]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+    lookups: _containers.RepeatedCompositeFieldContainer[ActorLookupReply]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., lookups: _Optional[_Iterable[_Union[ActorLookupReply, _Mapping]]] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("name", "address", "total", "pid", "block_id")
@@ -288,35 +374,43 @@ class Heartbeat(_message.Message):
     def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
-    __slots__ = ("register", "results", "logs", "heartbeat")
+    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
     register: Register
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
     heartbeat: Heartbeat
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ...) -> None: ...
+    actor_events: _containers.RepeatedCompositeFieldContainer[ActorEvent]
+    submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
-    __slots__ = ("node_id", "tasks", "cancel", "shutdown")
+    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     cancel: _containers.RepeatedScalarFieldContainer[int]
     shutdown: bool
-    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ...) -> None: ...
+    kill_actor: _containers.RepeatedScalarFieldContainer[int]
+    results: _containers.RepeatedCompositeFieldContainer[TaskResult]
+    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +423,7 @@ class StatusReply(_message.Message):
     UPTIME_FIELD_NUMBER: _ClassVar[int]
     HEAD_PID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    ACTORS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -341,7 +436,8 @@ class StatusReply(_message.Message):
     uptime: float
     head_pid: int
     blocks: _containers.RepeatedCompositeFieldContainer[BlockInfo]
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ...) -> None: ...
+    actors: _containers.RepeatedCompositeFieldContainer[ActorInfo]
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -8,10 +8,12 @@ and bash apps through ``bash -c``, captures ``print`` output per task, and repor
 
 from __future__ import annotations
 
+import inspect
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Any, TextIO
@@ -77,9 +79,45 @@ class Worker:
         self.out = TaskOutput(self, False)
         self.err = TaskOutput(self, True)
         self._cwd = os.getcwd()
+        self.actor: Any = None
+        self.actor_loop: Any = None          # asyncio loop thread for async actors
+        self._send_lock = threading.Lock()
+        self._backlog: list[tuple] = []      # frames read while waiting for a call result
+        self._results: dict[int, tuple] = {}
+        self._call_refs = 0
 
     def send(self, message: tuple) -> None:
-        self.sock.sendall(wire.encode(message))
+        data = wire.encode(message)
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def _read(self) -> tuple | None:
+        header = self.rfile.read(4)
+        if len(header) < 4:
+            return None
+        (length,) = wire.HEADER.unpack(header)
+        return wire.pickle.loads(self.rfile.read(length))
+
+    def call_actor(self, actor_id: int, method: str, args: tuple, kwargs: dict) -> CallFuture:
+        """An app on this worker calls an actor: the daemon forwards it to the head."""
+        deps: list[int] = []
+        blob = serialization.dumps((args, kwargs), deps)
+        self._call_refs += 1
+        ref = self._call_refs
+        self.send(("call", ref, actor_id, method, blob, deps))
+        return CallFuture(self, ref, method)
+
+    def wait_result(self, ref: int) -> tuple:
+        """Read frames until the result of call `ref` arrives (others are kept for later)."""
+        while ref not in self._results:
+            message = self._read()
+            if message is None:
+                raise ConnectionError("lost the daemon while waiting for an actor call")
+            if message[0] == "result":
+                self._results[message[1]] = message
+            else:
+                self._backlog.append(message)
+        return self._results.pop(ref)
 
     def log_to_file(self, text: str) -> None:
         if self._log_file is None:
@@ -94,20 +132,29 @@ class Worker:
         self._log_file.write(text)
 
     def serve(self) -> None:
+        global CURRENT
+        CURRENT = self
         self.send(("ready", os.getpid()))
         read = self.rfile.read
         unpack = wire.HEADER.unpack
         while True:
-            header = read(4)
-            if len(header) < 4:
-                return
-            (length,) = unpack(header)
-            message = wire.pickle.loads(read(length))
+            if self._backlog:
+                message = self._backlog.pop(0)
+            else:
+                header = read(4)
+                if len(header) < 4:
+                    return
+                (length,) = unpack(header)
+                message = wire.pickle.loads(read(length))
             kind = message[0]
             if kind == "run":
                 self.run(*message[1:])
+            elif kind == "actor_call":
+                self.actor_call(*message[1:])
             elif kind == "fn":
                 self.functions[message[1]] = message[2]
+            elif kind == "actor_create":
+                self.actor_create(*message[1:])
             elif kind == "exit":
                 return
 
@@ -150,14 +197,7 @@ class Worker:
             status, data, message = OK, b"", ""
             try:
                 fn = self._function(fn_id)
-                cache: dict[int, Any] = {}
-
-                def resolve(object_id: int) -> Any:
-                    if object_id not in cache:
-                        cache[object_id] = serialization.loads(dep_values[object_id])
-                    return cache[object_id]
-
-                args, kwargs = serialization.loads(args_blob, resolve)
+                args, kwargs = serialization.loads(args_blob, _resolver(dep_values))
                 value = fn(*args, **kwargs)
                 if kind == 1:
                     status, data, message = self._run_bash(name, value, stdout, stderr)
@@ -182,6 +222,77 @@ class Worker:
                 self._log_file.close()
                 self._log_file = None
         self.send(("done", task_id, status, data, time.perf_counter() - start, message))
+
+    # ---- actors ----------------------------------------------------------------------------
+    def actor_create(self, actor_id: int, fn_id: bytes, name: str, args_blob: bytes,
+                     deps: dict[int, bytes], gpus: str | None, cwd: str,
+                     env: dict[str, str] | None, max_concurrency: int) -> None:
+        """Instantiate the actor's class; this process then serves only its calls."""
+        overrides = dict(env or {})
+        if gpus is not None:
+            overrides["CUDA_VISIBLE_DEVICES"] = gpus  # for the actor's whole life
+        os.environ.update(overrides)
+
+        def construct(cls: Any, *args: Any, **kwargs: Any) -> None:
+            self.actor = cls(*args, **kwargs)
+            if max_concurrency > 1 or any(inspect.iscoroutinefunction(getattr(cls, m, None))
+                                          for m in dir(cls) if not m.startswith("__")):
+                self._start_actor_loop()
+
+        self.functions[b"__construct__"] = construct
+        klass = self._function(fn_id)
+        self.functions[b"__construct__"] = lambda *a, **k: construct(klass, *a, **k)
+        self.run(actor_id, b"__construct__", 0, name, args_blob, deps, None, None, None, cwd,
+                 None)
+
+    def _start_actor_loop(self) -> None:
+        import asyncio
+
+        loop = asyncio.new_event_loop()
+        threading.Thread(target=loop.run_forever, name="actor-loop", daemon=True).start()
+        self.actor_loop = loop
+
+    def actor_call(self, task_id: int, method: str, args_blob: bytes,
+                   deps: dict[int, bytes]) -> None:
+        """Run one method call (async methods concurrently on the actor's event loop)."""
+        bound = getattr(self.actor, method, None)
+        if bound is None or method.startswith("__"):
+            err = AttributeError(f"{type(self.actor).__name__} has no method {method!r}")
+            self.send(("done", task_id, APP_ERROR, serialization.dumps_error(err, ""), 0.0,
+                       str(err)))
+            return
+        if self.actor_loop is not None and inspect.iscoroutinefunction(bound):
+            self._call_async(task_id, method, bound, args_blob, deps)
+            return
+        self.functions[b"__method__"] = bound
+        self.run(task_id, b"__method__", 0, method, args_blob, deps, None, None, None, "", None)
+
+    def _call_async(self, task_id: int, method: str, bound: Any, args_blob: bytes,
+                    deps: dict[int, bytes]) -> None:
+        import asyncio
+
+        start = time.perf_counter()
+        try:
+            args, kwargs = serialization.loads(args_blob, _resolver(deps))
+        except BaseException as exc:  # noqa: BLE001
+            self._reply_error(task_id, exc, start)
+            return
+
+        async def call() -> None:
+            try:
+                value = await bound(*args, **kwargs)
+                data = serialization.dumps(value)
+            except BaseException as exc:  # noqa: BLE001
+                self._reply_error(task_id, exc, start)
+                return
+            self.send(("done", task_id, OK, data, time.perf_counter() - start, ""))
+
+        asyncio.run_coroutine_threadsafe(call(), self.actor_loop)
+
+    def _reply_error(self, task_id: int, exc: BaseException, start: float) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self.send(("done", task_id, APP_ERROR, serialization.dumps_error(exc, tb),
+                   time.perf_counter() - start, str(exc)))
 
     def _run_bash(
         self,
@@ -221,6 +332,57 @@ class Worker:
         return OK, serialization.dumps(0), ""
 
 
+def _resolver(dep_values: dict[int, bytes]) -> Any:
+    cache: dict[int, Any] = {}
+
+    def resolve(object_id: int) -> Any:
+        if object_id not in cache:
+            cache[object_id] = serialization.loads(dep_values[object_id])
+        return cache[object_id]
+
+    return resolve
+
+
+class CallFuture:
+    """What calling an actor method returns inside an app: ``.result()`` waits for it."""
+
+    def __init__(self, worker: Worker, ref: int, method: str) -> None:
+        self._worker = worker
+        self._ref = ref
+        self._method = method
+        self._value: Any = None
+        self._done = False
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's value (raises what the call raised)."""
+        if not self._done:
+            _, _, status, data, message = self._worker.wait_result(self._ref)
+            if status == OK:
+                self._value = serialization.loads(data)
+            else:
+                self._value = _CallFailed(self._method, status, data, message)
+            self._done = True
+        if isinstance(self._value, _CallFailed):
+            raise self._value.error()
+        return self._value
+
+
+class _CallFailed:
+    def __init__(self, method: str, status: int, data: bytes, message: str) -> None:
+        self.method, self.status, self.data, self.message = method, status, data, message
+
+    def error(self) -> BaseException:
+        if self.status == APP_ERROR:
+            exc = serialization.loads_error(self.data)[0]
+            if exc is not None:
+                return exc
+        return RuntimeError(f"actor call {self.method!r} failed: {self.message}")
+
+
+#: The Worker of this process (None outside workers): actor handles use it to call.
+CURRENT: Worker | None = None
+
+
 def _open_target(target: tuple[str, str] | None) -> TextIO | None:
     if not target or not target[0]:
         return None
@@ -241,4 +403,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the importable module, so `cluster.worker.CURRENT` is what apps see.
+    from cluster import worker as _worker
+
+    _worker.main()
