@@ -71,10 +71,8 @@ class ActorMethod:
             raise _errors.SerializationError(
                 f"{self._handle._class_name}.{self._name}: arguments cannot be pickled: "
                 f"{err}") from err
-        spec = pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL, name=self._name, args=data,
-                           deps=deps, actor_id=self._handle._actor_id, method=self._name)
         future = AppFuture(task_id, f"{self._handle._class_name}.{self._name}", client)
-        client.submit(spec, b"", future)
+        client.call_actor(self._handle._actor_id, self._name, data, deps, future)
         return future
 
 
@@ -134,6 +132,7 @@ class ActorClass:
                                   max_concurrency=o["max_concurrency"],
                                   class_name=self._cls.__name__, methods=methods))
         ready = AppFuture(actor_id, f"{self._cls.__name__}.__init__", client)
+        client.direct.learn(actor_id, "", o["max_task_retries"])
         client.submit(spec, blob, ready)
         return ActorHandle(actor_id, self._cls.__name__, methods, ready)
 
@@ -202,6 +201,7 @@ def get_actor(name: str, timeout: float | None = 10.0) -> ActorHandle:
         raise ValueError(f"no live actor named {name!r} in this cluster; create one with "
                          f"MyActor.options(name={name!r})(...)")
     info = reply.actor
+    client.direct.learn(info.actor_id, info.route, info.max_task_retries)
     return ActorHandle(info.actor_id, info.class_name, list(info.methods))
 
 

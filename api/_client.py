@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from api import _errors
+from api._direct import DirectCalls
 from api._futures import AppFuture
 from api._transport import LaneTransport
 from cluster import serialization
@@ -50,6 +51,7 @@ class Client:
         self._seq = itertools.count(1)
         self._transport: Any = None
         self._lost = ""
+        self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete)
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -127,19 +129,45 @@ class Client:
     def _on_results(self, results: Iterable[pb.TaskResult]) -> None:
         futures = self._futures
         for result in results:
+            if result.route:
+                self.direct.learn(result.task_id, result.route)
             fut = futures.pop(result.task_id, None)
-            if fut is None or fut.done():
-                continue
-            if result.status == pb.OK:
-                try:
-                    value = serialization.loads(result.data)
-                except Exception as err:  # noqa: BLE001
-                    fut.set_exception(_errors.SerializationError(
-                        f"the result of {fut.name} could not be loaded in the driver: {err!r}"))
-                    continue
-                fut.set_result(value)
-            else:
-                fut.set_exception(self.error_for(result, fut.name))
+            if fut is not None and not fut.done():
+                self._complete(fut, result.status, result.data, result.message, fut.name,
+                               result.task_id)
+            self.direct.head_done(result.task_id)
+
+    def _complete(self, fut: AppFuture, status: int, data: bytes, message: str, name: str,
+                  task_id: int = 0) -> None:
+        if status == pb.OK:
+            try:
+                value = serialization.loads(data)
+            except Exception as err:  # noqa: BLE001
+                fut.set_exception(_errors.SerializationError(
+                    f"the result of {name} could not be loaded in the driver: {err!r}"))
+                return
+            fut.set_result(value)
+        else:
+            fut.set_exception(self.error_for(
+                pb.TaskResult(task_id=task_id or fut.task_id, status=status, data=data,
+                              message=message), name))
+
+    def call_actor(self, actor_id: int, method: str, data: bytes, deps: list[int],
+                   future: AppFuture) -> None:
+        """Send an actor call: directly to the actor's worker when order allows."""
+        if self._lost:
+            raise _errors.ConnectionError(f"not connected to the cluster: {self._lost}")
+        self.direct.call(actor_id, (future.task_id, method, data, deps, future, future.name,
+                                    actor_id))
+
+    def _actor_call_via_head(self, call: tuple) -> None:
+        task_id, method, data, deps, future, name, actor_id = call
+        spec = pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL, name=method, args=data,
+                           deps=deps, actor_id=actor_id, method=method)
+        with self._lock:
+            self._futures[task_id] = future
+            self._submits.append(spec)
+        self._transport.flush()
 
     def error_for(self, result: pb.TaskResult, name: str) -> BaseException:
         """The exception a failed result stands for."""
@@ -251,5 +279,6 @@ class Client:
             return
         if self._transport is not None:
             self._transport.close()
+        self.direct.close()
         self.closed = True
         self._fail_all("the driver called api.shutdown()", shutdown=True)

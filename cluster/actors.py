@@ -29,6 +29,7 @@ class _Actor:
     create: _Task
     options: pb.ActorOptions
     state: str = "pending"              # pending, alive, restarting, dead
+    route: str = ""
     node_id: int = 0
     restarts: int = 0
     message: str = ""
@@ -63,7 +64,8 @@ class ActorTable:
         self.actors[spec.task_id] = _Actor(spec.task_id, task, options)
         return ""
 
-    def created(self, task: _Task, node: _Node, ok: bool, message: str) -> None:
+    def created(self, task: _Task, node: _Node, ok: bool, message: str,
+                route: str = "") -> None:
         """The creation finished on `node` (resources stay held while the actor lives)."""
         actor = self.actors.get(task.spec.task_id)
         if actor is None:
@@ -71,7 +73,7 @@ class ActorTable:
         if not ok:
             self._dead(actor, f"its __init__ failed: {message}")
             return
-        actor.state, actor.node_id = "alive", node.node_id
+        actor.state, actor.node_id, actor.route = "alive", node.node_id, route
         node.actors.add(actor.actor_id)
         log.info("actor %s %#x alive on %s", actor.options.class_name, actor.actor_id,
                  node.name)
@@ -120,9 +122,15 @@ class ActorTable:
         actor = self.calls.pop(result.task_id, None)
         if actor is None:
             return False
-        task = actor.inflight.pop(result.task_id, None)
+        task = actor.inflight.get(result.task_id)
         if task is None:
             return True
+        if result.status == pb.ACTOR_DIED and actor.state == "alive":
+            # The daemon lost the actor before we heard of it: its death event follows,
+            # and died() retries or fails this call with the real reason.
+            self.calls[result.task_id] = actor
+            return True
+        del actor.inflight[result.task_id]
         if result.status == pb.OK:
             self.head._task_done(task, result)
         else:
@@ -170,10 +178,6 @@ class ActorTable:
         self.head.tasks[actor_id] = actor.create
         self.head._make_ready(actor.create)  # place __init__ again
         self.head._soon()
-
-    def restarted(self, task: _Task, node: _Node, ok: bool, message: str) -> None:
-        """Same as created (a restart's creation finished)."""
-        self.created(task, node, ok, message)
 
     def kill(self, actor_id: int, why: str = "killed with api.kill()") -> None:
         """Kill an actor now: no restart; pending calls fail."""
@@ -224,7 +228,9 @@ class ActorTable:
                             name=actor.options.name, node=node.name if node else "",
                             state=actor.state, restarts=actor.restarts,
                             detached=actor.options.detached, methods=actor.options.methods,
-                            message=actor.message)
+                            message=actor.message,
+                            route=actor.route if actor.state == "alive" else "",
+                            max_task_retries=actor.options.max_task_retries)
 
     def lookup(self, name: str) -> pb.ActorInfo | None:
         """The live actor named `name`."""

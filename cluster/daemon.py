@@ -96,6 +96,11 @@ class Daemon:
         self._env = worker_env(log_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.actors: dict[int, _ActorHost] = {}
+        #: For actors' direct-call servers: the cluster secret, this node's runtime
+        #: directory and address (set by the node process).
+        self.secret = b""
+        self.runtime_dir = ""
+        self.address = "127.0.0.1"
         self._events: list[pb.ActorEvent] = []
         self._submits: list[pb.TaskSpec] = []
         self._call_waiters: dict[int, tuple[WorkerHandle, int]] = {}
@@ -328,20 +333,21 @@ class Daemon:
             deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
             host.worker.send(("actor_create", spec.task_id, spec.fn_id, spec.name, spec.args,
                               deps, gpus, spec.cwd, dict(spec.env) if spec.env else None,
-                              host.max_concurrency))
+                              host.max_concurrency, self.secret, self.runtime_dir,
+                              self.address))
+        elif kind == "created":
+            _, task_id, status, data, seconds, text, route = message
+            self._report(host.create.spec, status, data, text, seconds, route)
+            if status == pb.OK:
+                host.ready = True
+                self._pump_actor(host)
+            else:
+                self.actors.pop(host.actor_id, None)
+                host.killed = True
+                host.worker.stop()
+                self._release(host.create)
         elif kind == "done":
             _, task_id, status, data, seconds, text = message
-            if task_id == host.actor_id:
-                self._report(host.create.spec, status, data, text, seconds)
-                if status == pb.OK:
-                    host.ready = True
-                    self._pump_actor(host)
-                else:
-                    self.actors.pop(host.actor_id, None)
-                    host.killed = True
-                    host.worker.stop()
-                    self._release(host.create)
-                return
             spec = host.inflight.pop(task_id, None)
             if spec is not None:
                 self._report(spec, status, data, text, seconds)
@@ -429,10 +435,10 @@ class Daemon:
 
     # ---- to the head -----------------------------------------------------------------
     def _report(self, spec: pb.TaskSpec, status: int, data: bytes, message: str,
-                seconds: float) -> None:
+                seconds: float, route: str = "") -> None:
         self._results.append(pb.TaskResult(task_id=spec.task_id, status=status, data=data,
                                            node=self.name, attempt=spec.attempt,
-                                           run_seconds=seconds, message=message))
+                                           run_seconds=seconds, message=message, route=route))
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:

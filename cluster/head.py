@@ -245,7 +245,7 @@ class Head:
                     node.running[result.task_id] = task  # holds its resources while alive
                 else:
                     self._unreserve(task)
-                self.actor_table.created(task, node, ok, result.message)
+                self.actor_table.created(task, node, ok, result.message, result.route)
                 if ok:
                     self._task_done(task, result)
                 else:

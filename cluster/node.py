@@ -147,6 +147,10 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     # Two daemons of one cluster can share a host (two blocks packed on one node).
     local_name = f"{node_name}-b{ns.block_id}" if ns.block_id else node_name
     runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else local_name)
+    if daemon is not None:
+        daemon.secret = secret.encode()
+        daemon.runtime_dir = runtime
+        daemon.address = ns.host
     if ns.head:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)

@@ -103,6 +103,14 @@ def dumps(obj: Any, refs: list[int] | None = None) -> bytes:
     return buf.getvalue()
 
 
+def dumps_value(obj: Any) -> bytes:
+    """Serialize a result: plain pickle when it can (most values), else :func:`dumps`."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        return dumps(obj)
+
+
 class _RefUnpickler(pickle.Unpickler):
     def __init__(self, file: io.BytesIO, resolve: Callable[[int], Any]) -> None:
         super().__init__(file)

@@ -81,7 +81,7 @@ class ActorOptions(_message.Message):
     def __init__(self, name: _Optional[str] = ..., detached: _Optional[bool] = ..., max_restarts: _Optional[int] = ..., max_task_retries: _Optional[int] = ..., max_concurrency: _Optional[int] = ..., class_name: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ActorInfo(_message.Message):
-    __slots__ = ("actor_id", "class_name", "name", "node", "state", "restarts", "detached", "methods", "message")
+    __slots__ = ("actor_id", "class_name", "name", "node", "state", "restarts", "detached", "methods", "message", "route", "max_task_retries")
     ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,8 @@ class ActorInfo(_message.Message):
     DETACHED_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    MAX_TASK_RETRIES_FIELD_NUMBER: _ClassVar[int]
     actor_id: int
     class_name: str
     name: str
@@ -100,7 +102,9 @@ class ActorInfo(_message.Message):
     detached: bool
     methods: _containers.RepeatedScalarFieldContainer[str]
     message: str
-    def __init__(self, actor_id: _Optional[int] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., detached: _Optional[bool] = ..., methods: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
+    route: str
+    max_task_retries: int
+    def __init__(self, actor_id: _Optional[int] = ..., class_name: _Optional[str] = ..., name: _Optional[str] = ..., node: _Optional[str] = ..., state: _Optional[str] = ..., restarts: _Optional[int] = ..., detached: _Optional[bool] = ..., methods: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., route: _Optional[str] = ..., max_task_retries: _Optional[int] = ...) -> None: ...
 
 class ActorLookup(_message.Message):
     __slots__ = ("request_id", "name")
@@ -198,7 +202,7 @@ class TaskSpec(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message")
+    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +210,7 @@ class TaskResult(_message.Message):
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     RUN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     status: Status
     data: bytes
@@ -213,7 +218,8 @@ class TaskResult(_message.Message):
     attempt: int
     run_seconds: float
     message: str
-    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ...) -> None: ...
+    route: str
+    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ..., route: _Optional[str] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task_id", "name", "node", "text", "stderr")

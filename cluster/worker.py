@@ -69,7 +69,6 @@ class Worker:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.rfile = sock.makefile("rb", buffering=1 << 16)
         self.functions: dict[bytes, Any] = {}
         self.task_id = 0
         self.task_name = ""
@@ -85,6 +84,9 @@ class Worker:
         self._backlog: list[tuple] = []      # frames read while waiting for a call result
         self._results: dict[int, tuple] = {}
         self._call_refs = 0
+        self._inbuf = bytearray()
+        self.server: Any = None              # ActorServer, once this worker holds an actor
+        self._eof = False
 
     def send(self, message: tuple) -> None:
         data = wire.encode(message)
@@ -92,11 +94,20 @@ class Worker:
             self.sock.sendall(data)
 
     def _read(self) -> tuple | None:
-        header = self.rfile.read(4)
-        if len(header) < 4:
-            return None
-        (length,) = wire.HEADER.unpack(header)
-        return wire.pickle.loads(self.rfile.read(length))
+        """The next frame from the daemon (blocking); None at EOF."""
+        while not self._backlog:
+            if not self._fill():
+                return None
+        return self._backlog.pop(0)
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(1 << 20)
+        if not data:
+            return False
+        self._inbuf += data
+        for body in wire.split(self._inbuf):
+            self._backlog.append(wire.pickle.loads(body))
+        return True
 
     def call_actor(self, actor_id: int, method: str, args: tuple, kwargs: dict) -> CallFuture:
         """An app on this worker calls an actor: the daemon forwards it to the head."""
@@ -109,6 +120,7 @@ class Worker:
 
     def wait_result(self, ref: int) -> tuple:
         """Read frames until the result of call `ref` arrives (others are kept for later)."""
+        kept: list[tuple] = []
         while ref not in self._results:
             message = self._read()
             if message is None:
@@ -116,7 +128,8 @@ class Worker:
             if message[0] == "result":
                 self._results[message[1]] = message
             else:
-                self._backlog.append(message)
+                kept.append(message)
+        self._backlog[:0] = kept  # handled by the serve loop afterwards, in order
         return self._results.pop(ref)
 
     def log_to_file(self, text: str) -> None:
@@ -135,17 +148,17 @@ class Worker:
         global CURRENT
         CURRENT = self
         self.send(("ready", os.getpid()))
-        read = self.rfile.read
-        unpack = wire.HEADER.unpack
         while True:
-            if self._backlog:
-                message = self._backlog.pop(0)
-            else:
-                header = read(4)
-                if len(header) < 4:
+            if self.server is not None and not self._backlog:
+                # An actor: serve direct callers and the daemon alike.
+                self.server.poll(self._direct_call)
+                if self._eof:
                     return
-                (length,) = unpack(header)
-                message = wire.pickle.loads(read(length))
+                if not self._backlog:
+                    continue
+            message = self._read()
+            if message is None:
+                return
             kind = message[0]
             if kind == "run":
                 self.run(*message[1:])
@@ -179,6 +192,25 @@ class Worker:
         cwd: str,
         env: dict[str, str] | None,
     ) -> None:
+        self.send(("done", task_id, *self.execute(task_id, fn_id, kind, name, args_blob,
+                                                  dep_values, gpus, stdout, stderr, cwd, env)))
+
+    def execute(
+        self,
+        task_id: int,
+        fn_id: bytes,
+        kind: int,
+        name: str,
+        args_blob: bytes,
+        dep_values: dict[int, bytes],
+        gpus: str | None = None,
+        stdout: tuple[str, str] | None = None,
+        stderr: tuple[str, str] | None = None,
+        cwd: str = "",
+        env: dict[str, str] | None = None,
+        fn: Any = None,
+    ) -> tuple[int, bytes, float, str]:
+        """Run one function call with output captured; (status, data, seconds, message)."""
         self.task_id, self.task_name = task_id, name
         if cwd and cwd != self._cwd:
             try:
@@ -188,21 +220,27 @@ class Worker:
                 pass  # the driver's directory does not exist on this node
         start = time.perf_counter()
         sys.stdout, sys.stderr = self.out, self.err
-        overrides = dict(env or {})
-        if gpus is not None:
-            overrides["CUDA_VISIBLE_DEVICES"] = gpus
-        saved = {key: os.environ.get(key) for key in overrides}
-        os.environ.update(overrides)
+        saved: dict[str, str | None] = {}
+        if env or gpus is not None:
+            overrides = dict(env or {})
+            if gpus is not None:
+                overrides["CUDA_VISIBLE_DEVICES"] = gpus
+            saved = {key: os.environ.get(key) for key in overrides}
+            os.environ.update(overrides)
         try:
             status, data, message = OK, b"", ""
             try:
-                fn = self._function(fn_id)
-                args, kwargs = serialization.loads(args_blob, _resolver(dep_values))
+                if fn is None:
+                    fn = self._function(fn_id)
+                if dep_values:
+                    args, kwargs = serialization.loads(args_blob, _resolver(dep_values))
+                else:  # no refs inside: plain pickle is enough (and faster)
+                    args, kwargs = wire.pickle.loads(args_blob)
                 value = fn(*args, **kwargs)
                 if kind == 1:
                     status, data, message = self._run_bash(name, value, stdout, stderr)
                 else:
-                    data = serialization.dumps(value)
+                    data = serialization.dumps_value(value)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
                 # Skip this frame: the user's code starts one level down.
                 tb = "".join(traceback.format_exception(type(exc), exc,
@@ -221,12 +259,13 @@ class Worker:
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
-        self.send(("done", task_id, status, data, time.perf_counter() - start, message))
+        return status, data, time.perf_counter() - start, message
 
     # ---- actors ----------------------------------------------------------------------------
     def actor_create(self, actor_id: int, fn_id: bytes, name: str, args_blob: bytes,
                      deps: dict[int, bytes], gpus: str | None, cwd: str,
-                     env: dict[str, str] | None, max_concurrency: int) -> None:
+                     env: dict[str, str] | None, max_concurrency: int, secret: bytes,
+                     runtime_dir: str, host: str) -> None:
         """Instantiate the actor's class; this process then serves only its calls."""
         overrides = dict(env or {})
         if gpus is not None:
@@ -239,11 +278,33 @@ class Worker:
                                           for m in dir(cls) if not m.startswith("__")):
                 self._start_actor_loop()
 
-        self.functions[b"__construct__"] = construct
         klass = self._function(fn_id)
-        self.functions[b"__construct__"] = lambda *a, **k: construct(klass, *a, **k)
-        self.run(actor_id, b"__construct__", 0, name, args_blob, deps, None, None, None, cwd,
-                 None)
+        status, data, seconds, message = self.execute(
+            actor_id, b"", 0, name, args_blob, deps, cwd=cwd,
+            fn=lambda *a, **k: construct(klass, *a, **k))
+        route = ""
+        if status == OK and secret:
+            from cluster.actorserver import ActorServer
+
+            try:
+                self.server = ActorServer(secret, runtime_dir, actor_id, host)
+                self.server.register_daemon(self.sock, self._daemon_readable)
+                route = self.server.route
+            except OSError as err:  # direct calls unavailable: calls go through the head
+                print(f"direct calls disabled: {err}", file=sys.__stderr__)
+        self.send(("created", actor_id, status, data, seconds, message, route))
+
+    def _daemon_readable(self) -> None:
+        if not self._fill():
+            self._eof = True
+
+    def _direct_call(self, conn: Any, message: tuple) -> None:
+        _, call_id, method, args_blob = message
+
+        def reply(status: int, data: bytes, seconds: float, text: str) -> None:
+            conn.send(("r", call_id, status, data, text))
+
+        self._call(call_id, method, args_blob, {}, reply)
 
     def _start_actor_loop(self) -> None:
         import asyncio
@@ -254,45 +315,53 @@ class Worker:
 
     def actor_call(self, task_id: int, method: str, args_blob: bytes,
                    deps: dict[int, bytes]) -> None:
-        """Run one method call (async methods concurrently on the actor's event loop)."""
-        bound = getattr(self.actor, method, None)
-        if bound is None or method.startswith("__"):
+        """A call that came through the head and daemon."""
+
+        def reply(status: int, data: bytes, seconds: float, text: str) -> None:
+            self.send(("done", task_id, status, data, seconds, text))
+
+        self._call(task_id, method, args_blob, deps, reply)
+
+    def _call(self, task_id: int, method: str, args_blob: bytes, deps: dict[int, bytes],
+              reply: Any) -> None:
+        """Run one method (async methods concurrently on the actor's event loop)."""
+        bound = getattr(self.actor, method, None) if not method.startswith("__") else None
+        if bound is None:
             err = AttributeError(f"{type(self.actor).__name__} has no method {method!r}")
-            self.send(("done", task_id, APP_ERROR, serialization.dumps_error(err, ""), 0.0,
-                       str(err)))
+            reply(APP_ERROR, serialization.dumps_error(err, ""), 0.0, str(err))
             return
         if self.actor_loop is not None and inspect.iscoroutinefunction(bound):
-            self._call_async(task_id, method, bound, args_blob, deps)
+            self._call_async(bound, args_blob, deps, reply)
             return
-        self.functions[b"__method__"] = bound
-        self.run(task_id, b"__method__", 0, method, args_blob, deps, None, None, None, "", None)
+        reply(*self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound))
 
-    def _call_async(self, task_id: int, method: str, bound: Any, args_blob: bytes,
-                    deps: dict[int, bytes]) -> None:
+    def _call_async(self, bound: Any, args_blob: bytes, deps: dict[int, bytes],
+                    reply: Any) -> None:
         import asyncio
 
         start = time.perf_counter()
+
+        def failed(exc: BaseException) -> None:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            reply(APP_ERROR, serialization.dumps_error(exc, tb), time.perf_counter() - start,
+                  str(exc))
+
         try:
             args, kwargs = serialization.loads(args_blob, _resolver(deps))
         except BaseException as exc:  # noqa: BLE001
-            self._reply_error(task_id, exc, start)
+            failed(exc)
             return
 
         async def call() -> None:
             try:
                 value = await bound(*args, **kwargs)
-                data = serialization.dumps(value)
+                data = serialization.dumps_value(value)
             except BaseException as exc:  # noqa: BLE001
-                self._reply_error(task_id, exc, start)
+                failed(exc)
                 return
-            self.send(("done", task_id, OK, data, time.perf_counter() - start, ""))
+            reply(OK, data, time.perf_counter() - start, "")
 
         asyncio.run_coroutine_threadsafe(call(), self.actor_loop)
-
-    def _reply_error(self, task_id: int, exc: BaseException, start: float) -> None:
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        self.send(("done", task_id, APP_ERROR, serialization.dumps_error(exc, tb),
-                   time.perf_counter() - start, str(exc)))
 
     def _run_bash(
         self,
@@ -393,7 +462,22 @@ def _open_target(target: tuple[str, str] | None) -> TextIO | None:
     return open(path, mode or "w", encoding="utf-8")  # noqa: SIM115
 
 
+def _die_with_parent() -> None:
+    """Linux: get SIGKILL when the daemon dies, so no worker (or actor) outlives it."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the daemon died before we got here
+            os._exit(1)
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
+    _die_with_parent()
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     try:

@@ -227,3 +227,76 @@ def test_bad_actor_options_are_refused():
         api.actor(lifetime="forever")(Counter._cls)
     with pytest.raises(TypeError, match="decorates a class"):
         api.actor(lambda: 1)
+
+
+def _head_tasks_done() -> int:
+    import grpc
+
+    from cluster import shoal_pb2_grpc
+    from cluster.auth import call_metadata
+    from cluster.protocol import pb
+
+    client = api._session._state["client"]
+    with grpc.insecure_channel(client.targets[-1]) as channel:
+        reply = shoal_pb2_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=call_metadata(client.secret), timeout=10)
+    return reply.tasks_done
+
+
+def test_calls_go_straight_to_the_actor_not_through_the_head(cluster):
+    c = Counter(0)
+    c.add(1).result(timeout=30)           # the route is known from here on
+    before = _head_tasks_done()
+    assert [c.add(1).result(timeout=30) for _ in range(200)][-1] == 201
+    assert _head_tasks_done() == before, "direct calls must not pass through the head"
+    # A call with a dependency does go through the head (which waits for it).
+    assert c.add(api.put(5)).result(timeout=30) == 206
+    assert _head_tasks_done() == before + 1
+
+
+def test_order_is_kept_across_direct_and_head_routed_calls(cluster):
+    @api.python_app
+    def later(x):
+        import time
+
+        time.sleep(0.2)
+        return x
+
+    @api.actor
+    class Log:
+        def __init__(self):
+            self.seen = []
+
+        def record(self, x):
+            self.seen.append(x)
+            return len(self.seen)
+
+        def all(self):
+            return self.seen
+
+    log = Log()
+    log.record(-1).result(timeout=30)
+    futs = []
+    for i in range(30):
+        futs.append(log.record(later(i) if i % 7 == 3 else i))
+    assert [f.result(timeout=60) for f in futs] == list(range(2, 32))
+    assert log.all().result(timeout=30) == [-1, *range(30)]
+
+
+def test_direct_connection_refuses_a_wrong_secret(cluster):
+    from api._direct import connect
+    from cluster import wire
+
+    c = Counter(0)
+    c.add(1).result(timeout=30)
+    client = api._session._state["client"]
+    route = client.direct.routes[c.actor_id].route
+    assert route, "the creation result must carry the actor's route"
+    sock = connect(route, "not-the-secret")
+    assert sock is not None
+    sock.sendall(wire.encode(("c", 1, "add", wire.pickle.dumps(((1,), {})))))
+    sock.settimeout(5)
+    assert wire.pickle.loads(sock.recv(100)[4:]) == ("denied",)
+    assert sock.recv(100) == b""
+    sock.close()
+    assert c.value().result(timeout=30) == 1, "the refused call must not have run"

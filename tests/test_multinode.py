@@ -179,3 +179,29 @@ def test_multi_node_app_larger_than_cluster_fails_at_call(two_nodes):
 
     with pytest.raises(api.ResourceUnavailableError, match="3 nodes"):
         too_big()
+
+
+def test_actor_restarts_on_another_node_after_its_node_is_lost(two_nodes):
+    cf, daemon = two_nodes
+
+    @api.actor(num_cpus=2, max_restarts=1, max_task_retries=1)
+    class Where:
+        def __init__(self):
+            self.calls = 0
+
+        def host(self):
+            self.calls += 1
+            return os.getppid(), self.calls
+
+    w = Where()
+    first, _ = w.host().result(timeout=60)
+    assert first == daemon.pid, f"only the second node has 2 cpus (head {cf.head_pid})"
+    third = _start_daemon(cf, "third", "--num-cpus", "2")
+    try:
+        _wait_nodes(3)
+        os.killpg(daemon.pid, signal.SIGKILL)
+        where, calls = w.host().result(timeout=60)
+        assert where == third.pid
+        assert calls == 1, "the restarted actor ran __init__ again"
+    finally:
+        third.kill()

@@ -1,0 +1,275 @@
+"""A driver's direct calls to actors (see :mod:`cluster.actorserver`).
+
+Once an actor's route is known (its creation result carries it), calls without
+dependencies go straight to the actor's worker. Calls with dependencies, and calls made
+before the route is known, go through the head, which waits for the dependencies. The
+caller's order is kept across the two paths: a call never overtakes an earlier one,
+because a call on one path waits (held here, without blocking the caller) while calls on
+the other path are outstanding.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from cluster import wire
+
+
+class _Conn:
+    """A connection to one actor's worker: a reader thread for replies, and sends that
+    never block (what the socket does not take at once goes to a writer thread, in order),
+    so no lock is ever held across a blocking send."""
+
+    def __init__(self, sock: socket.socket, on_reply: Callable[[tuple], None],
+                 on_lost: Callable[[], None]) -> None:
+        self.sock = sock
+        self._lock = threading.Condition()
+        self._pending = bytearray()
+        self._writing = False
+        self._broken = False
+        self._on_reply = on_reply
+        self._on_lost = on_lost
+        threading.Thread(target=self._reader, name="shoal-actor-reader", daemon=True).start()
+        threading.Thread(target=self._writer, name="shoal-actor-writer", daemon=True).start()
+
+    def send(self, message: tuple) -> bool:
+        data = wire.encode(message)
+        with self._lock:
+            if self._broken:
+                return False
+            if not (self._pending or self._writing):
+                try:
+                    sent = self.sock.send(data, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    self._broken = True
+                    return False
+                data = data[sent:]
+            if data:
+                self._pending += data
+                self._lock.notify()
+        return True
+
+    def _writer(self) -> None:
+        while True:
+            with self._lock:
+                while not self._pending and not self._broken:
+                    self._writing = False
+                    self._lock.wait()
+                if self._broken:
+                    return
+                chunk = bytes(self._pending)
+                self._pending.clear()
+                self._writing = True
+            try:
+                self.sock.sendall(chunk)
+            except OSError:
+                with self._lock:
+                    self._broken = True
+                return
+
+    def _reader(self) -> None:
+        buf = bytearray()
+        try:
+            while True:
+                data = self.sock.recv(1 << 20)
+                if not data:
+                    break
+                buf += data
+                for body in wire.split(buf):
+                    self._on_reply(wire.pickle.loads(body))
+        except OSError:
+            pass
+        with self._lock:
+            self._broken = True
+            self._lock.notify()
+        self._on_lost()
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def connect(route: str, secret: str, timeout: float = 5.0) -> socket.socket | None:
+    """Open and authenticate a socket to a route ("host|unix path|ip:port"); None if the
+    actor cannot be reached directly."""
+    try:
+        host, path, address = route.split("|")
+    except ValueError:
+        return None
+    attempts = []
+    if host == socket.gethostname() and path:
+        attempts.append((socket.AF_UNIX, path))
+    ip, _, port = address.rpartition(":")
+    if ip and port.isdigit():
+        attempts.append((socket.AF_INET, (ip, int(port))))
+    for family, target in attempts:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(target)
+            if family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(wire.frame(secret.encode()))
+            sock.settimeout(None)
+            return sock
+        except OSError:
+            sock.close()
+    return None
+
+
+class ActorRoute:
+    """One actor as this driver calls it."""
+
+    def __init__(self, actor_id: int) -> None:
+        self.actor_id = actor_id
+        self.lock = threading.Lock()
+        self.route = ""
+        self.max_task_retries = 0
+        self.conn: _Conn | None = None
+        self.via_head = 0          # calls outstanding through the head
+        self.direct: dict[int, tuple] = {}   # calls outstanding on the direct connection
+        self.held: deque[tuple] = deque()    # calls waiting for the other path to drain
+
+
+class DirectCalls:
+    """The client's direct-call machinery; `submit_via_head(call)` sends through the head,
+    `resolve(future, status, data, message, name)` completes a future."""
+
+    def __init__(self, secret: str, submit_via_head: Callable[[tuple], None],
+                 resolve: Callable[..., None]) -> None:
+        self.secret = secret
+        self.routes: dict[int, ActorRoute] = {}
+        self._submit_via_head = submit_via_head
+        self._resolve = resolve
+        self._head_calls: dict[int, ActorRoute] = {}
+
+    def route_for(self, actor_id: int) -> ActorRoute:
+        state = self.routes.get(actor_id)
+        if state is None:
+            state = self.routes.setdefault(actor_id, ActorRoute(actor_id))
+        return state
+
+    def learn(self, actor_id: int, route: str, max_task_retries: int | None = None) -> None:
+        """The actor is (again) reachable at `route`."""
+        state = self.route_for(actor_id)
+        with state.lock:
+            if route != state.route and state.conn is not None:
+                state.conn.close()
+                state.conn = None
+            state.route = route
+            if max_task_retries is not None:
+                state.max_task_retries = max_task_retries
+
+    def call(self, actor_id: int, call: tuple) -> None:
+        """call = (task_id, method, data, deps, future, name, actor_id)."""
+        state = self.route_for(actor_id)
+        to_head: list[tuple] = []
+        with state.lock:
+            state.held.append(call)
+            self._drain(state, to_head)
+        self._head(to_head)
+
+    def _head(self, calls: list[tuple]) -> None:
+        # Outside every route lock: submitting may block on the head's socket.
+        for call in calls:
+            self._submit_via_head(call)
+
+    def _send(self, state: ActorRoute, call: tuple, to_head: list[tuple]) -> bool:
+        """Send now if order allows; False means hold it. Called with state.lock held;
+        calls for the head are appended to `to_head` (submitted after the lock is let go,
+        in this order)."""
+        task_id, method, data, deps = call[:4]
+        if not deps and state.route:
+            if state.via_head:
+                return False
+            conn = state.conn or self._open(state)
+            if conn is not None:
+                state.direct[task_id] = call
+                if conn.send(("c", task_id, method, data)):
+                    return True
+                del state.direct[task_id]
+        if state.direct:
+            return False
+        state.via_head += 1
+        self._head_calls[task_id] = state
+        to_head.append(call)
+        return True
+
+    def _open(self, state: ActorRoute) -> _Conn | None:
+        sock = connect(state.route, self.secret)
+        if sock is None:
+            state.route = ""  # unreachable directly: use the head from now on
+            return None
+        state.conn = _Conn(sock, lambda reply: self._on_reply(state, reply),
+                           lambda: self._on_lost(state, sock))
+        return state.conn
+
+    def _drain(self, state: ActorRoute, to_head: list[tuple]) -> None:
+        while state.held and self._send(state, state.held[0], to_head):
+            state.held.popleft()
+
+    def head_done(self, task_id: int) -> None:
+        """A call that went through the head has finished."""
+        state = self._head_calls.pop(task_id, None)
+        if state is not None:
+            to_head: list[tuple] = []
+            with state.lock:
+                state.via_head -= 1
+                self._drain(state, to_head)
+            self._head(to_head)
+
+    def _on_reply(self, state: ActorRoute, reply: tuple) -> None:
+        if reply[0] != "r":
+            return  # "denied": the reader ends and _on_lost handles it
+        _, task_id, status, data, message = reply
+        call = state.direct.pop(task_id, None)
+        if call is not None:
+            self._resolve(call[4], status, data, message, call[5])
+        if state.held:
+            to_head: list[tuple] = []
+            with state.lock:
+                self._drain(state, to_head)
+            self._head(to_head)
+
+    def _on_lost(self, state: ActorRoute, sock: socket.socket) -> None:
+        """The actor's worker went away (it died, or was killed): retry what was in flight
+        through the head when the actor allows retries, else fail it."""
+        with state.lock:
+            if state.conn is not None and state.conn.sock is sock:
+                state.conn = None
+                state.route = ""
+            lost = list(state.direct.values())
+            state.direct.clear()
+        to_head: list[tuple] = []
+        for call in lost:
+            if state.max_task_retries > 0:
+                with state.lock:
+                    state.via_head += 1
+                    self._head_calls[call[0]] = state
+                to_head.append(call)
+            else:
+                from cluster.protocol import pb
+
+                self._resolve(call[4], pb.ACTOR_DIED, b"",
+                              "the actor's worker died while running the call", call[5])
+        with state.lock:
+            self._drain(state, to_head)
+        self._head(to_head)
+
+    def close(self) -> None:
+        for state in self.routes.values():
+            if state.conn is not None:
+                state.conn.close()
+                state.conn = None
+
+    def wants(self, actor_id: int) -> Any:
+        return self.routes.get(actor_id)
