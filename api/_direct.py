@@ -77,7 +77,7 @@ class _Conn:
         buf = bytearray()
         try:
             while True:
-                data = self.sock.recv(1 << 20)
+                data = self.sock.recv(wire.RECV_SIZE)
                 if not data:
                     break
                 buf += data

@@ -46,7 +46,7 @@ class LaneTransport:
             frames = wire.split(self._buf)
             if frames:
                 return frames
-            data = self._sock.recv(1 << 20)
+            data = self._sock.recv(wire.RECV_SIZE)
             if not data:
                 raise EOFError("the head closed the connection")
             self._buf += data
@@ -88,7 +88,7 @@ class LaneTransport:
         try:
             while True:
                 try:
-                    data = sock.recv(1 << 20)
+                    data = sock.recv(wire.RECV_SIZE)
                 except TimeoutError:
                     self.flush()  # releases are sent lazily; push them when idle
                     continue

@@ -101,7 +101,7 @@ class ActorServer:
 
     def _read(self, conn: DirectConn, on_call: Callable[[DirectConn, tuple], None]) -> None:
         try:
-            data = conn.sock.recv(1 << 20)
+            data = conn.sock.recv(wire.RECV_SIZE)
         except OSError:
             data = b""
         if not data:

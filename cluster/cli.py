@@ -155,6 +155,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
     for node in reply.nodes:
         print(f"{node.name:<14} {node.address:<16} {node.state:<6} {node.running:>7} "
               f"{node.done:>7} {node.workers:>7}  {_free(node)} / {_fmt_res(node.total)}")
+    if reply.actors:
+        print(f"{'actor':<20} {'name':<16} {'node':<12} {'state':<10} {'restarts':>8}")
+        for a in reply.actors:
+            print(f"{a.class_name:<20} {a.name or '-':<16} {a.node or '-':<12} {a.state:<10} "
+                  f"{a.restarts:>8}" + (f"  {a.message}" if a.state == "dead" else ""))
     if cf.slurm_steps:
         print(f"slurm steps: {', '.join(cf.slurm_steps)}")
     if reply.blocks:

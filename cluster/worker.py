@@ -101,7 +101,7 @@ class Worker:
         return self._backlog.pop(0)
 
     def _fill(self) -> bool:
-        data = self.sock.recv(1 << 20)
+        data = self.sock.recv(wire.RECV_SIZE)
         if not data:
             return False
         self._inbuf += data

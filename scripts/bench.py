@@ -11,6 +11,7 @@ ratio to shoal measured in the same run. Workloads:
 - submit: the submission of N no-op tasks alone (tasks/s)
 - sync: submit one task, wait for it, M times (microseconds per round trip)
 - chain: an L-link chain, each task taking the previous future (ms per link)
+- actor_sync / actor_async: calls on one actor, each waited for / all fired then waited
 - cold: a fresh interpreter starts a local cluster and gets one result (s, whole process)
 - idle RSS: memory of the idle cluster's processes beside the driver (MB)
 """
@@ -38,6 +39,15 @@ def noop() -> None:
 
 def inc(x: int) -> int:
     return x + 1
+
+
+class Counter:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
 
 
 class ShoalPeer:
@@ -78,6 +88,22 @@ class ShoalPeer:
         for _ in range(n - 1):
             fut = self.inc(fut)
         assert fut.result() == n
+
+    def actor_sync(self, n: int) -> None:
+        add = self._actor().add
+        for _ in range(n):
+            add(1).result()
+
+    def actor_async(self, n: int) -> None:
+        add = self._actor().add
+        for fut in [add(1) for _ in range(n)]:
+            fut.result()
+
+    def _actor(self) -> Any:
+        if getattr(self, "_counter", None) is None:
+            self._counter = self.api.actor(Counter)()
+            self._counter.add(0).result()
+        return self._counter
 
     def cold_start_script(self) -> str:
         return (
@@ -162,6 +188,11 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
                                                        ns.reps)]
         results["chain"] = [t / chain * 1e3 for t in _timed(lambda: peer.chain(chain),
                                                             ns.reps)]
+        if hasattr(peer, "actor_sync"):
+            a = ns.actor_calls
+            results["actor_sync"] = [a / t for t in _timed(lambda: peer.actor_sync(a), ns.reps)]
+            results["actor_async"] = [a * 5 / t for t in
+                                      _timed(lambda: peer.actor_async(a * 5), ns.reps)]
     finally:
         peer.stop()
     return results
@@ -172,6 +203,8 @@ ROWS = [
     ("submit", "submit alone, tasks/s", True),
     ("sync", "sync round trip, us", False),
     ("chain", "chain, ms/link", False),
+    ("actor_sync", "actor calls 1:1 sync, per s", True),
+    ("actor_async", "actor calls fire-then-wait, per s", True),
     ("cold", "cold start to first result, s", False),
     ("rss", "idle cluster RSS, MB", False),
 ]
@@ -195,6 +228,8 @@ def main() -> None:
     parser.add_argument("--sync", type=int, default=1_000)
     parser.add_argument("--chain", type=int, default=1_000)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--actor-calls", type=int, default=2_000,
+                        help="sync actor calls (fire-then-wait uses 5x as many)")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="", help="also write the raw samples here")
     ns = parser.parse_args()
@@ -206,7 +241,8 @@ def main() -> None:
     for name in names:
         python = sys.executable if name == "shoal" or not ns.peers_python else ns.peers_python
         args = [python, os.path.abspath(__file__), "--one", name, "--tasks", str(ns.tasks),
-                "--sync", str(ns.sync), "--chain", str(ns.chain), "--reps", str(ns.reps)]
+                "--sync", str(ns.sync), "--chain", str(ns.chain), "--reps", str(ns.reps),
+                "--actor-calls", str(ns.actor_calls)]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
         print(f"running {name} ...", file=sys.stderr, flush=True)
         proc = subprocess.run(args, capture_output=True, text=True, env=env, timeout=3600)

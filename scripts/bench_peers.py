@@ -52,6 +52,17 @@ def noop() -> None:
     """Do nothing: the no-op task."""
 
 
+class Counter:
+    """The actor of the actor workloads: one method that adds and returns."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, k: int) -> int:
+        self.n += k
+        return self.n
+
+
 def inc(x: int) -> int:
     """Return ``x + 1``: one link of a dependent chain."""
     return x + 1
@@ -198,6 +209,23 @@ class RayPeer:
         """Submit ``n`` no-op tasks, then ``ray.get`` them all."""
         self._ray.get([self._noop.remote() for _ in range(n)])
 
+    def actor_sync(self, n: int) -> None:
+        """``n`` calls on one actor, each waited for before the next."""
+        actor = self._actor()
+        for _ in range(n):
+            self._ray.get(actor.add.remote(1))
+
+    def actor_async(self, n: int) -> None:
+        """``n`` calls on one actor fired at once, then all waited for."""
+        actor = self._actor()
+        self._ray.get([actor.add.remote(1) for _ in range(n)])
+
+    def _actor(self) -> Any:
+        if getattr(self, "_counter", None) is None:
+            self._counter = self._ray.remote(Counter).remote()
+            self._ray.get(self._counter.add.remote(0))
+        return self._counter
+
     def submit_only(self, n: int) -> list:
         """Submit ``n`` no-op tasks; return their object refs."""
         return [self._noop.remote() for _ in range(n)]
@@ -295,6 +323,23 @@ class DaskPeer:
         if self._local_dir is not None:
             shutil.rmtree(self._local_dir, ignore_errors=True)
             self._local_dir = None
+
+    def actor_sync(self, n: int) -> None:
+        """``n`` calls on one Dask actor, each waited for before the next."""
+        actor = self._actor()
+        for _ in range(n):
+            actor.add(1).result()
+
+    def actor_async(self, n: int) -> None:
+        """``n`` calls on one Dask actor fired at once, then all waited for."""
+        actor = self._actor()
+        for fut in [actor.add(1) for _ in range(n)]:
+            fut.result()
+
+    def _actor(self) -> Any:
+        if getattr(self, "_counter", None) is None:
+            self._counter = self._client.submit(Counter, actor=True).result()
+        return self._counter
 
     def submit_only(self, n: int) -> list:
         """Submit ``n`` distinct no-op tasks (``pure=False``); return the futures."""

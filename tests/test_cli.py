@@ -132,3 +132,25 @@ def test_run_tears_down_when_interrupted(tmp_path):
     assert proc.returncode != 0
     assert "is down" in err
     assert not clusterfile.running()
+
+
+def test_status_lists_actors(clusterctl, tmp_path):
+    import subprocess
+    import sys
+
+    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", "cli-actors").returncode == 0
+    try:
+        cf = clusterfile.read(clusterfile.path_for("cli-actors"))
+        script = tmp_path / "make.py"
+        script.write_text(
+            "import api, sys\napi.init(sys.argv[1])\n"
+            "@api.actor\nclass Keeper:\n    def ping(self): return 1\n"
+            "Keeper.options(name='keeper-1', lifetime='detached')().ping().result()\n")
+        done = subprocess.run([sys.executable, str(script), cf.path], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        out = clusterctl("status", "--cluster", "cli-actors").stdout
+        line = next(x for x in out.splitlines() if x.startswith("Keeper"))
+        assert "keeper-1" in line and "alive" in line
+    finally:
+        clusterctl("down", "--cluster", "cli-actors")
