@@ -51,4 +51,12 @@ def clusterctl():
 
 
 def pytest_sessionfinish(session, exitstatus):
+    """Leave nothing running: the session's driver, and any cluster a test left up."""
     api.shutdown()
+    from cluster import bootstrap, clusterfile
+
+    for cf in clusterfile.running():
+        try:
+            bootstrap.teardown(cf, 5)
+        except Exception:  # noqa: BLE001
+            pass

@@ -7,6 +7,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from cluster import clusterfile
 
 
@@ -18,6 +20,14 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.fixture(autouse=True)
+def _down_everything(clusterctl):
+    """However a test ends, the clusters it started are brought down."""
+    yield
+    for cf in clusterfile.running():
+        clusterctl("down", "--cluster", cf.cluster_id)
 
 
 def test_up_status_down(clusterctl):

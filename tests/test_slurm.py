@@ -135,6 +135,21 @@ DRIVER = textwrap.dedent("""
         return socket.gethostname(), os.environ.get("CUDA_VISIBLE_DEVICES")
 
     print("GPUS", sorted(f.result() for f in [gpu() for _ in range(4)]))
+
+    @api.actor(resources={"node:node2": 0.01})
+    class Far:
+        def __init__(self):
+            self.calls = 0
+
+        def where(self):
+            self.calls += 1
+            return socket.gethostname(), self.calls
+
+    far = Far()
+    results = [far.where().result() for _ in range(50)]
+    conn = api._session._state["client"].direct.routes[far.actor_id].conn
+    family = "tcp" if conn is not None and conn.sock.family == socket.AF_INET else "other"
+    print("ACTOR", results[-1][0], results[-1][1], family)
     api.shutdown()
 """)
 
@@ -162,6 +177,8 @@ def test_salloc_up_driver_status_down(tmp_path, env):
     assert "MPI node1,node2" in out
     hello = next(line for line in out.splitlines() if line.startswith("HELLO "))[6:].split("|")
     assert hello == [f"hello from rank {r} of 4 on node{1 + r // 2}" for r in range(4)], hello
+    # An actor on node2, called from the login node's place: straight over TCP.
+    assert "ACTOR node2 50 tcp" in out
     gpus = next(line for line in out.splitlines() if line.startswith("GPUS "))
     # Each GPU task saw exactly one of its node's two GPUs.
     assert "'0'" in gpus and "'1'" in gpus and "'0,1'" not in gpus and "None" not in gpus
