@@ -7,8 +7,8 @@ messages back through ``conn.send``. Placement is delegated to the pure function
 
 Object ids are task ids (a task's result) or put ids; both are made by the driver as
 ``driver_id << 40 | sequence``, so the head can route a task's logs and results to its
-driver without a lookup. Values live here, reference counted: the driver's handle counts
-one, every not-yet-finished task that depends on it counts one.
+driver without a lookup. Values and their reference counts are kept by the object
+directory (:mod:`cluster.objects`); actors by the actor table (:mod:`cluster.actors`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Protocol
 
 from cluster import scheduler
 from cluster.actors import ActorTable
+from cluster.objects import LOST, ObjectDirectory, Value
 from cluster.protocol import DRIVER_SHIFT, fill, pb, to_dict
 
 log = logging.getLogger("shoal.head")
@@ -50,13 +51,6 @@ class _Task:
     node_id: int = 0
     attempts: int = 0
     reserved: dict[int, dict[str, float]] = field(default_factory=dict)  # node id -> held
-
-
-@dataclass(slots=True)
-class _Value:
-    status: int
-    data: bytes
-    message: str = ""
 
 
 @dataclass(slots=True)
@@ -110,14 +104,6 @@ class _NodeCallerConn:
         pass
 
 
-@dataclass(slots=True)
-class _Get:
-    driver: _Driver
-    request_id: int
-    ids: list[int]
-    missing: int
-
-
 class Head:
     """Cluster state and the rules that move tasks through it."""
 
@@ -131,10 +117,8 @@ class Head:
         self.ready: dict[bytes, deque[_Task]] = {}
         self.gangs: deque[_Task] = deque()  # ready multi-node apps
         self.waiters: dict[int, list[_Task]] = {}
-        self.values: dict[int, _Value] = {}
-        self.refs: dict[int, int] = {}
+        self.objects = ObjectDirectory()
         self.functions: dict[bytes, bytes] = {}
-        self.gets: dict[int, list[_Get]] = {}
         self.done = 0
         self.failed = 0
         self.on_shutdown: Callable[[], None] | None = None
@@ -158,17 +142,6 @@ class Head:
         """Bind to the loop and start the node liveness check."""
         self._loop = loop
         loop.call_later(1.0, self._check_nodes)
-
-    def _incref(self, object_id: int) -> None:
-        self.refs[object_id] = self.refs.get(object_id, 0) + 1
-
-    def _decref(self, object_id: int) -> None:
-        count = self.refs.get(object_id, 0) - 1
-        if count > 0:
-            self.refs[object_id] = count
-        else:
-            self.refs.pop(object_id, None)
-            self.values.pop(object_id, None)
 
     def node_info(self, node: _Node) -> pb.NodeInfo:
         """The node as the protocol describes it."""
@@ -313,7 +286,7 @@ class Head:
                 if task.spec.task_id >> DRIVER_SHIFT == driver.driver_id:
                     self.tasks.pop(task.spec.task_id, None)
                     for dep in task.spec.deps:
-                        self._decref(dep)
+                        self.objects.decref(dep)
             if kept:
                 self.ready[key] = kept
             else:
@@ -323,16 +296,14 @@ class Head:
             self.tasks.pop(task.spec.task_id, None)
         for object_id, count in driver.refs.items():
             for _ in range(count):
-                self._decref(object_id)
+                self.objects.decref(object_id)
         driver.refs.clear()
 
     def on_driver_message(self, driver: _Driver, message: pb.DriverToHead) -> None:
         """One batch from a driver: puts, submissions, releases, gets (in that order)."""
         for value in message.put:
-            self.values[value.id] = _Value(pb.OK, value.data)
-            self._incref(value.id)
+            self.objects.put(value.id, value.data)
             driver.refs[value.id] = driver.refs.get(value.id, 0) + 1
-            self._wake_gets(value.id)
         for spec in message.submit:
             self._submit(driver, spec)
         for object_id in message.release:
@@ -342,9 +313,9 @@ class Head:
                     del driver.refs[object_id]
                 else:
                     driver.refs[object_id] = held - 1
-                self._decref(object_id)
+                self.objects.decref(object_id)
         for request in message.get:
-            self._get(driver, request)
+            self.objects.request(driver.replies, request, self.tasks.__contains__)
         for actor_id in message.kill_actor:
             self.actor_table.kill(actor_id)
         for lookup in message.lookup:
@@ -355,38 +326,6 @@ class Head:
             driver.lookups.append(reply)
         self._soon()
 
-    def _get(self, driver: _Driver, request: pb.GetRequest) -> None:
-        missing = 0
-        pending = _Get(driver, request.request_id, list(request.ids), 0)
-        for object_id in request.ids:
-            if object_id not in self.values and object_id in self.tasks:
-                missing += 1
-                self.gets.setdefault(object_id, []).append(pending)
-        pending.missing = missing
-        if missing == 0:
-            self._reply(pending)
-
-    def _reply(self, pending: _Get) -> None:
-        reply = pb.GetReply(request_id=pending.request_id)
-        for object_id in pending.ids:
-            value = self.values.get(object_id)
-            if value is None:
-                reply.values.add(task_id=object_id, status=pb.OBJECT_LOST,
-                                 message=f"object {object_id:#x} is not held by the cluster "
-                                         "(released, or never created)")
-            else:
-                reply.values.add(task_id=object_id, status=value.status, data=value.data,
-                                 message=value.message)
-        pending.driver.replies.append(reply)
-
-    def _wake_gets(self, object_id: int) -> None:
-        waiting = self.gets.pop(object_id, None)
-        if waiting:
-            for pending in waiting:
-                pending.missing -= 1
-                if pending.missing == 0:
-                    self._reply(pending)
-
     # ---- tasks -------------------------------------------------------------------------
     def _submit(self, driver: _Driver, spec: pb.TaskSpec) -> None:
         if spec.fn_blob:
@@ -395,14 +334,14 @@ class Head:
         task_id = spec.task_id
         request = to_dict(spec.resources)
         task = _Task(spec, request, spec.resources.SerializeToString())
-        self._incref(task_id)
+        self.objects.incref(task_id)
         driver.refs[task_id] = driver.refs.get(task_id, 0) + 1
         self.tasks[task_id] = task
-        failed_dep: tuple[int, _Value] | None = None
+        failed_dep: tuple[int, Value] | None = None
         pending = 0
         for dep in spec.deps:
-            self._incref(dep)
-            value = self.values.get(dep)
+            self.objects.incref(dep)
+            value = self.objects.get(dep)
             if value is not None:
                 if value.status != pb.OK and failed_dep is None:
                     failed_dep = (dep, value)
@@ -410,7 +349,7 @@ class Head:
                 pending += 1
                 self.waiters.setdefault(dep, []).append(task)
             elif failed_dep is None:
-                failed_dep = (dep, _Value(pb.OBJECT_LOST, b"", "released or never created"))
+                failed_dep = (dep, LOST)
         if spec.kind == pb.ACTOR_CALL:
             self.actor_table.enqueue(task)
         elif spec.fn_id not in self.functions:
@@ -425,6 +364,10 @@ class Head:
                 return
         if failed_dep is not None:
             self._fail_dependency(task, failed_dep[0], failed_dep[1])
+            return
+        bad = [k for k, v in request.items() if not 0 <= v < float("inf")]
+        if bad:  # NaN, infinite or negative amounts would corrupt the node accounting
+            self._fail(task, pb.UNSCHEDULABLE, f"invalid resource amounts: {', '.join(bad)}")
             return
         reason = self._infeasible(request, spec.num_nodes)
         if reason:
@@ -476,11 +419,10 @@ class Head:
         task_id = task.spec.task_id
         self.tasks.pop(task_id, None)
         self.done += 1
-        if self.refs.get(task_id, 0) > 0:
-            self.values[task_id] = _Value(pb.OK, result.data)
+        self.objects.finish(task_id, Value(pb.OK, result.data))
         if task.spec.kind != pb.ACTOR_CREATE:  # a restart needs the arguments again
             for dep in task.spec.deps:
-                self._decref(dep)
+                self.objects.decref(dep)
         driver = self.drivers.get(task_id >> DRIVER_SHIFT)
         if driver is not None:
             driver.results.append(result)
@@ -490,7 +432,6 @@ class Head:
                 dependent.pending -= 1
                 if dependent.pending == 0 and dependent.spec.task_id in self.tasks:
                     self._make_ready(dependent)
-        self._wake_gets(task_id)
 
     def _task_failed(self, task: _Task, result: pb.TaskResult) -> None:
         if result.status in RETRIABLE and task.attempts < task.spec.max_retries:
@@ -512,19 +453,17 @@ class Head:
         if self.tasks.pop(task_id, None) is None:
             return
         self.failed += 1
-        value = _Value(result.status, result.data, result.message)
-        if self.refs.get(task_id, 0) > 0:
-            self.values[task_id] = value
+        value = Value(result.status, result.data, result.message)
+        self.objects.finish(task_id, value)
         for dep in task.spec.deps:
-            self._decref(dep)
+            self.objects.decref(dep)
         driver = self.drivers.get(task_id >> DRIVER_SHIFT)
         if driver is not None:
             driver.results.append(result)
         for dependent in self.waiters.pop(task_id, ()):
             self._fail_dependency(dependent, task_id, value, task.spec.name)
-        self._wake_gets(task_id)
 
-    def _fail_dependency(self, task: _Task, dep: int, value: _Value, name: str = "") -> None:
+    def _fail_dependency(self, task: _Task, dep: int, value: Value, name: str = "") -> None:
         label = f"{name} " if name else ""
         status = pb.Status.Name(value.status)
         message = (f"dependency {label}(task {dep:#x}) failed with {status}: "
@@ -613,7 +552,7 @@ class Head:
             out.fn_blob = self.functions[spec.fn_id]
             node.functions.add(spec.fn_id)
         if spec.deps:
-            values = self.values
+            values = self.objects.values
             seen: set[int] = set()
             for dep in spec.deps:
                 if dep not in seen:
@@ -680,7 +619,7 @@ class Head:
             nodes=[self.node_info(n) for n in self.nodes.values()],
             tasks_queued=max(0, len(self.tasks) - running), tasks_running=running,
             tasks_done=self.done, tasks_failed=self.failed, drivers=len(self.drivers),
-            objects=len(self.values), object_bytes=sum(len(v.data) for v in self.values.values()),
+            objects=self.objects.stats()[0], object_bytes=self.objects.stats()[1],
             uptime=time.time() - self.started, head_pid=os.getpid(),
             blocks=self.blocks_status() if self.blocks_status else [],
             actors=self.actor_table.status())

@@ -80,6 +80,7 @@ class Worker:
         self._cwd = os.getcwd()
         self.actor: Any = None
         self.actor_loop: Any = None          # asyncio loop thread for async actors
+        self.actor_limit: Any = None         # its semaphore (max_concurrency)
         self._send_lock = threading.Lock()
         self._backlog: list[tuple] = []      # frames read while waiting for a call result
         self._results: dict[int, tuple] = {}
@@ -276,7 +277,7 @@ class Worker:
             self.actor = cls(*args, **kwargs)
             if max_concurrency > 1 or any(inspect.iscoroutinefunction(getattr(cls, m, None))
                                           for m in dir(cls) if not m.startswith("__")):
-                self._start_actor_loop()
+                self._start_actor_loop(max_concurrency)
 
         klass = self._function(fn_id)
         status, data, seconds, message = self.execute(
@@ -306,12 +307,18 @@ class Worker:
 
         self._call(call_id, method, args_blob, {}, reply)
 
-    def _start_actor_loop(self) -> None:
+    def _start_actor_loop(self, max_concurrency: int) -> None:
         import asyncio
 
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="actor-loop", daemon=True).start()
         self.actor_loop = loop
+
+        async def make_limit() -> asyncio.Semaphore:
+            return asyncio.Semaphore(max(1, max_concurrency))
+
+        # At most max_concurrency async calls run at once, whichever path they came by.
+        self.actor_limit = asyncio.run_coroutine_threadsafe(make_limit(), loop).result()
 
     def actor_call(self, task_id: int, method: str, args_blob: bytes,
                    deps: dict[int, bytes]) -> None:
@@ -354,7 +361,8 @@ class Worker:
 
         async def call() -> None:
             try:
-                value = await bound(*args, **kwargs)
+                async with self.actor_limit:
+                    value = await bound(*args, **kwargs)
                 data = serialization.dumps_value(value)
             except BaseException as exc:  # noqa: BLE001
                 failed(exc)

@@ -300,3 +300,24 @@ def test_direct_connection_refuses_a_wrong_secret(cluster):
     assert sock.recv(100) == b""
     sock.close()
     assert c.value().result(timeout=30) == 1, "the refused call must not have run"
+
+
+def test_async_actor_never_exceeds_max_concurrency(cluster):
+    @api.actor(max_concurrency=2)
+    class Gauge:
+        def __init__(self):
+            self.now = 0
+            self.peak = 0
+
+        async def hold(self):
+            import asyncio
+
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(0.1)
+            self.now -= 1
+            return self.peak
+
+    g = Gauge()
+    peaks = [f.result(timeout=30) for f in [g.hold() for _ in range(10)]]
+    assert max(peaks) == 2, peaks

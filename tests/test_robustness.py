@@ -1,0 +1,200 @@
+"""Bad input with a valid secret, load, many drivers, and up/down cycles leave nothing
+behind (issue 7's checks that do not need the object store)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import api
+from cluster import clusterfile, wire
+from cluster.protocol import pb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    subprocess.run([sys.executable, "-m", "cluster.cli", "up", "--num-cpus", "2",
+                    "--cluster-id", "robust"], check=True, capture_output=True, env=env)
+    cf = clusterfile.read(clusterfile.path_for("robust"))
+    yield cf
+    subprocess.run([sys.executable, "-m", "cluster.cli", "down", "--cluster", "robust"],
+                   capture_output=True, env=env)
+
+
+def _lane(cf) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.settimeout(5)
+    sock.connect(cf.unix_socket)
+    sock.sendall(wire.frame(cf.secret.encode()))
+    return sock
+
+
+def _head_answers(cf) -> bool:
+    import grpc
+
+    from cluster import shoal_pb2_grpc
+    from cluster.auth import call_metadata
+
+    with grpc.insecure_channel(cf.address) as channel:
+        reply = shoal_pb2_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=call_metadata(cf.secret), timeout=10)
+    return reply.cluster_id == "robust"
+
+
+resources = st.builds(pb.Resources, cpus=st.floats(allow_nan=True, allow_infinity=True),
+                      gpus=st.floats(-1, 4), custom=st.dictionaries(st.text(max_size=5),
+                                                                    st.floats(), max_size=2))
+specs = st.builds(
+    pb.TaskSpec, task_id=st.integers(0, 2**64 - 1), fn_id=st.binary(max_size=16),
+    fn_blob=st.binary(max_size=32), args=st.binary(max_size=64),
+    deps=st.lists(st.integers(0, 2**64 - 1), max_size=3), resources=resources,
+    kind=st.sampled_from([0, 1, 2, 3]), num_nodes=st.integers(0, 4),
+    actor_id=st.integers(0, 2**64 - 1), max_retries=st.integers(0, 3))
+messages = st.builds(
+    pb.DriverToHead, submit=st.lists(specs, max_size=3),
+    release=st.lists(st.integers(0, 2**64 - 1), max_size=3),
+    kill_actor=st.lists(st.integers(0, 2**64 - 1), max_size=2),
+    get=st.lists(st.builds(pb.GetRequest, request_id=st.integers(0, 100),
+                           ids=st.lists(st.integers(0, 2**64 - 1), max_size=2)), max_size=2))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(first=st.one_of(st.binary(max_size=64), messages.map(lambda m: m.SerializeToString())),
+       rest=st.lists(st.one_of(st.binary(max_size=64),
+                               messages.map(lambda m: m.SerializeToString())), max_size=3))
+def test_malformed_and_hostile_messages_never_crash_the_head(target, first, rest):
+    """Authenticated garbage and odd-but-valid messages: the head drops the connection or
+    answers, and keeps serving."""
+    sock = _lane(target)
+    hello = pb.DriverToHead(hello=pb.DriverHello(hostname="fuzz", pid=1)).SerializeToString()
+    try:
+        sock.sendall(b"".join(wire.frame(b) for b in [hello, first, *rest]))
+        sock.sendall(wire.frame(b"\xff" * 3))  # and a truncated frame at the end
+    except OSError:
+        pass  # the head may already have closed a malformed connection
+    sock.close()
+    assert _head_answers(target)
+
+
+def test_truncated_frames_and_huge_lengths(target):
+    for junk in [b"\x01\x00", wire.HEADER.pack(2**31 + 5) + b"xx", b"\x00" * 4096]:
+        sock = _lane(target)
+        try:
+            sock.sendall(junk)
+        except OSError:
+            pass
+        sock.close()
+    assert _head_answers(target)
+
+
+def test_nan_resources_are_refused_not_scheduled(target, no_session):
+    api.init(target.path)
+
+    @api.python_app(num_cpus=1)
+    def fine():
+        return 1
+
+    from cluster import serialization
+
+    client = api._session.client()
+    spec = pb.TaskSpec(task_id=client.new_id(), fn_id=b"x" * 16,
+                       args=serialization.dumps(((), {})),
+                       resources=pb.Resources(cpus=float("nan")), name="nan")
+    fut = api.AppFuture(spec.task_id, "nan", client)
+    client.submit(spec, serialization.dumps_function(lambda: 1), fut)
+    with pytest.raises(api.ResourceUnavailableError, match="invalid resource"):
+        fut.result(timeout=30)
+    assert fine().result(timeout=30) == 1
+
+
+def test_100k_queued_tasks_complete_with_bounded_head_memory(target, no_session):
+    api.init(target.path, log_to_driver=False)
+
+    @api.python_app
+    def noop(i):
+        return None
+
+    head = psutil.Process(target.head_pid)
+    before = head.memory_info().rss
+    peak = before
+    futs = [noop(i) for i in range(100_000)]
+    for i, fut in enumerate(futs):
+        fut.result(timeout=300)
+        if i % 10_000 == 0:
+            peak = max(peak, head.memory_info().rss)
+    del futs
+    growth = (peak - before) / 2**20
+    print(f"head RSS {before / 2**20:.0f} MB -> peak {peak / 2**20:.0f} MB with 100,000 tasks")
+    assert growth < 400, f"head grew {growth:.0f} MB for 100,000 queued no-op tasks"
+
+
+def test_ten_drivers_at_once_all_complete(target, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import api, sys\napi.init(sys.argv[1], log_to_driver=False)\n"
+        "@api.python_app\ndef sq(x):\n    return x * x\n"
+        "print(sum(f.result() for f in [sq(i) for i in range(2000)]))\n")
+    procs = [subprocess.Popen([sys.executable, str(script), target.path], stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": ROOT})
+             for _ in range(10)]
+    outs = [p.communicate(timeout=240)[0].strip() for p in procs]
+    assert outs == [str(sum(i * i for i in range(2000)))] * 10
+
+
+def _ours() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if ("cluster.node" in cmd or "cluster.worker" in cmd) and \
+                proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
+    return found
+
+
+def test_twenty_up_workflow_down_cycles_leave_nothing(clusterctl, tmp_path):
+    robust: set[int] = set()  # the module's own cluster, if it is up, is not a leak
+    for cf in clusterfile.running():
+        if cf.cluster_id == "robust":
+            head = psutil.Process(cf.head_pid)
+            robust = {head.pid, *(c.pid for c in head.children(recursive=True))}
+    script = tmp_path / "work.py"
+    script.write_text("import api, sys\napi.init(sys.argv[1])\n"
+                      "@api.python_app\ndef f(x):\n    return x + 1\n"
+                      "assert f(f(1)).result() == 3\n")
+    ports = set()
+    for cycle in range(20):
+        cid = f"cycle-{cycle}"
+        up = clusterctl("up", "--num-cpus", "1", "--cluster-id", cid)
+        assert up.returncode == 0, up.stderr
+        cf = clusterfile.read(clusterfile.path_for(cid))
+        ports.add(int(cf.address.rsplit(":", 1)[1]))
+        run = subprocess.run([sys.executable, str(script), cf.path], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": ROOT})
+        assert run.returncode == 0, run.stderr
+        if cycle == 7:
+            os.kill(cf.head_pid, signal.SIGKILL)
+            time.sleep(0.3)
+        assert clusterctl("down", "--cluster", cid).returncode == 0
+        assert not os.path.exists(cf.runtime_dir)
+    deadline = time.monotonic() + 15
+    while _ours() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    leftover = [p for p in _ours() if p.pid not in robust]
+    assert not leftover, [" ".join(p.cmdline()) for p in leftover]
+    listening = {c.laddr.port for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert not (ports & listening), "a cluster's port is still open"
+    assert not [c for c in clusterfile.running() if c.cluster_id.startswith("cycle-")]
