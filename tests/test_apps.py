@@ -304,3 +304,16 @@ def test_bad_decorator_options_are_refused():
         api.python_app(walltime=0)(lambda: 1)
     with pytest.raises(ValueError, match="num_gpus"):
         api.python_app(resources={"gpus": 1})(lambda: 1)
+
+
+def test_print_also_goes_to_the_tasks_log_file(cluster):
+    @api.python_app
+    def noisy():
+        print("kept in the task log")
+        return 1
+
+    fut = noisy()
+    assert fut.result(timeout=30) == 1
+    log_dir = api.init(ignore_reinit_error=True).log_dir
+    path = os.path.join(log_dir, "tasks", f"task-{fut.task_id:x}.log")
+    assert open(path).read() == "kept in the task log\n"
