@@ -234,33 +234,29 @@ class Client:
         if not self.closed:
             self._releases.append(object_id)
 
-    def get_values(self, ids: list[int], timeout: float | None) -> list[pb.TaskResult]:
-        """Fetch objects from the head (waits until they exist)."""
+    def _ask(self, queue: list[Any], make: Any, timeout: float | None, what: str) -> Any:
+        """Send a request the head answers by request id; wait for the answer."""
         waiter: concurrent.futures.Future = concurrent.futures.Future()
         request_id = next(self._seq)
         with self._lock:
             self._get_waiters[request_id] = waiter
-            self._gets.append(pb.GetRequest(request_id=request_id, ids=ids))
+            queue.append(make(request_id))
         self._transport.flush()
         try:
             return waiter.result(timeout)
         except concurrent.futures.TimeoutError:
             self._get_waiters.pop(request_id, None)
-            raise TimeoutError(f"objects not available within {timeout}s") from None
+            raise TimeoutError(f"{what} within {timeout}s") from None
+
+    def get_values(self, ids: list[int], timeout: float | None) -> list[pb.TaskResult]:
+        """Fetch objects from the head (waits until they exist)."""
+        return self._ask(self._gets, lambda rid: pb.GetRequest(request_id=rid, ids=ids),
+                         timeout, "objects not available")
 
     def lookup_actor(self, name: str, timeout: float | None) -> pb.ActorLookupReply:
         """Ask the head for the live actor named `name`."""
-        waiter: concurrent.futures.Future = concurrent.futures.Future()
-        request_id = next(self._seq)
-        with self._lock:
-            self._get_waiters[request_id] = waiter
-            self._lookups.append(pb.ActorLookup(request_id=request_id, name=name))
-        self._transport.flush()
-        try:
-            return waiter.result(timeout)
-        except concurrent.futures.TimeoutError:
-            self._get_waiters.pop(request_id, None)
-            raise TimeoutError(f"no answer about actor {name!r} within {timeout}s") from None
+        return self._ask(self._lookups, lambda rid: pb.ActorLookup(request_id=rid, name=name),
+                         timeout, f"no answer about actor {name!r}")
 
     def kill_actor(self, actor_id: int) -> None:
         """Ask the head to kill an actor."""

@@ -33,21 +33,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 
-def noop() -> None:
-    return None
-
-
-def inc(x: int) -> int:
-    return x + 1
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-
-    def add(self, k: int) -> int:
-        self.n += k
-        return self.n
+from bench_peers import Counter, inc, noop  # noqa: E402 - the same functions for every peer
 
 
 class ShoalPeer:
