@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 
 import psutil
@@ -198,3 +199,105 @@ def test_twenty_up_workflow_down_cycles_leave_nothing(clusterctl, tmp_path):
                  if c.status == psutil.CONN_LISTEN}
     assert not (ports & listening), "a cluster's port is still open"
     assert not [c for c in clusterfile.running() if c.cluster_id.startswith("cycle-")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
+def test_another_user_can_read_nothing_and_call_nothing(target):
+    """As `nobody`: the cluster file, the runtime directory (with the driver socket) and
+    the log directory are closed, and a call without the secret is refused."""
+    paths = [target.path, target.runtime_dir, target.unix_socket, target.log_dir]
+    code = textwrap.dedent(f"""
+        import os, socket, sys
+        sys.path.insert(0, {ROOT!r})
+        results = []
+        for path in {paths!r}:
+            try:
+                if os.path.isdir(path):
+                    os.listdir(path)
+                else:
+                    open(path, "rb").read(1)
+                results.append("READ " + path)
+            except OSError:
+                results.append("denied")
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect({target.unix_socket!r})
+            results.append("CONNECTED")
+        except OSError:
+            results.append("denied")
+        import grpc
+        from cluster import shoal_pb2_grpc
+        from cluster.protocol import pb
+        with grpc.insecure_channel({target.address!r}) as channel:
+            try:
+                shoal_pb2_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=5)
+                results.append("CALLED")
+            except grpc.RpcError as err:
+                results.append(err.code().name)
+        print(" ".join(results))
+    """)
+    # Our interpreter lives under root's home; Debian's python3.11 imports the same wheels.
+    import sysconfig
+
+    python = "/usr/bin/python3.11" if os.path.exists("/usr/bin/python3.11") else sys.executable
+    code = f"import sys; sys.path.insert(0, {sysconfig.get_paths()['purelib']!r})\n" + code
+    out = subprocess.run(["runuser", "-u", "nobody", "--", python, "-c", code],
+                         capture_output=True, text=True, timeout=60,
+                         env={"PATH": os.environ["PATH"], "HOME": "/tmp"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["denied"] * 5 + ["UNAUTHENTICATED"], out.stdout
+
+
+def test_killed_driver_is_cleaned_up_and_others_keep_working(target, tmp_path, no_session):
+    script = tmp_path / "doomed.py"
+    script.write_text(textwrap.dedent("""
+        import api, sys, time
+        api.init(sys.argv[1])
+        @api.python_app
+        def slow(i):
+            import time
+            time.sleep(0.5)
+            return i
+        @api.actor
+        class Mine:
+            def ping(self):
+                return "pong"
+        m = Mine.options(name="doomed-actor")()
+        m.ping().result()
+        futs = [slow(i) for i in range(200)]
+        print("submitted", flush=True)
+        time.sleep(60)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script), target.path], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "submitted"
+    proc.kill()
+    proc.wait()
+    api.init(target.path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        status = _status(target)
+        if status.tasks_queued == 0 and status.tasks_running == 0:
+            break
+        time.sleep(0.2)
+    assert status.tasks_queued == 0 and status.tasks_running == 0, \
+        "the dead driver's queued tasks must be dropped"
+    with pytest.raises(ValueError, match="no live actor"):
+        api.get_actor("doomed-actor")
+
+    @api.python_app
+    def alive():
+        return "still serving"
+
+    assert alive().result(timeout=30) == "still serving"
+
+
+def _status(cf):
+    import grpc
+
+    from cluster import shoal_pb2_grpc
+    from cluster.auth import call_metadata
+
+    with grpc.insecure_channel(cf.address) as channel:
+        return shoal_pb2_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=call_metadata(cf.secret), timeout=10)
