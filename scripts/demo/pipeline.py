@@ -1,4 +1,5 @@
-"""A small workflow: a DAG of python apps, a shared object ref, a bash app, a retry.
+"""A small workflow: a DAG of python apps, a shared object ref, a bash app, a retry, and
+an actor that keeps a running tally.
 
     python scripts/demo/pipeline.py [ADDRESS]     # no address: an embedded local cluster
 """
@@ -33,6 +34,18 @@ def flaky_check(value: float, path: str) -> str:
     return f"mean {value:.3f} checked after {tries + 1} attempts"
 
 
+@api.actor
+class Tally:
+    """Keeps state between calls: a running count of samples seen."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def add(self, values: list[float]) -> int:
+        self.samples += len(values)
+        return self.samples
+
+
 @api.bash_app
 def report(text: str, stdout=api.AUTO_LOGNAME):
     return f"echo 'report from' $(hostname): {text!r}"
@@ -48,9 +61,12 @@ def main() -> None:
                           f"flaky-{os.getpid()}")
     checked = flaky_check(avg, marker)
     rep = report(checked)
+    tally = Tally()
+    counts = [tally.add(part) for part in parts]                 # in order, on one actor
     rep.result()
     print(open(rep.stdout).read().strip())
-    print(f"16 simulations + reduce + retry + bash in {time.perf_counter() - start:.2f}s")
+    print(f"the tally actor saw {counts[-1].result():,} samples")
+    print(f"16 simulations + reduce + retry + bash + actor in {time.perf_counter() - start:.2f}s")
     api.shutdown()
 
 
