@@ -178,7 +178,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             targets = [f"unix:{started['unix_socket']}", started["address"]]
             secret = started["secret"]
             log_dir = started.get("log_dir", "")
-        client = Client(targets, secret, log_to_driver=log_to_driver)
+        client = Client(targets, secret, log_to_driver=log_to_driver,
+                        tls_ca=(cf.extra.get("tls_ca", "") if cf else "")
+                        or os.environ.get("SHOAL_TLS_CA", ""))
         try:
             client.connect(timeout)
         except BaseException:

@@ -27,7 +27,9 @@ from cluster.protocol import DRIVER_SHIFT, pb, to_dict
 class Client:
     """A connected driver. Made by :func:`api.init`; not part of the public API."""
 
-    def __init__(self, targets: list[str], secret: str, *, log_to_driver: bool = True) -> None:
+    def __init__(self, targets: list[str], secret: str, *, log_to_driver: bool = True,
+                 tls_ca: str = "") -> None:
+        self.tls_ca = tls_ca
         self.targets = targets
         self.secret = secret
         self.log_to_driver = log_to_driver
@@ -65,7 +67,7 @@ class Client:
             else:
                 from api._grpc_transport import GrpcTransport
 
-                transport = GrpcTransport(target, self.secret, self._take)
+                transport = GrpcTransport(target, self.secret, self._take, self.tls_ca)
             try:
                 welcome = transport.connect(hello, timeout)
             except OSError as err:

@@ -18,8 +18,9 @@ from cluster.protocol import CHANNEL_OPTIONS, pb
 class GrpcTransport:
     """One bidirectional gRPC stream, driven by an event loop in a background thread."""
 
-    def __init__(self, target: str, secret: str, take: Take) -> None:
+    def __init__(self, target: str, secret: str, take: Take, ca: str = "") -> None:
         self.target = target
+        self._ca = ca
         self._secret = secret
         self._take = take
         self._loop = asyncio.new_event_loop()
@@ -44,12 +45,15 @@ class GrpcTransport:
 
     async def _connect(self, hello: pb.DriverToHead, timeout: float) -> pb.Welcome:
         self._wake = asyncio.Event()
-        channel = grpc.aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        from cluster.tls import channel as open_channel
+
+        channel = open_channel(self.target, self._ca, CHANNEL_OPTIONS, aio=True)
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         except (TimeoutError, grpc.aio.AioRpcError):
             await channel.close()
-            raise OSError(f"{self.target} (no answer within {timeout:g}s)") from None
+            hint = " or its TLS certificate did not verify" if self._ca else ""
+            raise OSError(f"{self.target} (no answer within {timeout:g}s{hint})") from None
         call = pb_grpc.HeadStub(channel).DriverStream(self._requests(hello),
                                                       metadata=call_metadata(self._secret))
         try:

@@ -51,12 +51,12 @@ def _read_ready(proc: subprocess.Popen, timeout: float, log_dir: str) -> dict[st
 
 
 def _status(cf: clusterfile.ClusterFile, timeout: float) -> Any:
-    import grpc
 
     from cluster import shoal_pb2_grpc as pb_grpc
     from cluster.protocol import CHANNEL_OPTIONS, pb
+    from cluster.tls import channel as open_channel
 
-    with grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS) as channel:
+    with open_channel(cf.address, cf.extra.get("tls_ca"), CHANNEL_OPTIONS) as channel:
         return pb_grpc.HeadStub(channel).Status(
             pb.StatusRequest(), metadata=auth.call_metadata(cf.secret), timeout=timeout)
 
@@ -75,6 +75,8 @@ def status(cf: clusterfile.ClusterFile, timeout: float = 5.0) -> Any:
 
 def start_local(cluster_id: str | None, host: str, node_options: list[str],
                 timeout: float) -> clusterfile.ClusterFile:
+    """A head and this host's daemon in one background process (`node_options` may hold
+    --tls)."""
     """A head and this host's daemon in one background process."""
     cluster_id = cluster_id or clusterfile.new_local_id()
     _refuse_running(cluster_id)
@@ -91,7 +93,7 @@ def start_local(cluster_id: str | None, host: str, node_options: list[str],
 
 
 def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
-                      timeout: float) -> clusterfile.ClusterFile:
+                      timeout: float, tls: bool = False) -> clusterfile.ClusterFile:
     """A head on this host (say a login node) with no nodes of its own: the autoscaler
     submits blocks (sbatch jobs) whose daemons join it."""
     cluster_id = cluster_id or clusterfile.new_local_id()
@@ -103,6 +105,8 @@ def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
            "--autoscale", cfg_json]
     if interface:
         cmd += ["--interface", interface]
+    if tls:
+        cmd.append("--tls")
     with open(os.path.join(log_dir, "head.stderr"), "ab") as err:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err, env=child_env(secret), start_new_session=True)
@@ -120,7 +124,7 @@ def _refuse_running(cluster_id: str) -> None:
 
 def start_in_allocation(interface: str, head_timeout: float, timeout: float,
                         progress: Callable[[str], None],
-                        autoscale: str = "") -> clusterfile.ClusterFile:
+                        autoscale: str = "", tls: bool = False) -> clusterfile.ClusterFile:
     """Head on the first node, one daemon per node (one srun step); returns once all
     nodes have joined."""
     alloc = slurm.current_allocation()
@@ -139,6 +143,8 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
         head_args += ["--interface", interface]
     if autoscale:
         head_args += ["--autoscale", autoscale]
+    if tls:
+        head_args.append("--tls")
     if here == head_node:
         cmd = [python, "-m", "cluster.node", *head_args]
     else:
@@ -156,6 +162,8 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
         daemon_args += ["--memory", str(alloc.memory_mb * 2**20)]
     if interface:
         daemon_args += ["--interface", interface]
+    if tls:  # the CA is in the cluster file (shared file system), with the secret
+        daemon_args += ["--secret-file", clusterfile.path_for(cluster_id)]
     progress(f"starting {len(alloc.nodes)} daemons with srun")
     with open(os.path.join(log_dir, "daemons.out"), "ab") as out:
         daemons = subprocess.Popen(slurm.daemon_srun_command(alloc, python, daemon_args),
@@ -217,7 +225,9 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
 
     notes: list[str] = []
     try:
-        with grpc.insecure_channel(cf.address, options=CHANNEL_OPTIONS) as channel:
+        from cluster.tls import channel as open_channel
+
+        with open_channel(cf.address, cf.extra.get("tls_ca"), CHANNEL_OPTIONS) as channel:
             pb_grpc.HeadStub(channel).Shutdown(
                 pb.ShutdownRequest(), metadata=auth.call_metadata(cf.secret),
                 timeout=min(timeout, 5.0))

@@ -87,18 +87,21 @@ def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
     if slurm.in_allocation() and not ns.local:
         show = _progress(ns.quiet)
         cf = bootstrap.start_in_allocation(ns.interface, ns.head_timeout, ns.timeout, show,
-                                           scaling)
+                                           scaling, ns.tls)
         if sys.stderr.isatty() and not ns.quiet:
             sys.stderr.write("\n")
         return cf
     if scaling:
-        return bootstrap.start_with_blocks(ns.cluster_id, scaling, ns.interface, ns.timeout)
+        return bootstrap.start_with_blocks(ns.cluster_id, scaling, ns.interface, ns.timeout,
+                                           ns.tls)
     options = []
     for flag, value in (("--num-cpus", ns.num_cpus), ("--num-gpus", ns.num_gpus)):
         if value is not None:
             options += [flag, str(value)]
     if ns.resources:
         options += ["--resources", ns.resources]
+    if ns.tls:
+        options.append("--tls")
     host = ns.host
     if ns.interface:
         options += ["--interface", ns.interface]
@@ -227,6 +230,9 @@ def _add_up_options(p: argparse.ArgumentParser) -> None:
                    help="daemons stop after losing the head this long (s)")
     p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for nodes")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--tls", action="store_true",
+                   help="serve gRPC over TLS with a per-cluster certificate (its CA goes into "
+                        "the cluster file; daemons and drivers verify it)")
     scaling = p.add_argument_group(
         "autoscaling (Slurm blocks)", "keys as in a --config TOML file; any of them turns the "
         "autoscaler on (from a login node: a head with no nodes that grows by sbatch blocks)")
@@ -268,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the clusterctl command."""
     ns = build_parser().parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `clusterctl status | head` ends quietly
     try:
         return ns.func(ns)
     except (CliError, bootstrap.BootstrapError, slurm.SlurmError) as err:

@@ -28,7 +28,8 @@ class GrpcHeadLink:
     """Connects `daemon` to the head at `address`."""
 
     def __init__(self, daemon: Daemon, address: str, secret: str, register: pb.Register,
-                 head_timeout: float = 30.0) -> None:
+                 head_timeout: float = 30.0, ca: str = "") -> None:
+        self.ca = ca
         self.daemon = daemon
         self.address = address
         self.secret = secret
@@ -77,7 +78,9 @@ class GrpcHeadLink:
         conn = StreamConn()
         conn.send(pb.NodeToHead(register=self.register))
         self._conn = conn
-        async with grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS) as channel:
+        from cluster.tls import channel as open_channel
+
+        async with open_channel(self.address, self.ca, CHANNEL_OPTIONS, aio=True) as channel:
             stub = pb_grpc.HeadStub(channel)
             call = stub.NodeStream(conn.messages(), metadata=call_metadata(self.secret))
             beat = asyncio.ensure_future(self._heartbeat(conn))

@@ -219,12 +219,19 @@ class HeadService(pb_grpc.HeadServicer):
         return pb.ShutdownReply()
 
 
-async def start_server(head: Head, secret: str, host: str) -> tuple[grpc.aio.Server, int]:
-    """Serve the head's gRPC service on ``host:0``; returns (server, port)."""
+async def start_server(head: Head, secret: str, host: str,
+                       tls: tuple[bytes, bytes] | None = None) -> tuple[grpc.aio.Server, int]:
+    """Serve the head's gRPC service on ``host:0`` (TLS with `tls` = (key, cert) PEMs);
+    returns (server, port)."""
     server = grpc.aio.server(interceptors=[server_interceptor(secret)], options=SERVER_OPTIONS)
     pb_grpc.add_HeadServicer_to_server(HeadService(head), server)
     bind = f"[{host}]:0" if ":" in host else f"{host}:0"
-    port = server.add_insecure_port(bind)
+    if tls:
+        from cluster.tls import server_credentials
+
+        port = server.add_secure_port(bind, server_credentials(*tls))
+    else:
+        port = server.add_insecure_port(bind)
     if port == 0:
         raise OSError(f"could not bind the head's port on {host}")
     await server.start()

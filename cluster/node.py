@@ -104,6 +104,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--secret-file", default="",
                         help="read the secret from this file (a cluster file or plain text)")
     parser.add_argument("--block-id", default="", help="the block this daemon belongs to")
+    parser.add_argument("--tls", action="store_true", help="head: serve gRPC over TLS")
     return parser.parse_args(argv)
 
 
@@ -156,7 +157,14 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         head.attach_loop(loop)
         head.on_shutdown = finish
         unix_path = os.path.join(runtime, "driver.sock")
-        server, port = await start_server(head, secret, ns.host)
+        tls_ca = b""
+        tls_pair = None
+        if ns.tls:
+            from cluster.tls import make_certificates
+
+            tls_ca, key, cert = make_certificates([ns.host])
+            tls_pair = (key, cert)
+        server, port = await start_server(head, secret, ns.host, tls_pair)
         lane = await start_driver_lane(head, secret, unix_path)
         if daemon is not None:
             register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid())
@@ -178,7 +186,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         register = pb.Register(name=node_name, address=ns.host, pid=os.getpid(),
                                block_id=ns.block_id)
         fill(register.total, daemon.total)
-        link = GrpcHeadLink(daemon, ns.head_address, secret, register, ns.head_timeout)
+        link = GrpcHeadLink(daemon, ns.head_address, secret, register, ns.head_timeout,
+                            ca=ns.tls_ca)
         daemon.link = link
         asyncio.ensure_future(link.run())
 
@@ -189,7 +198,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             host=socket.gethostname(), head_pid=os.getpid(), unix_socket=unix_path,
             runtime_dir=runtime, log_dir=log_dir, created=time.time(),
             slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
-            extra={"autoscale": True} if ns.autoscale else {}))
+            extra={**({"autoscale": True} if ns.autoscale else {}),
+                   **({"tls_ca": tls_ca.decode()} if ns.tls else {})}))
     manager = None
     if ns.autoscale and head is not None:
         from cluster import config
@@ -248,11 +258,17 @@ def main(argv: list[str] | None = None) -> None:
     if ns.daemon and not ns.head and not ns.head_address:
         raise SystemExit("--daemon alone needs --head-address HOST:PORT")
     secret = os.environ.pop(auth.ENV_VAR, "")
+    ns.tls_ca = ""
     if ns.secret_file:
         try:
             with open(ns.secret_file) as f:
                 text = f.read()
-            secret = json.loads(text)["secret"] if text.lstrip().startswith("{") else text.strip()
+            if text.lstrip().startswith("{"):
+                data = json.loads(text)
+                secret = data["secret"]
+                ns.tls_ca = (data.get("extra") or {}).get("tls_ca", "")
+            else:
+                secret = text.strip()
         except (OSError, ValueError, KeyError) as err:
             raise SystemExit(f"cannot read the secret from {ns.secret_file}: {err}") from None
     if not secret:

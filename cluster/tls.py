@@ -1,0 +1,80 @@
+"""TLS for the gRPC paths (``clusterctl up --tls``): traffic that may cross untrusted networks.
+
+At start the head makes a per-cluster CA and a server certificate for its own addresses,
+keeps the private keys in memory only, and publishes the CA certificate in the 0600
+cluster file. Daemons, remote drivers and ``clusterctl`` verify the head against that CA.
+(The local driver lane is a Unix socket in a 0700 directory and needs no TLS.)
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import socket
+from typing import Any
+
+#: The name every head certificate carries; clients check it whatever address they dial.
+TARGET_NAME = "shoal-head"
+
+
+def make_certificates(addresses: list[str]) -> tuple[bytes, bytes, bytes]:
+    """(CA certificate, server key, server certificate), PEM, for a head at `addresses`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "shoal cluster CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[Any] = [x509.DNSName(TARGET_NAME), x509.DNSName(socket.gethostname())]
+    for address in addresses:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(address)))
+        except ValueError:
+            names.append(x509.DNSName(address))
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TARGET_NAME)]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return ca_cert.public_bytes(pem), key_pem, cert.public_bytes(pem)
+
+
+def server_credentials(key_pem: bytes, cert_pem: bytes) -> Any:
+    """grpc server credentials for the head."""
+    import grpc
+
+    return grpc.ssl_server_credentials([(key_pem, cert_pem)])
+
+
+def channel_options(options: list[tuple[str, Any]], ca_pem: str | bytes | None) -> list:
+    """Channel options, plus the name to verify when TLS is on."""
+    if not ca_pem:
+        return options
+    return [*options, ("grpc.ssl_target_name_override", TARGET_NAME)]
+
+
+def channel(address: str, ca_pem: str | bytes | None, options: list, aio: bool = False) -> Any:
+    """A channel to the head: verified TLS when the cluster has a CA, else plain."""
+    import grpc
+
+    module = grpc.aio if aio else grpc
+    opts = channel_options(options, ca_pem)
+    if ca_pem:
+        ca = ca_pem.encode() if isinstance(ca_pem, str) else ca_pem
+        return module.secure_channel(address, grpc.ssl_channel_credentials(ca), options=opts)
+    return module.insecure_channel(address, options=opts)

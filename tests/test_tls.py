@@ -1,0 +1,80 @@
+"""`clusterctl up --tls`: verified TLS on every gRPC path; plaintext and wrong CAs fail."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+import api
+from cluster import clusterfile
+from cluster import shoal_pb2_grpc as pb_grpc
+from cluster.protocol import pb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tls_cluster(clusterctl, no_session):
+    out = clusterctl("up", "--tls", "--num-cpus", "1", "--cluster-id", "tls")
+    assert out.returncode == 0, out.stderr
+    cf = clusterfile.read(clusterfile.path_for("tls"))
+    yield cf
+    api.shutdown()
+    clusterctl("down", "--cluster", "tls")
+
+
+def test_ca_is_published_and_status_works_over_tls(tls_cluster, clusterctl):
+    assert tls_cluster.extra["tls_ca"].startswith("-----BEGIN CERTIFICATE-----")
+    status = clusterctl("status", "--cluster", "tls")
+    assert status.returncode == 0 and "cluster tls" in status.stdout
+
+
+def test_plaintext_client_cannot_talk_to_a_tls_head(tls_cluster):
+    with grpc.insecure_channel(tls_cluster.address) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=3)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_with_another_ca_is_refused(tls_cluster, monkeypatch):
+    from cluster.tls import make_certificates
+
+    other_ca, _, _ = make_certificates(["127.0.0.1"])
+    cf_path = clusterfile.path_for("tls")
+    os.rename(cf_path, cf_path + ".hidden")
+    monkeypatch.setenv("SHOAL_SECRET", tls_cluster.secret)
+    monkeypatch.setenv("SHOAL_TLS_CA", other_ca.decode())
+    try:
+        with pytest.raises(api.ConnectionError, match="TLS certificate did not verify"):
+            api.init(tls_cluster.address, timeout=3)
+    finally:
+        os.rename(cf_path + ".hidden", cf_path)
+
+
+def test_driver_and_remote_daemon_work_over_tls(tls_cluster):
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("SHOAL_SECRET", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", "tls",
+         "--head-address", tls_cluster.address, "--secret-file", tls_cluster.path,
+         "--node-name", "tls-second", "--num-cpus", "2", "--resources", '{"far": 1}'],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        api.init(tls_cluster.address)      # by address: the gRPC path, verified against the CA
+        assert type(api._session.client()._transport).__name__ == "GrpcTransport"
+
+        @api.python_app(resources={"far": 1})
+        def on_second():
+            return os.getppid()
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(api._session.client().nodes) < 2:
+            time.sleep(0.1)
+        assert on_second().result(timeout=60) == daemon.pid
+    finally:
+        daemon.kill()
