@@ -13,6 +13,15 @@ from cluster import serialization
 from cluster.protocol import fill, pb
 
 
+def _dump_args(label: str, args: tuple, kwargs: dict) -> tuple[bytes, list[int]]:
+    """Pickle call arguments; refs and futures inside become dependencies."""
+    deps: list[int] = []
+    try:
+        return serialization.dumps((args, kwargs), deps), deps
+    except Exception as err:
+        raise _errors.SerializationError(f"{label}: arguments cannot be pickled: {err}") from err
+
+
 def _methods(cls: type) -> list[str]:
     return sorted(name for name, value in inspect.getmembers(cls)
                   if callable(value) and not name.startswith("__"))
@@ -64,13 +73,7 @@ class ActorMethod:
             return worker.CURRENT.call_actor(self._handle._actor_id, self._name, args, kwargs)
         client = _session.client()
         task_id = client.new_id()
-        deps: list[int] = []
-        try:
-            data = serialization.dumps((args, kwargs), deps)
-        except Exception as err:
-            raise _errors.SerializationError(
-                f"{self._handle._class_name}.{self._name}: arguments cannot be pickled: "
-                f"{err}") from err
+        data, deps = _dump_args(f"{self._handle._class_name}.{self._name}", args, kwargs)
         future = AppFuture(task_id, f"{self._handle._class_name}.{self._name}", client)
         client.call_actor(self._handle._actor_id, self._name, data, deps, future)
         return future
@@ -116,12 +119,7 @@ class ActorClass:
                                                     (o["resources"] or {}).items()}}
         request = {k: v for k, v in request.items() if v}
         actor_id = client.new_id()
-        deps: list[int] = []
-        try:
-            data = serialization.dumps((args, kwargs), deps)
-        except Exception as err:
-            raise _errors.SerializationError(
-                f"{self._cls.__name__}(...): arguments cannot be pickled: {err}") from err
+        data, deps = _dump_args(f"{self._cls.__name__}(...)", args, kwargs)
         methods = _methods(self._cls)
         spec = pb.TaskSpec(
             task_id=actor_id, kind=pb.ACTOR_CREATE, fn_id=fn_id, name=self._cls.__name__,

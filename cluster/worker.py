@@ -179,22 +179,9 @@ class Worker:
             self.functions[fn_id] = fn
         return fn
 
-    def run(
-        self,
-        task_id: int,
-        fn_id: bytes,
-        kind: int,
-        name: str,
-        args_blob: bytes,
-        dep_values: dict[int, bytes],
-        gpus: str | None,
-        stdout: tuple[str, str] | None,
-        stderr: tuple[str, str] | None,
-        cwd: str,
-        env: dict[str, str] | None,
-    ) -> None:
-        self.send(("done", task_id, *self.execute(task_id, fn_id, kind, name, args_blob,
-                                                  dep_values, gpus, stdout, stderr, cwd, env)))
+    def run(self, task_id: int, *args: Any) -> None:
+        """A task from the daemon: execute it, report ("done", ...)."""
+        self.send(("done", task_id, *self.execute(task_id, *args)))
 
     def execute(
         self,
