@@ -29,6 +29,7 @@ from api._errors import (
     ConnectionError,
     DependencyError,
     ObjectLostError,
+    ObjectStoreFullError,
     ResourceUnavailableError,
     SerializationError,
     ShoalError,
@@ -38,7 +39,7 @@ from api._errors import (
 )
 from api._futures import AppFuture
 from api._session import ClusterInfo
-from cluster import auth, clusterfile, serialization
+from cluster import auth, clusterfile, objectformat
 from cluster.protocol import pb, to_dict
 from cluster.serialization import ObjectRef
 
@@ -55,6 +56,7 @@ __all__ = [
     "ConnectionError",
     "DependencyError",
     "ObjectLostError",
+    "ObjectStoreFullError",
     "ObjectRef",
     "ResourceUnavailableError",
     "SerializationError",
@@ -145,7 +147,8 @@ def _resolve(address: str | None) -> tuple[list[str], str, clusterfile.ClusterFi
 def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          run_dir: str | None = None, timeout: float = 10.0, log_to_driver: bool = True,
-         ignore_reinit_error: bool = False) -> ClusterInfo:
+         ignore_reinit_error: bool = False,
+         object_store_memory: int | None = None) -> ClusterInfo:
     """Connect this driver to a cluster, or start a local one.
 
     ``address``: ``None`` connects to ``$SHOAL_ADDRESS`` or this Slurm job's cluster when
@@ -154,7 +157,9 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     exit; ``"host:port"``; the path of a cluster file; or ``"auto"`` (this Slurm job's
     cluster, else this user's only running one). ``run_dir`` is where per-task files such as
     :data:`AUTO_LOGNAME` go (default ``./runinfo/NNN``). ``log_to_driver`` prints apps'
-    output here, prefixed with the app, task and node.
+    output here, prefixed with the app, task and node. ``object_store_memory``: the local
+    cluster's object store limit in bytes (default 30% of RAM); past it, objects spill to
+    disk.
 
     Raises :class:`ConnectionError`, saying what it tried, when the cluster cannot be
     reached within ``timeout`` seconds.
@@ -174,7 +179,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         embedded = not targets
         log_dir = cf.log_dir if cf else ""
         if embedded:
-            process, started = _session.start_embedded(num_cpus, num_gpus, resources, timeout)
+            process, started = _session.start_embedded(num_cpus, num_gpus, resources, timeout,
+                                                        object_store_memory)
             targets = [f"unix:{started['unix_socket']}", started["address"]]
             secret = started["secret"]
             log_dir = started.get("log_dir", "")
@@ -208,20 +214,30 @@ def shutdown() -> None:
 def put(value: Any) -> ObjectRef:
     """Store `value` in the cluster and return a reference to pass to apps.
 
-    >>> ref = api.put(list(range(1000)))     # doctest: +SKIP
+    Small values travel with the reference; large ones (over ~100 KB) go into the object
+    store of a node (this host's when it runs one) and stay there until no reference is
+    left. numpy arrays and Arrow tables are stored as is, and read without a copy by apps on
+    that node. Refs and futures inside `value` stay alive as long as it does.
+
+    >>> ref = api.put(numpy.arange(10**8))   # doctest: +SKIP
     >>> total(ref).result()                  # doctest: +SKIP
-    499500
+    4999999950000000
     """
     client = _session.client()
     if isinstance(value, AppFuture | ObjectRef):
         raise TypeError("api.put() of a future or ref: pass it to apps directly")
     object_id = client.new_id()
     try:
-        data = serialization.dumps(value)
+        enc = objectformat.encode(value)
+        inline = objectformat.inline_bytes(enc, value)
     except Exception as err:
         raise SerializationError(f"api.put(): {type(value).__name__} cannot be pickled: "
                                  f"{err}") from err
-    client.put(object_id, data)
+    if inline is not None:
+        message = pb.Value(id=object_id, data=inline, nested=enc.refs)
+    else:
+        message = client.objects.store(object_id, enc)
+    client.put(message)
     return ObjectRef(object_id, client)
 
 
@@ -232,7 +248,7 @@ def _get_refs(refs: list[ObjectRef], timeout: float | None) -> list[Any]:
     for result in results:
         if result.status != pb.OK:
             raise client.error_for(result, f"object {result.task_id:#x}")
-        out.append(serialization.loads(result.data))
+        out.append(client.load(result))
     return out
 
 

@@ -85,6 +85,10 @@ class App:
         for label, count in (("num_nodes", num_nodes), ("ranks_per_node", ranks_per_node)):
             if not isinstance(count, int) or count < 1:
                 raise ValueError(f"{label} must be a whole number >= 1, got {count!r}")
+        self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory,
+                         "resources": resources, "max_retries": max_retries,
+                         "walltime": walltime, "name": name, "num_nodes": num_nodes,
+                         "ranks_per_node": ranks_per_node}
         self.num_nodes = num_nodes
         self.ranks_per_node = ranks_per_node
         self.fn = fn
@@ -206,6 +210,17 @@ class App:
                            stderr[0] if stderr else None)
         client.submit(spec, blob, future)
         return future
+
+    def options(self, **overrides: Any) -> App:
+        """This app with some options changed (any of the decorator's keywords).
+
+        >>> make.options(resources={"node:gpu07": 0.01})(n)   # doctest: +SKIP
+        """
+        unknown = set(overrides) - set(self._options)
+        if unknown:
+            raise TypeError(f"unknown app option(s): {', '.join(sorted(unknown))}; "
+                            f"options are {', '.join(self._options)}")
+        return App(self.fn, self.kind, **{**self._options, **overrides})
 
     def __reduce__(self) -> tuple[Any, ...]:
         # An app called inside another app runs the plain function there.

@@ -18,7 +18,8 @@ from typing import Any
 
 from api import _errors
 from api._direct import DirectCalls
-from api._futures import AppFuture
+from api._futures import AppFuture, Stored
+from api._objects import ObjectClient
 from api._transport import LaneTransport
 from cluster import serialization
 from cluster.protocol import DRIVER_SHIFT, pb, to_dict
@@ -54,6 +55,7 @@ class Client:
         self._transport: Any = None
         self._lost = ""
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete)
+        self.objects = ObjectClient(self)
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -135,6 +137,10 @@ class Client:
                 self.direct.learn(result.task_id, result.route)
             fut = futures.pop(result.task_id, None)
             if fut is not None and not fut.done():
+                if result.status == pb.OK and (result.size or result.nested):
+                    # Loaded when asked for (large values stay in the node's store).
+                    fut.set_result(Stored(result))
+                    continue
                 self._complete(fut, result.status, result.data, result.message, fut.name,
                                result.task_id)
             self.direct.head_done(result.task_id)
@@ -153,6 +159,16 @@ class Client:
             fut.set_exception(self.error_for(
                 pb.TaskResult(task_id=task_id or fut.task_id, status=status, data=data,
                               message=message), name))
+
+    def owned_ref(self, object_id: int) -> serialization.ObjectRef:
+        """A ref loaded from a value: the driver releases it when it is dropped."""
+        return serialization.ObjectRef(object_id, self)
+
+    def load(self, result: pb.TaskResult) -> Any:
+        """The value of an OK result: fetched from a node store, or loaded from its bytes."""
+        if result.size:
+            return self.objects.fetch(result.task_id, result.size, list(result.holders))
+        return serialization.loads(result.data, self.owned_ref)
 
     def call_actor(self, actor_id: int, method: str, data: bytes, deps: list[int],
                    future: AppFuture) -> None:
@@ -225,10 +241,10 @@ class Client:
             self._submits.append(spec)
         self._transport.flush()
 
-    def put(self, object_id: int, data: bytes) -> None:
-        """Queue a put."""
+    def put(self, value: pb.Value) -> None:
+        """Queue a put (its bytes inline, or where a node store holds them)."""
         with self._lock:
-            self._puts.append(pb.Value(id=object_id, data=data))
+            self._puts.append(value)
         self._transport.flush()
 
     def release(self, object_id: int) -> None:
@@ -278,5 +294,6 @@ class Client:
         if self._transport is not None:
             self._transport.close()
         self.direct.close()
+        self.objects.close()
         self.closed = True
         self._fail_all("the driver called api.shutdown()", shutdown=True)

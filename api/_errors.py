@@ -112,6 +112,11 @@ class ObjectLostError(ShoalError):
     """An object is no longer held by the cluster (released, or its holder died)."""
 
 
+class ObjectStoreFullError(ShoalError, MemoryError):
+    """A node's object store cannot take an object (over its limit with nothing left to
+    spill, or shared memory full); the message says how much was asked and what to do."""
+
+
 class ResourceUnavailableError(ShoalError, ValueError):
     """No node of the cluster can ever satisfy a task's resource request."""
 

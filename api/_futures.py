@@ -3,7 +3,19 @@
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 from typing import Any
+
+_load_lock = threading.Lock()
+
+
+class Stored:
+    """A finished future's value not loaded yet (it stays in a node store until asked)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
 
 
 class AppFuture(concurrent.futures.Future):
@@ -37,6 +49,19 @@ class AppFuture(concurrent.futures.Future):
     def task_id(self) -> int:
         """The cluster-wide id of the task (also the id of its result object)."""
         return self._id
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The app's value (waits up to `timeout` seconds); raises what the app raised.
+
+        A large value is fetched from the node store holding it on the first call (mapped
+        without a copy when that node is this host)."""
+        value = super().result(timeout)
+        if type(value) is Stored:
+            with _load_lock:
+                if type(self._result) is Stored:
+                    self._result = self._client.load(self._result.result)
+                value = self._result
+        return value
 
     def __repr__(self) -> str:
         state = self._state.lower()

@@ -83,12 +83,15 @@ def run_dir() -> RunDir:
 
 
 def start_embedded(num_cpus: int | None, num_gpus: int | None,
-                   resources: dict[str, float] | None, timeout: float) -> tuple[Any, dict]:
+                   resources: dict[str, float] | None, timeout: float,
+                   store_bytes: int | None = None) -> tuple[Any, dict]:
     """Start a head+daemon process beside the driver; it exits when our stdin pipe closes."""
     secret = auth.new_secret()
     cluster_id = clusterfile.new_local_id()
     env = dict(os.environ)
     env[auth.ENV_VAR] = secret
+    if store_bytes:
+        env["SHOAL_OBJECT_STORE_BYTES"] = str(int(store_bytes))
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if PACKAGE_ROOT not in parts:
         env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *parts])

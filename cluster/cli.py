@@ -77,7 +77,20 @@ def _scaling(ns: argparse.Namespace) -> str:
     return json.dumps(config.to_dict(cfg))
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def _byte_size(text: str) -> int:
+    try:
+        return config.parse_bytes(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
+    if ns.object_store_memory:  # every daemon inherits it (srun and sbatch pass it on)
+        os.environ["SHOAL_OBJECT_STORE_BYTES"] = str(ns.object_store_memory)
     scaling = _scaling(ns)
     if ns.resources:
         try:
@@ -158,6 +171,13 @@ def cmd_status(ns: argparse.Namespace) -> int:
     for node in reply.nodes:
         print(f"{node.name:<14} {node.address:<16} {node.state:<6} {node.running:>7} "
               f"{node.done:>7} {node.workers:>7}  {_free(node)} / {_fmt_res(node.total)}")
+    if any(n.store_address for n in reply.nodes):
+        print(f"{'object store':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} "
+              f"{'limit':>10}")
+        for node in reply.nodes:
+            st = node.store
+            print(f"{node.name:<14} {st.objects:>8} {_mib(st.bytes):>12} {_mib(st.spilled):>10} "
+                  f"{_mib(st.capacity):>10}")
     if reply.actors:
         print(f"{'actor':<20} {'name':<16} {'node':<12} {'state':<10} {'restarts':>8}")
         for a in reply.actors:
@@ -226,6 +246,9 @@ def _add_up_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="local cluster: worker slots")
     p.add_argument("--num-gpus", type=int, default=None, help="local cluster: GPUs")
     p.add_argument("--resources", default="", help='custom resources as JSON, e.g. {"ssd": 1}')
+    p.add_argument("--object-store-memory", type=_byte_size, default=None, metavar="BYTES",
+                   help="each node's object store limit (e.g. 8G; default 30%% of RAM); "
+                        "past it, objects spill to node-local disk")
     p.add_argument("--head-timeout", type=float, default=30.0,
                    help="daemons stop after losing the head this long (s)")
     p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for nodes")

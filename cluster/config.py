@@ -93,6 +93,26 @@ def parse_walltime(value: str) -> float:
     return float(seconds + int(days or 0) * 86400)
 
 
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_bytes(value: str) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5T"`` or a plain number of bytes -> bytes.
+
+    >>> parse_bytes("512M")
+    536870912
+    """
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    unit = text[-1:] if text[-1:] in _UNITS else ""
+    try:
+        amount = float(text[:-1] if unit else text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a size; write e.g. 8G, 512M or 1000000") from None
+    if amount <= 0:
+        raise ValueError(f"{value!r}: a size must be positive")
+    return int(amount * _UNITS[unit])
+
+
 def _coerce(key: str, value: Any) -> Any:
     kind = KEYS[key].type
     try:

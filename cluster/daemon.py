@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cluster.objectstore import ObjectStore
 from cluster.protocol import DRIVER_SHIFT, pb, to_dict
 from cluster.workerpool import WorkerHandle, worker_env
 
@@ -41,6 +42,7 @@ class _Task:
     gpu_ids: list[str] = field(default_factory=list)
     started: float = 0.0
     timer: asyncio.TimerHandle | None = None
+    pinned: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +107,10 @@ class Daemon:
         self._submits: list[pb.TaskSpec] = []
         self._call_waiters: dict[int, tuple[WorkerHandle, int]] = {}
         self._call_seq = 0
+        #: The node's object store and the puller filling it (set by the node process).
+        self.store: ObjectStore | None = None
+        self.puller: Any = None
+        self._copies: list[int] = []
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -150,6 +156,8 @@ class Daemon:
             host.worker.kill()
         loop = self._loop or asyncio.get_event_loop()
         loop.call_later(1.0, self._kill_all)
+        if self.store is not None:
+            self.store.close()
         if self.on_stop is not None:
             self.on_stop()
 
@@ -170,17 +178,29 @@ class Daemon:
         for spec in message.tasks:
             if spec.fn_blob:
                 self.functions[spec.fn_id] = spec.fn_blob
-            if spec.kind == pb.ACTOR_CALL:
-                host = self.actors.get(spec.actor_id)
-                if host is None:
-                    self._report(spec, pb.ACTOR_DIED, b"", "the actor is not on this node", 0.0)
-                else:
-                    host.queue.append(spec)
-                    self._pump_actor(host)
-            elif spec.kind == pb.ACTOR_CREATE:
-                self._create_actor(_Task(spec, to_dict(spec.resources)))
+            if any(v.size for v in spec.dep_values) and not self._local(spec):
+                continue  # comes back through _accept once its objects are here
+            self._accept(spec)
+        for object_id in message.delete:
+            if self.store is not None:
+                self.store.delete(object_id)
+        self._after_head_message(message)
+
+    def _accept(self, spec: pb.TaskSpec) -> None:
+        """A task whose dependencies are all on this node."""
+        if spec.kind == pb.ACTOR_CALL:
+            host = self.actors.get(spec.actor_id)
+            if host is None:
+                self._report(spec, pb.ACTOR_DIED, b"", "the actor is not on this node", 0.0)
             else:
-                self.queue.append(_Task(spec, to_dict(spec.resources)))
+                host.queue.append(spec)
+                self._pump_actor(host)
+        elif spec.kind == pb.ACTOR_CREATE:
+            self._create_actor(_Task(spec, to_dict(spec.resources)))
+        else:
+            self.queue.append(_Task(spec, to_dict(spec.resources)))
+
+    def _after_head_message(self, message: pb.HeadToNode) -> None:
         for task_id in message.cancel:
             self._cancel(task_id)
         for actor_id in message.kill_actor:
@@ -198,6 +218,69 @@ class Daemon:
             self.stop()
             return
         self._pump()
+
+    # ---- objects ---------------------------------------------------------------------------
+    def _local(self, spec: pb.TaskSpec) -> bool:
+        """True if the task's stored dependencies are all here; else pull the missing ones
+        and accept the task when they have arrived (or fail it if they cannot come)."""
+        store = self.store
+        missing = [v for v in spec.dep_values if v.size and v.id not in store] \
+            if store is not None else []
+        if not missing:
+            return True
+        if store is None or self.puller is None:
+            self._report(spec, pb.OBJECT_LOST, b"", "this node has no object store", 0.0)
+            return False
+        fetches = [self.puller.fetch(v.id, list(v.sources)) for v in missing]
+        ids = [v.id for v in missing]
+
+        def arrived(done: asyncio.Future[Any]) -> None:
+            if self.stopping:
+                return
+            try:
+                done.result()
+            except Exception as err:  # noqa: BLE001 - reported with the task
+                self._report(spec, pb.OBJECT_LOST, b"",
+                             f"an argument could not be brought to {self.name}: {err}", 0.0)
+                self._pump()
+                return
+            self._copies.extend(i for i in ids if i in store)
+            self._accept(spec)
+            self._pump()
+
+        asyncio.ensure_future(_gather(fetches)).add_done_callback(arrived)
+        return False
+
+    def _deps_for_worker(self, spec: pb.TaskSpec, task: _Task | None = None) -> dict[int, Any]:
+        """Dependency values for a worker: inline bytes, or the store file to map (pinned
+        in memory while `task` runs)."""
+        deps: dict[int, Any] = {}
+        for value in spec.dep_values:
+            if value.size and self.store is not None:
+                try:
+                    deps[value.id] = ("path", self.store.path(value.id))
+                except KeyError:
+                    continue  # deleted meanwhile: the worker reports it missing
+                if task is not None:
+                    self.store.pin(value.id)
+                    task.pinned.append(value.id)
+            else:
+                deps[value.id] = value.data
+        return deps
+
+    def _on_alloc(self, worker: WorkerHandle, ref: int, size: int) -> None:
+        from cluster.objectstore import StoreFullError
+
+        if self.store is None:
+            worker.send(("alloc", ref, "", "this node has no object store"))
+            return
+        try:
+            path = self.store.alloc(size)
+        except StoreFullError as err:
+            worker.send(("alloc", ref, "", f"{self.name}: {err}"))
+            return
+        worker.allocs.append(path)
+        worker.send(("alloc", ref, path, ""))
 
     def _cancel(self, task_id: int) -> None:
         for task in list(self.queue):
@@ -254,7 +337,7 @@ class Daemon:
                 return
             worker.send(("fn", spec.fn_id, blob))
             worker.functions.add(spec.fn_id)
-        deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
+        deps = self._deps_for_worker(spec, task) if spec.dep_values else {}
         stdout = (spec.stdout, spec.stdout_mode) if spec.stdout else None
         stderr = (spec.stderr, spec.stderr_mode) if spec.stderr else None
         worker.task = task
@@ -281,6 +364,10 @@ class Daemon:
         if task.timer is not None:
             task.timer.cancel()
             task.timer = None
+        if task.pinned and self.store is not None:
+            for object_id in task.pinned:
+                self.store.unpin(object_id)
+            task.pinned = []
 
     # ---- actors ------------------------------------------------------------------------
     def _create_actor(self, task: _Task) -> None:
@@ -321,7 +408,7 @@ class Daemon:
         while host.queue and len(host.inflight) < host.max_concurrency:
             spec = host.queue.popleft()
             host.inflight[spec.task_id] = spec
-            deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
+            deps = self._deps_for_worker(spec) if spec.dep_values else {}
             host.worker.send(("actor_call", spec.task_id, spec.method, spec.args, deps))
 
     def _on_actor_message(self, host: _ActorHost, message: Any) -> None:
@@ -330,7 +417,7 @@ class Daemon:
             spec = host.create.spec
             gpus = ",".join(host.create.gpu_ids) if host.create.gpu_ids else None
             host.worker.send(("fn", spec.fn_id, self.functions.get(spec.fn_id, b"")))
-            deps = {v.id: v.data for v in spec.dep_values} if spec.dep_values else {}
+            deps = self._deps_for_worker(spec) if spec.dep_values else {}
             host.worker.send(("actor_create", spec.task_id, spec.fn_id, spec.name, spec.args,
                               deps, gpus, spec.cwd, dict(spec.env) if spec.env else None,
                               host.max_concurrency, self.secret, self.runtime_dir,
@@ -389,7 +476,7 @@ class Daemon:
             worker.task = None
             if task is not None:
                 self._release(task)
-                self._report(task.spec, status, data, text, seconds)
+                self._report(task.spec, status, data, text, seconds, worker=worker)
             self.done += 1
             if not worker.closing:
                 self.idle.append(worker)
@@ -406,6 +493,8 @@ class Daemon:
             self._pump()
         elif kind == "call":
             self._worker_call(worker, message)
+        elif kind == "alloc":
+            self._on_alloc(worker, message[1], message[2])
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         if worker in self.workers:
@@ -414,6 +503,10 @@ class Daemon:
             self.idle.remove(worker)
         if not worker.ready:
             self._starting -= 1
+        if self.store is not None:
+            for path in worker.allocs:
+                self.store.abort(path)  # a result it was writing
+            worker.allocs.clear()
         task = worker.task
         worker.task = None
         if task is not None:
@@ -434,11 +527,25 @@ class Daemon:
             self._pump()
 
     # ---- to the head -----------------------------------------------------------------
-    def _report(self, spec: pb.TaskSpec, status: int, data: bytes, message: str,
-                seconds: float, route: str = "") -> None:
-        self._results.append(pb.TaskResult(task_id=spec.task_id, status=status, data=data,
-                                           node=self.name, attempt=spec.attempt,
-                                           run_seconds=seconds, message=message, route=route))
+    def _report(self, spec: pb.TaskSpec, status: int, data: Any, message: str,
+                seconds: float, route: str = "", worker: WorkerHandle | None = None) -> None:
+        result = pb.TaskResult(task_id=spec.task_id, status=status, node=self.name,
+                               attempt=spec.attempt, run_seconds=seconds, message=message,
+                               route=route)
+        if isinstance(data, tuple):  # ("inline", bytes, refs) or ("stored", path, size, refs)
+            if data[0] == "stored":
+                _, path, size, nested = data
+                if worker is not None and path in worker.allocs:
+                    worker.allocs.remove(path)
+                assert self.store is not None
+                self.store.seal(spec.task_id, path)
+                result.size = size
+            else:
+                _, result.data, nested = data
+            result.nested.extend(nested)
+        else:
+            result.data = data
+        self._results.append(result)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
@@ -449,15 +556,26 @@ class Daemon:
 
     def _flush(self) -> None:
         self._flush_pending = False
-        if not (self._results or self._logs or self._events or self._submits) or \
-                self.link is None:
+        if not (self._results or self._logs or self._events or self._submits or
+                self._copies) or self.link is None:
             return
         message = pb.NodeToHead(results=self._results, logs=self._logs,
-                                actor_events=self._events, submit=self._submits)
+                                actor_events=self._events, submit=self._submits,
+                                copies=self._copies)
         self._results, self._logs, self._events, self._submits = [], [], [], []
+        self._copies = []
         self.link.send(message)
 
     def heartbeat(self) -> pb.Heartbeat:
         """Current load, for the head's node table."""
         running, queued, workers = self.stats()
-        return pb.Heartbeat(running=running, queued=queued, workers=workers)
+        beat = pb.Heartbeat(running=running, queued=queued, workers=workers)
+        if self.store is not None:
+            stats = self.store.stats()
+            beat.store.objects, beat.store.bytes = stats["objects"], stats["bytes"]
+            beat.store.spilled, beat.store.capacity = stats["spilled"], stats["capacity"]
+        return beat
+
+
+async def _gather(futures: list[asyncio.Future[Any]]) -> None:
+    await asyncio.gather(*futures)

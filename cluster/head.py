@@ -74,6 +74,9 @@ class _Node:
     draining: bool = False
     actors: set[int] = field(default_factory=set)
     idle_since: float | None = field(default_factory=time.monotonic)
+    store_address: str = ""
+    store_dir: str = ""
+    deletes: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -118,6 +121,7 @@ class Head:
         self.gangs: deque[_Task] = deque()  # ready multi-node apps
         self.waiters: dict[int, list[_Task]] = {}
         self.objects = ObjectDirectory()
+        self.objects.on_drop = self._object_dropped
         self.functions: dict[bytes, bytes] = {}
         self.done = 0
         self.failed = 0
@@ -149,7 +153,9 @@ class Head:
                            state="alive" if node.alive else "dead", pid=node.pid,
                            running=len(node.running), queued=node.heartbeat.queued,
                            workers=node.heartbeat.workers, done=node.done,
-                           block_id=node.block_id, draining=node.draining)
+                           block_id=node.block_id, draining=node.draining,
+                           store_address=node.store_address, store_dir=node.store_dir)
+        info.store.CopyFrom(node.heartbeat.store)
         fill(info.total, node.view.total)
         fill(info.used, {k: v for k, v in node.view.used.items() if v > 1e-9})
         return info
@@ -171,7 +177,8 @@ class Head:
         total = to_dict(register.total)
         node = _Node(node_id, register.name, register.address, register.pid, conn,
                      scheduler.NodeView(node_id, total, {}, scheduler.queue_factor(None)),
-                     remote=remote, block_id=register.block_id)
+                     remote=remote, block_id=register.block_id,
+                     store_address=register.store_address, store_dir=register.store_dir)
         self.nodes[node_id] = node
         conn.send(pb.HeadToNode(node_id=node_id))
         log.info("node %s joined as %d: %s", node.name, node_id, scheduler.describe(total))
@@ -189,6 +196,9 @@ class Head:
         self.actor_table.node_lost(node, reason)
         running = [t for t in node.running.values() if not self.actor_table.is_creation(t)]
         node.running.clear()
+        lost = self.objects.node_lost(node.node_id)
+        if lost:
+            log.warning("%d objects were held only by %s", len(lost), node.name)
         for task in running:
             self._unreserve(task)
             result = pb.TaskResult(task_id=task.spec.task_id, status=pb.NODE_LOST,
@@ -236,6 +246,12 @@ class Head:
                 self._task_done(task, result)
             else:
                 self._task_failed(task, result)
+        for object_id in message.copies:
+            value = self.objects.get(object_id)
+            if value is not None and value.size:
+                value.holders.add(node.node_id)
+            else:  # dropped while it travelled
+                node.deletes.append(object_id)
         for event in message.actor_events:
             self.actor_table.died(event.actor_id, event.message)
         if message.submit:
@@ -302,7 +318,9 @@ class Head:
     def on_driver_message(self, driver: _Driver, message: pb.DriverToHead) -> None:
         """One batch from a driver: puts, submissions, releases, gets (in that order)."""
         for value in message.put:
-            self.objects.put(value.id, value.data)
+            holders = {h for h in value.holders if h in self.nodes}
+            self.objects.put(value.id, Value(pb.OK, value.data, size=value.size,
+                                             holders=holders, nested=list(value.nested)))
             driver.refs[value.id] = driver.refs.get(value.id, 0) + 1
         for spec in message.submit:
             self._submit(driver, spec)
@@ -315,7 +333,7 @@ class Head:
                     driver.refs[object_id] = held - 1
                 self.objects.decref(object_id)
         for request in message.get:
-            self.objects.request(driver.replies, request, self.tasks.__contains__)
+            self.objects.request(driver.replies, request, self.tasks.__contains__, driver.refs)
         for actor_id in message.kill_actor:
             self.actor_table.kill(actor_id)
         for lookup in message.lookup:
@@ -419,11 +437,19 @@ class Head:
         task_id = task.spec.task_id
         self.tasks.pop(task_id, None)
         self.done += 1
-        self.objects.finish(task_id, Value(pb.OK, result.data))
+        driver = self.drivers.get(task_id >> DRIVER_SHIFT)
+        if result.size:
+            result.holders.append(task.node_id)
+        if driver is not None:
+            for inner in result.nested:  # the driver releases each ref it loads
+                self.objects.incref(inner)
+                driver.refs[inner] = driver.refs.get(inner, 0) + 1
+        self.objects.finish(task_id, Value(pb.OK, result.data, size=result.size,
+                                           holders={task.node_id} if result.size else set(),
+                                           nested=list(result.nested)))
         if task.spec.kind != pb.ACTOR_CREATE:  # a restart needs the arguments again
             for dep in task.spec.deps:
                 self.objects.decref(dep)
-        driver = self.drivers.get(task_id >> DRIVER_SHIFT)
         if driver is not None:
             driver.results.append(result)
         waiting = self.waiters.pop(task_id, None)
@@ -496,13 +522,32 @@ class Head:
                 if task.spec.task_id not in self.tasks:
                     queue.popleft()  # cancelled while queued (e.g. a killed actor)
                     continue
-                node_id = place(task.request, views)
+                local = self._local_bytes(task) if task.spec.deps else None
+                node_id = place(task.request, views, local)
                 if node_id is None:
                     break
                 queue.popleft()
                 self._assign(task, nodes[node_id])
             if not queue:
                 del self.ready[key]
+
+    def _local_bytes(self, task: _Task) -> dict[int, int] | None:
+        """Bytes of the task's stored arguments on each node (for locality)."""
+        held: dict[int, int] = {}
+        values = self.objects.values
+        for dep in set(task.spec.deps):
+            value = values.get(dep)
+            if value is not None and value.size:
+                for node_id in value.holders:
+                    held[node_id] = held.get(node_id, 0) + value.size
+        return held or None
+
+    def _object_dropped(self, object_id: int, value: Value) -> None:
+        for node_id in value.holders:
+            node = self.nodes.get(node_id)
+            if node is not None and node.alive:
+                node.deletes.append(object_id)
+                self._soon()
 
     def _reserve(self, task: _Task, node: _Node, amounts: dict[str, float]) -> None:
         used = node.view.used
@@ -557,16 +602,24 @@ class Head:
             for dep in spec.deps:
                 if dep not in seen:
                     seen.add(dep)
-                    out.dep_values.add(id=dep, data=values[dep].data)
+                    value = values[dep]
+                    if value.size:
+                        holders = [self.nodes[h] for h in value.holders]
+                        holders.sort(key=lambda n: n.node_id != node.node_id)
+                        out.dep_values.add(id=dep, size=value.size,
+                                           sources=[h.store_address for h in holders])
+                    else:
+                        out.dep_values.add(id=dep, data=value.data)
         node.outbox.append(out)
 
     def _flush(self) -> None:
         self._flush_pending = False
         self._schedule()
         for node in self.nodes.values():
-            if node.outbox:
-                node.conn.send(pb.HeadToNode(tasks=node.outbox))
-                node.outbox = []
+            if node.outbox or node.deletes:
+                if node.alive:
+                    node.conn.send(pb.HeadToNode(tasks=node.outbox, delete=node.deletes))
+                node.outbox, node.deletes = [], []
         for driver in self.drivers.values():
             if driver.results or driver.logs or driver.replies or driver.nodes or \
                     driver.lookups:

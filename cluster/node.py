@@ -28,6 +28,8 @@ from typing import Any
 from cluster import auth, clusterfile, paths
 
 log = logging.getLogger("shoal.node")
+#: Object store capacity in bytes, inherited by every daemon of a cluster (srun, sbatch).
+STORE_ENV = "SHOAL_OBJECT_STORE_BYTES"
 
 
 def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
@@ -105,6 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="read the secret from this file (a cluster file or plain text)")
     parser.add_argument("--block-id", default="", help="the block this daemon belongs to")
     parser.add_argument("--tls", action="store_true", help="head: serve gRPC over TLS")
+    parser.add_argument("--store-bytes", type=float,
+                        default=float(os.environ.get(STORE_ENV) or 0) or None,
+                        help=f"object store capacity in bytes (default ${STORE_ENV}, else 30%% "
+                             "of RAM, at most what the shared-memory file system has free)")
     return parser.parse_args(argv)
 
 
@@ -148,10 +154,13 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     # Two daemons of one cluster can share a host (two blocks packed on one node).
     local_name = f"{node_name}-b{ns.block_id}" if ns.block_id else node_name
     runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else local_name)
+    store_server = None
+    store_address = store_dir = ""
     if daemon is not None:
         daemon.secret = secret.encode()
         daemon.runtime_dir = runtime
         daemon.address = ns.host
+        store_server, store_address, store_dir = await _start_store(ns, secret, daemon)
     if ns.head:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)
@@ -167,7 +176,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         server, port = await start_server(head, secret, ns.host, tls_pair)
         lane = await start_driver_lane(head, secret, unix_path)
         if daemon is not None:
-            register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid())
+            register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid(),
+                                   store_address=store_address, store_dir=store_dir)
             fill(register.total, daemon.total)
             node_conn = LocalConn(daemon.on_head_message)
             node = head.node_joined(node_conn, register, remote=False)
@@ -184,7 +194,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         from cluster.headlink import GrpcHeadLink
 
         register = pb.Register(name=node_name, address=ns.host, pid=os.getpid(),
-                               block_id=ns.block_id)
+                               block_id=ns.block_id, store_address=store_address,
+                               store_dir=store_dir)
         fill(register.total, daemon.total)
         link = GrpcHeadLink(daemon, ns.head_address, secret, register, ns.head_timeout,
                             ca=ns.tls_ca)
@@ -237,10 +248,15 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             log.exception("could not cancel blocks")
     if daemon is not None:
         daemon.stop()
+    if store_server is not None:
+        await daemon.puller.close()
+        await store_server.stop(0)
     if server is not None:
         lane.close()
         await server.stop(0)
     shutil.rmtree(runtime, ignore_errors=True)
+    if daemon is not None and daemon.store is not None:
+        shutil.rmtree(daemon.store.spill_dir, ignore_errors=True)
     if ns.write_cluster_file and head is not None:
         try:
             cf = clusterfile.read(clusterfile.path_for(ns.cluster_id))
@@ -249,6 +265,26 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
                 cf.save()
         except ValueError:
             pass
+
+
+async def _start_store(ns: argparse.Namespace, secret: str,
+                       daemon: Any) -> tuple[Any, str, str]:
+    """The daemon's object store (in its runtime directory, spilling to node-local disk)
+    and object server; returns (server, its address, the store directory)."""
+    from cluster import objectserver
+    from cluster.objectstore import ObjectStore
+
+    runtime = daemon.runtime_dir
+    spill = os.path.join(paths.spill_root(), os.path.basename(runtime))
+    capacity = int(ns.store_bytes) if ns.store_bytes else None
+    store = ObjectStore(os.path.join(runtime, "store"), spill, capacity)
+    if capacity is None:
+        st = os.statvfs(store.directory)
+        store.capacity = min(store.capacity, int(st.f_bavail * st.f_frsize * 0.9))
+    daemon.store = store
+    daemon.puller = objectserver.Puller(store, secret)
+    server, address = await objectserver.start(store, secret, ns.host)
+    return server, address, store.directory
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,16 +1,18 @@
 """The head's object directory: the values the cluster holds, who refers to them, and the
 gets waiting for them.
 
-An object is a task's result or an ``api.put``. Each is reference counted: the driver's
-handle (future or ref) counts one, every unfinished task that depends on it counts one; at
-zero the value is dropped. (Values are held here inline for now; the shared-memory object
-store will keep large ones on the nodes, with only their locations here.)
+An object is a task's result or an ``api.put``. Small values are held here inline; large
+ones stay in the stores of the nodes that hold them (``holders``) and only their size and
+locations are kept here. Each object is reference counted: a driver's handle (future or
+ref) counts one, every unfinished task that depends on it counts one, and every object
+that has it nested inside counts one. At zero the value is dropped, and ``on_drop`` tells
+the head to delete the copies in node stores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cluster.protocol import pb
 
@@ -22,6 +24,9 @@ class Value:
     status: int
     data: bytes
     message: str = ""
+    size: int = 0                                  # > 0: held in node stores
+    holders: set[int] = field(default_factory=set)   # node ids
+    nested: list[int] = field(default_factory=list)  # refs inside the value
 
 
 LOST = Value(pb.OBJECT_LOST, b"", "released or never created")
@@ -33,6 +38,7 @@ class _PendingGet:
     request_id: int
     ids: list[int]
     missing: int
+    driver_refs: dict[int, int]
 
 
 class ObjectDirectory:
@@ -42,6 +48,8 @@ class ObjectDirectory:
         self.values: dict[int, Value] = {}
         self.refs: dict[int, int] = {}
         self._gets: dict[int, list[_PendingGet]] = {}
+        #: Called with (id, value) when a value is dropped (to delete stored copies).
+        self.on_drop: Callable[[int, Value], None] | None = None
 
     def incref(self, object_id: int) -> None:
         """One more holder of `object_id`."""
@@ -54,7 +62,15 @@ class ObjectDirectory:
             self.refs[object_id] = count
         else:
             self.refs.pop(object_id, None)
-            self.values.pop(object_id, None)
+            value = self.values.pop(object_id, None)
+            if value is not None:
+                self._dropped(object_id, value)
+
+    def _dropped(self, object_id: int, value: Value) -> None:
+        if value.size and self.on_drop is not None:
+            self.on_drop(object_id, value)
+        for inner in value.nested:
+            self.decref(inner)
 
     def referenced(self, object_id: int) -> bool:
         """Whether anybody still holds `object_id`."""
@@ -66,21 +82,28 @@ class ObjectDirectory:
 
     def finish(self, object_id: int, value: Value) -> None:
         """A task finished (or failed): keep its value while referenced; wake gets."""
+        for inner in value.nested:
+            self.incref(inner)
         if self.refs.get(object_id, 0) > 0:
             self.values[object_id] = value
+        else:
+            self._dropped(object_id, value)
         self._wake(object_id)
 
-    def put(self, object_id: int, data: bytes) -> None:
+    def put(self, object_id: int, value: Value) -> None:
         """An ``api.put``: the putting driver holds one reference."""
-        self.values[object_id] = Value(pb.OK, data)
+        for inner in value.nested:
+            self.incref(inner)
+        self.values[object_id] = value
         self.incref(object_id)
         self._wake(object_id)
 
     def request(self, replies: list[pb.GetReply], request: pb.GetRequest,
-                pending: Callable[[int], bool]) -> None:
+                pending: Callable[[int], bool], driver_refs: dict[int, int]) -> None:
         """Answer a get into `replies` once every id is here (or known to be lost);
-        `pending(id)` says whether a task will still produce it."""
-        waiting = _PendingGet(replies, request.request_id, list(request.ids), 0)
+        `pending(id)` says whether a task will still produce it. Refs nested in the
+        values sent count as the driver's (`driver_refs`): it releases each it loads."""
+        waiting = _PendingGet(replies, request.request_id, list(request.ids), 0, driver_refs)
         for object_id in request.ids:
             if object_id not in self.values and pending(object_id):
                 waiting.missing += 1
@@ -97,9 +120,33 @@ class ObjectDirectory:
                                  message=f"object {object_id:#x} is not held by the cluster "
                                          "(released, or never created)")
             else:
-                reply.values.add(task_id=object_id, status=value.status, data=value.data,
-                                 message=value.message)
+                reply.values.append(self.describe(object_id, value, waiting.driver_refs))
         waiting.replies.append(reply)
+
+    def describe(self, object_id: int, value: Value,
+                 driver_refs: dict[int, int]) -> pb.TaskResult:
+        """The value as sent to a driver; its nested refs become the driver's."""
+        for inner in value.nested:
+            self.incref(inner)
+            driver_refs[inner] = driver_refs.get(inner, 0) + 1
+        return pb.TaskResult(task_id=object_id, status=value.status, data=value.data,
+                             message=value.message, size=value.size,
+                             holders=sorted(value.holders), nested=value.nested)
+
+    def node_lost(self, node_id: int) -> list[int]:
+        """Forget `node_id`'s copies; returns the stored objects it alone held."""
+        lost = []
+        for object_id, value in self.values.items():
+            if node_id in value.holders:
+                value.holders.discard(node_id)
+                if not value.holders:
+                    lost.append(object_id)
+        for object_id in lost:
+            value = self.values[object_id]
+            self.values[object_id] = Value(
+                pb.OBJECT_LOST, b"", f"object {object_id:#x} was lost with the node that "
+                "held it", nested=value.nested)
+        return lost
 
     def _wake(self, object_id: int) -> None:
         for waiting in self._gets.pop(object_id, ()):
@@ -109,4 +156,4 @@ class ObjectDirectory:
 
     def stats(self) -> tuple[int, int]:
         """(objects held, bytes held)."""
-        return len(self.values), sum(len(v.data) for v in self.values.values())
+        return len(self.values), sum(len(v.data) + v.size for v in self.values.values())

@@ -1,43 +1,35 @@
 """A node's shared-memory object store: immutable objects as files, read with ``mmap``.
 
-Not wired into the runtime yet (values still travel inline through the head); this module
-is the store the daemons will own. Layout of one object file::
+The daemon owns the store; the bytes of an object are laid out as in
+:mod:`cluster.objectformat`. Writers (the daemon itself, its workers, drivers on the host)
+ask for room with :meth:`ObjectStore.alloc`, write the file at the path it returns and hand
+it back with :meth:`ObjectStore.seal`; readers on the node map the file directly.
 
-    magic "SHOALOBJ" | kind u8 | pad | nbuf u32 | meta_len u64 | (offset u64, len u64) * nbuf
-    | meta (pickle, or nothing for Arrow) | buffers, each 64-byte aligned
-
-- numpy arrays (and anything else whose pickling offers protocol-5 out-of-band buffers)
-  are written once and read zero-copy: the loaded array views the read-only mapping.
-- Arrow tables and record batches go through the Arrow IPC format and are read zero-copy
-  with ``pyarrow.memory_map``; a slice is written as the slice, not its parent.
 - Capacity: a limit (default a fraction of RAM, never more than the tmpfs has free), and
-  free space is checked before every write, since a full tmpfs means SIGBUS.
-- When a put would pass the limit, the least recently used unpinned objects spill to a
-  node-local disk directory and are restored on access.
-- Deleted files are kept for reuse (renamed, not unlinked) up to a budget, so a new put
-  rewrites pages that are already faulted in (33 GB/s here) instead of fresh ones (1.5).
-  Only files never handed to a reader are reused: a reader's mapping would otherwise see
-  the next object's bytes.
+  free space is checked before every allocation, since a full tmpfs means SIGBUS.
+- When an allocation would pass the limit, the least recently used unpinned objects spill
+  to a node-local disk directory and are restored on access.
+- Deleted files are kept for reuse up to a budget, so a new object rewrites pages that are
+  already faulted in (33 GB/s here) instead of fresh ones (1.5). A file is reused only if
+  no reader still maps it (readers hold a shared ``flock`` for as long as they map it).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-import pickle
 import shutil
-import struct
 import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-MAGIC = b"SHOALOBJ"
-KIND_PICKLE, KIND_ARROW = 1, 2
-_HEAD = struct.Struct("<8sB3xIQ")
-_BUF = struct.Struct("<QQ")
-ALIGN = 64
+from cluster import objectformat
+from cluster.objectformat import read
+
+__all__ = ["ObjectStore", "StoreFullError", "read"]
+
 DEFAULT_FRACTION = 0.3
 
 
@@ -53,16 +45,6 @@ class _Entry:
     spilled: bool = False
     pins: int = 0
     last_used: float = 0.0
-    exported: bool = False   # handed to a reader: its pages may still be mapped
-
-
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
-
-
-def _is_arrow(value: Any) -> bool:
-    module = type(value).__module__
-    return module.startswith("pyarrow") and type(value).__name__ in ("Table", "RecordBatch")
 
 
 class ObjectStore:
@@ -83,87 +65,58 @@ class ObjectStore:
         self._free_files: list[tuple[int, str]] = []   # (size, path), for reuse
         self._lock = threading.RLock()
         self._seq = 0
+        self._reserved: dict[str, int] = {}   # allocated, not yet sealed: path -> size
 
     # ---- writing -------------------------------------------------------------------------
     def put(self, object_id: int, value: Any) -> int:
         """Store `value` under `object_id`; returns its size in bytes."""
-        if _is_arrow(value):
-            return self._put_arrow(object_id, value)
-        buffers: list[pickle.PickleBuffer] = []
-        meta = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-        raws = [b.raw() for b in buffers]
-        header = _HEAD.size + _BUF.size * len(raws)
-        offset = _align(header + len(meta))
-        layout = []
-        for raw in raws:
-            layout.append((offset, raw.nbytes))
-            offset = _align(offset + raw.nbytes)
-        size = max(offset, 1)
-        with self._writable(object_id, size) as view:
-            _HEAD.pack_into(view, 0, MAGIC, KIND_PICKLE, len(raws), len(meta))
-            for i, (off, length) in enumerate(layout):
-                _BUF.pack_into(view, _HEAD.size + i * _BUF.size, off, length)
-            start = header
-            view[start:start + len(meta)] = meta
-            for (off, length), raw in zip(layout, raws, strict=True):
-                view[off:off + length] = raw.cast("B")
-        return size
+        return self.put_encoded(object_id, objectformat.encode(value))
 
-    def _put_arrow(self, object_id: int, value: Any) -> int:
-        import pyarrow as pa
+    def put_encoded(self, object_id: int, enc: objectformat.Encoded) -> int:
+        """Store an encoded value under `object_id`; returns its size."""
+        path = self.alloc(enc.size)
+        try:
+            with mapped(path, enc.size) as view:
+                enc.write_into(view)
+        except BaseException:
+            self.abort(path)
+            raise
+        self.seal(object_id, path)
+        return enc.size
 
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, value.schema) as writer:
-            writer.write(value)
-        payload = sink.getvalue()
-        offset = _align(_HEAD.size + _BUF.size)
-        size = offset + payload.size
-        with self._writable(object_id, size) as view:
-            _HEAD.pack_into(view, 0, MAGIC, KIND_ARROW, 1, 0)
-            _BUF.pack_into(view, _HEAD.size, offset, payload.size)
-            view[offset:offset + payload.size] = memoryview(payload).cast("B")
-        return size
-
-    class _Writable:
-        def __init__(self, store: ObjectStore, object_id: int, size: int) -> None:
-            self.store, self.object_id, self.size = store, object_id, size
-
-        def __enter__(self) -> memoryview:
-            store = self.store
-            self.path = store._file_for(self.size)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                if os.fstat(fd).st_size != self.size:
-                    os.ftruncate(fd, self.size)
-                # Prefault the whole mapping in one go: far cheaper than a page fault per
-                # 4 KiB while copying (measured: 2.2 -> see the note in bench figures).
-                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-                self.map = mmap.mmap(fd, self.size, flags=flags)
-            finally:
-                os.close(fd)
-            self.view = memoryview(self.map)
-            return self.view
-
-        def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
-            self.view.release()
-            self.map.close()
-            store = self.store
-            if kind is not None:
-                os.unlink(self.path)
-                return
-            final = os.path.join(store.directory, f"{self.object_id:x}")
-            os.replace(self.path, final)
-            with store._lock:
-                store._entries[self.object_id] = _Entry(final, self.size,
-                                                        last_used=time.monotonic())
-                store.used += self.size
-
-    def _writable(self, object_id: int, size: int) -> ObjectStore._Writable:
+    def alloc(self, size: int) -> str:
+        """Room for an object of `size` bytes: a file of that size to write, counted as used
+        until :meth:`seal` or :meth:`abort`. Raises :class:`StoreFullError`."""
+        size = max(size, 1)
         with self._lock:
-            if object_id in self._entries:
-                raise ValueError(f"object {object_id:#x} is already in the store")
             self._make_room(size)
-        return ObjectStore._Writable(self, object_id, size)
+            path = self._file_for(size)
+            self._reserved[path] = size
+            self.used += size
+        return path
+
+    def seal(self, object_id: int, path: str) -> None:
+        """The object written at `path` (from :meth:`alloc`) is complete: it is now
+        `object_id`, immutable, readable by every process on the node."""
+        with self._lock:
+            size = self._reserved.pop(path, None)
+            if size is None:
+                raise ValueError(f"{path} was not allocated by this store")
+            if object_id in self._entries:  # a second copy arrived: keep the first
+                self.used -= size
+                self._recycle(path, size)
+                return
+            final = os.path.join(self.directory, f"{object_id:x}")
+            os.replace(path, final)
+            self._entries[object_id] = _Entry(final, size, last_used=time.monotonic())
+
+    def abort(self, path: str) -> None:
+        """Give back an allocation that will not be sealed."""
+        with self._lock:
+            size = self._reserved.pop(path, None)
+            if size is not None:
+                self.used -= size
+                self._recycle(path, size)
 
     def _file_for(self, size: int) -> str:
         """A path to write `size` bytes to: a recycled file of that size when we have one."""
@@ -173,7 +126,11 @@ class ObjectStore:
                     del self._free_files[i]
                     return path
             self._seq += 1
-            return os.path.join(self.directory, f".new-{os.getpid()}-{self._seq}")
+            path = os.path.join(self.directory, f".new-{os.getpid()}-{self._seq}")
+            with open(path, "wb") as f:
+                f.truncate(size)
+            os.chmod(path, 0o600)
+            return path
 
     def _make_room(self, size: int) -> None:
         """Spill LRU objects until `size` fits the limit and the tmpfs; else StoreFullError."""
@@ -223,6 +180,11 @@ class ObjectStore:
     # ---- reading and deleting ---------------------------------------------------------------
     def get(self, object_id: int) -> Any:
         """The object (zero-copy where the format allows); restores a spilled one."""
+        return read(self.path(object_id))
+
+    def path(self, object_id: int) -> str:
+        """The object's file in shared memory (restored first if it was spilled), for any
+        process on this node to map. Raises KeyError when the store does not hold it."""
         with self._lock:
             entry = self._entries.get(object_id)
             if entry is None:
@@ -235,20 +197,12 @@ class ObjectStore:
                 self.used += entry.size
                 self.spilled_bytes -= entry.size
             entry.last_used = time.monotonic()
-            entry.exported = True
             self._entries.move_to_end(object_id)
-            path = entry.path
-        return read(path)
-
-    def path_for_reader(self, object_id: int) -> str:
-        """The file another process on this node may map (the object then stays in memory
-        until deleted, and its file is never reused)."""
-        with self._lock:
-            entry = self._entries[object_id]
-            if entry.spilled:
-                self.get(object_id)
-            entry.exported = True
             return entry.path
+
+    def size(self, object_id: int) -> int:
+        """The object's size in bytes (KeyError when not held)."""
+        return self._entries[object_id].size
 
     def pin(self, object_id: int) -> None:
         """Keep the object in memory (it is being read or sent): never spilled while pinned."""
@@ -270,70 +224,68 @@ class ObjectStore:
                 return
             if entry.spilled:
                 self.spilled_bytes -= entry.size
-                os.unlink(entry.path)
+                _unlink(entry.path)
                 return
             self.used -= entry.size
-            recycled = sum(s for s, _ in self._free_files)
-            if not entry.exported and recycled + entry.size <= self.recycle_bytes:
-                self._seq += 1
-                path = os.path.join(self.directory, f".free-{os.getpid()}-{self._seq}")
-                os.replace(entry.path, path)
-                self._free_files.append((entry.size, path))
-            else:
-                os.unlink(entry.path)
+            self._recycle(entry.path, entry.size)
+
+    def _recycle(self, path: str, size: int) -> None:
+        recycled = sum(s for s, _ in self._free_files)
+        if recycled + size <= self.recycle_bytes and not objectformat.in_use(path):
+            self._seq += 1
+            free = os.path.join(self.directory, f".free-{os.getpid()}-{self._seq}")
+            os.replace(path, free)
+            self._free_files.append((size, free))
+        else:
+            _unlink(path)  # a reader still maps it: its pages go when the reader lets go
 
     def __contains__(self, object_id: int) -> bool:
         return object_id in self._entries
 
     def stats(self) -> dict[str, int]:
-        """Objects, bytes in memory, bytes spilled (for `clusterctl status`)."""
+        """Objects, bytes in memory, bytes spilled, capacity (for `clusterctl status`)."""
         with self._lock:
             return {"objects": len(self._entries), "bytes": self.used,
-                    "spilled": self.spilled_bytes}
+                    "spilled": self.spilled_bytes, "capacity": self.capacity}
 
     def close(self) -> None:
-        """Remove every file of this store (objects, recycled files, spills)."""
+        """Remove every file of this store (objects, recycled files, spills, half-written)."""
         with self._lock:
-            for entry in self._entries.values():
-                try:
-                    os.unlink(entry.path)
-                except FileNotFoundError:
-                    pass
-            for _, path in self._free_files:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+            paths = [e.path for e in self._entries.values()]
+            paths += [p for _, p in self._free_files] + list(self._reserved)
+            for path in paths:
+                _unlink(path)
             self._entries.clear()
             self._free_files.clear()
+            self._reserved.clear()
             self.used = self.spilled_bytes = 0
 
 
-def read(path: str) -> Any:
-    """Load an object file written by :class:`ObjectStore` (any process on the node).
+class mapped:  # noqa: N801 - used as a context manager, reads like a function
+    """``with mapped(path, size) as view``: a writable, prefaulted mapping of a store file."""
 
-    Arrays come back as read-only views of the file's mapping: no copy is made, and the
-    mapping lives as long as the arrays that view it.
-    """
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
-    view = memoryview(mapped)
-    magic, kind, nbuf, meta_len = _HEAD.unpack_from(view, 0)
-    if magic != MAGIC:
-        raise ValueError(f"{path} is not a shoal object file")
-    layout = [_BUF.unpack_from(view, _HEAD.size + i * _BUF.size) for i in range(nbuf)]
-    if kind == KIND_ARROW:
-        import pyarrow as pa
+    def __init__(self, path: str, size: int) -> None:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            if os.fstat(fd).st_size != size:
+                os.ftruncate(fd, size)
+            # Prefault the whole mapping in one go: far cheaper than a fault per 4 KiB page.
+            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+            self._map = mmap.mmap(fd, size, flags=flags)
+        finally:
+            os.close(fd)
+        self._view = memoryview(self._map)
 
-        offset, length = layout[0]
-        source = pa.memory_map(path, "r")
-        source.seek(offset)
-        table = pa.ipc.open_stream(source).read_all()
-        view.release()
-        mapped.close()
-        return table
-    meta_start = _HEAD.size + _BUF.size * nbuf
-    meta = view[meta_start:meta_start + meta_len]
-    buffers = [view[off:off + length] for off, length in layout]
-    return pickle.loads(meta, buffers=buffers)
+    def __enter__(self) -> memoryview:
+        return self._view
+
+    def __exit__(self, *exc: object) -> None:
+        self._view.release()
+        self._map.close()
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

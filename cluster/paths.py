@@ -69,6 +69,14 @@ def log_dir(cluster_id: str) -> str:
     return path
 
 
+def spill_root() -> str:
+    """Where node stores spill objects: node-local disk (the temp directory), 0700."""
+    base = os.environ.get("SHOAL_SPILL_ROOT") or os.path.join(tempfile.gettempdir(),
+                                                               f"shoal-{user()}", "spill")
+    os.makedirs(os.path.dirname(base), mode=0o700, exist_ok=True)
+    return _private_dir(base)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -96,5 +104,6 @@ def sweep_stale() -> list[str]:
             continue
         if pid and not _pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(os.path.join(spill_root(), name), ignore_errors=True)
             removed.append(path)
     return removed

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import threading
 import types
 from collections import ChainMap
 from collections.abc import Callable
@@ -54,8 +55,49 @@ class ObjectRef:
             owner.release(self._id)
 
     def __reduce__(self) -> tuple:
-        # Only reached when a ref is pickled outside our picklers (e.g. by user code).
-        return (ObjectRef, (self._id,))
+        # Reached when plain pickle (our fast path, or user code) pickles a ref: the id is
+        # recorded as a nested ref if a collector is active, and loads through _load_ref.
+        found = getattr(_context, "refs", None)
+        if found is not None:
+            found.append(self._id)
+        return (_load_ref, (self._id,))
+
+
+_context = threading.local()
+
+
+def _load_ref(object_id: int) -> Any:
+    resolve = getattr(_context, "resolve", None)
+    return resolve(object_id) if resolve is not None else ObjectRef(object_id)
+
+
+class collecting:  # noqa: N801 - a context manager
+    """``with collecting(refs)``: refs pickled by plain pickle inside are added to `refs`."""
+
+    def __init__(self, refs: list[int]) -> None:
+        self._refs = refs
+
+    def __enter__(self) -> list[int]:
+        self._saved = getattr(_context, "refs", None)
+        _context.refs = self._refs
+        return self._refs
+
+    def __exit__(self, *exc: object) -> None:
+        _context.refs = self._saved
+
+
+class resolving:  # noqa: N801 - a context manager
+    """``with resolving(fn)``: refs loaded inside become ``fn(id)``."""
+
+    def __init__(self, resolve: Callable[[int], Any]) -> None:
+        self._resolve = resolve
+
+    def __enter__(self) -> None:
+        self._saved = getattr(_context, "resolve", None)
+        _context.resolve = self._resolve
+
+    def __exit__(self, *exc: object) -> None:
+        _context.resolve = self._saved
 
 
 def ref_id(obj: Any) -> int | None:
@@ -65,7 +107,7 @@ def ref_id(obj: Any) -> int | None:
     return None
 
 
-class _RefIds:
+class RefIds:
     """persistent_id for our picklers: refs and futures become their ids (collected)."""
 
     _refs: list[int]
@@ -77,13 +119,13 @@ class _RefIds:
         return None
 
 
-class _RefPickler(_RefIds, pickle.Pickler):
+class _RefPickler(RefIds, pickle.Pickler):
     def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
         super().__init__(file, protocol=PROTOCOL)
         self._refs = refs
 
 
-class _RefCloudPickler(_RefIds, cloudpickle.CloudPickler):
+class _RefCloudPickler(RefIds, cloudpickle.CloudPickler):
     def __init__(self, file: io.BytesIO, refs: list[int]) -> None:
         super().__init__(file, protocol=PROTOCOL)
         self._refs = refs
@@ -103,30 +145,40 @@ def dumps(obj: Any, refs: list[int] | None = None) -> bytes:
     return buf.getvalue()
 
 
-def dumps_value(obj: Any) -> bytes:
-    """Serialize a result: plain pickle when it can (most values), else :func:`dumps`."""
+def dumps_value(obj: Any, refs: list[int] | None = None) -> bytes:
+    """Serialize a result: plain pickle when it can (most values), else :func:`dumps`;
+    ids of refs inside are appended to `refs`."""
+    found: list[int] = [] if refs is None else refs
+    start = len(found)
     try:
-        return pickle.dumps(obj, protocol=PROTOCOL)
+        with collecting(found):
+            return pickle.dumps(obj, protocol=PROTOCOL)
     except Exception:
-        return dumps(obj)
+        del found[start:]
+        return dumps(obj, found)
 
 
-class _RefUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, resolve: Callable[[int], Any]) -> None:
-        super().__init__(file)
+class RefUnpickler(pickle.Unpickler):
+    """Unpickler replacing each persistent id by ``resolve(id)``."""
+
+    def __init__(self, file: io.BytesIO, resolve: Callable[[int], Any],
+                 buffers: Any = None) -> None:
+        super().__init__(file, buffers=buffers)
         self._resolve = resolve
 
     def persistent_load(self, pid: Any) -> Any:
         return self._resolve(pid)
 
 
-def _as_ref(object_id: int) -> ObjectRef:
+def as_ref(object_id: int) -> ObjectRef:
+    """A plain (unowned) ref: how refs inside values load by default."""
     return ObjectRef(object_id)
 
 
-def loads(data: bytes, resolve: Callable[[int], Any] = _as_ref) -> Any:
-    """Deserialize; each persistent id is replaced by ``resolve(id)``."""
-    return _RefUnpickler(io.BytesIO(data), resolve).load()
+def loads(data: bytes, resolve: Callable[[int], Any] = as_ref) -> Any:
+    """Deserialize; each ref inside is replaced by ``resolve(id)``."""
+    with resolving(resolve):
+        return RefUnpickler(io.BytesIO(data), resolve).load()
 
 
 def _reduce_code_keeping_filename(code: types.CodeType) -> Any:

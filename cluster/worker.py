@@ -18,7 +18,8 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from cluster import serialization, wire
+from cluster import objectformat, serialization, wire
+from cluster.objectstore import mapped
 
 # Status codes (mirror shoal.proto's Status enum; this module must not import protobuf).
 OK, APP_ERROR, BASH_EXIT = 0, 1, 5
@@ -119,14 +120,27 @@ class Worker:
         self.send(("call", ref, actor_id, method, blob, deps))
         return CallFuture(self, ref, method)
 
+    def alloc(self, size: int) -> str:
+        """Room in the node's store for a result of `size` bytes (raises StoreFullError)."""
+        self._call_refs += 1
+        ref = self._call_refs
+        self.send(("alloc", ref, size))
+        _, _, path, error = self.wait_result(ref)
+        if not path:
+            from cluster.objectstore import StoreFullError
+
+            raise StoreFullError(error)
+        return path
+
     def wait_result(self, ref: int) -> tuple:
-        """Read frames until the result of call `ref` arrives (others are kept for later)."""
+        """Read frames until the answer to request `ref` arrives (others are kept for
+        later): an actor call's result, or a store allocation."""
         kept: list[tuple] = []
         while ref not in self._results:
             message = self._read()
             if message is None:
-                raise ConnectionError("lost the daemon while waiting for an actor call")
-            if message[0] == "result":
+                raise ConnectionError("lost the daemon while waiting for an answer")
+            if message[0] in ("result", "alloc"):
                 self._results[message[1]] = message
             else:
                 kept.append(message)
@@ -181,7 +195,7 @@ class Worker:
 
     def run(self, task_id: int, *args: Any) -> None:
         """A task from the daemon: execute it, report ("done", ...)."""
-        self.send(("done", task_id, *self.execute(task_id, *args)))
+        self.send(("done", task_id, *self.execute(task_id, *args, store=True)))
 
     def execute(
         self,
@@ -190,15 +204,21 @@ class Worker:
         kind: int,
         name: str,
         args_blob: bytes,
-        dep_values: dict[int, bytes],
+        dep_values: dict[int, Any],
         gpus: str | None = None,
         stdout: tuple[str, str] | None = None,
         stderr: tuple[str, str] | None = None,
         cwd: str = "",
         env: dict[str, str] | None = None,
         fn: Any = None,
-    ) -> tuple[int, bytes, float, str]:
-        """Run one function call with output captured; (status, data, seconds, message)."""
+        store: bool = False,
+    ) -> tuple[int, Any, float, str]:
+        """Run one function call with output captured; (status, data, seconds, message).
+
+        With `store`, a result too large to travel inline is written to the node's store
+        and `data` is ``("stored", path, size, nested refs)``; a small one with refs inside
+        is ``("inline", bytes, nested refs)``; otherwise `data` is the pickled value.
+        """
         self.task_id, self.task_name = task_id, name
         if cwd and cwd != self._cwd:
             try:
@@ -227,6 +247,8 @@ class Worker:
                 value = fn(*args, **kwargs)
                 if kind == 1:
                     status, data, message = self._run_bash(name, value, stdout, stderr)
+                elif store:
+                    data = self._encode_result(value)
                 else:
                     data = serialization.dumps_value(value)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
@@ -249,9 +271,19 @@ class Worker:
                 self._log_file = None
         return status, data, time.perf_counter() - start, message
 
+    def _encode_result(self, value: Any) -> Any:
+        enc = objectformat.encode(value)
+        inline = objectformat.inline_bytes(enc, value)
+        if inline is not None:
+            return ("inline", inline, enc.refs) if enc.refs else inline
+        path = self.alloc(enc.size)
+        with mapped(path, enc.size) as view:
+            enc.write_into(view)
+        return ("stored", path, enc.size, enc.refs)
+
     # ---- actors ----------------------------------------------------------------------------
     def actor_create(self, actor_id: int, fn_id: bytes, name: str, args_blob: bytes,
-                     deps: dict[int, bytes], gpus: str | None, cwd: str,
+                     deps: dict[int, Any], gpus: str | None, cwd: str,
                      env: dict[str, str] | None, max_concurrency: int, secret: bytes,
                      runtime_dir: str, host: str) -> None:
         """Instantiate the actor's class; this process then serves only its calls."""
@@ -308,7 +340,7 @@ class Worker:
         self.actor_limit = asyncio.run_coroutine_threadsafe(make_limit(), loop).result()
 
     def actor_call(self, task_id: int, method: str, args_blob: bytes,
-                   deps: dict[int, bytes]) -> None:
+                   deps: dict[int, Any]) -> None:
         """A call that came through the head and daemon."""
 
         def reply(status: int, data: bytes, seconds: float, text: str) -> None:
@@ -316,7 +348,7 @@ class Worker:
 
         self._call(task_id, method, args_blob, deps, reply)
 
-    def _call(self, task_id: int, method: str, args_blob: bytes, deps: dict[int, bytes],
+    def _call(self, task_id: int, method: str, args_blob: bytes, deps: dict[int, Any],
               reply: Any) -> None:
         """Run one method (async methods concurrently on the actor's event loop)."""
         bound = getattr(self.actor, method, None) if not method.startswith("__") else None
@@ -329,7 +361,7 @@ class Worker:
             return
         reply(*self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound))
 
-    def _call_async(self, bound: Any, args_blob: bytes, deps: dict[int, bytes],
+    def _call_async(self, bound: Any, args_blob: bytes, deps: dict[int, Any],
                     reply: Any) -> None:
         import asyncio
 
@@ -396,12 +428,18 @@ class Worker:
         return OK, serialization.dumps(0), ""
 
 
-def _resolver(dep_values: dict[int, bytes]) -> Any:
+def _resolver(dep_values: dict[int, Any]) -> Any:
+    """Loads dependency values: inline bytes, or ``("path", file)`` in the node's store
+    (mapped zero-copy)."""
     cache: dict[int, Any] = {}
 
     def resolve(object_id: int) -> Any:
         if object_id not in cache:
-            cache[object_id] = serialization.loads(dep_values[object_id])
+            value = dep_values[object_id]
+            if isinstance(value, tuple):
+                cache[object_id] = objectformat.read(value[1])
+            else:
+                cache[object_id] = serialization.loads(value)
         return cache[object_id]
 
     return resolve

@@ -50,6 +50,7 @@ class WorkerHandle:
         self.pid = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.functions: set[bytes] = set()
+        self.allocs: list[str] = []           # store files it is writing (not sealed)
         self.ready = False
         self.task: Any = None                 # the running task record, if any
         self.timed_out = False

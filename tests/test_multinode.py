@@ -4,41 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
+from nodes import start_daemon as _start_daemon
+from nodes import wait_nodes as _wait_nodes
 
 import api
 from cluster import clusterfile
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _start_daemon(cf: clusterfile.ClusterFile, name: str, *extra: str,
-                  head_timeout: float = 30) -> subprocess.Popen:
-    env = {**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}
-    return subprocess.Popen(
-        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", cf.cluster_id,
-         "--head-address", cf.address, "--node-name", name, "--head-timeout",
-         str(head_timeout), *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-
-
-def _wait_nodes(count: int, timeout: float = 20) -> None:
-    @api.python_app(num_cpus=0)
-    def nothing():
-        return None
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        client = api._session.client()
-        if len([n for n in client.nodes.values() if n.state == "alive"]) >= count:
-            return
-        nothing().result(timeout=10)  # node-table updates ride on result batches
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} nodes joined")
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def test_numpy_round_trip_is_zero_copy_and_read_only(store):
 def test_another_process_reads_the_same_bytes(store, tmp_path):
     array = np.random.default_rng(0).random(500_000)
     store.put(7, array)
-    path = store.path_for_reader(7)
+    path = store.path(7)
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
             "from cluster.objectstore import read; a = read(sys.argv[1]);"
             "print(float(a.sum()), a.flags.writeable)")

@@ -1,0 +1,143 @@
+"""The driver's side of the object stores: putting large values, fetching stored ones.
+
+A driver on a node's host writes into that node's store and maps objects from it directly
+(zero-copy, no transfer). A driver elsewhere (a login node) pushes to and pulls from the
+nodes' object servers in chunks over gRPC. gRPC is imported on first use only, so small
+workflows never pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from cluster import objectformat
+from cluster.protocol import pb
+
+_SOCKET = "objects.sock"
+
+
+class ObjectClient:
+    """Moves object bytes between one driver and the nodes' stores."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._channels: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # ---- where ---------------------------------------------------------------------------
+    def _local_node(self) -> pb.NodeInfo | None:
+        for node in self._client.nodes.values():
+            if node.state == "alive" and self._is_local(node):
+                return node
+        return None
+
+    @staticmethod
+    def _is_local(node: pb.NodeInfo) -> bool:
+        return bool(node.store_dir) and os.access(node.store_dir, os.W_OK)
+
+    def _stub(self, node: pb.NodeInfo) -> Any:
+        import grpc
+
+        from cluster import shoal_pb2_grpc as pb_grpc
+        from cluster.objectserver import OPTIONS
+
+        target = f"unix:{os.path.join(node.store_dir, _SOCKET)}" if self._is_local(node) \
+            else node.store_address
+        with self._lock:
+            channel = self._channels.get(target)
+            if channel is None:
+                channel = self._channels[target] = grpc.insecure_channel(target,
+                                                                         options=OPTIONS)
+        return pb_grpc.ObjectsStub(channel)
+
+    def _metadata(self) -> Any:
+        from cluster.auth import call_metadata
+
+        return call_metadata(self._client.secret)
+
+    # ---- put -----------------------------------------------------------------------------
+    def store(self, object_id: int, enc: objectformat.Encoded) -> pb.Value:
+        """Write an encoded value into a node's store; returns the put message."""
+        import grpc
+
+        from api._errors import ObjectStoreFullError
+        from cluster.objectserver import chunks
+        from cluster.objectstore import mapped
+
+        node = self._local_node()
+        try:
+            if node is not None:
+                stub = self._stub(node)
+                path = stub.Allocate(pb.AllocRequest(size=enc.size),
+                                     metadata=self._metadata()).path
+                with mapped(path, enc.size) as view:
+                    enc.write_into(view)
+                stub.Seal(pb.SealRequest(object_id=object_id, path=path, size=enc.size),
+                          metadata=self._metadata())
+            else:
+                alive = [n for n in self._client.nodes.values()
+                         if n.state == "alive" and n.store_address]
+                if not alive:
+                    raise ObjectStoreFullError("no node with an object store is up to hold "
+                                               "the object; wait for nodes to join")
+                node = min(alive, key=lambda n: n.store.bytes)
+                data = enc.to_bytes()
+                with memoryview(data) as view:
+                    self._stub(node).Push(chunks(view, object_id), metadata=self._metadata())
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise ObjectStoreFullError(err.details()) from None
+            raise ConnectionError(f"could not store the object on node {node.name}: "
+                                  f"{err.details()}") from None
+        return pb.Value(id=object_id, size=enc.size, holders=[node.node_id],
+                        nested=enc.refs)
+
+    # ---- get -----------------------------------------------------------------------------
+    def fetch(self, object_id: int, size: int, holders: list[int]) -> Any:
+        """Load a stored object from one of its holders (mapped when on this host)."""
+        import grpc
+
+        from api._errors import ObjectLostError
+
+        resolve = self._client.owned_ref
+        errors = []
+        for node_id in holders:
+            node = self._client.nodes.get(node_id)
+            if node is None:
+                continue
+            if self._is_local(node):
+                try:
+                    return objectformat.read(os.path.join(node.store_dir, f"{object_id:x}"),
+                                             resolve)
+                except FileNotFoundError:
+                    pass  # spilled to disk: the node's server restores it
+            try:
+                data = self._pull(node, object_id, size)
+            except grpc.RpcError as err:
+                errors.append(f"{node.name}: {err.details()}")
+                continue
+            return objectformat.decode(memoryview(data).toreadonly(), resolve)
+        raise ObjectLostError(f"object {object_id:#x} ({size} bytes) could not be fetched: "
+                              + ("; ".join(errors) or "no live node holds it"))
+
+    def _pull(self, node: pb.NodeInfo, object_id: int, size: int) -> bytearray:
+        out = bytearray(size)
+        offset = 0
+        with memoryview(out) as view:
+            for chunk in self._stub(node).Pull(pb.PullRequest(object_id=object_id),
+                                               metadata=self._metadata()):
+                end = offset + len(chunk.data)
+                view[offset:end] = chunk.data
+                offset = end
+        if offset != size:
+            raise ConnectionError(f"object {object_id:#x}: got {offset} of {size} bytes")
+        return out
+
+    def close(self) -> None:
+        """Close the channels to object servers."""
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
