@@ -4,6 +4,9 @@ A driver on a node's host writes into that node's store and maps objects from it
 (zero-copy, no transfer). A driver elsewhere (a login node) pushes to and pulls from the
 nodes' object servers in chunks over gRPC. gRPC is imported on first use only, so small
 workflows never pay for it.
+
+``SHOAL_OBJECTS_VIA_NETWORK=1`` makes a driver behave as if no store were on its host
+(to measure or test what a driver on another host sees).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class ObjectClient:
 
     @staticmethod
     def _is_local(node: pb.NodeInfo) -> bool:
+        if os.environ.get("SHOAL_OBJECTS_VIA_NETWORK") == "1":
+            return False
         return bool(node.store_dir) and os.access(node.store_dir, os.W_OK)
 
     def _stub(self, node: pb.NodeInfo) -> Any:

@@ -108,46 +108,15 @@ class ShoalPeer:
         return [p.pid for p in me.children(recursive=True)]
 
 
-def store_figures(reps: int) -> dict[str, list[float]]:
-    """The node object store alone (cluster/objectstore.py; not yet used by tasks)."""
-    import shutil
-    import tempfile
-
-    import numpy as np
-
-    from cluster.objectstore import ObjectStore
-
-    root = tempfile.mkdtemp(prefix="shoal-bench-", dir="/dev/shm")
-    store = ObjectStore(os.path.join(root, "s"), os.path.join(root, "spill"),
-                        capacity=6 * 2**30)
-    out: dict[str, list[float]] = {"store_put": [], "store_get": [], "store_sum": []}
-    try:
-        array = np.random.default_rng(0).random(32 * 2**20)        # 256 MiB
-        store.put(0, array)
-        store.delete(0)                                              # its file is reused
-        for i in range(1, reps + 1):
-            start = time.perf_counter()
-            store.put(i, array)
-            out["store_put"].append(array.nbytes / 1e9 / (time.perf_counter() - start))
-            store.delete(i)
-        big = np.ones(128 * 2**20)                                   # 1 GiB
-        store.put(10_000, big)
-        for _ in range(reps):
-            start = time.perf_counter()
-            got = store.get(10_000)
-            out["store_get"].append((time.perf_counter() - start) * 1e3)
-            start = time.perf_counter()
-            got.sum()
-            read_speed = big.nbytes / (time.perf_counter() - start)
-            start = time.perf_counter()
-            big.sum()
-            out["store_sum"].append(100 * read_speed * (time.perf_counter() - start) /
-                                    big.nbytes)
-            del got
-    finally:
-        store.close()
-        shutil.rmtree(root, ignore_errors=True)
-    return out
+def object_figures(reps: int) -> dict[str, list[float]]:
+    """Object workloads through the runtime (scripts/bench_objects.py, its own cluster)."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bench_objects.py"), str(reps)],
+                          capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        print(f"object workloads failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _peer(name: str) -> Any:
@@ -197,7 +166,7 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             cold.append(time.perf_counter() - start)
     results["cold"] = cold
     if name == "shoal":
-        results.update(store_figures(ns.reps))
+        results.update(object_figures(ns.reps))
     peer.start(2)
     try:
         import psutil
@@ -236,9 +205,14 @@ ROWS = [
     ("actor_sync", "actor calls 1:1 sync, per s", True),
     ("actor_async", "actor calls fire-then-wait, per s", True),
     ("cold", "cold start to first result, s", False),
-    ("store_put", "store: put 256 MiB, GB/s", True),
-    ("store_get", "store: get of 1 GiB, ms", False),
-    ("store_sum", "store: sum of a stored array, % of in-process", True),
+    ("obj_put", "put 256 MiB, GB/s", True),
+    ("obj_get", "get of a 1 GiB put, ms", False),
+    ("obj_task_sum", "task sum of put ref, % in-proc", True),
+    ("obj_result", "256 MiB result to driver, ms", False),
+    ("obj_n2n", "node to node, GB/s", True),
+    ("obj_tcp", "raw TCP same addresses, GB/s", True),
+    ("obj_remote_put", "remote driver put, GB/s", True),
+    ("obj_remote_get", "remote driver get, GB/s", True),
     ("rss", "idle cluster RSS, MB", False),
 ]
 

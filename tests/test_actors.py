@@ -300,10 +300,18 @@ def test_direct_connection_refuses_a_wrong_secret(cluster):
     assert route, "the creation result must carry the actor's route"
     sock = connect(route, "not-the-secret")
     assert sock is not None
-    sock.sendall(wire.encode(("c", 1, "add", wire.pickle.dumps(((1,), {})))))
+    try:
+        sock.sendall(wire.encode(("c", 1, "add", wire.pickle.dumps(((1,), {})))))
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server hung up on the secret before the call went out: also a refusal
     sock.settimeout(5)
-    assert wire.pickle.loads(sock.recv(100)[4:]) == ("denied",)
-    assert sock.recv(100) == b""
+    try:
+        answer = sock.recv(100)
+    except ConnectionResetError:
+        answer = b""  # our unread call made the kernel reset the closed connection
+    if answer:
+        assert wire.pickle.loads(answer[4:]) == ("denied",)
+        assert sock.recv(100) == b""
     sock.close()
     assert c.value().result(timeout=30) == 1, "the refused call must not have run"
 

@@ -158,6 +158,20 @@ def test_objects_are_deleted_when_refs_are_dropped(cluster):
                 "both files are gone")
 
 
+def test_a_driver_without_a_local_store_puts_and_gets_over_the_network(cluster,
+                                                                      monkeypatch):
+    monkeypatch.setenv("SHOAL_OBJECTS_VIA_NETWORK", "1")
+    array = np.random.default_rng(2).random(5 * MB // 8 * 8)      # 40 MiB: 20 chunks
+    ref = api.put(array)
+    assert describe(ref).result(timeout=60) == ("array", False, pytest.approx(array.sum()))
+    got = api.get(ref)
+    assert np.array_equal(got, array) and not got.flags.writeable
+    fut = make(3 * MB, 7.0)
+    assert float(fut.result(timeout=60).sum()) == 21.0 * MB
+    table = pa.table({"x": np.arange(1_000_000)})
+    assert api.get(api.put(table)).equals(table)
+
+
 @pytest.fixture
 def small_store(no_session, tmp_path):
     api.init(num_cpus=2, object_store_memory=64 * MB, run_dir=str(tmp_path))
