@@ -1,9 +1,9 @@
 """The driver's side of the object stores: putting large values, fetching stored ones.
 
-A driver on a node's host writes into that node's store and maps objects from it directly
-(zero-copy, no transfer). A driver elsewhere (a login node) pushes to and pulls from the
-nodes' object servers in chunks over gRPC. gRPC is imported on first use only, so small
-workflows never pay for it.
+A driver on a node's host writes into that node's store (gRPC Allocate/Seal over the
+store's Unix socket) and maps objects from it directly: zero-copy, no transfer. A driver
+elsewhere (a login node) pushes to and gets from the nodes' transfer servers over TCP
+(:mod:`cluster.transfer`). gRPC is imported on first use only.
 
 ``SHOAL_OBJECTS_VIA_NETWORK=1`` makes a driver behave as if no store were on its host
 (to measure or test what a driver on another host sees).
@@ -46,15 +46,12 @@ class ObjectClient:
         import grpc
 
         from cluster import shoal_pb2_grpc as pb_grpc
-        from cluster.objectserver import OPTIONS
 
-        target = f"unix:{os.path.join(node.store_dir, _SOCKET)}" if self._is_local(node) \
-            else node.store_address
+        target = f"unix:{os.path.join(node.store_dir, _SOCKET)}"
         with self._lock:
             channel = self._channels.get(target)
             if channel is None:
-                channel = self._channels[target] = grpc.insecure_channel(target,
-                                                                         options=OPTIONS)
+                channel = self._channels[target] = grpc.insecure_channel(target)
         return pb_grpc.ObjectsStub(channel)
 
     def _metadata(self) -> Any:
@@ -65,46 +62,64 @@ class ObjectClient:
     # ---- put -----------------------------------------------------------------------------
     def store(self, object_id: int, enc: objectformat.Encoded) -> pb.Value:
         """Write an encoded value into a node's store; returns the put message."""
+        node = self._local_node()
+        if node is None:
+            node = self._push(object_id, enc)
+        else:
+            self._write_local(node, object_id, enc)
+        return pb.Value(id=object_id, size=enc.size, holders=[node.node_id],
+                        nested=enc.refs)
+
+    def _push(self, object_id: int, enc: objectformat.Encoded) -> pb.NodeInfo:
+        from api._errors import ObjectStoreFullError
+        from cluster import transfer
+
+        alive = [n for n in self._client.nodes.values() if n.state == "alive" and
+                 n.store_address]
+        if not alive:
+            raise ObjectStoreFullError("no node with an object store is up to hold the "
+                                       "object; wait for nodes to join")
+        node = min(alive, key=lambda n: n.store.bytes)
+        data = enc.to_bytes()
+        try:
+            with memoryview(data) as view:
+                transfer.push(node.store_address, self._client.secret, object_id, view)
+        except transfer.TransferError as err:
+            if str(err).startswith("full: "):
+                raise ObjectStoreFullError(str(err)[6:]) from None
+            raise ConnectionError(f"could not store the object on node {node.name}: "
+                                  f"{err}") from None
+        except OSError as err:
+            raise ConnectionError(f"could not store the object on node {node.name} "
+                                  f"({node.store_address}): {err}") from None
+        return node
+
+    def _write_local(self, node: pb.NodeInfo, object_id: int,
+                     enc: objectformat.Encoded) -> None:
         import grpc
 
         from api._errors import ObjectStoreFullError
-        from cluster.objectserver import chunks
         from cluster.objectstore import mapped
 
-        node = self._local_node()
         try:
-            if node is not None:
-                stub = self._stub(node)
-                path = stub.Allocate(pb.AllocRequest(size=enc.size),
-                                     metadata=self._metadata()).path
-                with mapped(path, enc.size) as view:
-                    enc.write_into(view)
-                stub.Seal(pb.SealRequest(object_id=object_id, path=path, size=enc.size),
-                          metadata=self._metadata())
-            else:
-                alive = [n for n in self._client.nodes.values()
-                         if n.state == "alive" and n.store_address]
-                if not alive:
-                    raise ObjectStoreFullError("no node with an object store is up to hold "
-                                               "the object; wait for nodes to join")
-                node = min(alive, key=lambda n: n.store.bytes)
-                data = enc.to_bytes()
-                with memoryview(data) as view:
-                    self._stub(node).Push(chunks(view, object_id), metadata=self._metadata())
+            stub = self._stub(node)
+            path = stub.Allocate(pb.AllocRequest(size=enc.size),
+                                 metadata=self._metadata()).path
+            with mapped(path, enc.size) as view:
+                enc.write_into(view)
+            stub.Seal(pb.SealRequest(object_id=object_id, path=path, size=enc.size),
+                      metadata=self._metadata())
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 raise ObjectStoreFullError(err.details()) from None
             raise ConnectionError(f"could not store the object on node {node.name}: "
                                   f"{err.details()}") from None
-        return pb.Value(id=object_id, size=enc.size, holders=[node.node_id],
-                        nested=enc.refs)
 
     # ---- get -----------------------------------------------------------------------------
     def fetch(self, object_id: int, size: int, holders: list[int]) -> Any:
         """Load a stored object from one of its holders (mapped when on this host)."""
-        import grpc
-
         from api._errors import ObjectLostError
+        from cluster import transfer
 
         resolve = self._client.owned_ref
         errors = []
@@ -119,26 +134,14 @@ class ObjectClient:
                 except FileNotFoundError:
                     pass  # spilled to disk: the node's server restores it
             try:
-                data = self._pull(node, object_id, size)
-            except grpc.RpcError as err:
-                errors.append(f"{node.name}: {err.details()}")
+                data = transfer.fetch(node.store_address, self._client.secret, object_id,
+                                      transfer.Buffer)
+            except OSError as err:
+                errors.append(f"{node.name}: {err}")
                 continue
-            return objectformat.decode(memoryview(data).toreadonly(), resolve)
+            return objectformat.decode(memoryview(data.data).toreadonly(), resolve)
         raise ObjectLostError(f"object {object_id:#x} ({size} bytes) could not be fetched: "
                               + ("; ".join(errors) or "no live node holds it"))
-
-    def _pull(self, node: pb.NodeInfo, object_id: int, size: int) -> bytearray:
-        out = bytearray(size)
-        offset = 0
-        with memoryview(out) as view:
-            for chunk in self._stub(node).Pull(pb.PullRequest(object_id=object_id),
-                                               metadata=self._metadata()):
-                end = offset + len(chunk.data)
-                view[offset:end] = chunk.data
-                offset = end
-        if offset != size:
-            raise ConnectionError(f"object {object_id:#x}: got {offset} of {size} bytes")
-        return out
 
     def close(self) -> None:
         """Close the channels to object servers."""
@@ -146,3 +149,4 @@ class ObjectClient:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+

@@ -110,6 +110,7 @@ class Daemon:
         #: The node's object store and the puller filling it (set by the node process).
         self.store: ObjectStore | None = None
         self.puller: Any = None
+        self.transfers: Any = None
         self._copies: list[int] = []
 
     # ---- lifecycle -------------------------------------------------------------------

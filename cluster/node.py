@@ -249,7 +249,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     if daemon is not None:
         daemon.stop()
     if store_server is not None:
-        await daemon.puller.close()
+        daemon.transfers.close()
         await store_server.stop(0)
     if server is not None:
         lane.close()
@@ -270,7 +270,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
 async def _start_store(ns: argparse.Namespace, secret: str,
                        daemon: Any) -> tuple[Any, str, str]:
     """The daemon's object store (in its runtime directory, spilling to node-local disk)
-    and object server; returns (server, its address, the store directory)."""
+    and its servers; returns (gRPC server, transfer address, the store directory)."""
     from cluster import objectserver
     from cluster.objectstore import ObjectStore
 
@@ -283,8 +283,9 @@ async def _start_store(ns: argparse.Namespace, secret: str,
         store.capacity = min(store.capacity, int(st.f_bavail * st.f_frsize * 0.9))
     daemon.store = store
     daemon.puller = objectserver.Puller(store, secret)
-    server, address = await objectserver.start(store, secret, ns.host)
-    return server, address, store.directory
+    server, transfers = await objectserver.start(store, secret, ns.host)
+    daemon.transfers = transfers
+    return server, transfers.address, store.directory
 
 
 def main(argv: list[str] | None = None) -> None:

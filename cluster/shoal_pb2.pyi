@@ -497,22 +497,6 @@ class ShutdownReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
-class PullRequest(_message.Message):
-    __slots__ = ("object_id",)
-    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
-    object_id: int
-    def __init__(self, object_id: _Optional[int] = ...) -> None: ...
-
-class Chunk(_message.Message):
-    __slots__ = ("object_id", "size", "data")
-    OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
-    SIZE_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    object_id: int
-    size: int
-    data: bytes
-    def __init__(self, object_id: _Optional[int] = ..., size: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
-
 class AllocRequest(_message.Message):
     __slots__ = ("size",)
     SIZE_FIELD_NUMBER: _ClassVar[int]

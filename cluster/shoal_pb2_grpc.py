@@ -34,16 +34,6 @@ class ObjectsStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Pull = channel.unary_stream(
-                '/shoal.Objects/Pull',
-                request_serializer=shoal__pb2.PullRequest.SerializeToString,
-                response_deserializer=shoal__pb2.Chunk.FromString,
-                _registered_method=True)
-        self.Push = channel.stream_unary(
-                '/shoal.Objects/Push',
-                request_serializer=shoal__pb2.Chunk.SerializeToString,
-                response_deserializer=shoal__pb2.SealReply.FromString,
-                _registered_method=True)
         self.Allocate = channel.unary_unary(
                 '/shoal.Objects/Allocate',
                 request_serializer=shoal__pb2.AllocRequest.SerializeToString,
@@ -58,18 +48,6 @@ class ObjectsStub:
 
 class ObjectsServicer:
     """Missing associated documentation comment in .proto file."""
-
-    def Pull(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Push(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def Allocate(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -86,16 +64,6 @@ class ObjectsServicer:
 
 def add_ObjectsServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Pull': grpc.unary_stream_rpc_method_handler(
-                    servicer.Pull,
-                    request_deserializer=shoal__pb2.PullRequest.FromString,
-                    response_serializer=shoal__pb2.Chunk.SerializeToString,
-            ),
-            'Push': grpc.stream_unary_rpc_method_handler(
-                    servicer.Push,
-                    request_deserializer=shoal__pb2.Chunk.FromString,
-                    response_serializer=shoal__pb2.SealReply.SerializeToString,
-            ),
             'Allocate': grpc.unary_unary_rpc_method_handler(
                     servicer.Allocate,
                     request_deserializer=shoal__pb2.AllocRequest.FromString,
@@ -116,60 +84,6 @@ def add_ObjectsServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Objects:
     """Missing associated documentation comment in .proto file."""
-
-    @staticmethod
-    def Pull(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/shoal.Objects/Pull',
-            shoal__pb2.PullRequest.SerializeToString,
-            shoal__pb2.Chunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Push(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
-            request_iterator,
-            target,
-            '/shoal.Objects/Push',
-            shoal__pb2.Chunk.SerializeToString,
-            shoal__pb2.SealReply.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def Allocate(request,
