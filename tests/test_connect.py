@@ -99,32 +99,42 @@ def _poisoned_submit(marker: str) -> bytes:
 def test_every_rpc_is_refused_without_the_right_secret(running_cluster, tmp_path, secret):
     marker = str(tmp_path / "executed")
     hello, poison = _poisoned_submit(marker)
-    service = pb.DESCRIPTOR.services_by_name["Head"]
     metadata = auth.call_metadata(secret) if secret else None
-    tried = []
     with grpc.insecure_channel(running_cluster.address) as channel:
-        for method in service.methods:
-            path = f"/{service.full_name}/{method.name}"
-            if method.client_streaming:
-                requests = iter([hello, poison])
-            else:
-                requests = poison
-            if method.client_streaming and method.server_streaming:
-                call = channel.stream_stream(path)(requests, metadata=metadata, timeout=5)
-                with pytest.raises(grpc.RpcError) as info:
-                    list(call)
-            elif method.client_streaming:
-                with pytest.raises(grpc.RpcError) as info:
-                    channel.stream_unary(path)(requests, metadata=metadata, timeout=5)
-            elif method.server_streaming:
-                with pytest.raises(grpc.RpcError) as info:
-                    list(channel.unary_stream(path)(requests, metadata=metadata, timeout=5))
-            else:
-                with pytest.raises(grpc.RpcError) as info:
-                    channel.unary_unary(path)(requests, metadata=metadata, timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
-            tried.append(path)
-    assert len(tried) == len(service.methods) >= 4
+        status = channel.unary_unary("/shoal.Head/Status",
+                                     response_deserializer=pb.StatusReply.FromString)(
+            pb.StatusRequest().SerializeToString(),
+            metadata=auth.call_metadata(running_cluster.secret), timeout=5)
+    store_socket = os.path.join(status.nodes[0].store_dir, "objects.sock")
+    where = {"Head": running_cluster.address, "Objects": f"unix:{store_socket}"}
+    assert set(where) == set(pb.DESCRIPTOR.services_by_name), "a service is not walked"
+    tried = []
+    for name, target in where.items():
+        service = pb.DESCRIPTOR.services_by_name[name]
+        with grpc.insecure_channel(target) as channel:
+            for method in service.methods:
+                path = f"/{service.full_name}/{method.name}"
+                if method.client_streaming:
+                    requests = iter([hello, poison])
+                else:
+                    requests = poison
+                if method.client_streaming and method.server_streaming:
+                    call = channel.stream_stream(path)(requests, metadata=metadata, timeout=5)
+                    with pytest.raises(grpc.RpcError) as info:
+                        list(call)
+                elif method.client_streaming:
+                    with pytest.raises(grpc.RpcError) as info:
+                        channel.stream_unary(path)(requests, metadata=metadata, timeout=5)
+                elif method.server_streaming:
+                    with pytest.raises(grpc.RpcError) as info:
+                        list(channel.unary_stream(path)(requests, metadata=metadata, timeout=5))
+                else:
+                    with pytest.raises(grpc.RpcError) as info:
+                        channel.unary_unary(path)(requests, metadata=metadata, timeout=5)
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, path
+                tried.append(path)
+    assert len(tried) == sum(len(s.methods) for s in pb.DESCRIPTOR.services_by_name.values())
+    assert len(tried) >= 6
     time.sleep(1.0)
     assert not os.path.exists(marker), "a refused payload was unpickled"
     # The cluster is unharmed (Shutdown was refused too) and serves the right secret.

@@ -281,3 +281,21 @@ def test_a_3gb_object_moves_between_nodes_in_chunks(two_daemons):
     n = 3 * 2**30 // 8
     big = make.options(**_on(first))(n, 1.0)
     assert total.options(**_on("second"))(big).result(timeout=300) == float(n)
+
+
+def test_transfer_server_refuses_a_wrong_secret_and_serves_the_right_one(cluster):
+    from cluster import transfer
+
+    ref = api.put(np.full(MB, 4.0))
+    node = _store_node()
+    client = api._session.client()
+    for bad in ("", "wrong-secret", "x" * 5000):
+        with pytest.raises(OSError):
+            transfer.fetch(node.store_address, bad, ref.id, transfer.Buffer)
+        with pytest.raises(OSError):
+            transfer.push(node.store_address, bad, 12345, memoryview(b"\0" * 1000))
+    with pytest.raises(transfer.TransferError, match="not on this node"):
+        transfer.fetch(node.store_address, client.secret, 999, transfer.Buffer)
+    got = transfer.fetch(node.store_address, client.secret, ref.id, transfer.Buffer)
+    assert len(got.data) > 8 * MB
+    assert float(api.get(ref)[0]) == 4.0
