@@ -12,6 +12,7 @@ elsewhere (a login node) pushes to and gets from the nodes' transfer servers ove
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from typing import Any
 
@@ -28,6 +29,7 @@ class ObjectClient:
         self._client = client
         self._channels: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._buffers = _BufferPool()
 
     # ---- where ---------------------------------------------------------------------------
     def _local_node(self) -> pb.NodeInfo | None:
@@ -135,7 +137,7 @@ class ObjectClient:
                     pass  # spilled to disk: the node's server restores it
             try:
                 data = transfer.fetch(node.store_address, self._client.secret, object_id,
-                                      transfer.Buffer)
+                                      self._buffers.take)
             except OSError as err:
                 errors.append(f"{node.name}: {err}")
                 continue
@@ -150,3 +152,34 @@ class ObjectClient:
                 channel.close()
             self._channels.clear()
 
+
+class _BufferPool:
+    """Receive buffers for objects fetched over the network, reused once no value views
+    them: filling memory that is already faulted in runs at network speed, fresh memory
+    at ~1.7 GB/s here."""
+
+    def __init__(self, limit_bytes: int = 1 << 30) -> None:
+        self.limit_bytes = limit_bytes
+        self._kept: list[Any] = []   # transfer.Buffer
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> Any:
+        with self._lock:
+            return self._take(size)
+
+    def _take(self, size: int) -> Any:
+        from cluster import transfer
+
+        for i, buffer in enumerate(self._kept):
+            # Held by the list and getrefcount's argument only: no value views it.
+            if len(buffer.data) == max(size, 1) and sys.getrefcount(buffer.data) <= 2:
+                self._kept.append(self._kept.pop(i))
+                return buffer
+        buffer = transfer.Buffer(size)
+        self._kept.append(buffer)
+        total = 0
+        for kept in reversed(list(self._kept)):
+            total += len(kept.data)
+            if total > self.limit_bytes:
+                self._kept.remove(kept)  # forgotten here; freed when its views are
+        return buffer

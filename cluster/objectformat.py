@@ -17,6 +17,11 @@ The same bytes travel between nodes, so a copy is a byte-for-byte file copy.
 Readers take a shared ``flock`` on the file before mapping it. The mapping keeps that lock
 (it holds a duplicate of the descriptor) for as long as any array views it, which is how a
 store knows whether a deleted object's pages may be reused for the next one.
+
+Workers read through a :class:`MappingCache`: a mapping nobody uses any more is unlocked
+but kept, so when the store reuses that file for a new object, the worker's page tables for
+it are still there. A first read of a fresh mapping pays a page fault per 4 KiB (a sum over
+it runs at about a third of in-process speed here); a read through a warm mapping does not.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import mmap
 import os
 import pickle
 import struct
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +171,68 @@ def read(path: str, resolve: Callable[[int], Any] | None = None) -> Any:
     finally:
         os.close(fd)  # the mapping keeps its own descriptor, and with it the lock
     return decode(memoryview(mapped), resolve, path)
+
+
+@dataclass
+class _Cached:
+    fd: int
+    mapping: mmap.mmap
+    size: int
+
+
+class MappingCache:
+    """Mappings of store files this process has read, kept while their files live (see
+    the module's docstring). Call :meth:`release_idle` when a task is over."""
+
+    def __init__(self, limit_bytes: int = 4 << 30) -> None:
+        self.limit_bytes = limit_bytes
+        self._entries: dict[tuple[int, int], _Cached] = {}
+
+    def read(self, path: str, resolve: Callable[[int], Any] | None = None) -> Any:
+        """Like :func:`read`, through a kept mapping of the same file when there is one."""
+        fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        entry = self._entries.get(key)
+        if entry is not None and entry.size == st.st_size:
+            os.close(fd)
+            fcntl.flock(entry.fd, fcntl.LOCK_SH)
+            self._entries[key] = self._entries.pop(key)  # most recently used last
+        else:
+            if entry is not None:
+                self._drop(key)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+                mapping = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            except BaseException:
+                os.close(fd)
+                raise
+            entry = self._entries[key] = _Cached(fd, mapping, st.st_size)
+        return decode(memoryview(entry.mapping), resolve, path)
+
+    def release_idle(self) -> None:
+        """Unlock mappings no value uses any more (their files may then be reused); close
+        those whose files are gone, and the oldest past the size limit."""
+        total = 0
+        for key, entry in reversed(list(self._entries.items())):
+            # Referenced by the entry and getrefcount's argument only: no view is alive.
+            idle = sys.getrefcount(entry.mapping) <= 2
+            if not idle:
+                total += entry.size
+                continue
+            fcntl.flock(entry.fd, fcntl.LOCK_UN)
+            if os.fstat(entry.fd).st_nlink == 0 or total + entry.size > self.limit_bytes:
+                self._drop(key)  # deleted or spilled: let its pages go
+            else:
+                total += entry.size
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        entry = self._entries.pop(key)
+        try:
+            entry.mapping.close()
+        except BufferError:
+            pass  # still viewed: the mapping goes when its last view does
+        os.close(entry.fd)
 
 
 def in_use(path: str) -> bool:

@@ -177,8 +177,10 @@ class Worker:
             kind = message[0]
             if kind == "run":
                 self.run(*message[1:])
+                MAPPINGS.release_idle()
             elif kind == "actor_call":
                 self.actor_call(*message[1:])
+                MAPPINGS.release_idle()
             elif kind == "fn":
                 self.functions[message[1]] = message[2]
             elif kind == "actor_create":
@@ -437,7 +439,7 @@ def _resolver(dep_values: dict[int, Any]) -> Any:
         if object_id not in cache:
             value = dep_values[object_id]
             if isinstance(value, tuple):
-                cache[object_id] = objectformat.read(value[1])
+                cache[object_id] = MAPPINGS.read(value[1])
             else:
                 cache[object_id] = serialization.loads(value)
         return cache[object_id]
@@ -480,6 +482,9 @@ class _CallFailed:
                 return exc
         return RuntimeError(f"actor call {self.method!r} failed: {self.message}")
 
+
+#: Mappings of store objects this worker has read (kept warm for reused files).
+MAPPINGS = objectformat.MappingCache()
 
 #: The Worker of this process (None outside workers): actor handles use it to call.
 CURRENT: Worker | None = None

@@ -137,3 +137,28 @@ def test_reading_a_non_object_file_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"not an object file at all, just text" * 3)
     with pytest.raises(ValueError, match="not a shoal object file"):
         read(str(bogus))
+
+
+def test_mapping_cache_keeps_idle_mappings_warm_and_never_shows_stale_bytes(store):
+    from cluster.objectformat import MappingCache
+
+    cache = MappingCache()
+    store.put(1, np.ones(2**20))
+    held = cache.read(store.path(1))
+    cache.release_idle()                      # `held` still views it: stays locked
+    store.delete(1)
+    assert not store._free_files, "a file a reader still maps must not be reused"
+    del held
+    cache.release_idle()
+    assert not cache._entries, "the deleted file's mapping is closed, its memory freed"
+
+    store.put(2, np.full(2**20, 2.0))
+    assert float(cache.read(store.path(2)).sum()) == 2.0 * 2**20
+    cache.release_idle()                      # idle now: unlocked, kept
+    store.delete(2)
+    assert len(store._free_files) == 1, "an idle mapping does not block reuse"
+    store.put(3, np.full(2**20, 3.0))         # into the same file
+    (key,) = cache._entries
+    got = cache.read(store.path(3))
+    assert list(cache._entries) == [key], "the kept mapping is reused"
+    assert float(got.sum()) == 3.0 * 2**20 and not got.flags.writeable
