@@ -67,6 +67,10 @@ def _pickle_user_module_by_value(fn: Callable[..., Any]) -> None:
         pass
 
 
+#: Arguments whose pickle is larger than this go through the object store.
+LARGE_ARGUMENTS = 1 << 20
+
+
 class App:
     """A function made into an app. Calling it submits a task and returns an AppFuture."""
 
@@ -198,10 +202,16 @@ class App:
             stdout, stderr = self._bash_targets(kwargs, task_id, _session.run_dir)
         deps: list[int] = []
         data = self._serialize_args(args, kwargs, deps)
+        args_ref, keep = 0, None
+        if len(data) > LARGE_ARGUMENTS:  # through a node store, not inside the message
+            args_ref, deps, keep = client.objects.store_args(args, kwargs)
+            deps.append(args_ref)
+            data = b""
         spec = pb.TaskSpec(task_id=task_id, fn_id=fn_id, name=self.name, args=data, deps=deps,
                            resources=self._resources, max_retries=self.max_retries,
                            walltime=self.walltime, kind=self.kind, cwd=client.cwd,
-                           num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node)
+                           num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node,
+                           args_ref=args_ref)
         if stdout:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
@@ -209,6 +219,7 @@ class App:
         future = AppFuture(task_id, self.name, client, stdout[0] if stdout else None,
                            stderr[0] if stderr else None)
         client.submit(spec, blob, future)
+        del keep  # the task holds its arguments now
         return future
 
     def options(self, **overrides: Any) -> App:

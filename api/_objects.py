@@ -117,6 +117,17 @@ class ObjectClient:
             raise ConnectionError(f"could not store the object on node {node.name}: "
                                   f"{err.details()}") from None
 
+    def store_args(self, args: tuple, kwargs: dict) -> tuple[int, list[int], Any]:
+        """Put an app's arguments (too large for a message) into a node store; returns
+        (object id, the refs inside them, a ref the caller keeps until it submitted)."""
+        from cluster.serialization import ObjectRef
+
+        client = self._client
+        enc = objectformat.encode((args, kwargs))
+        object_id = client.new_id()
+        client.put(self.store(object_id, enc))
+        return object_id, list(enc.refs), ObjectRef(object_id, client)
+
     # ---- get -----------------------------------------------------------------------------
     def fetch(self, object_id: int, size: int, holders: list[int]) -> Any:
         """Load a stored object from one of its holders (mapped when on this host)."""

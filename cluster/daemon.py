@@ -344,7 +344,8 @@ class Daemon:
         worker.task = task
         worker.timed_out = False
         task.started = time.perf_counter()
-        worker.send(("run", spec.task_id, spec.fn_id, spec.kind, spec.name, spec.args, deps,
+        worker.send(("run", spec.task_id, spec.fn_id, spec.kind, spec.name,
+                     spec.args_ref or spec.args, deps,
                      gpus, stdout, stderr, spec.cwd, dict(spec.env) if spec.env else None))
         if spec.walltime > 0:
             loop = self._loop or asyncio.get_event_loop()

@@ -205,7 +205,7 @@ class Worker:
         fn_id: bytes,
         kind: int,
         name: str,
-        args_blob: bytes,
+        args_blob: bytes | int,
         dep_values: dict[int, Any],
         gpus: str | None = None,
         stdout: tuple[str, str] | None = None,
@@ -242,7 +242,10 @@ class Worker:
             try:
                 if fn is None:
                     fn = self._function(fn_id)
-                if dep_values:
+                if isinstance(args_blob, int):  # stored: too large to travel inline
+                    resolve = _resolver(dep_values)
+                    args, kwargs = MAPPINGS.read(dep_values[args_blob][1], resolve)
+                elif dep_values:
                     args, kwargs = serialization.loads(args_blob, _resolver(dep_values))
                 else:  # no refs inside: plain pickle is enough (and faster)
                     args, kwargs = wire.pickle.loads(args_blob)

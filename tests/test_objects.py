@@ -299,3 +299,16 @@ def test_transfer_server_refuses_a_wrong_secret_and_serves_the_right_one(cluster
     got = transfer.fetch(node.store_address, client.secret, ref.id, transfer.Buffer)
     assert len(got.data) > 8 * MB
     assert float(api.get(ref)[0]) == 4.0
+
+
+def test_a_1gb_argument_passed_by_value_goes_through_the_store(cluster):
+    @api.python_app
+    def inspect(big, small, *, scale):
+        return big.nbytes, float(big[::4096].sum()) * scale, small, big.flags.writeable
+
+    big = np.ones(2**27)                                           # 1 GiB by value
+    nbytes, total_, small, writable = inspect(big, "x", scale=2.0).result(timeout=300)
+    assert (nbytes, total_, small) == (2**30, 2.0 * (2**27 // 4096), "x")
+    assert writable is False, "a stored argument is read zero-copy, read-only"
+    del big
+    _wait_until(lambda: not _store_files(), "the argument object is deleted after the task")
