@@ -54,6 +54,7 @@ class Client:
         self._seq = itertools.count(1)
         self._transport: Any = None
         self._lost = ""
+        self._reader_thread = 0
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete)
         self.objects = ObjectClient(self)
 
@@ -97,6 +98,7 @@ class Client:
         return message
 
     def _on_message(self, message: pb.HeadToDriver) -> None:
+        self._reader_thread = threading.get_ident()
         if message.HasField("welcome"):
             for node in message.welcome.nodes:
                 self.nodes[node.node_id] = node
@@ -164,11 +166,22 @@ class Client:
         """A ref loaded from a value: the driver releases it when it is dropped."""
         return serialization.ObjectRef(object_id, self)
 
-    def load(self, result: pb.TaskResult) -> Any:
-        """The value of an OK result: fetched from a node store, or loaded from its bytes."""
-        if result.size:
+    def load(self, result: pb.TaskResult, ask: bool = True) -> Any:
+        """The value of an OK result: fetched from a node store, or loaded from its bytes.
+
+        If the nodes that held a stored value are gone, the head is asked where it is now
+        (it may be being rebuilt from its lineage: the call then waits for it)."""
+        if not result.size:
+            return serialization.loads(result.data, self.owned_ref)
+        try:
             return self.objects.fetch(result.task_id, result.size, list(result.holders))
-        return serialization.loads(result.data, self.owned_ref)
+        except _errors.ObjectLostError:
+            if not ask or threading.get_ident() == self._reader_thread:
+                raise  # (on our reader thread, a done-callback: no answer could arrive)
+        (current,) = self.get_values([result.task_id], None)
+        if current.status != pb.OK:
+            raise self.error_for(current, f"object {result.task_id:#x}")
+        return self.load(current, ask=False)
 
     def call_actor(self, actor_id: int, method: str, data: bytes, deps: list[int],
                    future: AppFuture) -> None:

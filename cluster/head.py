@@ -24,6 +24,7 @@ from typing import Protocol
 
 from cluster import scheduler
 from cluster.actors import ActorTable
+from cluster.lineage import Lineage
 from cluster.objects import LOST, ObjectDirectory, Value
 from cluster.protocol import DRIVER_SHIFT, fill, pb, to_dict
 
@@ -131,6 +132,7 @@ class Head:
         self.block_shape: dict[str, float] = {}
         self.blocks_status: Callable[[], list[pb.BlockInfo]] | None = None
         self.actor_table = ActorTable(self)
+        self.lineage = Lineage(self)
         self._next_node = 1
         self._next_driver = 1
         self._flush_pending = False
@@ -198,7 +200,13 @@ class Head:
         node.running.clear()
         lost = self.objects.node_lost(node.node_id)
         if lost:
-            log.warning("%d objects were held only by %s", len(lost), node.name)
+            rebuilt = self.lineage.rebuild(lost)
+            for object_id in lost:
+                if object_id not in rebuilt:
+                    self.objects.mark_lost(object_id,
+                                           self.lineage.lost_value(object_id, node.name))
+            log.warning("%d objects were held only by %s: %d being rebuilt", len(lost),
+                        node.name, len(rebuilt))
         for task in running:
             self._unreserve(task)
             result = pb.TaskResult(task_id=task.spec.task_id, status=pb.NODE_LOST,
@@ -244,6 +252,8 @@ class Head:
             node.view.factor = scheduler.queue_factor(node.mean_seconds)
             if result.status == pb.OK:
                 self._task_done(task, result)
+            elif result.status == pb.OBJECT_LOST and self.wait_for_missing(task):
+                continue  # an argument is being rebuilt: the task runs once it is back
             else:
                 self._task_failed(task, result)
         for object_id in message.copies:
@@ -421,6 +431,29 @@ class Head:
                 for task in queue:
                     self._fail(task, pb.UNSCHEDULABLE, reason)
 
+    def wait_for_missing(self, task: _Task) -> int | None:
+        """Make `task` wait for those of its arguments that are pending again (being
+        rebuilt); returns how many, or None if one is gone for good (the task failed)."""
+        missing = 0
+        values = self.objects.values
+        for dep in set(task.spec.deps):
+            if dep in values:
+                if values[dep].status != pb.OK:
+                    self._fail_dependency(task, dep, values[dep])
+                    return None
+            elif dep in self.tasks:
+                missing += 1
+                self.waiters.setdefault(dep, []).append(task)
+            else:
+                self._fail_dependency(task, dep, LOST)
+                return None
+        task.pending = missing
+        return missing
+
+    def make_ready(self, task: _Task) -> None:
+        """Queue a task whose arguments are all there."""
+        self._make_ready(task)
+
     def _make_ready(self, task: _Task) -> None:
         if task.spec.kind == pb.ACTOR_CALL:
             self.actor_table.ready(task)
@@ -444,10 +477,12 @@ class Head:
             for inner in result.nested:  # the driver releases each ref it loads
                 self.objects.incref(inner)
                 driver.refs[inner] = driver.refs.get(inner, 0) + 1
+        # A stored result keeps its task's arguments alive, to be rebuilt if lost.
+        kept = self.lineage.record(task, result)
         self.objects.finish(task_id, Value(pb.OK, result.data, size=result.size,
                                            holders={task.node_id} if result.size else set(),
                                            nested=list(result.nested)))
-        if task.spec.kind != pb.ACTOR_CREATE:  # a restart needs the arguments again
+        if task.spec.kind != pb.ACTOR_CREATE and not kept:  # restarts need them again
             for dep in task.spec.deps:
                 self.objects.decref(dep)
         if driver is not None:
@@ -522,6 +557,11 @@ class Head:
                 if task.spec.task_id not in self.tasks:
                     queue.popleft()  # cancelled while queued (e.g. a killed actor)
                     continue
+                if task.spec.deps and not all(d in self.objects.values
+                                              for d in task.spec.deps):
+                    queue.popleft()  # an argument was lost and is being rebuilt
+                    self.wait_for_missing(task)
+                    continue
                 local = self._local_bytes(task) if task.spec.deps else None
                 node_id = place(task.request, views, local)
                 if node_id is None:
@@ -543,6 +583,7 @@ class Head:
         return held or None
 
     def _object_dropped(self, object_id: int, value: Value) -> None:
+        self.lineage.forget(object_id)
         for node_id in value.holders:
             node = self.nodes.get(node_id)
             if node is not None and node.alive:

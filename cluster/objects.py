@@ -141,12 +141,14 @@ class ObjectDirectory:
                 value.holders.discard(node_id)
                 if not value.holders:
                     lost.append(object_id)
-        for object_id in lost:
-            value = self.values[object_id]
-            self.values[object_id] = Value(
-                pb.OBJECT_LOST, b"", f"object {object_id:#x} was lost with the node that "
-                "held it", nested=value.nested)
         return lost
+
+    def mark_lost(self, object_id: int, lost: Value) -> None:
+        """The object's last copy is gone for good: it now stands for the loss."""
+        value = self.values.get(object_id)
+        if value is not None:
+            lost.nested = value.nested
+            self.values[object_id] = lost
 
     def _wake(self, object_id: int) -> None:
         for waiting in self._gets.pop(object_id, ()):
