@@ -194,6 +194,7 @@ class Head:
             return
         node.alive = False
         node.view.schedulable = False
+        node.conn.close()  # a daemon that was only cut off reconnects, and joins anew
         log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
         self.actor_table.node_lost(node, reason)
         running = [t for t in node.running.values() if not self.actor_table.is_creation(t)]

@@ -280,3 +280,123 @@ def test_two_clusters_side_by_side(tmp_path, env):
             (tmp_path / f"release.{name}").touch()
         for proc in procs.values():
             proc.wait(timeout=60)
+
+
+FAULT_DRIVER = textwrap.dedent("""
+    import os, socket, subprocess, sys, time, api
+    node_sh, tmp = sys.argv[1], sys.argv[2]
+    api.init("auto")
+    client = api._session.client()
+    cpus = {n.name: int(n.total.cpus) for n in client.nodes.values()}
+
+    def wait_files(paths, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not all(os.path.exists(p) for p in paths):
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    @api.python_app
+    def hold(flag, gate):
+        open(flag, "w").close()
+        while not os.path.exists(gate):
+            time.sleep(0.05)
+
+    @api.python_app
+    def produce(value):
+        import numpy as np
+        return socket.gethostname(), np.full(2**21, value)            # 16 MiB: stored
+
+    @api.python_app
+    def consume(made):
+        host, array = made
+        return host, socket.gethostname(), float(array.sum())
+
+    @api.python_app(max_retries=3)
+    def slow(i, flag):
+        open(flag, "w").close()
+        time.sleep(2)
+        return i * i
+
+    @api.python_app(num_cpus=0)
+    def where():
+        return socket.gethostname()
+
+    # A result that only node3 holds: the other nodes' CPUs are held while it is made.
+    gate = f"{tmp}/gate"
+    holds = [hold.options(num_cpus=cpus[n], resources={f"node:{n}": 0.01})(f"{tmp}/h-{n}", gate)
+             for n in ("node1", "node2")]
+    wait_files([f"{tmp}/h-node1", f"{tmp}/h-node2"], "holds run")
+    made = produce(3.0)
+    print("MADE", made.result()[0], flush=True)
+    open(gate, "w").close()
+    [h.result() for h in holds]
+
+    # 1. SIGKILL node3's daemon while tasks run on every node.
+    flags = [f"{tmp}/a{i}" for i in range(sum(cpus.values()))]
+    futs = [slow(i, f) for i, f in enumerate(flags)]
+    wait_files(flags, "every slot runs a task")
+    for pid in subprocess.run(["ip", "netns", "pids", "shoal-node3"], capture_output=True,
+                              text=True).stdout.split():
+        try:
+            cmd = open(f"/proc/{pid}/cmdline").read()
+        except OSError:
+            continue
+        if "cluster.node" in cmd and "--daemon" in cmd:
+            os.kill(int(pid), 9)
+    print("KILLED", sorted(f.result(timeout=120) for f in futs) ==
+          sorted(i * i for i in range(len(flags))), flush=True)
+    print("REBUILT", *consume(made).result(timeout=120), flush=True)
+
+    # 2. Cut node2's link while tasks run there; heal it after the head gave up on it.
+    alive = [n for n, c in cpus.items() if n != "node3"]
+    flags = [f"{tmp}/b{i}" for i in range(sum(cpus[n] for n in alive))]
+    futs = [slow(i, f) for i, f in enumerate(flags)]
+    wait_files(flags, "node1 and node2 run tasks")
+    subprocess.run(["bash", node_sh, "cut", "node2"], check=True)
+    cut = time.monotonic()
+    ok = sorted(f.result(timeout=120) for f in futs) == sorted(i * i for i in range(len(flags)))
+    print("CUT", ok, round(time.monotonic() - cut), flush=True)
+    subprocess.run(["bash", node_sh, "heal", "node2"], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if where.options(resources={"node:node2": 0.01})().result(timeout=60) == "node2":
+                print("REJOINED node2", flush=True)
+                break
+        except api.ResourceUnavailableError:  # not back yet
+            time.sleep(0.5)
+    api.shutdown()
+""")
+
+
+def test_node_loss_and_link_cut_on_the_test_bed(tmp_path, env):
+    (tmp_path / "driver.py").write_text(FAULT_DRIVER)
+    node_sh = ROOT / "scripts" / "testbed" / "node.sh"
+    script = tmp_path / "job.sh"
+    script.write_text(textwrap.dedent(f"""
+        set -e
+        cd {tmp_path}
+        echo "JOB $SLURM_JOB_ID"
+        clusterctl up --quiet
+        python driver.py {node_sh} {tmp_path}
+        clusterctl status
+        clusterctl down
+    """))
+    try:
+        proc = subprocess.run(["salloc", "-N3", "-c2", "bash", str(script)],
+                              capture_output=True, text=True, env=env, timeout=300,
+                              cwd=tmp_path)
+    finally:
+        subprocess.run(["bash", str(node_sh), "heal", "node2"], capture_output=True)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "MADE node3" in out
+    assert "KILLED True" in out, "tasks running on the killed node must be retried"
+    rebuilt = next(line for line in out.splitlines() if line.startswith("REBUILT")).split()
+    assert rebuilt[1] in ("node1", "node2") and float(rebuilt[3]) == 3.0 * 2**21
+    cut = next(line for line in out.splitlines() if line.startswith("CUT")).split()
+    assert cut[1] == "True"
+    assert "REJOINED node2" in out, "the healed node must come back"
+    job = next(line.split()[1] for line in out.splitlines() if line.startswith("JOB "))
+    wait_until(lambda: not our_processes(job), 30, "shoal processes to leave the nodes")
+    assert not job_alive(job)
