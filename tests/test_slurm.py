@@ -389,6 +389,7 @@ def test_node_loss_and_link_cut_on_the_test_bed(tmp_path, env):
     finally:
         subprocess.run(["bash", str(node_sh), "heal", "node2"], capture_output=True)
     out = proc.stdout
+    print(out)
     assert proc.returncode == 0, out + proc.stderr
     assert "MADE node3" in out
     assert "KILLED True" in out, "tasks running on the killed node must be retried"
