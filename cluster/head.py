@@ -2,8 +2,8 @@
 
 Everything here runs on one asyncio loop and does no I/O itself: connections (gRPC streams
 or an in-process link, see :mod:`cluster.headserver`) hand it messages and it hands them
-messages back through ``conn.send``. Placement is delegated to the pure functions of
-:mod:`cluster.scheduler`.
+messages back through ``conn.send``. Dispatch (placement by the pure functions of
+:mod:`cluster.scheduler`, and sending) is in :mod:`cluster.dispatch`.
 
 Object ids are task ids (a task's result) or put ids; both are made by the driver as
 ``driver_id << 40 | sequence``, so the head can route a task's logs and results to its
@@ -24,6 +24,7 @@ from typing import Protocol
 
 from cluster import scheduler
 from cluster.actors import ActorTable
+from cluster.dispatch import Dispatcher
 from cluster.lineage import Lineage
 from cluster.objects import LOST, ObjectDirectory, Value
 from cluster.protocol import DRIVER_SHIFT, fill, pb, to_dict
@@ -108,7 +109,7 @@ class _NodeCallerConn:
         pass
 
 
-class Head:
+class Head(Dispatcher):
     """Cluster state and the rules that move tasks through it."""
 
     def __init__(self, cluster_id: str, node_timeout: float = 10.0) -> None:
@@ -535,54 +536,7 @@ class Head:
                                else b"")
         self._finish_failed(task, result)
 
-    # ---- dispatch ----------------------------------------------------------------------
-    def _schedule(self) -> None:
-        if not (self.ready or self.gangs):
-            return
-        views = [n.view for n in self.nodes.values() if n.alive]
-        if not views:
-            return
-        nodes = self.nodes
-        while self.gangs:
-            task = self.gangs[0]
-            chosen = scheduler.place_gang(task.request, views, task.spec.num_nodes)
-            if chosen is None:
-                break
-            self.gangs.popleft()
-            self._assign_gang(task, [nodes[i] for i in chosen])
-        place = scheduler.place
-        for key in list(self.ready):
-            queue = self.ready[key]
-            while queue:
-                task = queue[0]
-                if task.spec.task_id not in self.tasks:
-                    queue.popleft()  # cancelled while queued (e.g. a killed actor)
-                    continue
-                if task.spec.deps and not all(d in self.objects.values
-                                              for d in task.spec.deps):
-                    queue.popleft()  # an argument was lost and is being rebuilt
-                    self.wait_for_missing(task)
-                    continue
-                local = self._local_bytes(task) if task.spec.deps else None
-                node_id = place(task.request, views, local)
-                if node_id is None:
-                    break
-                queue.popleft()
-                self._assign(task, nodes[node_id])
-            if not queue:
-                del self.ready[key]
-
-    def _local_bytes(self, task: _Task) -> dict[int, int] | None:
-        """Bytes of the task's stored arguments on each node (for locality)."""
-        held: dict[int, int] = {}
-        values = self.objects.values
-        for dep in set(task.spec.deps):
-            value = values.get(dep)
-            if value is not None and value.size:
-                for node_id in value.holders:
-                    held[node_id] = held.get(node_id, 0) + value.size
-        return held or None
-
+    # ---- objects ----------------------------------------------------------------------
     def _object_dropped(self, object_id: int, value: Value) -> None:
         self.lineage.forget(object_id)
         for node_id in value.holders:
@@ -590,69 +544,6 @@ class Head:
             if node is not None and node.alive:
                 node.deletes.append(object_id)
                 self._soon()
-
-    def _reserve(self, task: _Task, node: _Node, amounts: dict[str, float]) -> None:
-        used = node.view.used
-        for key, amount in amounts.items():
-            used[key] = used.get(key, 0.0) + amount
-        task.reserved[node.node_id] = amounts
-
-    def _unreserve(self, task: _Task) -> None:
-        for node_id, amounts in task.reserved.items():
-            node = self.nodes.get(node_id)
-            if node is not None:
-                used = node.view.used
-                for key, amount in amounts.items():
-                    used[key] = used.get(key, 0.0) - amount
-        task.reserved = {}
-
-    def _assign_gang(self, task: _Task, gang: list[_Node]) -> None:
-        """A multi-node app holds every slot of its nodes and runs on the first one, with
-        $CLUSTER_NODELIST and $CLUSTER_MPI_PREFIX describing the set."""
-        from cluster.slurm import mpi_prefix
-
-        for node in gang[1:]:
-            self._reserve(task, node, dict(node.view.total))
-        names = [n.name for n in gang]
-        ranks = max(1, task.spec.ranks_per_node)
-        env = task.spec.env
-        env["CLUSTER_NODELIST"] = ",".join(names)
-        env["CLUSTER_NUM_NODES"] = str(len(names))
-        env["CLUSTER_RANKS_PER_NODE"] = str(ranks)
-        env["CLUSTER_MPI_PREFIX"] = mpi_prefix(names, ranks, os.environ.get("SHOAL_MPI", ""))
-        first = gang[0]
-        self._assign(task, first, reserve=dict(first.view.total))
-
-    def _assign(self, task: _Task, node: _Node, reserve: dict[str, float] | None = None) -> None:
-        self._reserve(task, node, reserve if reserve is not None else task.request)
-        task.node_id = node.node_id
-        node.running[task.spec.task_id] = task
-        node.idle_since = None
-        self._send_to_node(task, node)
-
-    def _send_to_node(self, task: _Task, node: _Node) -> None:
-        """Queue the task's spec, with its dependencies' values, for the node."""
-        spec = task.spec
-        out = pb.TaskSpec()
-        out.CopyFrom(spec)
-        if spec.fn_id and spec.fn_id not in node.functions:
-            out.fn_blob = self.functions[spec.fn_id]
-            node.functions.add(spec.fn_id)
-        if spec.deps:
-            values = self.objects.values
-            seen: set[int] = set()
-            for dep in spec.deps:
-                if dep not in seen:
-                    seen.add(dep)
-                    value = values[dep]
-                    if value.size:
-                        holders = [self.nodes[h] for h in value.holders]
-                        holders.sort(key=lambda n: n.node_id != node.node_id)
-                        out.dep_values.add(id=dep, size=value.size,
-                                           sources=[h.store_address for h in holders])
-                    else:
-                        out.dep_values.add(id=dep, data=value.data)
-        node.outbox.append(out)
 
     def _flush(self) -> None:
         self._flush_pending = False
