@@ -276,7 +276,10 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
                 pass
     root = cf.extra.get("runtime_root") or os.path.dirname(cf.runtime_dir or "")
     # The head's directory and every daemon's on this host ("<id>-<node>[-b<block>]").
-    for path in [cf.runtime_dir, *glob.glob(os.path.join(root, f"{cf.cluster_id}-*"))]:
+    spill = paths.spill_root()
+    for path in [cf.runtime_dir, *glob.glob(os.path.join(root, f"{cf.cluster_id}-*")),
+                 os.path.join(spill, cf.cluster_id),
+                 *glob.glob(os.path.join(spill, f"{cf.cluster_id}-*"))]:
         if path and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
     cf.state = "down"

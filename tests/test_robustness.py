@@ -174,7 +174,10 @@ def test_twenty_up_workflow_down_cycles_leave_nothing(clusterctl, tmp_path):
     script = tmp_path / "work.py"
     script.write_text("import api, sys\napi.init(sys.argv[1])\n"
                       "@api.python_app\ndef f(x):\n    return x + 1\n"
-                      "assert f(f(1)).result() == 3\n")
+                      "assert f(f(1)).result() == 3\n"
+                      "@api.python_app\ndef big(n):\n    return bytes(n)\n"
+                      "ref = api.put(bytes(3_000_000))\n"         # both land in the store
+                      "assert len(big(2_000_000).result()) == 2_000_000\n")
     ports = set()
     for cycle in range(20):
         cid = f"cycle-{cycle}"
@@ -199,13 +202,31 @@ def test_twenty_up_workflow_down_cycles_leave_nothing(clusterctl, tmp_path):
                  if c.status == psutil.CONN_LISTEN}
     assert not (ports & listening), "a cluster's port is still open"
     assert not [c for c in clusterfile.running() if c.cluster_id.startswith("cycle-")]
+    from cluster import paths
+
+    for root in (paths.runtime_root(), paths.spill_root()):  # stores, sockets, spills
+        assert not [n for n in os.listdir(root) if n.startswith("cycle-")], root
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
-def test_another_user_can_read_nothing_and_call_nothing(target):
-    """As `nobody`: the cluster file, the runtime directory (with the driver socket) and
-    the log directory are closed, and a call without the secret is refused."""
-    paths = [target.path, target.runtime_dir, target.unix_socket, target.log_dir]
+def test_another_user_can_read_nothing_and_call_nothing(target, no_session):
+    """As `nobody`: the cluster file, the runtime directory (with the driver socket), the
+    object store (directory, object files, its socket), the spill directory and the log
+    directory are closed; a call without the secret is refused, and so is a transfer."""
+    import numpy as np
+
+    from cluster import paths as runtime_paths
+
+    api.init(target.path)
+    ref = api.put(np.ones(2**20))
+    node = next(iter(api._session.client().nodes.values()))
+    store_file = os.path.join(node.store_dir, f"{ref.id:x}")
+    assert os.path.exists(store_file)
+    spill = os.path.join(runtime_paths.spill_root(),
+                         os.path.basename(os.path.dirname(node.store_dir)))
+    paths = [target.path, target.runtime_dir, target.unix_socket, target.log_dir,
+             node.store_dir, store_file, os.path.join(node.store_dir, "objects.sock"), spill]
+    host, port = node.store_address.rsplit(":", 1)
     code = textwrap.dedent(f"""
         import os, socket, sys
         sys.path.insert(0, {ROOT!r})
@@ -225,6 +246,14 @@ def test_another_user_can_read_nothing_and_call_nothing(target):
             results.append("CONNECTED")
         except OSError:
             results.append("denied")
+        import struct
+        s = socket.create_connection(({host!r}, {port}), timeout=10)
+        s.sendall(struct.pack("<I", 5) + b"guess" + b"G" + struct.pack("<QQ", {ref.id}, 0))
+        try:
+            answer = s.recv(100)
+        except ConnectionResetError:  # hung up on us with our request unread
+            answer = b""
+        results.append("denied" if answer == b"" else "TRANSFERRED")
         import grpc
         from cluster import shoal_pb2_grpc
         from cluster.protocol import pb
@@ -245,7 +274,8 @@ def test_another_user_can_read_nothing_and_call_nothing(target):
                          capture_output=True, text=True, timeout=60,
                          env={"PATH": os.environ["PATH"], "HOME": "/tmp"})
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["denied"] * 5 + ["UNAUTHENTICATED"], out.stdout
+    assert out.stdout.split() == ["denied"] * 10 + ["UNAUTHENTICATED"], out.stdout
+    assert float(api.get(ref).sum()) == 2**20  # and the cluster is fine
 
 
 def test_killed_driver_is_cleaned_up_and_others_keep_working(target, tmp_path, no_session):
