@@ -30,6 +30,7 @@ class ObjectClient:
         self._channels: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._buffers = _BufferPool()
+        self._tls_context: Any = None
 
     # ---- where ---------------------------------------------------------------------------
     def _local_node(self) -> pb.NodeInfo | None:
@@ -55,6 +56,16 @@ class ObjectClient:
             if channel is None:
                 channel = self._channels[target] = grpc.insecure_channel(target)
         return pb_grpc.ObjectsStub(channel)
+
+    def _tls(self) -> Any:
+        """An ssl context for transfers on a --tls cluster (None otherwise)."""
+        if not self._client.tls_ca:
+            return None
+        if self._tls_context is None:
+            from cluster.tls import client_context
+
+            self._tls_context = client_context(self._client.tls_ca)
+        return self._tls_context
 
     def _metadata(self) -> Any:
         from cluster.auth import call_metadata
@@ -85,7 +96,8 @@ class ObjectClient:
         data = enc.to_bytes()
         try:
             with memoryview(data) as view:
-                transfer.push(node.store_address, self._client.secret, object_id, view)
+                transfer.push(node.store_address, self._client.secret, object_id, view,
+                              self._tls())
         except transfer.TransferError as err:
             if str(err).startswith("full: "):
                 raise ObjectStoreFullError(str(err)[6:]) from None
@@ -148,7 +160,7 @@ class ObjectClient:
                     pass  # spilled to disk: the node's server restores it
             try:
                 data = transfer.fetch(node.store_address, self._client.secret, object_id,
-                                      self._buffers.take)
+                                      self._buffers.take, self._tls())
             except OSError as err:
                 errors.append(f"{node.name}: {err}")
                 continue

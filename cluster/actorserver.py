@@ -54,16 +54,19 @@ class ActorServer:
         unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         unix.bind(self.unix_path)
         unix.listen(64)
-        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        tcp.bind((host, 0))
-        tcp.listen(64)
-        self.listeners = [unix, tcp]
+        self.listeners = [unix]
+        tcp_address = ""
+        if host:  # "" on a --tls cluster: callers elsewhere go through the head's TLS stream
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            tcp.bind((host, 0))
+            tcp.listen(64)
+            self.listeners.append(tcp)
+            tcp_address = f"{host}:{tcp.getsockname()[1]}"
         for listener in self.listeners:
             listener.setblocking(False)
             self.selector.register(listener, selectors.EVENT_READ, None)
-        port = tcp.getsockname()[1]
         #: "hostname|unix path|host:port": what callers need to reach us.
-        self.route = f"{socket.gethostname()}|{self.unix_path}|{host}:{port}"
+        self.route = f"{socket.gethostname()}|{self.unix_path}|{tcp_address}"
 
     def register_daemon(self, sock: socket.socket, on_readable: Callable[[], None]) -> None:
         """Also watch the daemon's socket."""

@@ -154,6 +154,14 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     # Two daemons of one cluster can share a host (two blocks packed on one node).
     local_name = f"{node_name}-b{ns.block_id}" if ns.block_id else node_name
     runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else local_name)
+    tls_pair = None
+    if ns.head and ns.tls:
+        from cluster.tls import make_cluster_certificates
+
+        ca, key, cert, node_key, node_cert = make_cluster_certificates([ns.host])
+        tls_pair = (key, cert)
+        ns.tls_ca, ns.tls_node_key, ns.tls_node_cert = (ca.decode(), node_key.decode(),
+                                                         node_cert.decode())
     store_server = None
     store_address = store_dir = ""
     if daemon is not None:
@@ -166,13 +174,6 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         head.attach_loop(loop)
         head.on_shutdown = finish
         unix_path = os.path.join(runtime, "driver.sock")
-        tls_ca = b""
-        tls_pair = None
-        if ns.tls:
-            from cluster.tls import make_certificates
-
-            tls_ca, key, cert = make_certificates([ns.host])
-            tls_pair = (key, cert)
         server, port = await start_server(head, secret, ns.host, tls_pair)
         lane = await start_driver_lane(head, secret, unix_path)
         if daemon is not None:
@@ -210,7 +211,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             runtime_dir=runtime, log_dir=log_dir, created=time.time(),
             slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
             extra={**({"autoscale": True} if ns.autoscale else {}),
-                   **({"tls_ca": tls_ca.decode()} if ns.tls else {})}))
+                   **({"tls_ca": ns.tls_ca, "tls_node_key": ns.tls_node_key,
+                       "tls_node_cert": ns.tls_node_cert} if ns.tls else {})}))
     manager = None
     if ns.autoscale and head is not None:
         from cluster import config
@@ -282,8 +284,18 @@ async def _start_store(ns: argparse.Namespace, secret: str,
         st = os.statvfs(store.directory)
         store.capacity = min(store.capacity, int(st.f_bavail * st.f_frsize * 0.9))
     daemon.store = store
-    daemon.puller = objectserver.Puller(store, secret)
-    server, transfers = await objectserver.start(store, secret, ns.host)
+    server_tls = client_tls = None
+    if ns.tls_ca:  # a --tls cluster: transfers are TLS, actors take no plain TCP calls
+        from cluster import tls
+
+        if not (ns.tls_node_key and ns.tls_node_cert):
+            raise SystemExit("this --tls cluster's file has no node certificate; run "
+                             "`clusterctl down` and `up --tls` again with this version")
+        server_tls = tls.server_context(ns.tls_node_key, ns.tls_node_cert)
+        client_tls = tls.client_context(ns.tls_ca)
+        daemon.address = ""
+    daemon.puller = objectserver.Puller(store, secret, client_tls)
+    server, transfers = await objectserver.start(store, secret, ns.host, server_tls)
     daemon.transfers = transfers
     return server, transfers.address, store.directory
 
@@ -295,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.daemon and not ns.head and not ns.head_address:
         raise SystemExit("--daemon alone needs --head-address HOST:PORT")
     secret = os.environ.pop(auth.ENV_VAR, "")
-    ns.tls_ca = ""
+    ns.tls_ca = ns.tls_node_key = ns.tls_node_cert = ""
     if ns.secret_file:
         try:
             with open(ns.secret_file) as f:
@@ -303,7 +315,10 @@ def main(argv: list[str] | None = None) -> None:
             if text.lstrip().startswith("{"):
                 data = json.loads(text)
                 secret = data["secret"]
-                ns.tls_ca = (data.get("extra") or {}).get("tls_ca", "")
+                extra = data.get("extra") or {}
+                ns.tls_ca = extra.get("tls_ca", "")
+                ns.tls_node_key = extra.get("tls_node_key", "")
+                ns.tls_node_cert = extra.get("tls_node_cert", "")
             else:
                 secret = text.strip()
         except (OSError, ValueError, KeyError) as err:

@@ -57,14 +57,15 @@ class ObjectService(pb_grpc.ObjectsServicer):
         return pb.SealReply()
 
 
-async def start(store: ObjectStore, secret: str,
-                host: str) -> tuple[grpc.aio.Server, transfer.TransferServer]:
-    """Serve `store`: gRPC on its directory's Unix socket, transfers on ``host``."""
+async def start(store: ObjectStore, secret: str, host: str,
+                tls: Any = None) -> tuple[grpc.aio.Server, transfer.TransferServer]:
+    """Serve `store`: gRPC on its directory's Unix socket, transfers on ``host`` (TLS with
+    `tls`, an ssl server context)."""
     server = grpc.aio.server(interceptors=[server_interceptor(secret)])
     pb_grpc.add_ObjectsServicer_to_server(ObjectService(store), server)
     server.add_insecure_port(f"unix:{os.path.join(store.directory, SOCKET_NAME)}")
     await server.start()
-    return server, transfer.TransferServer(store, secret, host)
+    return server, transfer.TransferServer(store, secret, host, tls)
 
 
 class StoreTarget:
@@ -91,9 +92,10 @@ class StoreTarget:
 class Puller:
     """Brings objects into this node's store from the nodes that hold them."""
 
-    def __init__(self, store: ObjectStore, secret: str) -> None:
+    def __init__(self, store: ObjectStore, secret: str, tls: Any = None) -> None:
         self.store = store
         self.secret = secret
+        self.tls = tls  # an ssl client context on a --tls cluster
         self._inflight: dict[int, asyncio.Future[None]] = {}
         self._slots: asyncio.Semaphore | None = None
 
@@ -130,7 +132,7 @@ class Puller:
             return targets[-1]
 
         try:
-            transfer.fetch(address, self.secret, object_id, allocate)
+            transfer.fetch(address, self.secret, object_id, allocate, self.tls)
             targets[0].seal()
         finally:
             for target in targets:

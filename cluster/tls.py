@@ -1,9 +1,13 @@
-"""TLS for the gRPC paths (``clusterctl up --tls``): traffic that may cross untrusted networks.
+"""TLS (``clusterctl up --tls``) for traffic that may cross untrusted networks.
 
-At start the head makes a per-cluster CA and a server certificate for its own addresses,
-keeps the private keys in memory only, and publishes the CA certificate in the 0600
-cluster file. Daemons, remote drivers and ``clusterctl`` verify the head against that CA.
-(The local driver lane is a Unix socket in a 0700 directory and needs no TLS.)
+At start the head makes a per-cluster CA, a server certificate for itself (its key stays
+in its memory) and one shared by the daemons' object transfer servers. The 0600 cluster
+file carries the CA certificate, and the daemons' key and certificate (whoever can read
+that file holds the cluster secret anyway). Daemons, remote drivers and ``clusterctl``
+verify the head against the CA; daemons and drivers verify transfer servers the same way.
+Local paths (the driver lane, the store's socket, direct actor calls on one host) are Unix
+sockets in 0700 directories and need none; with TLS on, direct actor calls from other
+hosts go through the head's TLS stream instead of a plain TCP connection.
 """
 
 from __future__ import annotations
@@ -15,10 +19,19 @@ from typing import Any
 
 #: The name every head certificate carries; clients check it whatever address they dial.
 TARGET_NAME = "shoal-head"
+#: The name of the daemons' shared transfer certificate.
+NODE_NAME = "shoal-node"
 
 
 def make_certificates(addresses: list[str]) -> tuple[bytes, bytes, bytes]:
     """(CA certificate, server key, server certificate), PEM, for a head at `addresses`."""
+    ca, key, cert, _, _ = make_cluster_certificates(addresses)
+    return ca, key, cert
+
+
+def make_cluster_certificates(addresses: list[str]
+                              ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    """(CA certificate, head key, head certificate, node key, node certificate), PEM."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -48,10 +61,48 @@ def make_certificates(addresses: list[str]) -> tuple[bytes, bytes, bytes]:
             .not_valid_after(now + datetime.timedelta(days=30))
             .add_extension(x509.SubjectAlternativeName(names), critical=False)
             .sign(ca_key, hashes.SHA256()))
+    node_key = ec.generate_private_key(ec.SECP256R1())
+    node_cert = (x509.CertificateBuilder()
+                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE_NAME)]))
+                 .issuer_name(ca_name).public_key(node_key.public_key())
+                 .serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(minutes=5))
+                 .not_valid_after(now + datetime.timedelta(days=30))
+                 .add_extension(x509.SubjectAlternativeName([x509.DNSName(NODE_NAME)]),
+                                critical=False)
+                 .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
-    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return ca_cert.public_bytes(pem), key_pem, cert.public_bytes(pem)
+
+    def private(k: Any) -> bytes:
+        return k.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    return (ca_cert.public_bytes(pem), private(key), cert.public_bytes(pem), private(node_key),
+            node_cert.public_bytes(pem))
+
+
+def server_context(key_pem: str | bytes, cert_pem: str | bytes) -> Any:
+    """An ssl server context for a transfer server (the node key and certificate)."""
+    import ssl
+    import tempfile
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # load_cert_chain reads files only: hand it a private temporary file, at once removed.
+    with tempfile.NamedTemporaryFile("wb", suffix=".pem") as f:
+        for part in (key_pem, cert_pem):
+            f.write(part.encode() if isinstance(part, str) else part)
+        f.flush()
+        context.load_cert_chain(f.name)
+    return context
+
+
+def client_context(ca_pem: str | bytes) -> Any:
+    """An ssl client context verifying transfer servers against the cluster's CA."""
+    import ssl
+
+    context = ssl.create_default_context(
+        cadata=ca_pem.decode() if isinstance(ca_pem, bytes) else ca_pem)
+    return context
 
 
 def server_credentials(key_pem: bytes, cert_pem: bytes) -> Any:

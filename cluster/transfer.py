@@ -17,7 +17,8 @@ Protocol (all integers little-endian)::
     put:    server: u8 0 (room made) | client: bytes | server: u8 0 (sealed)   or  u8 1 ...
 
 The secret is compared in constant time before anything else is read; nothing received is
-ever unpickled, so a stranger's bytes can do no more than fail.
+ever unpickled, so a stranger's bytes can do no more than fail. On a ``--tls`` cluster the
+stream is TLS, the server presenting the nodes' certificate (see :mod:`cluster.tls`).
 """
 
 from __future__ import annotations
@@ -101,9 +102,10 @@ def _read_status(sock: socket.socket) -> None:
 class TransferServer:
     """Serves one node store's objects to other hosts, and takes pushes from drivers."""
 
-    def __init__(self, store: Any, secret: str, host: str) -> None:
+    def __init__(self, store: Any, secret: str, host: str, tls: Any = None) -> None:
         self.store = store
         self._secret = secret.encode()
+        self._tls = tls  # an ssl server context, or None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.bind((host, 0))
@@ -122,6 +124,14 @@ class TransferServer:
                              daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self._tls is not None:
+                conn.settimeout(30)
+                conn = self._tls.wrap_socket(conn, server_side=True)
+        except OSError as err:
+            log.info("TLS handshake failed: %s", err)
+            conn.close()
+            return
         with conn:
             try:
                 conn.settimeout(30)
@@ -179,20 +189,24 @@ class TransferServer:
         self._sock.close()
 
 
-def _connect(address: str, secret: str, op: bytes, object_id: int,
-             size: int = 0) -> socket.socket:
+def _connect(address: str, secret: str, op: bytes, object_id: int, size: int = 0,
+             tls: Any = None) -> socket.socket:
     host, _, port = address.rpartition(":")
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        from cluster.tls import NODE_NAME
+
+        sock = tls.wrap_socket(sock, server_hostname=NODE_NAME)
     key = secret.encode()
     sock.sendall(_LEN.pack(len(key)) + key + _REQ.pack(op, object_id, size))
     return sock
 
 
-def fetch(address: str, secret: str, object_id: int, allocate: Any) -> Any:
+def fetch(address: str, secret: str, object_id: int, allocate: Any, tls: Any = None) -> Any:
     """Get an object from the node at `address`: ``allocate(size)`` returns a target whose
-    ``receive(sock)`` reads the bytes; returns the target."""
-    with _connect(address, secret, b"G", object_id) as sock:
+    ``receive(sock)`` reads the bytes; returns the target. `tls`: an ssl client context."""
+    with _connect(address, secret, b"G", object_id, tls=tls) as sock:
         _read_status(sock)
         (size,) = _SIZE.unpack(_recv_exact(sock, 8))
         sock.settimeout(None)
@@ -213,9 +227,9 @@ class Buffer:
             _recv_into(sock, view)
 
 
-def push(address: str, secret: str, object_id: int, data: memoryview) -> None:
+def push(address: str, secret: str, object_id: int, data: memoryview, tls: Any = None) -> None:
     """Put an object's bytes into the store of the node at `address`."""
-    with _connect(address, secret, b"P", object_id, len(data)) as sock:
+    with _connect(address, secret, b"P", object_id, len(data), tls) as sock:
         _read_status(sock)
         sock.settimeout(None)
         for offset in range(0, len(data), STEP):

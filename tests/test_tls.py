@@ -78,3 +78,52 @@ def test_driver_and_remote_daemon_work_over_tls(tls_cluster):
         assert on_second().result(timeout=60) == daemon.pid
     finally:
         daemon.kill()
+
+
+def test_objects_move_over_tls_and_plain_tcp_gets_nothing(tls_cluster, monkeypatch):
+    import socket
+    import struct
+
+    import numpy as np
+
+    from cluster import transfer
+
+    monkeypatch.setenv("SHOAL_OBJECTS_VIA_NETWORK", "1")  # as a driver on another host
+    api.init(tls_cluster.path)
+    array = np.arange(3_000_000, dtype=np.float64)
+    ref = api.put(array)                                   # pushed over TLS
+    assert np.array_equal(api.get(ref), array)             # fetched over TLS
+
+    @api.python_app
+    def total(a):
+        return float(a.sum())
+
+    assert total(ref).result(timeout=60) == float(array.sum())
+    node = next(iter(api._session.client().nodes.values()))
+    # Speaking plaintext to the transfer server (even with the secret) yields no bytes.
+    host, port = node.store_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        key = tls_cluster.secret.encode()
+        sock.sendall(struct.pack("<I", len(key)) + key + b"G" + struct.pack("<QQ", ref.id, 0))
+        try:
+            answer = sock.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert not answer.startswith(b"\x00"), "a plaintext client got an object"
+    with pytest.raises(OSError):
+        transfer.fetch(node.store_address, tls_cluster.secret, ref.id, transfer.Buffer,
+                       tls=None)
+
+
+def test_actors_take_no_plain_tcp_calls_on_a_tls_cluster(tls_cluster):
+    api.init(tls_cluster.path)
+
+    @api.actor
+    class Echo:
+        def back(self, x):
+            return x
+
+    echo = Echo()
+    assert echo.back(3).result(timeout=60) == 3
+    route = api._session.client().direct.routes[echo.actor_id].route
+    assert route.endswith("|"), f"no TCP address in the route: {route}"
