@@ -30,6 +30,8 @@ from cluster import auth, clusterfile, paths
 log = logging.getLogger("shoal.node")
 #: Object store capacity in bytes, inherited by every daemon of a cluster (srun, sbatch).
 STORE_ENV = "SHOAL_OBJECT_STORE_BYTES"
+#: Below this much free shared memory, the object store lives on node-local disk.
+MIN_SHARED_MEMORY = 1 << 30
 
 
 def detect_resources(ns: argparse.Namespace) -> dict[str, float]:
@@ -259,6 +261,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     shutil.rmtree(runtime, ignore_errors=True)
     if daemon is not None and daemon.store is not None:
         shutil.rmtree(daemon.store.spill_dir, ignore_errors=True)
+        shutil.rmtree(daemon.store.directory, ignore_errors=True)
     if ns.write_cluster_file and head is not None:
         try:
             cf = clusterfile.read(clusterfile.path_for(ns.cluster_id))
@@ -279,7 +282,15 @@ async def _start_store(ns: argparse.Namespace, secret: str,
     runtime = daemon.runtime_dir
     spill = os.path.join(paths.spill_root(), os.path.basename(runtime))
     capacity = int(ns.store_bytes) if ns.store_bytes else None
-    store = ObjectStore(os.path.join(runtime, "store"), spill, capacity)
+    directory = os.path.join(runtime, "store")
+    st = os.statvfs(runtime)
+    free = st.f_bavail * st.f_frsize
+    if free < max(MIN_SHARED_MEMORY, capacity or 0):
+        # A container's 64 MB /dev/shm, say: node-local disk (still page cache) instead.
+        directory = spill + "-store"
+        log.warning("%s has %d MiB free: the object store goes to %s", runtime, free >> 20,
+                    directory)
+    store = ObjectStore(directory, spill, capacity)
     if capacity is None:
         st = os.statvfs(store.directory)
         store.capacity = min(store.capacity, int(st.f_bavail * st.f_frsize * 0.9))

@@ -104,6 +104,7 @@ def sweep_stale() -> list[str]:
             continue
         if pid and not _pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
-            shutil.rmtree(os.path.join(spill_root(), name), ignore_errors=True)
+            for leftover in (name, f"{name}-store"):  # spills, and a store on disk
+                shutil.rmtree(os.path.join(spill_root(), leftover), ignore_errors=True)
             removed.append(path)
     return removed

@@ -312,3 +312,25 @@ def test_a_1gb_argument_passed_by_value_goes_through_the_store(cluster):
     assert writable is False, "a stored argument is read zero-copy, read-only"
     del big
     _wait_until(lambda: not _store_files(), "the argument object is deleted after the task")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_tiny_shared_memory_moves_the_store_to_local_disk(no_session, tmp_path,
+                                                            monkeypatch):
+    import subprocess
+
+    mount = tmp_path / "shm"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        monkeypatch.setenv("SHOAL_RUNTIME_ROOT", str(mount / "rt"))
+        api.init(num_cpus=1)
+        node = _store_node()
+        assert not node.store_dir.startswith(str(mount))
+        ref = api.put(np.ones(5 * MB))                 # 40 MiB: more than the tmpfs holds
+        assert total(ref).result(timeout=60) == 5 * MB
+        api.shutdown()
+        assert not os.path.exists(node.store_dir)
+    finally:
+        api.shutdown()
+        subprocess.run(["umount", str(mount)], check=True)

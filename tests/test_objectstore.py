@@ -162,3 +162,35 @@ def test_mapping_cache_keeps_idle_mappings_warm_and_never_shows_stale_bytes(stor
     got = cache.read(store.path(3))
     assert list(cache._entries) == [key], "the kept mapping is reused"
     assert float(got.sum()) == 3.0 * 2**20 and not got.flags.writeable
+
+
+def test_concurrent_pulls_of_one_object_transfer_it_once(tmp_path):
+    import asyncio
+
+    from cluster import transfer
+    from cluster.objectserver import Puller
+
+    source = ObjectStore(str(tmp_path / "a"), str(tmp_path / "a-spill"), capacity=2**30)
+    target = ObjectStore(str(tmp_path / "b"), str(tmp_path / "b-spill"), capacity=2**30)
+    source.put(7, np.arange(4 * 2**20, dtype=np.float64))          # 32 MiB: 16 steps
+    server = transfer.TransferServer(source, "s3cret", "127.0.0.1")
+    served = []
+    original = server._send
+    server._send = lambda conn, object_id: (served.append(object_id), original(conn, object_id))
+
+    async def pull_twice() -> None:
+        puller = Puller(target, "s3cret")
+        first = puller.fetch(7, [server.address])
+        assert puller.fetch(7, [server.address]) is first, "one transfer for both"
+        await asyncio.gather(first, puller.fetch(7, [server.address]))
+        with pytest.raises(LookupError, match="not on this node"):
+            await puller.fetch(8, [server.address])
+
+    try:
+        asyncio.run(pull_twice())
+        assert served.count(7) == 1
+        assert float(target.get(7)[-1]) == 4 * 2**20 - 1
+    finally:
+        server.close()
+        source.close()
+        target.close()
