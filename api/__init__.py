@@ -189,6 +189,15 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                         or os.environ.get("SHOAL_TLS_CA", ""))
         try:
             client.connect(timeout)
+        except _errors.ConnectionError as err:
+            _session.stop_embedded(process)
+            if cf is not None and cf.host == socket.gethostname() and cf.head_pid and \
+                    not _pid_alive(cf.head_pid):
+                raise _errors.ConnectionError(
+                    f"cluster {cf.cluster_id} is gone: its head (pid {cf.head_pid}) is not "
+                    f"running. Run `clusterctl down --cluster {cf.cluster_id}` to clean up, "
+                    "then `clusterctl up` again") from err
+            raise
         except BaseException:
             _session.stop_embedded(process)
             raise
@@ -198,6 +207,16 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                                   for n in client.nodes.values()], log_dir=log_dir)
         _session.set_session(client, process, info, run_dir)
         return info
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_initialized() -> bool:

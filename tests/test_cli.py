@@ -164,3 +164,29 @@ def test_status_lists_actors(clusterctl, tmp_path):
         assert "keeper-1" in line and "alive" in line
     finally:
         clusterctl("down", "--cluster", "cli-actors")
+
+
+def test_a_stale_cluster_file_gives_one_line_saying_what_to_do(clusterctl, no_session):
+    import signal
+
+    import api
+
+    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", "stale").returncode == 0
+    cf = clusterfile.read(clusterfile.path_for("stale"))
+    os.kill(cf.head_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{cf.head_pid}"):
+        time.sleep(0.05)
+    status = clusterctl("status", "--cluster", "stale")
+    assert status.returncode != 0 and "Traceback" not in status.stderr
+    assert "clusterctl down --cluster stale" in status.stderr
+    with pytest.raises(api.ConnectionError,
+                       match="is gone: its head .*clusterctl down --cluster stale"):
+        api.init(cf.path, timeout=3)
+    assert clusterctl("down", "--cluster", "stale").returncode == 0
+
+
+def test_a_bad_store_size_is_one_line(clusterctl):
+    out = clusterctl("up", "--object-store-memory", "12Q")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "'12Q' is not a size; write e.g. 8G" in out.stderr
