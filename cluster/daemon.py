@@ -260,8 +260,10 @@ class Daemon:
             if value.size and self.store is not None:
                 try:
                     deps[value.id] = ("path", self.store.path(value.id))
-                except KeyError:
-                    continue  # deleted meanwhile: the worker reports it missing
+                except (KeyError, MemoryError) as err:  # gone, or no room to restore it
+                    deps[value.id] = ("missing", f"argument object {value.id:#x} is not "
+                                      f"available on {self.name}: {err}")
+                    continue
                 if task is not None:
                     self.store.pin(value.id)
                     task.pinned.append(value.id)

@@ -243,8 +243,10 @@ class Worker:
                 if fn is None:
                     fn = self._function(fn_id)
                 if isinstance(args_blob, int):  # stored: too large to travel inline
-                    resolve = _resolver(dep_values)
-                    args, kwargs = MAPPINGS.read(dep_values[args_blob][1], resolve)
+                    where, path = dep_values[args_blob]
+                    if where == "missing":
+                        raise LookupError(path)
+                    args, kwargs = MAPPINGS.read(path, _resolver(dep_values))
                 elif dep_values:
                     args, kwargs = serialization.loads(args_blob, _resolver(dep_values))
                 else:  # no refs inside: plain pickle is enough (and faster)
@@ -442,6 +444,8 @@ def _resolver(dep_values: dict[int, Any]) -> Any:
         if object_id not in cache:
             value = dep_values[object_id]
             if isinstance(value, tuple):
+                if value[0] == "missing":
+                    raise LookupError(value[1])
                 cache[object_id] = MAPPINGS.read(value[1])
             else:
                 cache[object_id] = serialization.loads(value)

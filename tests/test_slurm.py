@@ -328,8 +328,33 @@ FAULT_DRIVER = textwrap.dedent("""
     wait_files([f"{tmp}/h-node1", f"{tmp}/h-node2"], "holds run")
     made = produce(3.0)
     print("MADE", made.result()[0], flush=True)
+
+    @api.actor(num_cpus=0, max_restarts=1)
+    class Tally:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+            return self.n, socket.gethostname()
+
+    tally = Tally()                                  # the least loaded node: node3
+    print("ACTOR", *tally.add(1).result(), flush=True)
     open(gate, "w").close()
     [h.result() for h in holds]
+
+    # A put whose only copy is in node3's store.
+    import numpy as np
+    from cluster import objectformat
+    from cluster.protocol import pb
+    from cluster.serialization import ObjectRef
+    node3 = next(n for n in client.nodes.values() if n.name == "node3")
+    enc = objectformat.encode(np.full(2**20, 9.0))
+    put_id = client.new_id()
+    client.objects._write_local(node3, put_id, enc)
+    client.put(pb.Value(id=put_id, size=enc.size, holders=[node3.node_id]))
+    lonely = ObjectRef(put_id, client)
+    assert float(api.get(lonely)[0]) == 9.0
 
     # 1. SIGKILL node3's daemon while tasks run on every node.
     flags = [f"{tmp}/a{i}" for i in range(sum(cpus.values()))]
@@ -346,6 +371,19 @@ FAULT_DRIVER = textwrap.dedent("""
     print("KILLED", sorted(f.result(timeout=120) for f in futs) ==
           sorted(i * i for i in range(len(flags))), flush=True)
     print("REBUILT", *consume(made).result(timeout=120), flush=True)
+    try:
+        api.get(lonely, timeout=60)
+        print("PUT survived?!")
+    except api.ObjectLostError as err:
+        print("PUT lost:", str(err).split(",")[0], flush=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            print("RESTARTED", *tally.add(5).result(timeout=60), flush=True)
+            break
+        except api.ActorDiedError:
+            assert time.monotonic() < deadline, "the actor never came back"
+            time.sleep(0.2)
 
     # 2. Cut node2's link while tasks run there; heal it after the head gave up on it.
     alive = [n for n, c in cpus.items() if n != "node3"]
@@ -395,6 +433,10 @@ def test_node_loss_and_link_cut_on_the_test_bed(tmp_path, env):
     assert "KILLED True" in out, "tasks running on the killed node must be retried"
     rebuilt = next(line for line in out.splitlines() if line.startswith("REBUILT")).split()
     assert rebuilt[1] in ("node1", "node2") and float(rebuilt[3]) == 3.0 * 2**21
+    assert "ACTOR 1 node3" in out
+    assert "PUT lost: object" in out and "held only by node node3" in out
+    restarted = next(line for line in out.splitlines() if line.startswith("RESTARTED")).split()
+    assert restarted[1] == "5" and restarted[2] in ("node1", "node2")
     cut = next(line for line in out.splitlines() if line.startswith("CUT")).split()
     assert cut[1] == "True"
     assert "REJOINED node2" in out, "the healed node must come back"
