@@ -39,7 +39,7 @@ from api._errors import (
 )
 from api._futures import AppFuture
 from api._session import ClusterInfo
-from cluster import auth, clusterfile, objectformat
+from cluster import auth, clusterfile, objectformat, paths
 from cluster.protocol import pb, to_dict
 from cluster.serialization import ObjectRef
 
@@ -192,7 +192,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         except _errors.ConnectionError as err:
             _session.stop_embedded(process)
             if cf is not None and cf.host == socket.gethostname() and cf.head_pid and \
-                    not _pid_alive(cf.head_pid):
+                    not paths.pid_alive(cf.head_pid):
                 raise _errors.ConnectionError(
                     f"cluster {cf.cluster_id} is gone: its head (pid {cf.head_pid}) is not "
                     f"running. Run `clusterctl down --cluster {cf.cluster_id}` to clean up, "
@@ -207,16 +207,6 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                                   for n in client.nodes.values()], log_dir=log_dir)
         _session.set_session(client, process, info, run_dir)
         return info
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_initialized() -> bool:

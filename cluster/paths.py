@@ -77,7 +77,8 @@ def spill_root() -> str:
     return _private_dir(base)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (on this host)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,7 +103,7 @@ def sweep_stale() -> list[str]:
                 pid = int(f.read().strip() or 0)
         except (OSError, ValueError):
             continue
-        if pid and not _pid_alive(pid):
+        if pid and not pid_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
             for leftover in (name, f"{name}-store"):  # spills, and a store on disk
                 shutil.rmtree(os.path.join(spill_root(), leftover), ignore_errors=True)

@@ -53,24 +53,20 @@ def make_cluster_certificates(addresses: list[str]
             names.append(x509.IPAddress(ipaddress.ip_address(address)))
         except ValueError:
             names.append(x509.DNSName(address))
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, TARGET_NAME)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+
+    def issue(name: str, public_key: Any, alternative: list[Any]) -> Any:
+        return (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_name).public_key(public_key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName(alternative), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+
+    cert = issue(TARGET_NAME, key.public_key(), names)
     node_key = ec.generate_private_key(ec.SECP256R1())
-    node_cert = (x509.CertificateBuilder()
-                 .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE_NAME)]))
-                 .issuer_name(ca_name).public_key(node_key.public_key())
-                 .serial_number(x509.random_serial_number())
-                 .not_valid_before(now - datetime.timedelta(minutes=5))
-                 .not_valid_after(now + datetime.timedelta(days=30))
-                 .add_extension(x509.SubjectAlternativeName([x509.DNSName(NODE_NAME)]),
-                                critical=False)
-                 .sign(ca_key, hashes.SHA256()))
+    node_cert = issue(NODE_NAME, node_key.public_key(), [x509.DNSName(NODE_NAME)])
     pem = serialization.Encoding.PEM
 
     def private(k: Any) -> bytes:

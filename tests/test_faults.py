@@ -11,10 +11,10 @@ import time
 
 import numpy as np
 import pytest
-from nodes import start_daemon, wait_nodes
+from nodes import head_and_second_daemon
 
 import api
-from cluster import clusterfile, objectformat
+from cluster import objectformat
 from cluster.protocol import pb
 from cluster.serialization import ObjectRef
 
@@ -23,18 +23,8 @@ MB = 2**20
 
 @pytest.fixture
 def two_daemons(clusterctl, no_session):
-    up = clusterctl("up", "--num-cpus", "1", "--cluster-id", "faults")
-    assert up.returncode == 0, up.stderr
-    cf = clusterfile.read(clusterfile.path_for("faults"))
-    daemon = start_daemon(cf, "second", "--num-cpus", "1")
-    api.init(cf.path)
-    wait_nodes(2)
-    yield cf, daemon
-    api.shutdown()
-    clusterctl("down", "--cluster", "faults")
-    if daemon.poll() is None:
-        daemon.kill()
-    daemon.wait()
+    with head_and_second_daemon(clusterctl, "faults") as pair:
+        yield pair
 
 
 def _wait_for(path, what: str, timeout: float = 60) -> None:

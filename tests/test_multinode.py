@@ -7,6 +7,7 @@ import signal
 import time
 
 import pytest
+from nodes import head_and_second_daemon
 from nodes import start_daemon as _start_daemon
 from nodes import wait_nodes as _wait_nodes
 
@@ -16,17 +17,9 @@ from cluster import clusterfile
 
 @pytest.fixture
 def two_nodes(clusterctl, no_session):
-    up = clusterctl("up", "--num-cpus", "1", "--cluster-id", "multi")
-    assert up.returncode == 0, up.stderr
-    cf = clusterfile.read(clusterfile.path_for("multi"))
-    daemon = _start_daemon(cf, "second", "--num-cpus", "2", "--resources", '{"special": 1}')
-    api.init(cf.path)
-    _wait_nodes(2)
-    yield cf, daemon
-    api.shutdown()
-    clusterctl("down", "--cluster", "multi")
-    if daemon.poll() is None:
-        daemon.kill()
+    with head_and_second_daemon(clusterctl, "multi", "--num-cpus", "2", "--resources",
+                                '{"special": 1}') as pair:
+        yield pair
 
 
 @api.python_app

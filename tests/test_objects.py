@@ -11,10 +11,10 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pytest
-from nodes import start_daemon, wait_nodes
+from nodes import head_and_second_daemon
 
 import api
-from cluster import clusterfile, paths
+from cluster import paths
 
 MB = 2**20
 
@@ -217,18 +217,8 @@ def test_full_store_gives_a_clear_error(small_store, tmp_path):
 
 @pytest.fixture
 def two_daemons(clusterctl, no_session):
-    up = clusterctl("up", "--num-cpus", "1", "--cluster-id", "objects")
-    assert up.returncode == 0, up.stderr
-    cf = clusterfile.read(clusterfile.path_for("objects"))
-    daemon = start_daemon(cf, "second", "--num-cpus", "1")
-    api.init(cf.path)
-    wait_nodes(2)
-    yield cf
-    api.shutdown()
-    clusterctl("down", "--cluster", "objects")
-    if daemon.poll() is None:
-        daemon.kill()
-    daemon.wait()
+    with head_and_second_daemon(clusterctl, "objects") as pair:
+        yield pair[0]
 
 
 def _on(node: str):
