@@ -57,6 +57,8 @@ class Client:
         self._reader_thread = 0
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete)
         self.objects = ObjectClient(self)
+        #: Where this driver's stored puts are (object id -> a result naming the holders).
+        self.put_locations: dict[int, pb.TaskResult] = {}
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -256,6 +258,9 @@ class Client:
 
     def put(self, value: pb.Value) -> None:
         """Queue a put (its bytes inline, or where a node store holds them)."""
+        if value.size:  # gets of it can go straight to the store, without asking the head
+            self.put_locations[value.id] = pb.TaskResult(task_id=value.id, size=value.size,
+                                                         holders=value.holders)
         with self._lock:
             self._puts.append(value)
         self._transport.flush()
@@ -264,6 +269,7 @@ class Client:
         """Drop the driver's reference (sent with the next batch, or when idle)."""
         if not self.closed:
             self._releases.append(object_id)
+            self.put_locations.pop(object_id, None)
 
     def _ask(self, queue: list[Any], make: Any, timeout: float | None, what: str) -> Any:
         """Send a request the head answers by request id; wait for the answer."""

@@ -72,6 +72,9 @@ class AppFuture(concurrent.futures.Future):
         if client is not None:
             try:
                 client.release(self._id)
+                if type(self._result) is Stored:  # never loaded: its nested refs too
+                    for inner in self._result.result.nested:
+                        client.release(inner)
             except Exception:
                 pass
 

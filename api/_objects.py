@@ -150,8 +150,8 @@ class ObjectClient:
         errors = []
         for node_id in holders:
             node = self._client.nodes.get(node_id)
-            if node is None:
-                continue
+            if node is None or node.state != "alive":
+                continue  # (a dead node's files may linger on this host: not ours to read)
             if self._is_local(node):
                 try:
                     return objectformat.read(os.path.join(node.store_dir, f"{object_id:x}"),
