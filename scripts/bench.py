@@ -187,6 +187,8 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
                                                        ns.reps)]
         results["chain"] = [t / chain * 1e3 for t in _timed(lambda: peer.chain(chain),
                                                             ns.reps)]
+        if hasattr(peer, "object_workloads"):
+            results.update(peer.object_workloads(ns.reps))
         if hasattr(peer, "actor_sync"):
             a = ns.actor_calls
             results["actor_sync"] = [a / t for t in _timed(lambda: peer.actor_sync(a), ns.reps)]

@@ -30,6 +30,7 @@ import shutil
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,6 +67,65 @@ class Counter:
 def inc(x: int) -> int:
     """Return ``x + 1``: one link of a dependent chain."""
     return x + 1
+
+
+def summed(a: Any) -> tuple[float, float]:
+    """(seconds for ``a.sum()`` on the value as the task got it, seconds on a private
+    copy): the object workloads' read speed against in-process numpy."""
+    import numpy as np
+
+    start = time.perf_counter()
+    a.sum()
+    mapped = time.perf_counter() - start
+    private = np.array(a)
+    private.sum()
+    start = time.perf_counter()
+    private.sum()
+    return mapped, time.perf_counter() - start
+
+
+def made(n: int) -> Any:
+    """A large result: ``n`` float64 ones."""
+    import numpy as np
+
+    return np.ones(n)
+
+
+MiB = 2**20
+
+
+def object_workloads(put: Any, get: Any, task_sum: Any, make: Any, reps: int,
+                     drop: Any = None) -> dict[str, list[float]]:
+    """The object workloads shoal's bench runs (scripts/bench_objects.py), for a peer:
+    put 256 MiB (GB/s), get of a 1 GiB put (ms), a task summing a 256 MiB put (% of
+    in-process), a 256 MiB result fetched by the driver (ms, once it is done)."""
+    import numpy as np
+
+    out: dict[str, list[float]] = {"obj_put": [], "obj_get": [], "obj_task_sum": [],
+                                   "obj_result": []}
+    arr = np.random.default_rng(0).random(32 * MiB)
+    get(put(arr))
+    for _ in range(reps):
+        start = time.perf_counter()
+        ref = put(arr)
+        out["obj_put"].append(arr.nbytes / 1e9 / (time.perf_counter() - start))
+        mapped, private = task_sum(ref)
+        out["obj_task_sum"].append(100 * private / mapped)
+        del ref
+    big = put(np.ones(128 * MiB))
+    for _ in range(reps):
+        start = time.perf_counter()
+        value = get(big)
+        out["obj_get"].append((time.perf_counter() - start) * 1e3)
+        del value
+    del big
+    for _ in range(reps):
+        fut = make(32 * MiB)          # returns a handle once the result exists
+        start = time.perf_counter()
+        value = get(fut)
+        out["obj_result"].append((time.perf_counter() - start) * 1e3)
+        del value, fut
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -209,6 +269,19 @@ class RayPeer:
         """Submit ``n`` no-op tasks, then ``ray.get`` them all."""
         self._ray.get([self._noop.remote() for _ in range(n)])
 
+    def object_workloads(self, reps: int) -> dict[str, list[float]]:
+        """Object workloads with ``ray.put``/``ray.get`` and remote functions."""
+        ray = self._ray
+        summed_r, made_r = ray.remote(summed), ray.remote(made)
+
+        def make(n: int) -> Any:
+            ref = made_r.remote(n)
+            ray.wait([ref], fetch_local=False)
+            return ref
+
+        return object_workloads(ray.put, ray.get, lambda r: ray.get(summed_r.remote(r)),
+                                make, reps)
+
     def actor_sync(self, n: int) -> None:
         """``n`` calls on one actor, each waited for before the next."""
         actor = self._actor()
@@ -323,6 +396,20 @@ class DaskPeer:
         if self._local_dir is not None:
             shutil.rmtree(self._local_dir, ignore_errors=True)
             self._local_dir = None
+
+    def object_workloads(self, reps: int) -> dict[str, list[float]]:
+        """Object workloads with ``scatter(direct=True)`` (its fast path) and futures."""
+        client = self._client
+        from dask.distributed import wait
+
+        def make(n: int) -> Any:
+            fut = client.submit(made, n, pure=False)
+            wait([fut])
+            return fut
+
+        return object_workloads(
+            lambda v: client.scatter(v, direct=True), lambda f: f.result(),
+            lambda f: client.submit(summed, f, pure=False).result(), make, reps)
 
     def actor_sync(self, n: int) -> None:
         """``n`` calls on one Dask actor, each waited for before the next."""
