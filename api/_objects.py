@@ -17,6 +17,7 @@ import threading
 from typing import Any
 
 from cluster import objectformat
+from cluster.objectstore import WriteMappings
 from cluster.protocol import pb
 
 _SOCKET = "objects.sock"
@@ -31,6 +32,7 @@ class ObjectClient:
         self._lock = threading.Lock()
         self._buffers = _BufferPool()
         self._tls_context: Any = None
+        self._writes = WriteMappings()
 
     # ---- where ---------------------------------------------------------------------------
     def _local_node(self) -> pb.NodeInfo | None:
@@ -93,11 +95,9 @@ class ObjectClient:
             raise ObjectStoreFullError("no node with an object store is up to hold the "
                                        "object; wait for nodes to join")
         node = min(alive, key=lambda n: n.store.bytes)
-        data = enc.to_bytes()
         try:
-            with memoryview(data) as view:
-                transfer.push(node.store_address, self._client.secret, object_id, view,
-                              self._tls())
+            transfer.push(node.store_address, self._client.secret, object_id, enc.parts(),
+                          self._tls())
         except transfer.TransferError as err:
             if str(err).startswith("full: "):
                 raise ObjectStoreFullError(str(err)[6:]) from None
@@ -113,14 +113,12 @@ class ObjectClient:
         import grpc
 
         from api._errors import ObjectStoreFullError
-        from cluster.objectstore import mapped
 
         try:
             stub = self._stub(node)
             path = stub.Allocate(pb.AllocRequest(size=enc.size),
                                  metadata=self._metadata()).path
-            with mapped(path, enc.size) as view:
-                enc.write_into(view)
+            self._writes.write(path, enc.size, enc.write_into)
             stub.Seal(pb.SealRequest(object_id=object_id, path=path, size=enc.size),
                       metadata=self._metadata())
         except grpc.RpcError as err:

@@ -82,11 +82,24 @@ class Encoded:
         for (offset, length), raw in zip(self.layout, self.buffers, strict=True):
             view[offset:offset + length] = raw
 
-    def to_bytes(self) -> bytearray:
-        """The object's bytes in memory (for sending it to a node)."""
-        out = bytearray(self.size)
-        with memoryview(out) as view:
-            self.write_into(view)
+    def parts(self) -> list[memoryview]:
+        """The object's bytes as consecutive pieces, the buffers not copied (for sending
+        it to a node)."""
+        first = self.layout[0][0] if self.layout else self.size
+        prefix = bytearray(first)
+        with memoryview(prefix) as view:
+            HEAD.pack_into(view, 0, MAGIC, self.kind, len(self.buffers), len(self.meta))
+            for i, (offset, length) in enumerate(self.layout):
+                BUF.pack_into(view, HEAD.size + i * BUF.size, offset, length)
+            start = HEAD.size + BUF.size * len(self.buffers)
+            view[start:start + len(self.meta)] = self.meta
+        out = [memoryview(prefix)]
+        for i, ((offset, length), raw) in enumerate(zip(self.layout, self.buffers,
+                                                        strict=True)):
+            out.append(raw)
+            end = self.layout[i + 1][0] if i + 1 < len(self.layout) else self.size
+            if end > offset + length:
+                out.append(memoryview(bytes(end - offset - length)))
         return out
 
 

@@ -284,6 +284,57 @@ class mapped:  # noqa: N801 - used as a context manager, reads like a function
         self._map.close()
 
 
+class WriteMappings:
+    """Writable mappings of store files this process has written, kept so that writing the
+    next object into a recycled file needs no new page tables (for a 256 MiB put here:
+    ~17 ms of a ~45 ms write). Mappings of files that were deleted or spilled are closed
+    at the next write, so they never hold memory for long; at most `limit_bytes` are kept.
+    """
+
+    def __init__(self, limit_bytes: int = 1 << 30) -> None:
+        self.limit_bytes = limit_bytes
+        self._entries: OrderedDict[tuple[int, int], tuple[int, mmap.mmap]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def write(self, path: str, size: int, fill: Any) -> None:
+        """Call ``fill(view)`` with a writable view of the `size`-byte file at `path`."""
+        fd = os.open(path, os.O_RDWR)
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            entry = self._entries.pop(key, None)
+        if entry is not None and len(entry[1]) == size:
+            os.close(fd)
+        else:
+            if entry is not None:
+                entry[1].close()
+                os.close(entry[0])
+            try:
+                if st.st_size != size:
+                    os.ftruncate(fd, size)
+                flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+                entry = (fd, mmap.mmap(fd, size, flags=flags))
+            except BaseException:
+                os.close(fd)
+                raise
+        try:
+            with memoryview(entry[1]) as view:
+                fill(view)
+        finally:
+            with self._lock:
+                self._entries[key] = entry
+                self._trim()
+
+    def _trim(self) -> None:
+        total = 0
+        for key, (fd, mapping) in reversed(list(self._entries.items())):
+            total += len(mapping)
+            if os.fstat(fd).st_nlink == 0 or total > self.limit_bytes:
+                del self._entries[key]
+                mapping.close()
+                os.close(fd)
+
+
 def _unlink(path: str) -> None:
     try:
         os.unlink(path)

@@ -227,11 +227,16 @@ class Buffer:
             _recv_into(sock, view)
 
 
-def push(address: str, secret: str, object_id: int, data: memoryview, tls: Any = None) -> None:
-    """Put an object's bytes into the store of the node at `address`."""
-    with _connect(address, secret, b"P", object_id, len(data), tls) as sock:
+def push(address: str, secret: str, object_id: int, parts: list[memoryview],
+         tls: Any = None) -> None:
+    """Put an object's bytes (consecutive `parts`) into the store of the node at
+    `address`."""
+    size = sum(part.nbytes for part in parts)
+    with _connect(address, secret, b"P", object_id, size, tls) as sock:
         _read_status(sock)
         sock.settimeout(None)
-        for offset in range(0, len(data), STEP):
-            sock.sendall(data[offset:offset + STEP])
+        for part in parts:
+            data = part.cast("B") if part.format != "B" or part.ndim != 1 else part
+            for offset in range(0, len(data), STEP):
+                sock.sendall(data[offset:offset + STEP])
         _read_status(sock)

@@ -19,7 +19,7 @@ import traceback
 from typing import Any, TextIO
 
 from cluster import objectformat, serialization, wire
-from cluster.objectstore import mapped
+from cluster.objectstore import WriteMappings
 
 # Status codes (mirror shoal.proto's Status enum; this module must not import protobuf).
 OK, APP_ERROR, BASH_EXIT = 0, 1, 5
@@ -284,8 +284,7 @@ class Worker:
         if inline is not None:
             return ("inline", inline, enc.refs) if enc.refs else inline
         path = self.alloc(enc.size)
-        with mapped(path, enc.size) as view:
-            enc.write_into(view)
+        WRITES.write(path, enc.size, enc.write_into)
         return ("stored", path, enc.size, enc.refs)
 
     # ---- actors ----------------------------------------------------------------------------
@@ -492,6 +491,8 @@ class _CallFailed:
 
 #: Mappings of store objects this worker has read (kept warm for reused files).
 MAPPINGS = objectformat.MappingCache()
+#: Mappings of store files this worker has written results into (likewise).
+WRITES = WriteMappings()
 
 #: The Worker of this process (None outside workers): actor handles use it to call.
 CURRENT: Worker | None = None

@@ -283,7 +283,7 @@ def test_transfer_server_refuses_a_wrong_secret_and_serves_the_right_one(cluster
         with pytest.raises(OSError):
             transfer.fetch(node.store_address, bad, ref.id, transfer.Buffer)
         with pytest.raises(OSError):
-            transfer.push(node.store_address, bad, 12345, memoryview(b"\0" * 1000))
+            transfer.push(node.store_address, bad, 12345, [memoryview(b"\0" * 1000)])
     with pytest.raises(transfer.TransferError, match="not on this node"):
         transfer.fetch(node.store_address, client.secret, 999, transfer.Buffer)
     got = transfer.fetch(node.store_address, client.secret, ref.id, transfer.Buffer)

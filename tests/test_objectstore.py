@@ -194,3 +194,46 @@ def test_concurrent_pulls_of_one_object_transfer_it_once(tmp_path):
         server.close()
         source.close()
         target.close()
+
+
+def test_write_mappings_reuse_recycled_files_and_let_deleted_ones_go(store):
+    from cluster.objectformat import encode
+    from cluster.objectstore import WriteMappings
+
+    writes = WriteMappings()
+    first = encode(np.full(2**20, 1.0))
+    path = store.alloc(first.size)
+    writes.write(path, first.size, first.write_into)
+    store.seal(1, path)
+    (key,) = writes._entries
+    store.delete(1)                                   # recycled: kept, same file
+    second = encode(np.full(2**20, 2.0))
+    path = store.alloc(second.size)
+    writes.write(path, second.size, second.write_into)
+    store.seal(2, path)
+    assert list(writes._entries) == [key], "the recycled file's mapping is reused"
+    assert float(store.get(2).sum()) == 2.0 * 2**20
+    store.recycle_bytes = 0
+    store.delete(2)                                   # not recycled: unlinked
+    third = encode(np.full(10, 3.0))
+    path = store.alloc(third.size)
+    writes.write(path, third.size, third.write_into)
+    assert key not in writes._entries, "a deleted file's mapping is let go"
+
+
+def test_parts_are_the_same_bytes_as_the_file():
+    from cluster.objectformat import decode, encode
+
+    mixed = {"a": np.arange(1000), "b": np.ones(7, dtype=np.int8), "c": "text"}
+    table = pa.table({"x": np.arange(100)})
+    decoded = []
+    for value in (mixed, table, [1, 2, 3]):
+        enc = encode(value)
+        whole = bytearray(enc.size)
+        enc.write_into(memoryview(whole))
+        joined = b"".join(bytes(part) for part in enc.parts())
+        assert joined == bytes(whole)
+        decoded.append(decode(memoryview(joined)))
+    assert np.array_equal(decoded[0]["a"], mixed["a"]) and decoded[0]["c"] == "text"
+    assert np.array_equal(decoded[0]["b"], mixed["b"])
+    assert decoded[1].equals(table) and decoded[2] == [1, 2, 3]
