@@ -322,6 +322,14 @@ class Head(Dispatcher):
         for task in [t for t in self.gangs if t.spec.task_id >> DRIVER_SHIFT == driver.driver_id]:
             self.gangs.remove(task)
             self.tasks.pop(task.spec.task_id, None)
+            for dep in task.spec.deps:
+                self.objects.decref(dep)
+        # Its tasks still waiting for dependencies would wait forever (some of those were
+        # just dropped): they end as cancelled, which also releases what they hold.
+        for task in [t for t in self.tasks.values() if t.pending > 0 and
+                     t.spec.task_id >> DRIVER_SHIFT == driver.driver_id and
+                     t.spec.kind in (pb.PYTHON, pb.BASH)]:
+            self._fail(task, pb.CANCELLED, "its driver disconnected")
         for object_id, count in driver.refs.items():
             for _ in range(count):
                 self.objects.decref(object_id)

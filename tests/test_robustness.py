@@ -295,6 +295,7 @@ def test_killed_driver_is_cleaned_up_and_others_keep_working(target, tmp_path, n
         m = Mine.options(name="doomed-actor")()
         m.ping().result()
         futs = [slow(i) for i in range(200)]
+        waiting = slow(futs[-1])     # waits for a task that will be dropped with us
         print("submitted", flush=True)
         time.sleep(60)
     """))
