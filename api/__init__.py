@@ -253,7 +253,7 @@ def put(value: Any) -> ObjectRef:
 def _get_refs(refs: list[ObjectRef], timeout: float | None) -> list[Any]:
     client = _session.client()
     known = [client.put_locations.get(r.id) for r in refs]
-    if all(known):  # our own stored puts: read them where we put them
+    if None not in known:  # our own stored puts: read them where we put them
         return [client.load(result) for result in known]
     results = client.get_values([r.id for r in refs], timeout)
     out = []

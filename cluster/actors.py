@@ -176,7 +176,7 @@ class ActorTable:
             caller = task.spec.task_id >> DRIVER_SHIFT
             actor.waiting.setdefault(caller, deque()).appendleft(task)
         self.head.tasks[actor_id] = actor.create
-        self.head._make_ready(actor.create)  # place __init__ again
+        self.head.make_ready(actor.create)  # place __init__ again
         self.head._soon()
 
     def kill(self, actor_id: int, why: str = "killed with api.kill()") -> None:

@@ -31,10 +31,6 @@ class Dispatcher:
     objects: ObjectDirectory
     functions: dict[bytes, bytes]
 
-    def wait_for_missing(self, task: _Task) -> int | None:
-        """(The head's) make `task` wait for arguments that are being rebuilt."""
-        raise NotImplementedError
-
     def _schedule(self) -> None:
         if not (self.ready or self.gangs):
             return
@@ -56,11 +52,6 @@ class Dispatcher:
                 task = queue[0]
                 if task.spec.task_id not in self.tasks:
                     queue.popleft()  # cancelled while queued (e.g. a killed actor)
-                    continue
-                if task.spec.deps and not all(d in self.objects.values
-                                              for d in task.spec.deps):
-                    queue.popleft()  # an argument was lost and is being rebuilt
-                    self.wait_for_missing(task)
                     continue
                 local = self._local_bytes(task) if task.spec.deps else None
                 node_id = place(task.request, views, local)

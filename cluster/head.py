@@ -413,7 +413,7 @@ class Head(Dispatcher):
             return
         task.pending = pending
         if pending == 0:
-            self._make_ready(task)
+            self.make_ready(task)
 
     def _infeasible(self, request: dict[str, float], num_nodes: int = 1) -> str:
         alive = [n.view for n in self.nodes.values() if n.alive]
@@ -441,6 +441,22 @@ class Head(Dispatcher):
                 for task in queue:
                     self._fail(task, pb.UNSCHEDULABLE, reason)
 
+    def unready(self, object_ids: set[int]) -> None:
+        """Objects are pending again (being rebuilt): queued tasks that need them go back
+        to waiting, so a queued task always has all its arguments."""
+        for key, queue in list(self.ready.items()):
+            needing = [t for t in queue if object_ids.intersection(t.spec.deps)]
+            if not needing:
+                continue
+            kept = deque(t for t in queue if t not in needing)
+            if kept:
+                self.ready[key] = kept
+            else:
+                del self.ready[key]
+            for task in needing:
+                if self.wait_for_missing(task) == 0:
+                    self.make_ready(task)
+
     def wait_for_missing(self, task: _Task) -> int | None:
         """Make `task` wait for those of its arguments that are pending again (being
         rebuilt); returns how many, or None if one is gone for good (the task failed)."""
@@ -462,9 +478,6 @@ class Head(Dispatcher):
 
     def make_ready(self, task: _Task) -> None:
         """Queue a task whose arguments are all there."""
-        self._make_ready(task)
-
-    def _make_ready(self, task: _Task) -> None:
         if task.spec.kind == pb.ACTOR_CALL:
             self.actor_table.ready(task)
             return
@@ -484,9 +497,7 @@ class Head(Dispatcher):
         if result.size:
             result.holders.append(task.node_id)
         if driver is not None:
-            for inner in result.nested:  # the driver releases each ref it loads
-                self.objects.incref(inner)
-                driver.refs[inner] = driver.refs.get(inner, 0) + 1
+            self.objects.hand_over(result.nested, driver.refs)
         # A stored result keeps its task's arguments alive, to be rebuilt if lost.
         kept = self.lineage.record(task, result)
         self.objects.finish(task_id, Value(pb.OK, result.data, size=result.size,
@@ -502,7 +513,7 @@ class Head(Dispatcher):
             for dependent in waiting:
                 dependent.pending -= 1
                 if dependent.pending == 0 and dependent.spec.task_id in self.tasks:
-                    self._make_ready(dependent)
+                    self.make_ready(dependent)
 
     def _task_failed(self, task: _Task, result: pb.TaskResult) -> None:
         if result.status in RETRIABLE and task.attempts < task.spec.max_retries:
@@ -510,7 +521,7 @@ class Head(Dispatcher):
             task.spec.attempt = task.attempts
             log.info("retrying task %#x (%s), attempt %d: %s", task.spec.task_id,
                      task.spec.name, task.attempts, result.message)
-            self._make_ready(task)
+            self.make_ready(task)
             return
         self._finish_failed(task, result)
 

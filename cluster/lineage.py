@@ -71,7 +71,10 @@ class Lineage:
                 continue  # failed: an argument is gone for good
             if missing == 0:
                 head.make_ready(task)
-        return {t.spec.task_id for t in fresh}
+        rebuilt = {t.spec.task_id for t in fresh}
+        if rebuilt:
+            head.unready(rebuilt)
+        return rebuilt
 
     @staticmethod
     def lost_value(object_id: int, node_name: str) -> Any:

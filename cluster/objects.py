@@ -11,7 +11,7 @@ the head to delete the copies in node stores.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cluster.protocol import pb
@@ -126,12 +126,17 @@ class ObjectDirectory:
     def describe(self, object_id: int, value: Value,
                  driver_refs: dict[int, int]) -> pb.TaskResult:
         """The value as sent to a driver; its nested refs become the driver's."""
-        for inner in value.nested:
-            self.incref(inner)
-            driver_refs[inner] = driver_refs.get(inner, 0) + 1
+        self.hand_over(value.nested, driver_refs)
         return pb.TaskResult(task_id=object_id, status=value.status, data=value.data,
                              message=value.message, size=value.size,
                              holders=sorted(value.holders), nested=value.nested)
+
+    def hand_over(self, nested: Iterable[int], driver_refs: dict[int, int]) -> None:
+        """A value with refs inside goes to a driver: each ref it will load (and release
+        once dropped) counts as the driver's."""
+        for inner in nested:
+            self.incref(inner)
+            driver_refs[inner] = driver_refs.get(inner, 0) + 1
 
     def node_lost(self, node_id: int) -> list[int]:
         """Forget `node_id`'s copies; returns the stored objects it alone held."""
