@@ -80,6 +80,20 @@ def job_alive(job_id: str) -> bool:
     return bool(out.stdout.strip()) and "COMPLET" not in out.stdout
 
 
+def _in_allocation(tmp_path, env, salloc: list[str], body: str,
+                   timeout: float = 240) -> tuple[subprocess.CompletedProcess, str]:
+    """Run shell `body` in tmp_path under ``salloc SALLOC...`` (stopping at the first
+    failing command); returns the finished process and the job id it printed."""
+    script = tmp_path / "job.sh"
+    script.write_text(f'set -e\ncd {tmp_path}\necho "JOB $SLURM_JOB_ID"\n'
+                      + textwrap.dedent(body))
+    proc = subprocess.run(["salloc", *salloc, "bash", str(script)], capture_output=True,
+                          text=True, env=env, timeout=timeout, cwd=tmp_path)
+    job = next((line.split()[1] for line in proc.stdout.splitlines()
+                if line.startswith("JOB ")), "")
+    return proc, job
+
+
 @pytest.fixture
 def env(tmp_path):
     home = tmp_path / "shoal-home"
@@ -156,21 +170,14 @@ DRIVER = textwrap.dedent("""
 
 def test_salloc_up_driver_status_down(tmp_path, env):
     (tmp_path / "driver.py").write_text(DRIVER)
-    script = tmp_path / "job.sh"
-    script.write_text(textwrap.dedent(f"""
-        set -e
-        cd {tmp_path}
-        echo "JOB $SLURM_JOB_ID"
+    proc, job = _in_allocation(tmp_path, env, ["-N2", "-c2", "--gres=gpu:2"], f"""
         clusterctl up --quiet
         python driver.py {TESTBED}/bin/mpi_hello
         clusterctl status
         clusterctl down
-    """))
-    proc = subprocess.run(["salloc", "-N2", "-c2", "--gres=gpu:2", "bash", str(script)],
-                          capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    """)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    job = next(line.split()[1] for line in out.splitlines() if line.startswith("JOB "))
     assert "NAMES node1,node2" in out
     moved = next(line for line in out.splitlines() if line.startswith("MOVED")).split()
     assert moved[1:3] == ["node1", "node2"] and float(moved[3]) == 8 * 2**20
@@ -218,11 +225,7 @@ def test_sbatch_clusterctl_run(tmp_path, env):
 
 
 def test_head_killed_daemons_exit_and_down_cleans_up(tmp_path, env):
-    script = tmp_path / "job.sh"
-    script.write_text(textwrap.dedent(f"""
-        set -e
-        cd {tmp_path}
-        echo "JOB $SLURM_JOB_ID"
+    proc, job = _in_allocation(tmp_path, env, ["-N2", "-c2"], """
         clusterctl up --quiet --head-timeout 3
         pid=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['head_pid'])" \\
               "$SHOAL_HOME/clusters/$SLURM_JOB_ID.json")
@@ -234,13 +237,10 @@ def test_head_killed_daemons_exit_and_down_cleans_up(tmp_path, env):
         pgrep -f "cluster.node --daemon --cluster-id $SLURM_JOB_ID" && echo DAEMONS-LEFT
         clusterctl down
         echo DOWN-OK
-    """))
-    proc = subprocess.run(["salloc", "-N2", "-c2", "bash", str(script)], capture_output=True,
-                          text=True, env=env, timeout=240, cwd=tmp_path)
+    """)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "DAEMONS-LEFT" not in proc.stdout
     assert "DOWN-OK" in proc.stdout
-    job = next(line.split()[1] for line in proc.stdout.splitlines() if line.startswith("JOB "))
     wait_until(lambda: not our_processes(job), 20, "shoal processes to leave the nodes")
 
 
@@ -410,20 +410,13 @@ FAULT_DRIVER = textwrap.dedent("""
 def test_node_loss_and_link_cut_on_the_test_bed(tmp_path, env):
     (tmp_path / "driver.py").write_text(FAULT_DRIVER)
     node_sh = ROOT / "scripts" / "testbed" / "node.sh"
-    script = tmp_path / "job.sh"
-    script.write_text(textwrap.dedent(f"""
-        set -e
-        cd {tmp_path}
-        echo "JOB $SLURM_JOB_ID"
-        clusterctl up --quiet
-        python driver.py {node_sh} {tmp_path}
-        clusterctl status
-        clusterctl down
-    """))
     try:
-        proc = subprocess.run(["salloc", "-N3", "-c2", "bash", str(script)],
-                              capture_output=True, text=True, env=env, timeout=300,
-                              cwd=tmp_path)
+        proc, job = _in_allocation(tmp_path, env, ["-N3", "-c2"], f"""
+            clusterctl up --quiet
+            python driver.py {node_sh} {tmp_path}
+            clusterctl status
+            clusterctl down
+        """, timeout=300)
     finally:
         subprocess.run(["bash", str(node_sh), "heal", "node2"], capture_output=True)
     out = proc.stdout
@@ -440,6 +433,5 @@ def test_node_loss_and_link_cut_on_the_test_bed(tmp_path, env):
     cut = next(line for line in out.splitlines() if line.startswith("CUT")).split()
     assert cut[1] == "True"
     assert "REJOINED node2" in out, "the healed node must come back"
-    job = next(line.split()[1] for line in out.splitlines() if line.startswith("JOB "))
     wait_until(lambda: not our_processes(job), 30, "shoal processes to leave the nodes")
     assert not job_alive(job)
