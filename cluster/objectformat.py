@@ -174,15 +174,20 @@ def decode(view: memoryview, resolve: Callable[[int], Any] | None = None,
         return serialization.RefUnpickler(io.BytesIO(meta), resolve, buffers=buffers).load()
 
 
+def _locked_mapping(fd: int, size: int) -> mmap.mmap:
+    """A read-only mapping of the open file `fd`, holding a shared lock on it for as long
+    as the mapping lives (the mapping keeps its own duplicate of the descriptor)."""
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+
+
 def read(path: str, resolve: Callable[[int], Any] | None = None) -> Any:
     """Load an object file (any process on its node) zero-copy, read-only."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        size = os.fstat(fd).st_size
-        mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        mapped = _locked_mapping(fd, os.fstat(fd).st_size)
     finally:
-        os.close(fd)  # the mapping keeps its own descriptor, and with it the lock
+        os.close(fd)
     return decode(memoryview(mapped), resolve, path)
 
 
@@ -215,8 +220,7 @@ class MappingCache:
             if entry is not None:
                 self._drop(key)
             try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-                mapping = mmap.mmap(fd, st.st_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+                mapping = _locked_mapping(fd, st.st_size)
             except BaseException:
                 os.close(fd)
                 raise

@@ -76,8 +76,7 @@ class ObjectStore:
         """Store an encoded value under `object_id`; returns its size."""
         path = self.alloc(enc.size)
         try:
-            with mapped(path, enc.size) as view:
-                enc.write_into(view)
+            WriteMappings(limit_bytes=0).write(path, enc.size, enc.write_into)  # one-off
         except BaseException:
             self.abort(path)
             raise
@@ -261,29 +260,6 @@ class ObjectStore:
             self.used = self.spilled_bytes = 0
 
 
-class mapped:  # noqa: N801 - used as a context manager, reads like a function
-    """``with mapped(path, size) as view``: a writable, prefaulted mapping of a store file."""
-
-    def __init__(self, path: str, size: int) -> None:
-        fd = os.open(path, os.O_RDWR)
-        try:
-            if os.fstat(fd).st_size != size:
-                os.ftruncate(fd, size)
-            # Prefault the whole mapping in one go: far cheaper than a fault per 4 KiB page.
-            flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
-            self._map = mmap.mmap(fd, size, flags=flags)
-        finally:
-            os.close(fd)
-        self._view = memoryview(self._map)
-
-    def __enter__(self) -> memoryview:
-        return self._view
-
-    def __exit__(self, *exc: object) -> None:
-        self._view.release()
-        self._map.close()
-
-
 class WriteMappings:
     """Writable mappings of store files this process has written, kept so that writing the
     next object into a recycled file needs no new page tables (for a 256 MiB put here:
@@ -312,6 +288,7 @@ class WriteMappings:
             try:
                 if st.st_size != size:
                     os.ftruncate(fd, size)
+                # Prefault the whole mapping in one go: far cheaper than a fault per page.
                 flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
                 entry = (fd, mmap.mmap(fd, size, flags=flags))
             except BaseException:
