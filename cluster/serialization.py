@@ -177,6 +177,8 @@ def as_ref(object_id: int) -> ObjectRef:
 
 def loads(data: bytes, resolve: Callable[[int], Any] = as_ref) -> Any:
     """Deserialize; each ref inside is replaced by ``resolve(id)``."""
+    # Always set, even to the default: a load nested in another's resolve (a dependency
+    # holding refs, loaded while a task's arguments load) must not see the outer resolver.
     with resolving(resolve):
         return RefUnpickler(io.BytesIO(data), resolve).load()
 
