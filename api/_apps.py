@@ -203,7 +203,10 @@ class App:
         deps: list[int] = []
         data = self._serialize_args(args, kwargs, deps)
         args_ref, keep = 0, None
-        if len(data) > LARGE_ARGUMENTS:  # through a node store, not inside the message
+        # Large arguments go through a node store, not inside the message. They are pickled
+        # a second time for it (out of band, no array copied): encoding every call that way
+        # measured 15-25% slower for small arguments, the common case.
+        if len(data) > LARGE_ARGUMENTS:
             args_ref, deps, keep = client.objects.store_args(args, kwargs)
             deps.append(args_ref)
             data = b""
