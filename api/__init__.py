@@ -39,9 +39,10 @@ from api._errors import (
 )
 from api._futures import AppFuture
 from api._session import ClusterInfo
-from cluster import auth, clusterfile, objectformat, paths
-from cluster.protocol import pb, to_dict
-from cluster.serialization import ObjectRef
+from cluster.common import auth, clusterfile, paths
+from cluster.common.protocol import pb, to_dict
+from cluster.common.serialization import ObjectRef
+from cluster.store import objectformat
 
 __all__ = [
     "AUTO_LOGNAME",

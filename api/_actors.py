@@ -9,8 +9,8 @@ from typing import Any
 
 from api import _errors, _session
 from api._futures import AppFuture
-from cluster import serialization
-from cluster.protocol import fill, pb
+from cluster.common import serialization
+from cluster.common.protocol import fill, pb
 
 
 def _dump_args(label: str, args: tuple, kwargs: dict) -> tuple[bytes, list[int]]:
@@ -67,7 +67,7 @@ class ActorMethod:
         self._name = name
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from cluster import worker
+        from cluster.worker import worker
 
         if worker.CURRENT is not None:  # inside an app or another actor
             return worker.CURRENT.call_actor(self._handle._actor_id, self._name, args, kwargs)

@@ -16,8 +16,9 @@ import cloudpickle
 
 from api import _errors, _session
 from api._futures import AppFuture
-from cluster import scheduler, serialization
-from cluster.protocol import fill, pb
+from cluster.common import serialization
+from cluster.common.protocol import fill, pb
+from cluster.policy import scheduler
 
 
 class _AutoLogname:

@@ -21,8 +21,8 @@ from api._direct import DirectCalls
 from api._futures import AppFuture, Stored
 from api._objects import ObjectClient
 from api._transport import LaneTransport
-from cluster import serialization
-from cluster.protocol import DRIVER_SHIFT, pb, to_dict
+from cluster.common import serialization
+from cluster.common.protocol import DRIVER_SHIFT, pb, to_dict
 
 
 class Client:

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cluster import wire
+from cluster.common import wire
 
 
 class _Conn:
@@ -257,7 +257,7 @@ class DirectCalls:
                     self._head_calls[call[0]] = state
                 to_head.append(call)
             else:
-                from cluster.protocol import pb
+                from cluster.common.protocol import pb
 
                 self._resolve(call[4], pb.ACTOR_DIED, b"",
                               "the actor's worker died while running the call", call[5])

@@ -10,9 +10,9 @@ import grpc
 
 from api import _errors
 from api._transport import IDLE_FLUSH_SECONDS, OnLost, OnMessage, Take
-from cluster import shoal_pb2_grpc as pb_grpc
-from cluster.auth import call_metadata
-from cluster.protocol import CHANNEL_OPTIONS, pb
+from cluster.common import shoal_pb2_grpc as pb_grpc
+from cluster.common.auth import call_metadata
+from cluster.common.protocol import CHANNEL_OPTIONS, pb
 
 
 class GrpcTransport:
@@ -45,7 +45,7 @@ class GrpcTransport:
 
     async def _connect(self, hello: pb.DriverToHead, timeout: float) -> pb.Welcome:
         self._wake = asyncio.Event()
-        from cluster.tls import channel as open_channel
+        from cluster.common.tls import channel as open_channel
 
         channel = open_channel(self.target, self._ca, CHANNEL_OPTIONS, aio=True)
         try:

@@ -16,9 +16,9 @@ import sys
 import threading
 from typing import Any
 
-from cluster import objectformat
-from cluster.objectstore import WriteMappings
-from cluster.protocol import pb
+from cluster.common.protocol import pb
+from cluster.store import objectformat
+from cluster.store.objectstore import WriteMappings
 
 _SOCKET = "objects.sock"
 
@@ -50,7 +50,7 @@ class ObjectClient:
     def _stub(self, node: pb.NodeInfo) -> Any:
         import grpc
 
-        from cluster import shoal_pb2_grpc as pb_grpc
+        from cluster.common import shoal_pb2_grpc as pb_grpc
 
         target = f"unix:{os.path.join(node.store_dir, _SOCKET)}"
         with self._lock:
@@ -64,13 +64,13 @@ class ObjectClient:
         if not self._client.tls_ca:
             return None
         if self._tls_context is None:
-            from cluster.tls import client_context
+            from cluster.common.tls import client_context
 
             self._tls_context = client_context(self._client.tls_ca)
         return self._tls_context
 
     def _metadata(self) -> Any:
-        from cluster.auth import call_metadata
+        from cluster.common.auth import call_metadata
 
         return call_metadata(self._client.secret)
 
@@ -87,7 +87,7 @@ class ObjectClient:
 
     def _push(self, object_id: int, enc: objectformat.Encoded) -> pb.NodeInfo:
         from api._errors import ObjectStoreFullError
-        from cluster import transfer
+        from cluster.store import transfer
 
         alive = [n for n in self._client.nodes.values() if n.state == "alive" and
                  n.store_address]
@@ -130,7 +130,7 @@ class ObjectClient:
     def store_args(self, args: tuple, kwargs: dict) -> tuple[int, list[int], Any]:
         """Put an app's arguments (too large for a message) into a node store; returns
         (object id, the refs inside them, a ref the caller keeps until it submitted)."""
-        from cluster.serialization import ObjectRef
+        from cluster.common.serialization import ObjectRef
 
         client = self._client
         enc = objectformat.encode((args, kwargs))
@@ -142,7 +142,7 @@ class ObjectClient:
     def fetch(self, object_id: int, size: int, holders: list[int]) -> Any:
         """Load a stored object from one of its holders (mapped when on this host)."""
         from api._errors import ObjectLostError
-        from cluster import transfer
+        from cluster.store import transfer
 
         resolve = self._client.owned_ref
         errors = []
@@ -189,7 +189,7 @@ class _BufferPool:
             return self._take(size)
 
     def _take(self, size: int) -> Any:
-        from cluster import transfer
+        from cluster.store import transfer
 
         for i, buffer in enumerate(self._kept):
             # Held by the list and getrefcount's argument only: no value views it.

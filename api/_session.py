@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api import _errors
-from cluster import auth, clusterfile
-from cluster.paths import PACKAGE_ROOT
+from cluster.common import auth, clusterfile
+from cluster.common.paths import PACKAGE_ROOT
 
 _lock = threading.RLock()
 _state: dict[str, Any] = {"client": None, "process": None, "run_dir": None, "info": None}

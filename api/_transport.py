@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 
 from api import _errors
-from cluster import wire
-from cluster.protocol import pb
+from cluster.common import wire
+from cluster.common.protocol import pb
 
 Take = Callable[[], "pb.DriverToHead | None"]
 OnMessage = Callable[[pb.HeadToDriver], None]

@@ -18,7 +18,9 @@ import signal
 import subprocess
 import sys
 
-from cluster import bootstrap, clusterfile, config, slurm
+from cluster.common import clusterfile
+from cluster.slurm import bootstrap, config
+from cluster.slurm import commands as slurm
 
 
 class CliError(Exception):
@@ -138,15 +140,15 @@ def cmd_up(ns: argparse.Namespace) -> int:
 
 
 def _fmt_res(res: object) -> str:
-    from cluster.protocol import to_dict
-    from cluster.scheduler import describe
+    from cluster.common.protocol import to_dict
+    from cluster.policy.scheduler import describe
 
     return describe(to_dict(res))  # type: ignore[arg-type]
 
 
 def _free(node: object) -> str:
-    from cluster.protocol import to_dict
-    from cluster.scheduler import describe
+    from cluster.common.protocol import to_dict
+    from cluster.policy.scheduler import describe
 
     total, used = to_dict(node.total), to_dict(node.used)  # type: ignore[attr-defined]
     return describe({k: max(0.0, v - used.get(k, 0.0)) for k, v in total.items()})

@@ -31,7 +31,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 
 import api  # noqa: E402
-from cluster import clusterfile  # noqa: E402
+from cluster.common import clusterfile  # noqa: E402
 
 MiB = 2**20
 

@@ -1,9 +1,9 @@
-"""Regenerate the Python modules for proto/*.proto into the `cluster` package.
+"""Regenerate the Python modules for proto/*.proto into the `cluster.common` package.
 
 Usage: python scripts/gen_proto.py [--out DIR]
 
 The generated gRPC module imports its message module as a top-level name; we rewrite that
-into a relative import so the modules live inside `cluster` (a top-level `proto` package
+into a relative import so the modules live inside `cluster.common` (a top-level `proto` package
 would clash with proto-plus). tests/test_proto.py regenerates into a temporary directory
 and fails when the checked-in modules are stale.
 """
@@ -47,7 +47,7 @@ def generate(out: pathlib.Path) -> list[pathlib.Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default=str(ROOT / "cluster"))
+    parser.add_argument("--out", default=str(ROOT / "cluster" / "common"))
     ns = parser.parse_args()
     for path in generate(pathlib.Path(ns.out)):
         print(path, file=sys.stderr)

@@ -53,7 +53,8 @@ def clusterctl():
 def pytest_sessionfinish(session, exitstatus):
     """Leave nothing running: the session's driver, and any cluster a test left up."""
     api.shutdown()
-    from cluster import bootstrap, clusterfile
+    from cluster.common import clusterfile
+    from cluster.slurm import bootstrap
 
     for cf in clusterfile.running():
         try:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 
 import api
-from cluster import clusterfile
+from cluster.common import clusterfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -215,9 +215,9 @@ def test_status_lists_actors(cluster):
     # Ask through the public CLI path: the head's Status RPC.
     import grpc
 
-    from cluster import shoal_pb2_grpc
-    from cluster.auth import call_metadata
-    from cluster.protocol import pb
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
+    from cluster.common.protocol import pb
 
     with grpc.insecure_channel(client.targets[-1]) as channel:
         reply = shoal_pb2_grpc.HeadStub(channel).Status(
@@ -238,9 +238,9 @@ def test_bad_actor_options_are_refused():
 def _head_tasks_done() -> int:
     import grpc
 
-    from cluster import shoal_pb2_grpc
-    from cluster.auth import call_metadata
-    from cluster.protocol import pb
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
+    from cluster.common.protocol import pb
 
     client = api._session._state["client"]
     with grpc.insecure_channel(client.targets[-1]) as channel:
@@ -291,7 +291,7 @@ def test_order_is_kept_across_direct_and_head_routed_calls(cluster):
 
 def test_direct_connection_refuses_a_wrong_secret(cluster):
     from api._direct import connect
-    from cluster import wire
+    from cluster.common import wire
 
     c = Counter(0)
     c.add(1).result(timeout=30)

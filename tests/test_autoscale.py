@@ -14,7 +14,7 @@ import pytest
 from test_slurm import ROOT, _bed_is_up, our_processes, wait_until
 
 import api
-from cluster import clusterfile
+from cluster.common import clusterfile
 
 pytestmark = pytest.mark.skipif(bool(_bed_is_up()), reason=_bed_is_up() or "up")
 BRIDGE = "shoalbr0"

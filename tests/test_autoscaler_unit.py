@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from test_slurm_unit import check_golden
 
-from cluster import config
-from cluster.autoscaler import BlockView, Demand, ScalingInput, backoff, decide
-from cluster.config import ConfigError, ScalingConfig
-from cluster.provider import _seconds, block_script
+from cluster.policy.autoscaler import BlockView, Demand, ScalingInput, backoff, decide
+from cluster.slurm import config
+from cluster.slurm.config import ConfigError, ScalingConfig
+from cluster.slurm.provider import _seconds, block_script
 
 CFG = ScalingConfig(nodes_per_block=1, cores_per_node=2, min_blocks=0, max_blocks=2,
                     max_idletime=5, drain_margin=30)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from cluster import clusterfile
+from cluster.common import clusterfile
 
 
 def _alive(pid: int) -> bool:

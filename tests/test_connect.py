@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 import api
-from cluster import auth, clusterfile
-from cluster.protocol import pb
+from cluster.common import auth, clusterfile
+from cluster.common.protocol import pb
 
 
 def _dead_port() -> int:
@@ -204,7 +204,7 @@ def test_poisoned_payload_does_run_with_the_right_secret(running_cluster, tmp_pa
 
 
 def test_local_driver_lane_refuses_a_wrong_secret_before_parsing(running_cluster, tmp_path):
-    from cluster import wire
+    from cluster.common import wire
 
     marker = str(tmp_path / "executed")
     hello, poison = _poisoned_submit(marker)

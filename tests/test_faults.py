@@ -14,9 +14,9 @@ import pytest
 from nodes import head_and_second_daemon
 
 import api
-from cluster import objectformat
-from cluster.protocol import pb
-from cluster.serialization import ObjectRef
+from cluster.common.protocol import pb
+from cluster.common.serialization import ObjectRef
+from cluster.store import objectformat
 
 MB = 2**20
 

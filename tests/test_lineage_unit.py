@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster.head import Head
-from cluster.protocol import DRIVER_SHIFT, fill, pb
+from cluster.common.protocol import DRIVER_SHIFT, fill, pb
+from cluster.head.state import Head
 
 
 class _Conn:

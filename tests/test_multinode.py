@@ -12,7 +12,7 @@ from nodes import start_daemon as _start_daemon
 from nodes import wait_nodes as _wait_nodes
 
 import api
-from cluster import clusterfile
+from cluster.common import clusterfile
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from nodes import head_and_second_daemon
 
 import api
-from cluster import paths
+from cluster.common import paths
 
 MB = 2**20
 
@@ -274,7 +274,7 @@ def test_a_3gb_object_moves_between_nodes_in_chunks(two_daemons):
 
 
 def test_transfer_server_refuses_a_wrong_secret_and_serves_the_right_one(cluster):
-    from cluster import transfer
+    from cluster.store import transfer
 
     ref = api.put(np.full(MB, 4.0))
     node = _store_node()

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cluster.objectstore import ObjectStore, StoreFullError, read
+from cluster.store.objectstore import ObjectStore, StoreFullError, read
 
 
 @pytest.fixture
@@ -140,7 +140,7 @@ def test_reading_a_non_object_file_is_a_clear_error(tmp_path):
 
 
 def test_mapping_cache_keeps_idle_mappings_warm_and_never_shows_stale_bytes(store):
-    from cluster.objectformat import MappingCache
+    from cluster.store.objectformat import MappingCache
 
     cache = MappingCache()
     store.put(1, np.ones(2**20))
@@ -167,8 +167,8 @@ def test_mapping_cache_keeps_idle_mappings_warm_and_never_shows_stale_bytes(stor
 def test_concurrent_pulls_of_one_object_transfer_it_once(tmp_path):
     import asyncio
 
-    from cluster import transfer
-    from cluster.objectserver import Puller
+    from cluster.store import transfer
+    from cluster.store.objectserver import Puller
 
     source = ObjectStore(str(tmp_path / "a"), str(tmp_path / "a-spill"), capacity=2**30)
     target = ObjectStore(str(tmp_path / "b"), str(tmp_path / "b-spill"), capacity=2**30)
@@ -197,8 +197,8 @@ def test_concurrent_pulls_of_one_object_transfer_it_once(tmp_path):
 
 
 def test_write_mappings_reuse_recycled_files_and_let_deleted_ones_go(store):
-    from cluster.objectformat import encode
-    from cluster.objectstore import WriteMappings
+    from cluster.store.objectformat import encode
+    from cluster.store.objectstore import WriteMappings
 
     writes = WriteMappings()
     first = encode(np.full(2**20, 1.0))
@@ -222,7 +222,7 @@ def test_write_mappings_reuse_recycled_files_and_let_deleted_ones_go(store):
 
 
 def test_parts_are_the_same_bytes_as_the_file():
-    from cluster.objectformat import decode, encode
+    from cluster.store.objectformat import decode, encode
 
     mixed = {"a": np.arange(1000), "b": np.ones(7, dtype=np.int8), "c": "text"}
     table = pa.table({"x": np.arange(100)})

@@ -12,5 +12,6 @@ def test_generated_modules_are_fresh(tmp_path):
                     str(tmp_path)], check=True, capture_output=True)
     for name in ("shoal_pb2.py", "shoal_pb2.pyi", "shoal_pb2_grpc.py"):
         fresh = (tmp_path / name).read_text()
-        checked_in = (ROOT / "cluster" / name).read_text()
-        assert fresh == checked_in, f"cluster/{name} is stale: run python scripts/gen_proto.py"
+        checked_in = (ROOT / "cluster" / "common" / name).read_text()
+        assert fresh == checked_in, \
+            f"cluster/common/{name} is stale: run python scripts/gen_proto.py"

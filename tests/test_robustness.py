@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import api
-from cluster import clusterfile, wire
-from cluster.protocol import pb
+from cluster.common import clusterfile, wire
+from cluster.common.protocol import pb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,8 +45,8 @@ def _lane(cf) -> socket.socket:
 def _head_answers(cf) -> bool:
     import grpc
 
-    from cluster import shoal_pb2_grpc
-    from cluster.auth import call_metadata
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
 
     with grpc.insecure_channel(cf.address) as channel:
         reply = shoal_pb2_grpc.HeadStub(channel).Status(
@@ -108,7 +108,7 @@ def test_nan_resources_are_refused_not_scheduled(target, no_session):
     def fine():
         return 1
 
-    from cluster import serialization
+    from cluster.common import serialization
 
     client = api._session.client()
     spec = pb.TaskSpec(task_id=client.new_id(), fn_id=b"x" * 16,
@@ -202,7 +202,7 @@ def test_twenty_up_workflow_down_cycles_leave_nothing(clusterctl, tmp_path):
                  if c.status == psutil.CONN_LISTEN}
     assert not (ports & listening), "a cluster's port is still open"
     assert not [c for c in clusterfile.running() if c.cluster_id.startswith("cycle-")]
-    from cluster import paths
+    from cluster.common import paths
 
     for root in (paths.runtime_root(), paths.spill_root()):  # stores, sockets, spills
         assert not [n for n in os.listdir(root) if n.startswith("cycle-")], root
@@ -215,7 +215,7 @@ def test_another_user_can_read_nothing_and_call_nothing(target, no_session):
     directory are closed; a call without the secret is refused, and so is a transfer."""
     import numpy as np
 
-    from cluster import paths as runtime_paths
+    from cluster.common import paths as runtime_paths
 
     api.init(target.path)
     ref = api.put(np.ones(2**20))
@@ -255,8 +255,8 @@ def test_another_user_can_read_nothing_and_call_nothing(target, no_session):
             answer = b""
         results.append("denied" if answer == b"" else "TRANSFERRED")
         import grpc
-        from cluster import shoal_pb2_grpc
-        from cluster.protocol import pb
+        from cluster.common import shoal_pb2_grpc
+        from cluster.common.protocol import pb
         with grpc.insecure_channel({target.address!r}) as channel:
             try:
                 shoal_pb2_grpc.HeadStub(channel).Status(pb.StatusRequest(), timeout=5)
@@ -326,8 +326,8 @@ def test_killed_driver_is_cleaned_up_and_others_keep_working(target, tmp_path, n
 def _status(cf):
     import grpc
 
-    from cluster import shoal_pb2_grpc
-    from cluster.auth import call_metadata
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
 
     with grpc.insecure_channel(cf.address) as channel:
         return shoal_pb2_grpc.HeadStub(channel).Status(

@@ -1,7 +1,7 @@
 """Placement is a pure function: tested without processes."""
 
-from cluster import scheduler
-from cluster.scheduler import NodeView, place
+from cluster.policy import scheduler
+from cluster.policy.scheduler import NodeView, place
 
 
 def node(node_id, total, used=None, factor=1.0, schedulable=True):

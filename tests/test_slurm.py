@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from cluster import clusterfile
+from cluster.common import clusterfile
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TESTBED = pathlib.Path(os.environ.get("SLURM_TESTBED_DIR", "/var/tmp/shoal-testbed"))
@@ -345,9 +345,9 @@ FAULT_DRIVER = textwrap.dedent("""
 
     # A put whose only copy is in node3's store.
     import numpy as np
-    from cluster import objectformat
-    from cluster.protocol import pb
-    from cluster.serialization import ObjectRef
+    from cluster.store import objectformat
+    from cluster.common.protocol import pb
+    from cluster.common.serialization import ObjectRef
     node3 = next(n for n in client.nodes.values() if n.name == "node3")
     enc = objectformat.encode(np.full(2**20, 9.0))
     put_id = client.new_id()

@@ -11,7 +11,7 @@ import shlex
 
 import pytest
 
-from cluster import slurm
+from cluster.slurm import commands as slurm
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 ENV = {

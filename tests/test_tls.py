@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 import api
-from cluster import clusterfile
-from cluster import shoal_pb2_grpc as pb_grpc
-from cluster.protocol import pb
+from cluster.common import clusterfile
+from cluster.common import shoal_pb2_grpc as pb_grpc
+from cluster.common.protocol import pb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def test_plaintext_client_cannot_talk_to_a_tls_head(tls_cluster):
 
 
 def test_a_client_with_another_ca_is_refused(tls_cluster, monkeypatch):
-    from cluster.tls import make_certificates
+    from cluster.common.tls import make_certificates
 
     other_ca, _, _ = make_certificates(["127.0.0.1"])
     cf_path = clusterfile.path_for("tls")
@@ -86,7 +86,7 @@ def test_objects_move_over_tls_and_plain_tcp_gets_nothing(tls_cluster, monkeypat
 
     import numpy as np
 
-    from cluster import transfer
+    from cluster.store import transfer
 
     monkeypatch.setenv("SHOAL_OBJECTS_VIA_NETWORK", "1")  # as a driver on another host
     api.init(tls_cluster.path)

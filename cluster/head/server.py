@@ -22,11 +22,11 @@ from typing import Any
 
 import grpc
 
-from cluster import shoal_pb2_grpc as pb_grpc
-from cluster import wire
-from cluster.auth import server_interceptor
-from cluster.head import Head
-from cluster.protocol import SERVER_OPTIONS, pb
+from cluster.common import shoal_pb2_grpc as pb_grpc
+from cluster.common import wire
+from cluster.common.auth import server_interceptor
+from cluster.common.protocol import SERVER_OPTIONS, pb
+from cluster.head.state import Head
 
 log = logging.getLogger("shoal.head")
 
@@ -227,7 +227,7 @@ async def start_server(head: Head, secret: str, host: str,
     pb_grpc.add_HeadServicer_to_server(HeadService(head), server)
     bind = f"[{host}]:0" if ":" in host else f"{host}:0"
     if tls:
-        from cluster.tls import server_credentials
+        from cluster.common.tls import server_credentials
 
         port = server.add_secure_port(bind, server_credentials(*tls))
     else:

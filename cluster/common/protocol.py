@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from cluster import shoal_pb2 as pb
+from cluster.common import shoal_pb2 as pb
 
 __all__ = ["pb", "to_dict", "fill", "CHANNEL_OPTIONS", "SERVER_OPTIONS", "DRIVER_SHIFT"]
 

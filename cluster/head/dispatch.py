@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from cluster import scheduler
-from cluster.protocol import pb
+from cluster.common.protocol import pb
+from cluster.policy import scheduler
 
 if TYPE_CHECKING:
     from collections import deque
 
-    from cluster.head import _Node, _Task
-    from cluster.objects import ObjectDirectory
+    from cluster.head.directory import ObjectDirectory
+    from cluster.head.state import _Node, _Task
 
 
 class Dispatcher:
@@ -91,7 +91,7 @@ class Dispatcher:
     def _assign_gang(self, task: _Task, gang: list[_Node]) -> None:
         """A multi-node app holds every slot of its nodes and runs on the first one, with
         $CLUSTER_NODELIST and $CLUSTER_MPI_PREFIX describing the set."""
-        from cluster.slurm import mpi_prefix
+        from cluster.slurm.commands import mpi_prefix
 
         for node in gang[1:]:
             self._reserve(task, node, dict(node.view.total))

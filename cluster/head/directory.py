@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cluster.protocol import pb
+from cluster.common.protocol import pb
 
 
 @dataclass(slots=True)

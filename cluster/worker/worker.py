@@ -18,8 +18,9 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from cluster import objectformat, serialization, wire
-from cluster.objectstore import WriteMappings
+from cluster.common import serialization, wire
+from cluster.store import objectformat
+from cluster.store.objectstore import WriteMappings
 
 # Status codes (mirror shoal.proto's Status enum; this module must not import protobuf).
 OK, APP_ERROR, BASH_EXIT = 0, 1, 5
@@ -127,7 +128,7 @@ class Worker:
         self.send(("alloc", ref, size))
         _, _, path, error = self.wait_result(ref)
         if not path:
-            from cluster.objectstore import StoreFullError
+            from cluster.store.objectstore import StoreFullError
 
             raise StoreFullError(error)
         return path
@@ -310,7 +311,7 @@ class Worker:
             fn=lambda *a, **k: construct(klass, *a, **k))
         route = ""
         if status == OK and secret:
-            from cluster.actorserver import ActorServer
+            from cluster.worker.actorserver import ActorServer
 
             try:
                 self.server = ActorServer(secret, runtime_dir, actor_id, host)
@@ -530,10 +531,3 @@ def main() -> None:
         Worker(sock).serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
-
-
-if __name__ == "__main__":
-    # Run as the importable module, so `cluster.worker.CURRENT` is what apps see.
-    from cluster import worker as _worker
-
-    _worker.main()

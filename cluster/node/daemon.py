@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.objectstore import ObjectStore
-from cluster.protocol import DRIVER_SHIFT, pb, to_dict
-from cluster.workerpool import WorkerHandle, worker_env
+from cluster.common.protocol import DRIVER_SHIFT, pb, to_dict
+from cluster.node.workerpool import WorkerHandle, worker_env
+from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
 _EPS = 1e-9
@@ -272,7 +272,7 @@ class Daemon:
         return deps
 
     def _on_alloc(self, worker: WorkerHandle, ref: int, size: int) -> None:
-        from cluster.objectstore import StoreFullError
+        from cluster.store.objectstore import StoreFullError
 
         if self.store is None:
             worker.send(("alloc", ref, "", "this node has no object store"))
@@ -462,7 +462,7 @@ class Daemon:
     def _worker_call(self, worker: WorkerHandle, message: Any) -> None:
         """An app on this node called an actor: forward the call to the head."""
         _, ref, actor_id, method, args, deps = message
-        from cluster.head import NODE_CALLER_BASE
+        from cluster.head.state import NODE_CALLER_BASE
 
         self._call_seq += 1
         task_id = ((NODE_CALLER_BASE + self.node_id) << DRIVER_SHIFT) | self._call_seq

@@ -23,7 +23,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cluster.config import ScalingConfig
+from cluster.slurm.config import ScalingConfig
 
 BACKOFF_BASE = 5.0
 BACKOFF_MAX = 300.0

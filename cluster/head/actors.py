@@ -15,10 +15,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cluster.protocol import DRIVER_SHIFT, pb
+from cluster.common.protocol import DRIVER_SHIFT, pb
 
 if TYPE_CHECKING:
-    from cluster.head import Head, _Node, _Task
+    from cluster.head.state import Head, _Node, _Task
 
 log = logging.getLogger("shoal.head")
 

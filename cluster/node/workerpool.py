@@ -16,15 +16,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cluster.paths import PACKAGE_ROOT
-from cluster.wire import FrameProtocol
+from cluster.common.paths import PACKAGE_ROOT
+from cluster.common.wire import FrameProtocol
 
 
 def worker_env(log_dir: str) -> dict[str, str]:
     """Environment for worker processes: ours, plus the package on the path."""
     env = dict(os.environ)
     if "SLURM_STEP_ID" in env:
-        from cluster.slurm import worker_environment
+        from cluster.slurm.commands import worker_environment
 
         env = worker_environment(env)  # so bash apps' own srun starts a fresh step
     env["SHOAL_LOG_DIR"] = log_dir

@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 
-from cluster import shoal_pb2_grpc as pb_grpc
-from cluster import transfer
-from cluster.auth import server_interceptor
-from cluster.objectstore import ObjectStore, StoreFullError
-from cluster.protocol import pb
+from cluster.common import shoal_pb2_grpc as pb_grpc
+from cluster.common.auth import server_interceptor
+from cluster.common.protocol import pb
+from cluster.store import transfer
+from cluster.store.objectstore import ObjectStore, StoreFullError
 
 log = logging.getLogger("shoal.objects")
 

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import autoscaler, clusterfile
-from cluster.config import ScalingConfig
-from cluster.head import Head
-from cluster.protocol import pb
-from cluster.provider import JobState, SlurmProvider
+from cluster.common import clusterfile
+from cluster.common.protocol import pb
+from cluster.head.state import Head
+from cluster.policy import autoscaler
+from cluster.slurm.config import ScalingConfig
+from cluster.slurm.provider import JobState, SlurmProvider
 
 log = logging.getLogger("shoal.autoscaler")
 

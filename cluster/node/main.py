@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from cluster import auth, clusterfile, paths
+from cluster.common import auth, clusterfile, paths
 
 log = logging.getLogger("shoal.node")
 #: Object store capacity in bytes, inherited by every daemon of a cluster (srun, sbatch).
@@ -118,9 +118,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     """Run what `ns` asks for until shutdown (`daemon`: this host's, already spawning)."""
-    from cluster.head import Head
-    from cluster.headserver import LocalConn, start_driver_lane, start_server
-    from cluster.protocol import fill, pb
+    from cluster.common.protocol import fill, pb
+    from cluster.head.server import LocalConn, start_driver_lane, start_server
+    from cluster.head.state import Head
 
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -158,7 +158,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     runtime = paths.runtime_dir(ns.cluster_id, "" if ns.head else local_name)
     tls_pair = None
     if ns.head and ns.tls:
-        from cluster.tls import make_cluster_certificates
+        from cluster.common.tls import make_cluster_certificates
 
         ca, key, cert, node_key, node_cert = make_cluster_certificates([ns.host])
         tls_pair = (key, cert)
@@ -194,7 +194,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
 
             asyncio.ensure_future(local_heartbeat())
     elif daemon is not None:
-        from cluster.headlink import GrpcHeadLink
+        from cluster.node.headlink import GrpcHeadLink
 
         register = pb.Register(name=node_name, address=ns.host, pid=os.getpid(),
                                block_id=ns.block_id, store_address=store_address,
@@ -217,9 +217,9 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
                        "tls_node_cert": ns.tls_node_cert} if ns.tls else {})}))
     manager = None
     if ns.autoscale and head is not None:
-        from cluster import config
-        from cluster.blocks import BlockManager
-        from cluster.provider import SlurmProvider
+        from cluster.slurm import config
+        from cluster.slurm.blocks import BlockManager
+        from cluster.slurm.provider import SlurmProvider
 
         cfg = config.from_mapping(json.loads(ns.autoscale))
         provider = SlurmProvider(cfg, cluster_id=ns.cluster_id, head_address=address,
@@ -276,8 +276,8 @@ async def _start_store(ns: argparse.Namespace, secret: str,
                        daemon: Any) -> tuple[Any, str, str]:
     """The daemon's object store (in its runtime directory, spilling to node-local disk)
     and its servers; returns (gRPC server, transfer address, the store directory)."""
-    from cluster import objectserver
-    from cluster.objectstore import ObjectStore
+    from cluster.store import objectserver
+    from cluster.store.objectstore import ObjectStore
 
     runtime = daemon.runtime_dir
     spill = os.path.join(paths.spill_root(), os.path.basename(runtime))
@@ -297,7 +297,7 @@ async def _start_store(ns: argparse.Namespace, secret: str,
     daemon.store = store
     server_tls = client_tls = None
     if ns.tls_ca:  # a --tls cluster: transfers are TLS, actors take no plain TCP calls
-        from cluster import tls
+        from cluster.common import tls
 
         if not (ns.tls_node_key and ns.tls_node_cert):
             raise SystemExit("this --tls cluster's file has no node certificate; run "
@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     daemon = None
     if ns.daemon:
-        from cluster.daemon import Daemon
+        from cluster.node.daemon import Daemon
 
         daemon = Daemon(ns.node_name or socket.gethostname(), detect_resources(ns),
                         os.path.join(log_dir, "tasks"), ns.num_workers)

@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from cluster.objects import LOST
-from cluster.protocol import pb
+from cluster.common.protocol import pb
+from cluster.head.directory import LOST
 
 if TYPE_CHECKING:
-    from cluster.head import Head
+    from cluster.head.state import Head
 
 log = logging.getLogger("shoal.head")
 
@@ -79,7 +79,7 @@ class Lineage:
     @staticmethod
     def lost_value(object_id: int, node_name: str) -> Any:
         """What a lost object without lineage becomes."""
-        from cluster.objects import Value
+        from cluster.head.directory import Value
 
         return Value(pb.OBJECT_LOST, b"", f"object {object_id:#x} was held only by node "
                      f"{node_name}, which was lost, and no task can rebuild it (api.put "

@@ -39,7 +39,7 @@ from typing import Any
 
 import cloudpickle
 
-from cluster import serialization
+from cluster.common import serialization
 
 MAGIC = b"SHOALOBJ"
 KIND_PICKLE, KIND_ARROW = 1, 2

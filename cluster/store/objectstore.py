@@ -25,8 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from cluster import objectformat
-from cluster.objectformat import read
+from cluster.store import objectformat
+from cluster.store.objectformat import read
 
 __all__ = ["ObjectStore", "StoreFullError", "read"]
 

@@ -14,8 +14,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from cluster import slurm
-from cluster.config import ScalingConfig
+from cluster.slurm import commands as slurm
+from cluster.slurm.config import ScalingConfig
 
 
 @dataclass(frozen=True)

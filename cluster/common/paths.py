@@ -15,7 +15,7 @@ import tempfile
 
 OWNER_FILE = "owner.pid"
 #: The directory holding the `api` and `cluster` packages (put on child processes' path).
-PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def user() -> str:

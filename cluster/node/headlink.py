@@ -13,11 +13,11 @@ import time
 
 import grpc
 
-from cluster import shoal_pb2_grpc as pb_grpc
-from cluster.auth import call_metadata
-from cluster.daemon import Daemon
-from cluster.headserver import StreamConn
-from cluster.protocol import CHANNEL_OPTIONS, pb
+from cluster.common import shoal_pb2_grpc as pb_grpc
+from cluster.common.auth import call_metadata
+from cluster.common.protocol import CHANNEL_OPTIONS, pb
+from cluster.head.server import StreamConn
+from cluster.node.daemon import Daemon
 
 log = logging.getLogger("shoal.daemon")
 
@@ -78,7 +78,7 @@ class GrpcHeadLink:
         conn = StreamConn()
         conn.send(pb.NodeToHead(register=self.register))
         self._conn = conn
-        from cluster.tls import channel as open_channel
+        from cluster.common.tls import channel as open_channel
 
         async with open_channel(self.address, self.ca, CHANNEL_OPTIONS, aio=True) as channel:
             stub = pb_grpc.HeadStub(channel)

@@ -22,7 +22,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster import auth, clusterfile, paths, slurm
+from cluster.common import auth, clusterfile, paths
+from cluster.slurm import commands as slurm
 
 
 class BootstrapError(RuntimeError):
@@ -52,9 +53,9 @@ def _read_ready(proc: subprocess.Popen, timeout: float, log_dir: str) -> dict[st
 
 def _status(cf: clusterfile.ClusterFile, timeout: float) -> Any:
 
-    from cluster import shoal_pb2_grpc as pb_grpc
-    from cluster.protocol import CHANNEL_OPTIONS, pb
-    from cluster.tls import channel as open_channel
+    from cluster.common import shoal_pb2_grpc as pb_grpc
+    from cluster.common.protocol import CHANNEL_OPTIONS, pb
+    from cluster.common.tls import channel as open_channel
 
     with open_channel(cf.address, cf.extra.get("tls_ca"), CHANNEL_OPTIONS) as channel:
         return pb_grpc.HeadStub(channel).Status(
@@ -220,12 +221,12 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
     directories, mark the file down. Works with a dead head; idempotent. Returns notes."""
     import grpc
 
-    from cluster import shoal_pb2_grpc as pb_grpc
-    from cluster.protocol import CHANNEL_OPTIONS, pb
+    from cluster.common import shoal_pb2_grpc as pb_grpc
+    from cluster.common.protocol import CHANNEL_OPTIONS, pb
 
     notes: list[str] = []
     try:
-        from cluster.tls import channel as open_channel
+        from cluster.common.tls import channel as open_channel
 
         with open_channel(cf.address, cf.extra.get("tls_ca"), CHANNEL_OPTIONS) as channel:
             pb_grpc.HeadStub(channel).Shutdown(
@@ -262,7 +263,7 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
         except slurm.SlurmError as err:
             notes.append(f"scancel failed: {err}")
     if cf.extra.get("autoscale"):
-        from cluster.provider import job_name
+        from cluster.slurm.provider import job_name
 
         try:
             slurm.cancel_by_name(job_name(cf.cluster_id))

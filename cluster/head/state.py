@@ -22,12 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster import scheduler
-from cluster.actors import ActorTable
-from cluster.dispatch import Dispatcher
-from cluster.lineage import Lineage
-from cluster.objects import LOST, ObjectDirectory, Value
-from cluster.protocol import DRIVER_SHIFT, fill, pb, to_dict
+from cluster.common.protocol import DRIVER_SHIFT, fill, pb, to_dict
+from cluster.head.actors import ActorTable
+from cluster.head.directory import LOST, ObjectDirectory, Value
+from cluster.head.dispatch import Dispatcher
+from cluster.head.lineage import Lineage
+from cluster.policy import scheduler
 
 log = logging.getLogger("shoal.head")
 

@@ -165,7 +165,7 @@ class TransferServer:
             store.unpin(object_id)
 
     def _take(self, conn: socket.socket, object_id: int, size: int) -> None:
-        from cluster.objectstore import StoreFullError
+        from cluster.store.objectstore import StoreFullError
 
         store = self.store
         try:
@@ -195,7 +195,7 @@ def _connect(address: str, secret: str, op: bytes, object_id: int, size: int = 0
     sock = socket.create_connection((host.strip("[]"), int(port)), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls is not None:
-        from cluster.tls import NODE_NAME
+        from cluster.common.tls import NODE_NAME
 
         sock = tls.wrap_socket(sock, server_hostname=NODE_NAME)
     key = secret.encode()

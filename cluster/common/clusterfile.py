@@ -14,7 +14,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cluster import paths
+from cluster.common import paths
 
 
 @dataclass

@@ -18,7 +18,7 @@ import socket
 import threading
 from collections.abc import Callable
 
-from cluster import wire
+from cluster.common import wire
 
 
 class DirectConn:

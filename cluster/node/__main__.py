@@ -1,0 +1,5 @@
+"""``python -m cluster.node``: see :mod:`cluster.node.main`."""
+
+from cluster.node.main import main
+
+main()
