@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pyarrow as pa
 import pytest
+from helpers import ROOT
 
 from cluster.store.objectstore import ObjectStore, StoreFullError, read
 
@@ -45,7 +46,7 @@ def test_another_process_reads_the_same_bytes(store, tmp_path):
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
             "from cluster.objectstore import read; a = read(sys.argv[1]);"
             "print(float(a.sum()), a.flags.writeable)")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = ROOT
     out = subprocess.run([sys.executable, "-c", code, path, root], capture_output=True,
                          text=True, check=True).stdout.split()
     assert float(out[0]) == pytest.approx(float(array.sum()))

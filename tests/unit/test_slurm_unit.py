@@ -5,15 +5,13 @@ Regenerate the golden files after an intended change with SHOAL_UPDATE_GOLDEN=1.
 
 from __future__ import annotations
 
-import os
-import pathlib
 import shlex
 
 import pytest
+from helpers import check_golden
 
 from cluster.slurm import commands as slurm
 
-GOLDEN = pathlib.Path(__file__).parent / "golden"
 ENV = {
     "SLURM_JOB_ID": "4242",
     "SLURM_JOB_NODELIST": "node[1-2]",
@@ -22,14 +20,6 @@ ENV = {
     "SLURM_GPUS_ON_NODE": "2",
     "SLURM_JOB_PARTITION": "debug",
 }
-
-
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("SHOAL_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert path.exists(), f"missing golden file {path}; run with SHOAL_UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} changed; if intended, SHOAL_UPDATE_GOLDEN=1"
 
 
 def test_allocation_from_env():

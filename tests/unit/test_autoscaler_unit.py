@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_slurm_unit import check_golden
+from helpers import check_golden
 
 from cluster.policy.autoscaler import BlockView, Demand, ScalingInput, backoff, decide
 from cluster.slurm import config

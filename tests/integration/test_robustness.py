@@ -13,14 +13,13 @@ import time
 
 import psutil
 import pytest
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import api
 from cluster.common import clusterfile, wire
 from cluster.common.protocol import pb
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

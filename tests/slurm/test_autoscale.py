@@ -11,12 +11,13 @@ import sys
 import time
 
 import pytest
-from test_slurm import ROOT, _bed_is_up, our_processes, wait_until
+from helpers import ROOT_PATH as ROOT
+from helpers import bed_is_up, our_processes, wait_until
 
 import api
 from cluster.common import clusterfile
 
-pytestmark = pytest.mark.skipif(bool(_bed_is_up()), reason=_bed_is_up() or "up")
+pytestmark = pytest.mark.skipif(bool(bed_is_up()), reason=bed_is_up() or "up")
 BRIDGE = "shoalbr0"
 
 

@@ -7,77 +7,19 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
+from helpers import ROOT_PATH as ROOT
+from helpers import TESTBED, bed_is_up, job_alive, our_processes, wait_until
 
 from cluster.common import clusterfile
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-TESTBED = pathlib.Path(os.environ.get("SLURM_TESTBED_DIR", "/var/tmp/shoal-testbed"))
 PY = sys.executable
 
-
-def _bed_is_up() -> str:
-    if os.geteuid() != 0:
-        return "the Slurm test bed needs root (network namespaces)"
-    if shutil.which("scontrol") is None:
-        return "Slurm is not installed: run `bash scripts/testbed/up.sh`"
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=10)
-    except subprocess.TimeoutExpired:
-        return "slurmctld does not answer"
-    if "UP" not in ping.stdout:
-        return "the Slurm test bed is not up: run `bash scripts/testbed/up.sh`"
-    return ""
-
-
-pytestmark = pytest.mark.skipif(bool(_bed_is_up()), reason=_bed_is_up() or "up")
-
-
-def _namespaces() -> list[str]:
-    rows = (TESTBED / "nodes.tsv").read_text().split("\n")
-    return [r.split("\t")[2] for r in rows if r.strip()]
-
-
-def our_processes(job_id: str = "") -> list[str]:
-    """Command lines of shoal processes in any node namespace (or for one job)."""
-    found = []
-    for ns in _namespaces():
-        out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
-        for pid in out.stdout.split():
-            try:
-                cmd = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-                stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if stat.split(") ", 1)[-1].startswith("Z"):
-                continue
-            text = cmd.decode(errors="replace")
-            if "cluster.node" in text or "cluster.worker" in text:
-                if not job_id or job_id in text or "cluster.worker" in text:
-                    found.append(f"{pid}: {text}")
-    return found
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def job_alive(job_id: str) -> bool:
-    out = subprocess.run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"],
-                         capture_output=True, text=True)
-    return bool(out.stdout.strip()) and "COMPLET" not in out.stdout
+pytestmark = pytest.mark.skipif(bool(bed_is_up()), reason=bed_is_up() or "up")
 
 
 def _in_allocation(tmp_path, env, salloc: list[str], body: str,

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 import api
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "scripts", "demo")
 
 

@@ -9,13 +9,12 @@ import time
 
 import grpc
 import pytest
+from helpers import ROOT
 
 import api
 from cluster.common import clusterfile
 from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common.protocol import pb
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture

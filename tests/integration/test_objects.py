@@ -11,7 +11,7 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pytest
-from nodes import head_and_second_daemon
+from helpers import head_and_second_daemon
 
 import api
 from cluster.common import paths

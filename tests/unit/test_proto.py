@@ -1,10 +1,9 @@
 """The checked-in generated modules match proto/ (regenerate: python scripts/gen_proto.py)."""
 
-import pathlib
 import subprocess
 import sys
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from helpers import ROOT_PATH as ROOT
 
 
 def test_generated_modules_are_fresh(tmp_path):

@@ -7,9 +7,9 @@ import signal
 import time
 
 import pytest
-from nodes import head_and_second_daemon
-from nodes import start_daemon as _start_daemon
-from nodes import wait_nodes as _wait_nodes
+from helpers import head_and_second_daemon
+from helpers import start_daemon as _start_daemon
+from helpers import wait_nodes as _wait_nodes
 
 import api
 from cluster.common import clusterfile

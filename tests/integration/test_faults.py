@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 import pytest
-from nodes import head_and_second_daemon
+from helpers import head_and_second_daemon
 
 import api
 from cluster.common.protocol import pb
