@@ -22,7 +22,8 @@ from api._futures import AppFuture, Stored
 from api._objects import ObjectClient
 from api._transport import LaneTransport
 from cluster.common import serialization
-from cluster.common.protocol import DRIVER_SHIFT, pb, to_dict
+from cluster.common.ids import DRIVER_SHIFT
+from cluster.common.protocol import pb, to_dict
 
 
 class Client:

@@ -10,11 +10,8 @@ from collections.abc import Mapping
 
 from cluster.common import shoal_pb2 as pb
 
-__all__ = ["pb", "to_dict", "fill", "CHANNEL_OPTIONS", "SERVER_OPTIONS", "DRIVER_SHIFT"]
+__all__ = ["pb", "to_dict", "fill", "CHANNEL_OPTIONS", "SERVER_OPTIONS"]
 
-#: Task and object ids are ``driver_id << DRIVER_SHIFT | sequence``: made by the driver,
-#: unique in the cluster, and routable to their driver without a lookup.
-DRIVER_SHIFT = 40
 
 # Values travel inline in messages (until the object store takes large ones), so lift
 # gRPC's 4 MB default; keepalive makes a vanished peer visible on an idle stream.

@@ -15,7 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cluster.common.protocol import DRIVER_SHIFT, pb
+from cluster.common.ids import DRIVER_SHIFT
+from cluster.common.protocol import pb
 
 if TYPE_CHECKING:
     from cluster.head.state import Head, _Node, _Task

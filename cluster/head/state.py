@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster.common.protocol import DRIVER_SHIFT, fill, pb, to_dict
+from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
+from cluster.common.protocol import fill, pb, to_dict
 from cluster.head.actors import ActorTable
 from cluster.head.directory import LOST, ObjectDirectory, Value
 from cluster.head.dispatch import Dispatcher
@@ -31,8 +32,6 @@ from cluster.policy import scheduler
 
 log = logging.getLogger("shoal.head")
 
-#: Callers that are nodes (apps calling actors) get ids above every driver's.
-NODE_CALLER_BASE = 1 << 23
 RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
 
 

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.common.protocol import DRIVER_SHIFT, pb, to_dict
+from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
+from cluster.common.protocol import pb, to_dict
 from cluster.node.workerpool import WorkerHandle, worker_env
 from cluster.store.objectstore import ObjectStore
 
@@ -462,8 +463,6 @@ class Daemon:
     def _worker_call(self, worker: WorkerHandle, message: Any) -> None:
         """An app on this node called an actor: forward the call to the head."""
         _, ref, actor_id, method, args, deps = message
-        from cluster.head.state import NODE_CALLER_BASE
-
         self._call_seq += 1
         task_id = ((NODE_CALLER_BASE + self.node_id) << DRIVER_SHIFT) | self._call_seq
         self._call_waiters[task_id] = (worker, ref)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
-from cluster.common.protocol import DRIVER_SHIFT, fill, pb
+from cluster.common.ids import DRIVER_SHIFT
+from cluster.common.protocol import fill, pb
 from cluster.head.state import Head
 
 
