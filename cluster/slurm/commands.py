@@ -176,7 +176,8 @@ def mpi_prefix(nodes: Sequence[str], ranks_per_node: int, mpi: str = "") -> str:
 
 
 # ---- running Slurm commands -------------------------------------------------------------
-def _run(cmd: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
+def run(cmd: Sequence[str], timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run a Slurm command; its stdout, or SlurmError saying what failed and why."""
     if shutil.which(cmd[0]) is None:
         raise SlurmError(f"`{cmd[0]}` is not on PATH: is Slurm installed here (module load "
                          "slurm?), or are you outside the cluster?")
@@ -193,7 +194,7 @@ def hostnames(nodelist: str) -> list[str]:
     """``scontrol show hostnames NODELIST`` (falls back to :func:`expand_nodelist`)."""
     if shutil.which("scontrol") is None:
         return expand_nodelist(nodelist)
-    return _run(["scontrol", "show", "hostnames", nodelist]).split()
+    return run(["scontrol", "show", "hostnames", nodelist]).split()
 
 
 def current_allocation() -> Allocation:
@@ -205,22 +206,8 @@ def current_allocation() -> Allocation:
 
 def job_steps(job_id: str) -> list[str]:
     """Ids ("JOB.STEP") of the job's running steps."""
-    out = _run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i"])
+    out = run(["squeue", "--noheader", "--steps", f"--jobs={job_id}", "--format=%i"])
     return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def job_states(job_ids: Sequence[str]) -> dict[str, str]:
-    """{job id: state} for the given jobs still known to squeue (one call)."""
-    if not job_ids:
-        return {}
-    out = _run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
-                "--format=%i %T"])
-    states = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
-    return states
 
 
 def cancel(ids: Sequence[str]) -> None:
@@ -228,7 +215,7 @@ def cancel(ids: Sequence[str]) -> None:
     if not ids:
         return
     try:
-        _run(["scancel", *ids])
+        run(["scancel", *ids])
     except SlurmError as err:
         if "Invalid job id" not in str(err) and "already completing" not in str(err):
             raise
@@ -239,7 +226,7 @@ def cancel_by_name(name: str) -> None:
     e.g. when the head died right after sbatch)."""
     import getpass
 
-    _run(["scancel", f"--name={name}", f"--user={getpass.getuser()}"])
+    run(["scancel", f"--name={name}", f"--user={getpass.getuser()}"])
 
 
 def in_allocation() -> bool:

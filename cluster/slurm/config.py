@@ -55,11 +55,6 @@ class ScalingConfig:
     drain_margin: float = 60.0         # drain a block this long before its walltime ends
     python: str = ""                   # interpreter on the nodes (default: ours)
 
-    @property
-    def walltime_seconds(self) -> float:
-        """``walltime`` in seconds."""
-        return parse_walltime(self.walltime)
-
     def node_resources(self) -> dict[str, float]:
         """The resources one node of a block brings."""
         res: dict[str, float] = {"cpus": float(self.cores_per_node)}

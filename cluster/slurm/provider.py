@@ -103,14 +103,14 @@ class SlurmProvider:
         path = os.path.join(self.log_dir, f"block-{block_id}.sh")
         with open(path, "w") as f:
             f.write(self.script(block_id))
-        out = slurm._run(["sbatch", "--parsable", path])
+        out = slurm.run(["sbatch", "--parsable", path])
         return out.strip().split(";")[0]
 
     def status(self, job_ids: Sequence[str]) -> dict[str, JobState]:
         """State of each job (one squeue call); jobs squeue no longer lists are GONE."""
         if not job_ids:
             return {}
-        out = slurm._run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
+        out = slurm.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(job_ids)}",
                           "--format=%i|%T|%L|%r"])
         states = {j: JobState("GONE", None) for j in job_ids}
         for line in out.splitlines():

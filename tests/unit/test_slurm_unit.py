@@ -1,4 +1,4 @@
-"""cluster/slurm.py without a Slurm: parsing, and golden files pinning generated commands.
+"""cluster/slurm/commands.py without a Slurm: parsing, and golden files pinning generated commands.
 
 Regenerate the golden files after an intended change with SHOAL_UPDATE_GOLDEN=1.
 """
