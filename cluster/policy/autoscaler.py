@@ -1,6 +1,6 @@
 """Autoscaling policy: a pure function from the cluster's state to blocks to add and drain.
 
-No I/O here; :mod:`cluster.blocks` gathers the state, calls :func:`decide` every
+No I/O here; :mod:`cluster.slurm.blocks` gathers the state, calls :func:`decide` every
 ``strategy_period`` and carries the decision out through the provider.
 
 Rules (Parsl's, with what its users asked for):
@@ -72,19 +72,28 @@ class Decision:
 
 
 def backoff(failures: int) -> float:
-    """Seconds to wait before submitting again after `failures` failed starts."""
+    """Seconds to wait before submitting again after `failures` failed starts.
+
+    >>> [backoff(n) for n in range(5)]
+    [0.0, 5.0, 10.0, 20.0, 40.0]
+    >>> backoff(30)
+    300.0
+    """
     if failures <= 0:
         return 0.0
-    return min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (failures - 1))
+    return min(BACKOFF_MAX, BACKOFF_BASE * 2.0 ** (failures - 1))
 
 
 def decide(state: ScalingInput, cfg: ScalingConfig) -> Decision:
     """Blocks to add and to drain. Pure: same input, same decision.
 
-    >>> from cluster.config import ScalingConfig
+    >>> from cluster.slurm.config import ScalingConfig
     >>> cfg = ScalingConfig(cores_per_node=2, max_blocks=2, min_blocks=0)
     >>> decide(ScalingInput(Demand(queued_tasks=24, queued_cpus=24)), cfg).add
     2
+    >>> idle = BlockView("7", "running", idle_seconds=10 * cfg.max_idletime)
+    >>> decide(ScalingInput(Demand(), blocks=[idle]), cfg).drain
+    ['7']
     """
     out = Decision()
     demand = state.demand

@@ -48,7 +48,13 @@ def queue_factor(mean_task_seconds: float | None) -> float:
 
 
 def can_ever_fit(request: Resources, total: Resources) -> bool:
-    """True when a node with `total` resources could run `request` when idle."""
+    """True when a node with `total` resources could run `request` when idle.
+
+    >>> can_ever_fit({"cpus": 4}, {"cpus": 4, "gpus": 1})
+    True
+    >>> can_ever_fit({"gpus": 1}, {"cpus": 64})
+    False
+    """
     for key, amount in request.items():
         if amount > total.get(key, 0.0) + _EPS:
             return False
@@ -56,7 +62,15 @@ def can_ever_fit(request: Resources, total: Resources) -> bool:
 
 
 def fits_now(request: Resources, node: NodeView) -> bool:
-    """True when `node` can accept `request` now, counting its queue allowance."""
+    """True when `node` can accept `request` now, counting its queue allowance.
+
+    >>> busy = NodeView(1, {"cpus": 2}, {"cpus": 2})
+    >>> fits_now({"cpus": 1}, busy)
+    False
+    >>> busy.factor = 2.0          # room to queue one more task per slot
+    >>> fits_now({"cpus": 1}, busy)
+    True
+    """
     total, used, factor = node.total, node.used, node.factor
     for key, amount in request.items():
         cap = total.get(key, 0.0)
@@ -68,7 +82,11 @@ def fits_now(request: Resources, node: NodeView) -> bool:
 
 
 def load(request: Resources, node: NodeView) -> float:
-    """Fraction of the node's most contended requested resource once `request` is added."""
+    """Fraction of the node's most contended requested resource once `request` is added.
+
+    >>> load({"cpus": 1, "gpus": 1}, NodeView(1, {"cpus": 4, "gpus": 2}, {"cpus": 1}))
+    0.5
+    """
     worst = 0.0
     total, used = node.total, node.used
     for key, amount in request.items():
@@ -139,7 +157,13 @@ def place_gang(
 
 
 def largest_node(nodes: Sequence[NodeView]) -> dict[str, float]:
-    """The resources of the biggest node (by cpus, then gpus, then memory), for errors."""
+    """The resources of the biggest node (by cpus, then gpus, then memory), for errors.
+
+    >>> largest_node([NodeView(1, {"cpus": 2}), NodeView(2, {"cpus": 8, "gpus": 1})])
+    {'cpus': 8, 'gpus': 1}
+    >>> largest_node([])
+    {}
+    """
     if not nodes:
         return {}
     biggest = max(
@@ -150,7 +174,13 @@ def largest_node(nodes: Sequence[NodeView]) -> dict[str, float]:
 
 
 def describe(resources: Resources) -> str:
-    """Human-readable resources: ``cpus=4 gpus=0 memory=3.8GiB``."""
+    """Human-readable resources: ``cpus=4 gpus=0 memory=3.8GiB``.
+
+    >>> describe({"memory": 2**31, "gpus": 1, "cpus": 4, "node:n1": 1})
+    'cpus=4 gpus=1 memory=2.0GiB'
+    >>> describe({})
+    'nothing'
+    """
     parts = []
     for key, value in sorted(resources.items(), key=lambda kv: (kv[0] != "cpus", kv[0])):
         if key.startswith("node:"):
