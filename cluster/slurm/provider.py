@@ -13,6 +13,7 @@ import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from cluster.slurm import commands as slurm
 from cluster.slurm.config import ScalingConfig
@@ -25,6 +26,26 @@ class JobState:
     state: str                 # PENDING, RUNNING, COMPLETING, ... ("GONE": not listed)
     time_left: float | None    # seconds, when running
     reason: str = ""
+
+
+class BlockProvider(Protocol):
+    """What the block manager needs of a batch system: three verbs, all blocking.
+
+    :class:`SlurmProvider` is the real one; unit tests use a fake that moves jobs through
+    PENDING, RUNNING and COMPLETED/FAILED on command.
+    """
+
+    def submit(self, block_id: str) -> str:
+        """Start one block; returns its job id. Raises when the job could not be queued."""
+        ...
+
+    def status(self, job_ids: Sequence[str]) -> dict[str, JobState]:
+        """State of each job in `job_ids`; a job the batch system no longer lists is GONE."""
+        ...
+
+    def cancel(self, job_ids: Sequence[str]) -> None:
+        """Cancel these jobs; ids that already ended are fine."""
+        ...
 
 
 def job_name(cluster_id: str) -> str:
@@ -78,8 +99,8 @@ def block_script(cfg: ScalingConfig, *, cluster_id: str, block_id: str, head_add
 
 
 class SlurmProvider:
-    """Runs sbatch/squeue/scancel for one cluster's blocks (one call for many ids, with a
-    timeout each)."""
+    """A :class:`BlockProvider` running sbatch/squeue/scancel for one cluster's blocks (one
+    call for many ids, with a timeout each)."""
 
     def __init__(self, cfg: ScalingConfig, *, cluster_id: str, head_address: str,
                  secret_file: str, python: str, log_dir: str, package_root: str) -> None:
