@@ -1,133 +1,40 @@
-"""The exceptions a shoal user sees."""
+"""The exceptions a shoal user sees: defined in :mod:`cluster.common.errors` (so code
+inside workers raises the same types) and re-exported here for the api package."""
 
 from __future__ import annotations
 
-import builtins
-from typing import Any
+from cluster.common.errors import (
+    ActorDiedError,
+    AppTimeout,
+    BashExitFailure,
+    ConnectionError,
+    DependencyError,
+    ObjectLostError,
+    ObjectStoreFullError,
+    ResourceUnavailableError,
+    SerializationError,
+    ShoalError,
+    TaskCancelledError,
+    TaskError,
+    WorkerCrashedError,
+    error_for,
+    make_task_error,
+)
 
-
-class ShoalError(Exception):
-    """Base class of every error shoal raises."""
-
-
-class TaskError(ShoalError):
-    """An app raised. ``.cause`` is the original exception (when it could be shipped back),
-    ``.exc_type`` its type name, ``.remote_traceback`` the traceback text from the worker.
-
-    The exception raised in the driver is also an instance of the original type when that
-    type allows it, so ``except ValueError`` catches an app's ``ValueError``.
-    """
-
-    def __init__(self, message: str, *, cause: BaseException | None = None, exc_type: str = "",
-                 remote_traceback: str = "", task_id: int = 0, task_name: str = "") -> None:
-        super().__init__(message)
-        self.cause = cause
-        self.exc_type = exc_type
-        self.remote_traceback = remote_traceback
-        self.task_id = task_id
-        self.task_name = task_name
-
-    def __str__(self) -> str:
-        text = super().__str__()
-        if self.remote_traceback:
-            text += "\n\nRemote traceback:\n" + self.remote_traceback.rstrip()
-        return text
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_task_error, (self.args[0] if self.args else "", self.exc_type,
-                                      self.remote_traceback, self.task_id, self.task_name))
-
-
-def _rebuild_task_error(message: str, exc_type: str, tb: str, task_id: int,
-                        task_name: str) -> TaskError:
-    return TaskError(message, exc_type=exc_type, remote_traceback=tb, task_id=task_id,
-                     task_name=task_name)
-
-
-_DUAL_TYPES: dict[type, type] = {}
-
-
-def make_task_error(cause: BaseException | None, module: str, name: str, message: str,
-                    traceback_text: str, task_id: int, task_name: str) -> TaskError:
-    """A TaskError that is also an instance of the app's exception type where possible."""
-    qualified = name if module in ("builtins", "") else f"{module}.{name}"
-    text = f"app {task_name!r} raised {qualified}: {message}"
-    kwargs = dict(cause=cause, exc_type=qualified, remote_traceback=traceback_text,
-                  task_id=task_id, task_name=task_name)
-    kind = type(cause) if cause is not None else None
-    if kind is not None and issubclass(kind, Exception) and not issubclass(kind, TaskError):
-        dual = _DUAL_TYPES.get(kind)
-        if dual is None:
-            try:
-                dual = type(f"TaskError[{kind.__name__}]", (TaskError, kind), {
-                    "__init__": TaskError.__init__, "__str__": TaskError.__str__,
-                    "__reduce__": TaskError.__reduce__})
-            except TypeError:
-                dual = TaskError
-            _DUAL_TYPES[kind] = dual
-        try:
-            err = dual.__new__(dual)
-            TaskError.__init__(err, text, **kwargs)
-            return err
-        except Exception:
-            pass
-    return TaskError(text, **kwargs)
-
-
-class DependencyError(ShoalError):
-    """A task's dependency failed, so the task never ran. ``.dependency`` names it."""
-
-    def __init__(self, message: str, task_name: str = "", dependency: str = "") -> None:
-        super().__init__(message)
-        self.task_name = task_name
-        self.dependency = dependency
-
-
-class BashExitFailure(ShoalError):
-    """A bash app's command exited with a non-zero code (``.exitcode``)."""
-
-    def __init__(self, app_name: str, exitcode: int) -> None:
-        super().__init__(f"bash app {app_name!r} failed with exit code {exitcode}")
-        self.app_name = app_name
-        self.exitcode = exitcode
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (BashExitFailure, (self.app_name, self.exitcode))
-
-
-class AppTimeout(ShoalError):
-    """An app ran past its ``walltime`` and was killed."""
-
-
-class WorkerCrashedError(ShoalError):
-    """The worker process or node running the task died (after any retries)."""
-
-
-class ActorDiedError(ShoalError):
-    """The actor is dead (killed, its driver left, or out of restarts): the call did not
-    run, or did not finish."""
-
-
-class ObjectLostError(ShoalError):
-    """An object is no longer held by the cluster (released, or its holder died)."""
-
-
-class ObjectStoreFullError(ShoalError, MemoryError):
-    """A node's object store cannot take an object (over its limit with nothing left to
-    spill, or shared memory full); the message says how much was asked and what to do."""
-
-
-class ResourceUnavailableError(ShoalError, ValueError):
-    """No node of the cluster can ever satisfy a task's resource request."""
-
-
-class TaskCancelledError(ShoalError):
-    """The task was cancelled (the cluster shut down, or the driver disconnected)."""
-
-
-class SerializationError(ShoalError, TypeError):
-    """An argument or value cannot be pickled; the message names it."""
-
-
-class ConnectionError(ShoalError, builtins.ConnectionError):  # noqa: A001
-    """The cluster could not be reached or refused us; the message says what was tried."""
+__all__ = [
+    "ActorDiedError",
+    "AppTimeout",
+    "BashExitFailure",
+    "ConnectionError",
+    "DependencyError",
+    "ObjectLostError",
+    "ObjectStoreFullError",
+    "ResourceUnavailableError",
+    "SerializationError",
+    "ShoalError",
+    "TaskCancelledError",
+    "TaskError",
+    "WorkerCrashedError",
+    "error_for",
+    "make_task_error",
+]
