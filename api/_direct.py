@@ -1,4 +1,4 @@
-"""A driver's direct calls to actors (see :mod:`cluster.actorserver`).
+"""A driver's direct calls to actors (see :mod:`cluster.worker.actorserver`).
 
 Once an actor's route is known (its creation result carries it), calls without
 dependencies go straight to the actor's worker. Calls with dependencies, and calls made
@@ -16,7 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from cluster.common import wire
+from cluster.common import status, wire
+from cluster.common.messages import DirectCall, DirectReply
 
 
 class _Conn:
@@ -24,7 +25,7 @@ class _Conn:
     never block (what the socket does not take at once goes to a writer thread, in order),
     so no lock is ever held across a blocking send."""
 
-    def __init__(self, sock: socket.socket, on_reply: Callable[[tuple], None],
+    def __init__(self, sock: socket.socket, on_reply: Callable[[Any], None],
                  on_lost: Callable[[], None]) -> None:
         self.sock = sock
         self._lock = threading.Condition()
@@ -82,7 +83,7 @@ class _Conn:
                     break
                 buf += data
                 for body in wire.split(buf):
-                    self._on_reply(wire.pickle.loads(body))
+                    self._on_reply(wire.decode(body))
         except OSError:
             pass
         with self._lock:
@@ -194,7 +195,7 @@ class DirectCalls:
             conn = state.conn or self._open(state)
             if conn is not None:
                 state.direct[task_id] = call
-                if conn.send(("c", task_id, method, data)):
+                if conn.send(DirectCall(task_id, method, data)):
                     return True
                 del state.direct[task_id]
         if state.direct:
@@ -227,13 +228,12 @@ class DirectCalls:
                 self._drain(state, to_head)
             self._head(to_head)
 
-    def _on_reply(self, state: ActorRoute, reply: tuple) -> None:
-        if reply[0] != "r":
-            return  # "denied": the reader ends and _on_lost handles it
-        _, task_id, status, data, message = reply
-        call = state.direct.pop(task_id, None)
+    def _on_reply(self, state: ActorRoute, reply: Any) -> None:
+        if type(reply) is not DirectReply:
+            return  # Denied: the reader ends and _on_lost handles it
+        call = state.direct.pop(reply.call_id, None)
         if call is not None:
-            self._resolve(call[4], status, data, message, call[5])
+            self._resolve(call[4], reply.status, reply.data, reply.message, call[5])
         if state.held:
             to_head: list[tuple] = []
             with state.lock:
@@ -257,9 +257,7 @@ class DirectCalls:
                     self._head_calls[call[0]] = state
                 to_head.append(call)
             else:
-                from cluster.common.protocol import pb
-
-                self._resolve(call[4], pb.ACTOR_DIED, b"",
+                self._resolve(call[4], status.ACTOR_DIED, b"",
                               "the actor's worker died while running the call", call[5])
         with state.lock:
             self._drain(state, to_head)

@@ -1,7 +1,9 @@
 """Length-prefixed frames over local stream sockets.
 
-Two users: a daemon and its workers (a socketpair; frames are pickled tuples: workers never
-import gRPC, so they start in tens of milliseconds), and the head's local driver lane (a
+Two users: a daemon and its workers, and actors' direct callers (a socketpair, or a socket
+to the actor's worker; frames are the pickled messages of :mod:`cluster.common.messages`:
+workers never import gRPC, so they start in tens of milliseconds), and the head's local
+driver lane (a
 Unix socket in the cluster's 0700 runtime directory; frames are the same protobuf batches
 the gRPC stream carries). Each frame is a 4-byte little-endian length and the body.
 """
@@ -12,6 +14,8 @@ import pickle
 import struct
 from collections.abc import Callable
 from typing import Any
+
+from cluster.common import messages
 
 HEADER = struct.Struct("<I")
 PROTOCOL = 5
@@ -27,8 +31,14 @@ def frame(body: bytes) -> bytes:
 
 
 def encode(message: tuple) -> bytes:
-    """One frame holding the pickled `message`."""
-    return frame(pickle.dumps(message, protocol=PROTOCOL))
+    """One frame holding the pickled `message` (a :mod:`~cluster.common.messages` type,
+    sent in its wire form)."""
+    return frame(pickle.dumps(messages.pack(message), protocol=PROTOCOL))
+
+
+def decode(body: bytes) -> Any:
+    """The message in one frame body (raises on a malformed frame or unknown tag)."""
+    return messages.unpack(pickle.loads(body))
 
 
 def split(buf: bytearray) -> list[bytes]:
@@ -57,7 +67,7 @@ class FrameProtocol:
     module, never import asyncio.)"""
 
     def __init__(self, on_message: Callable[[Any], None], on_lost: Callable[[], None],
-                 decode: Callable[[bytes], Any] = pickle.loads) -> None:
+                 decode: Callable[[bytes], Any] = decode) -> None:
         self._on_message = on_message
         self._on_lost = on_lost
         self._decode = decode

@@ -22,6 +22,20 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
+from cluster.common.messages import (
+    ActorCall,
+    ActorCreate,
+    Alloc,
+    AllocReply,
+    Call,
+    CallResult,
+    Created,
+    Done,
+    Fn,
+    Log,
+    Ready,
+    Run,
+)
 from cluster.common.protocol import pb, to_dict
 from cluster.node.workerpool import WorkerHandle, worker_env
 from cluster.store.objectstore import ObjectStore
@@ -215,7 +229,7 @@ class Daemon:
             waiter = self._call_waiters.pop(result.task_id, None)
             if waiter is not None:
                 worker, ref = waiter
-                worker.send(("result", ref, result.status, result.data, result.message))
+                worker.send(CallResult(ref, result.status, result.data, result.message))
         if message.shutdown:
             self.stop()
             return
@@ -276,15 +290,15 @@ class Daemon:
         from cluster.store.objectstore import StoreFullError
 
         if self.store is None:
-            worker.send(("alloc", ref, "", "this node has no object store"))
+            worker.send(AllocReply(ref, "", "this node has no object store"))
             return
         try:
             path = self.store.alloc(size)
         except StoreFullError as err:
-            worker.send(("alloc", ref, "", f"{self.name}: {err}"))
+            worker.send(AllocReply(ref, "", f"{self.name}: {err}"))
             return
         worker.allocs.append(path)
-        worker.send(("alloc", ref, path, ""))
+        worker.send(AllocReply(ref, path, ""))
 
     def _cancel(self, task_id: int) -> None:
         for task in list(self.queue):
@@ -323,14 +337,7 @@ class Daemon:
 
     def _start(self, worker: WorkerHandle, task: _Task) -> None:
         spec = task.spec
-        free = self.free
-        for key, amount in task.request.items():
-            free[key] = free.get(key, 0.0) - amount
-        gpus = None
-        want = int(task.request.get("gpus", 0) + 0.999)
-        if want:
-            task.gpu_ids = [self.free_gpus.pop(0) for _ in range(min(want, len(self.free_gpus)))]
-            gpus = ",".join(task.gpu_ids)
+        gpus = self._take(task)
         if spec.fn_id not in worker.functions:
             blob = self.functions.get(spec.fn_id)
             if blob is None:
@@ -339,7 +346,7 @@ class Daemon:
                 self._release(task)
                 self.idle.append(worker)
                 return
-            worker.send(("fn", spec.fn_id, blob))
+            worker.send(Fn(spec.fn_id, blob))
             worker.functions.add(spec.fn_id)
         deps = self._deps_for_worker(spec, task) if spec.dep_values else {}
         stdout = (spec.stdout, spec.stdout_mode) if spec.stdout else None
@@ -347,9 +354,9 @@ class Daemon:
         worker.task = task
         worker.timed_out = False
         task.started = time.perf_counter()
-        worker.send(("run", spec.task_id, spec.fn_id, spec.kind, spec.name,
-                     spec.args_ref or spec.args, deps,
-                     gpus, stdout, stderr, spec.cwd, dict(spec.env) if spec.env else None))
+        worker.send(Run(spec.task_id, spec.fn_id, spec.kind, spec.name,
+                        spec.args_ref or spec.args, deps,
+                        gpus, stdout, stderr, spec.cwd, dict(spec.env) if spec.env else None))
         if spec.walltime > 0:
             loop = self._loop or asyncio.get_event_loop()
             task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)
@@ -359,7 +366,21 @@ class Daemon:
             worker.timed_out = True
             worker.kill()
 
+    def _take(self, task: _Task) -> str | None:
+        """Take the task's resources from the node's free ones, GPUs by id; returns its
+        CUDA_VISIBLE_DEVICES (None without GPUs). :meth:`_release` gives them back."""
+        free = self.free
+        for key, amount in task.request.items():
+            free[key] = free.get(key, 0.0) - amount
+        # A fractional GPU request still needs a whole device to run on.
+        want = int(task.request.get("gpus", 0) + 0.999)
+        if not want:
+            return None
+        task.gpu_ids = [self.free_gpus.pop(0) for _ in range(min(want, len(self.free_gpus)))]
+        return ",".join(task.gpu_ids)
+
     def _release(self, task: _Task) -> None:
+        """Give back what :meth:`_take` took, and end the task's timer and pins."""
         free = self.free
         for key, amount in task.request.items():
             free[key] = free.get(key, 0.0) + amount
@@ -377,11 +398,7 @@ class Daemon:
     # ---- actors ------------------------------------------------------------------------
     def _create_actor(self, task: _Task) -> None:
         spec = task.spec
-        free = self.free
-        for key, amount in task.request.items():
-            free[key] = free.get(key, 0.0) - amount
-        want = int(task.request.get("gpus", 0) + 0.999)
-        task.gpu_ids = [self.free_gpus.pop(0) for _ in range(min(want, len(self.free_gpus)))]
+        self._take(task)
         task.started = time.perf_counter()
         host: _ActorHost | None = None
 
@@ -414,23 +431,24 @@ class Daemon:
             spec = host.queue.popleft()
             host.inflight[spec.task_id] = spec
             deps = self._deps_for_worker(spec) if spec.dep_values else {}
-            host.worker.send(("actor_call", spec.task_id, spec.method, spec.args, deps))
+            host.worker.send(ActorCall(spec.task_id, spec.method, spec.args, deps))
 
     def _on_actor_message(self, host: _ActorHost, message: Any) -> None:
-        kind = message[0]
-        if kind == "ready":
+        kind = type(message)
+        if kind is Ready:
             spec = host.create.spec
             gpus = ",".join(host.create.gpu_ids) if host.create.gpu_ids else None
-            host.worker.send(("fn", spec.fn_id, self.functions.get(spec.fn_id, b"")))
+            host.worker.send(Fn(spec.fn_id, self.functions.get(spec.fn_id, b"")))
             deps = self._deps_for_worker(spec) if spec.dep_values else {}
-            host.worker.send(("actor_create", spec.task_id, spec.fn_id, spec.name, spec.args,
-                              deps, gpus, spec.cwd, dict(spec.env) if spec.env else None,
-                              host.max_concurrency, self.secret, self.runtime_dir,
-                              self.address))
-        elif kind == "created":
-            _, task_id, status, data, seconds, text, route = message
-            self._report(host.create.spec, status, data, text, seconds, route)
-            if status == pb.OK:
+            host.worker.send(ActorCreate(spec.task_id, spec.fn_id, spec.name, spec.args,
+                                         deps, gpus, spec.cwd,
+                                         dict(spec.env) if spec.env else None,
+                                         host.max_concurrency, self.secret, self.runtime_dir,
+                                         self.address))
+        elif kind is Created:
+            self._report(host.create.spec, message.status, message.data, message.message,
+                         message.seconds, message.route)
+            if message.status == pb.OK:
                 host.ready = True
                 self._pump_actor(host)
             else:
@@ -438,11 +456,11 @@ class Daemon:
                 host.killed = True
                 host.worker.stop()
                 self._release(host.create)
-        elif kind == "done":
-            _, task_id, status, data, seconds, text = message
-            spec = host.inflight.pop(task_id, None)
+        elif kind is Done:
+            spec = host.inflight.pop(message.task_id, None)
             if spec is not None:
-                self._report(spec, status, data, text, seconds)
+                self._report(spec, message.status, message.data, message.message,
+                             message.seconds)
             self._pump_actor(host)
         else:
             self._on_worker_message(host.worker, message)
@@ -460,44 +478,45 @@ class Daemon:
         self._events.append(pb.ActorEvent(actor_id=host.actor_id, died=True, message=message))
         self._schedule_flush()
 
-    def _worker_call(self, worker: WorkerHandle, message: Any) -> None:
+    def _worker_call(self, worker: WorkerHandle, message: Call) -> None:
         """An app on this node called an actor: forward the call to the head."""
-        _, ref, actor_id, method, args, deps = message
         self._call_seq += 1
         task_id = ((NODE_CALLER_BASE + self.node_id) << DRIVER_SHIFT) | self._call_seq
-        self._call_waiters[task_id] = (worker, ref)
-        self._submits.append(pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL, actor_id=actor_id,
-                                         method=method, name=method, args=args, deps=deps))
+        self._call_waiters[task_id] = (worker, message.ref)
+        self._submits.append(pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL,
+                                         actor_id=message.actor_id, method=message.method,
+                                         name=message.method, args=message.args,
+                                         deps=message.deps))
         self._schedule_flush()
 
     # ---- from workers ----------------------------------------------------------------
     def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
-        kind = message[0]
-        if kind == "done":
-            _, task_id, status, data, seconds, text = message
+        kind = type(message)
+        if kind is Done:
             task = worker.task
             worker.task = None
             if task is not None:
                 self._release(task)
-                self._report(task.spec, status, data, text, seconds, worker=worker)
+                self._report(task.spec, message.status, message.data, message.message,
+                             message.seconds, worker=worker)
             self.done += 1
             if not worker.closing:
                 self.idle.append(worker)
             self._pump()
-        elif kind == "log":
-            _, task_id, name, text, is_stderr = message
-            self._logs.append(pb.LogLine(task_id=task_id, name=name, node=self.name, text=text,
-                                         stderr=is_stderr))
+        elif kind is Log:
+            self._logs.append(pb.LogLine(task_id=message.task_id, name=message.name,
+                                         node=self.name, text=message.text,
+                                         stderr=message.is_stderr))
             self._schedule_flush()
-        elif kind == "ready":
+        elif kind is Ready:
             self._starting -= 1
             worker.ready = True
             self.idle.append(worker)
             self._pump()
-        elif kind == "call":
+        elif kind is Call:
             self._worker_call(worker, message)
-        elif kind == "alloc":
-            self._on_alloc(worker, message[1], message[2])
+        elif kind is Alloc:
+            self._on_alloc(worker, message.ref, message.size)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         if worker in self.workers:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from cluster.common.messages import Exit
 from cluster.common.paths import PACKAGE_ROOT
 from cluster.common.wire import FrameProtocol
 
@@ -98,7 +99,7 @@ class WorkerHandle:
         self._on_lost(self)
 
     def send(self, message: tuple) -> None:
-        """Queue a frame for the worker."""
+        """Queue a frame for the worker (a :mod:`cluster.common.messages` type)."""
         if self._protocol is not None:
             self._protocol.send(message)
 
@@ -116,4 +117,4 @@ class WorkerHandle:
     def stop(self) -> None:
         """Ask the worker to exit after its current frame."""
         self.closing = True
-        self.send(("exit",))
+        self.send(Exit())

@@ -4,8 +4,10 @@ that holds the actor, not through the head or the daemon (as Ray's direct actor 
 The worker listens on a Unix socket in the node's 0700 runtime directory (callers on the
 same host) and on TCP at the node's address (callers elsewhere). Frames are the daemon
 wire's; the first frame of a connection must be the cluster secret, compared in constant
-time before anything is unpickled. Calls: ``("c", call_id, method, args)``; replies:
-``("r", call_id, status, data, message)``. Calls on one connection run in arrival order
+time before anything is unpickled. Calls are :class:`~cluster.common.messages.DirectCall`,
+replies :class:`~cluster.common.messages.DirectReply` (or one
+:class:`~cluster.common.messages.Denied` before hanging up). Calls on one connection run in
+arrival order
 (async methods run concurrently, as their actor allows).
 """
 
@@ -19,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 from cluster.common import wire
+from cluster.common.messages import Denied, DirectCall
 
 
 class DirectConn:
@@ -72,7 +75,7 @@ class ActorServer:
         """Also watch the daemon's socket."""
         self.selector.register(sock, selectors.EVENT_READ, on_readable)
 
-    def poll(self, on_call: Callable[[DirectConn, tuple], None]) -> None:
+    def poll(self, on_call: Callable[[DirectConn, DirectCall], None]) -> None:
         """Wait for and handle one round of events (blocking)."""
         events = self.selector.select()
         # The daemon first: if it is gone, we must not serve another call.
@@ -102,7 +105,8 @@ class ActorServer:
             pass
         conn.sock.close()
 
-    def _read(self, conn: DirectConn, on_call: Callable[[DirectConn, tuple], None]) -> None:
+    def _read(self, conn: DirectConn,
+              on_call: Callable[[DirectConn, DirectCall], None]) -> None:
         try:
             data = conn.sock.recv(wire.RECV_SIZE)
         except OSError:
@@ -114,17 +118,17 @@ class ActorServer:
         for body in wire.split(conn.buf):
             if not conn.authenticated:
                 if not hmac.compare_digest(body, self.secret):
-                    conn.send(("denied",))
+                    conn.send(Denied())
                     self._drop(conn)
                     return
                 conn.authenticated = True
                 continue
             try:
-                message = wire.pickle.loads(body)
+                message = wire.decode(body)
             except Exception:  # noqa: BLE001 - a malformed frame ends the connection
                 self._drop(conn)
                 return
-            if isinstance(message, tuple) and message and message[0] == "c":
+            if type(message) is DirectCall:
                 on_call(conn, message)
 
     def close(self) -> None:

@@ -18,12 +18,28 @@ import time
 import traceback
 from typing import Any, TextIO
 
-from cluster.common import serialization, wire
+from cluster.common import errors, serialization, wire
+from cluster.common.messages import (
+    ActorCall,
+    ActorCreate,
+    Alloc,
+    AllocReply,
+    Call,
+    CallResult,
+    Created,
+    DirectCall,
+    DirectReply,
+    Done,
+    Exit,
+    Fn,
+    Log,
+    Ready,
+    Run,
+)
+from cluster.common.status import APP_ERROR, BASH_EXIT, OK
 from cluster.store import objectformat
 from cluster.store.objectstore import WriteMappings
 
-# Status codes (mirror shoal.proto's Status enum; this module must not import protobuf).
-OK, APP_ERROR, BASH_EXIT = 0, 1, 5
 FLUSH_SECONDS = 0.2
 
 
@@ -52,8 +68,8 @@ class TaskOutput:
         if self._parts:
             text = "".join(self._parts)
             self._parts.clear()
-            self._worker.send(("log", self._worker.task_id, self._worker.task_name, text,
-                               self._is_stderr))
+            self._worker.send(Log(self._worker.task_id, self._worker.task_name, text,
+                                  self._is_stderr))
         self._last = time.monotonic()
 
     def isatty(self) -> bool:
@@ -84,19 +100,21 @@ class Worker:
         self.actor_loop: Any = None          # asyncio loop thread for async actors
         self.actor_limit: Any = None         # its semaphore (max_concurrency)
         self._send_lock = threading.Lock()
-        self._backlog: list[tuple] = []      # frames read while waiting for a call result
-        self._results: dict[int, tuple] = {}
+        self._backlog: list[Any] = []        # frames read while waiting for a call result
+        self._results: dict[int, CallResult | AllocReply] = {}
         self._call_refs = 0
         self._inbuf = bytearray()
         self.server: Any = None              # ActorServer, once this worker holds an actor
         self._eof = False
 
     def send(self, message: tuple) -> None:
+        """Send one message to the daemon (from any thread: async actors reply from their
+        loop's)."""
         data = wire.encode(message)
         with self._send_lock:
             self.sock.sendall(data)
 
-    def _read(self) -> tuple | None:
+    def _read(self) -> Any:
         """The next frame from the daemon (blocking); None at EOF."""
         while not self._backlog:
             if not self._fill():
@@ -109,7 +127,7 @@ class Worker:
             return False
         self._inbuf += data
         for body in wire.split(self._inbuf):
-            self._backlog.append(wire.pickle.loads(body))
+            self._backlog.append(wire.decode(body))
         return True
 
     def call_actor(self, actor_id: int, method: str, args: tuple, kwargs: dict) -> CallFuture:
@@ -118,31 +136,32 @@ class Worker:
         blob = serialization.dumps((args, kwargs), deps)
         self._call_refs += 1
         ref = self._call_refs
-        self.send(("call", ref, actor_id, method, blob, deps))
+        self.send(Call(ref, actor_id, method, blob, deps))
         return CallFuture(self, ref, method)
 
     def alloc(self, size: int) -> str:
         """Room in the node's store for a result of `size` bytes (raises StoreFullError)."""
         self._call_refs += 1
         ref = self._call_refs
-        self.send(("alloc", ref, size))
-        _, _, path, error = self.wait_result(ref)
-        if not path:
+        self.send(Alloc(ref, size))
+        reply = self.wait_result(ref)
+        assert isinstance(reply, AllocReply)
+        if not reply.path:
             from cluster.store.objectstore import StoreFullError
 
-            raise StoreFullError(error)
-        return path
+            raise StoreFullError(reply.error)
+        return reply.path
 
-    def wait_result(self, ref: int) -> tuple:
+    def wait_result(self, ref: int) -> CallResult | AllocReply:
         """Read frames until the answer to request `ref` arrives (others are kept for
         later): an actor call's result, or a store allocation."""
-        kept: list[tuple] = []
+        kept: list[Any] = []
         while ref not in self._results:
             message = self._read()
             if message is None:
                 raise ConnectionError("lost the daemon while waiting for an answer")
-            if message[0] in ("result", "alloc"):
-                self._results[message[1]] = message
+            if type(message) is CallResult or type(message) is AllocReply:
+                self._results[message.ref] = message
             else:
                 kept.append(message)
         self._backlog[:0] = kept  # handled by the serve loop afterwards, in order
@@ -163,7 +182,7 @@ class Worker:
     def serve(self) -> None:
         global CURRENT
         CURRENT = self
-        self.send(("ready", os.getpid()))
+        self.send(Ready(os.getpid()))
         while True:
             if self.server is not None and not self._backlog:
                 # An actor: serve direct callers and the daemon alike.
@@ -175,18 +194,18 @@ class Worker:
             message = self._read()
             if message is None:
                 return
-            kind = message[0]
-            if kind == "run":
-                self.run(*message[1:])
+            kind = type(message)
+            if kind is Run:
+                self.run(message)
                 MAPPINGS.release_idle()
-            elif kind == "actor_call":
-                self.actor_call(*message[1:])
+            elif kind is ActorCall:
+                self.actor_call(message)
                 MAPPINGS.release_idle()
-            elif kind == "fn":
-                self.functions[message[1]] = message[2]
-            elif kind == "actor_create":
-                self.actor_create(*message[1:])
-            elif kind == "exit":
+            elif kind is Fn:
+                self.functions[message.fn_id] = message.blob
+            elif kind is ActorCreate:
+                self.actor_create(message)
+            elif kind is Exit:
                 return
 
     def _function(self, fn_id: bytes) -> Any:
@@ -196,9 +215,11 @@ class Worker:
             self.functions[fn_id] = fn
         return fn
 
-    def run(self, task_id: int, *args: Any) -> None:
-        """A task from the daemon: execute it, report ("done", ...)."""
-        self.send(("done", task_id, *self.execute(task_id, *args, store=True)))
+    def run(self, m: Run) -> None:
+        """A task from the daemon: execute it, report :class:`Done`."""
+        self.send(Done(m.task_id, *self.execute(m.task_id, m.fn_id, m.kind, m.name, m.args,
+                                                m.deps, m.gpus, m.stdout, m.stderr, m.cwd,
+                                                m.env, store=True)))
 
     def execute(
         self,
@@ -289,14 +310,12 @@ class Worker:
         return ("stored", path, enc.size, enc.refs)
 
     # ---- actors ----------------------------------------------------------------------------
-    def actor_create(self, actor_id: int, fn_id: bytes, name: str, args_blob: bytes,
-                     deps: dict[int, Any], gpus: str | None, cwd: str,
-                     env: dict[str, str] | None, max_concurrency: int, secret: bytes,
-                     runtime_dir: str, host: str) -> None:
+    def actor_create(self, m: ActorCreate) -> None:
         """Instantiate the actor's class; this process then serves only its calls."""
-        overrides = dict(env or {})
-        if gpus is not None:
-            overrides["CUDA_VISIBLE_DEVICES"] = gpus  # for the actor's whole life
+        max_concurrency = m.max_concurrency
+        overrides = dict(m.env or {})
+        if m.gpus is not None:
+            overrides["CUDA_VISIBLE_DEVICES"] = m.gpus  # for the actor's whole life
         os.environ.update(overrides)
 
         def construct(cls: Any, *args: Any, **kwargs: Any) -> None:
@@ -305,33 +324,33 @@ class Worker:
                                           for m in dir(cls) if not m.startswith("__")):
                 self._start_actor_loop(max_concurrency)
 
-        klass = self._function(fn_id)
+        klass = self._function(m.fn_id)
         status, data, seconds, message = self.execute(
-            actor_id, b"", 0, name, args_blob, deps, cwd=cwd,
+            m.actor_id, b"", 0, m.name, m.args, m.deps, cwd=m.cwd,
             fn=lambda *a, **k: construct(klass, *a, **k))
         route = ""
-        if status == OK and secret:
+        if status == OK and m.secret:
             from cluster.worker.actorserver import ActorServer
 
             try:
-                self.server = ActorServer(secret, runtime_dir, actor_id, host)
+                self.server = ActorServer(m.secret, m.runtime_dir, m.actor_id, m.host)
                 self.server.register_daemon(self.sock, self._daemon_readable)
                 route = self.server.route
             except OSError as err:  # direct calls unavailable: calls go through the head
                 print(f"direct calls disabled: {err}", file=sys.__stderr__)
-        self.send(("created", actor_id, status, data, seconds, message, route))
+        self.send(Created(m.actor_id, status, data, seconds, message, route))
 
     def _daemon_readable(self) -> None:
         if not self._fill():
             self._eof = True
 
-    def _direct_call(self, conn: Any, message: tuple) -> None:
-        _, call_id, method, args_blob = message
+    def _direct_call(self, conn: Any, message: DirectCall) -> None:
+        call_id = message.call_id
 
         def reply(status: int, data: bytes, seconds: float, text: str) -> None:
-            conn.send(("r", call_id, status, data, text))
+            conn.send(DirectReply(call_id, status, data, text))
 
-        self._call(call_id, method, args_blob, {}, reply)
+        self._call(call_id, message.method, message.args, {}, reply)
 
     def _start_actor_loop(self, max_concurrency: int) -> None:
         import asyncio
@@ -346,14 +365,14 @@ class Worker:
         # At most max_concurrency async calls run at once, whichever path they came by.
         self.actor_limit = asyncio.run_coroutine_threadsafe(make_limit(), loop).result()
 
-    def actor_call(self, task_id: int, method: str, args_blob: bytes,
-                   deps: dict[int, Any]) -> None:
+    def actor_call(self, m: ActorCall) -> None:
         """A call that came through the head and daemon."""
+        task_id = m.task_id
 
         def reply(status: int, data: bytes, seconds: float, text: str) -> None:
-            self.send(("done", task_id, status, data, seconds, text))
+            self.send(Done(task_id, status, data, seconds, text))
 
-        self._call(task_id, method, args_blob, deps, reply)
+        self._call(task_id, m.method, m.args, m.deps, reply)
 
     def _call(self, task_id: int, method: str, args_blob: bytes, deps: dict[int, Any],
               reply: Any) -> None:
@@ -462,32 +481,24 @@ class CallFuture:
         self._ref = ref
         self._method = method
         self._value: Any = None
+        self._error: BaseException | None = None
         self._done = False
 
     def result(self, timeout: float | None = None) -> Any:
-        """The call's value (raises what the call raised)."""
+        """The call's value; raises what a driver would (errors.error_for): a
+        TaskError that is also the method's exception type, ActorDiedError, ..."""
         if not self._done:
-            _, _, status, data, message = self._worker.wait_result(self._ref)
-            if status == OK:
-                self._value = serialization.loads(data)
+            reply = self._worker.wait_result(self._ref)
+            assert isinstance(reply, CallResult)
+            if reply.status == OK:
+                self._value = serialization.loads(reply.data)
             else:
-                self._value = _CallFailed(self._method, status, data, message)
+                self._error = errors.error_for(reply.status, reply.data, reply.message,
+                                               self._method)
             self._done = True
-        if isinstance(self._value, _CallFailed):
-            raise self._value.error()
+        if self._error is not None:
+            raise self._error
         return self._value
-
-
-class _CallFailed:
-    def __init__(self, method: str, status: int, data: bytes, message: str) -> None:
-        self.method, self.status, self.data, self.message = method, status, data, message
-
-    def error(self) -> BaseException:
-        if self.status == APP_ERROR:
-            exc = serialization.loads_error(self.data)[0]
-            if exc is not None:
-                return exc
-        return RuntimeError(f"actor call {self.method!r} failed: {self.message}")
 
 
 #: Mappings of store objects this worker has read (kept warm for reused files).
