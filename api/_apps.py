@@ -141,20 +141,12 @@ class App:
         nodes = client.node_resources()
         if len(client.nodes) == self._checked_nodes or not nodes:
             return
-        if client.block_shape and self.num_nodes == 1 and \
-                scheduler.can_ever_fit(self.request, client.block_shape):
-            return  # the autoscaler can add a node that fits
-        fitting = sum(1 for total in nodes if scheduler.can_ever_fit(self.request, total))
-        if self.num_nodes > 1 and fitting < self.num_nodes:
+        reason = scheduler.infeasible(self.request, nodes, self.num_nodes,
+                                      client.block_shape if self.num_nodes == 1 else None)
+        if reason:
             raise _errors.ResourceUnavailableError(
-                f"app {self.name!r} asks for {self.num_nodes} nodes with "
-                f"{scheduler.describe(self.request)} each; the cluster has {fitting}")
-        if not fitting:
-            largest = max(nodes, key=lambda t: (t.get("cpus", 0), t.get("gpus", 0)))
-            raise _errors.ResourceUnavailableError(
-                f"app {self.name!r} asks for {scheduler.describe(self.request)}, but the "
-                f"largest node has {scheduler.describe(largest)}; ask for less or add "
-                "bigger nodes")
+                f"app {self.name!r} cannot run on this cluster: {reason}; ask for less or "
+                "add bigger nodes")
         self._checked_nodes = len(client.nodes)
 
     def _serialize_args(self, args: tuple, kwargs: dict, deps: list[int]) -> bytes:

@@ -21,7 +21,7 @@ from cluster.common.protocol import pb
 class Value:
     """A finished object: its status (OK or how it failed), bytes and message."""
 
-    status: int
+    status: pb.Status
     data: bytes
     message: str = ""
     size: int = 0                                  # > 0: held in node stores
@@ -56,25 +56,39 @@ class ObjectDirectory:
         self.refs[object_id] = self.refs.get(object_id, 0) + 1
 
     def decref(self, object_id: int) -> None:
-        """One holder fewer; the value goes at zero."""
+        """One holder fewer; the value goes at zero (and with it the references it holds
+        to the objects nested inside it)."""
         count = self.refs.get(object_id, 0) - 1
         if count > 0:
             self.refs[object_id] = count
-        else:
-            self.refs.pop(object_id, None)
-            value = self.values.pop(object_id, None)
-            if value is not None:
-                self._dropped(object_id, value)
+            return
+        self.refs.pop(object_id, None)
+        value = self.values.pop(object_id, None)
+        if value is not None:
+            self._dropped(object_id, value)
 
     def _dropped(self, object_id: int, value: Value) -> None:
-        if value.size and self.on_drop is not None:
-            self.on_drop(object_id, value)
-        for inner in value.nested:
-            self.decref(inner)
+        # Iterative, not recursive: a chain of 100,000 nested refs must not overflow the
+        # stack (each link's drop releases the next).
+        stack = [(object_id, value)]
+        refs, values = self.refs, self.values
+        while stack:
+            oid, val = stack.pop()
+            if val.size and self.on_drop is not None:
+                self.on_drop(oid, val)
+            for inner in val.nested:
+                count = refs.get(inner, 0) - 1
+                if count > 0:
+                    refs[inner] = count
+                    continue
+                refs.pop(inner, None)
+                dropped = values.pop(inner, None)
+                if dropped is not None:
+                    stack.append((inner, dropped))
 
-    def referenced(self, object_id: int) -> bool:
-        """Whether anybody still holds `object_id`."""
-        return self.refs.get(object_id, 0) > 0
+    def make_pending(self, object_id: int) -> None:
+        """The object will be produced again (lineage): forget its value, keep its refs."""
+        self.values.pop(object_id, None)
 
     def get(self, object_id: int) -> Value | None:
         """The value, if it is here."""

@@ -1,58 +1,57 @@
-"""Dispatch: choosing nodes for ready tasks, reserving their resources, and sending them
+"""Dispatch: choosing nodes for queued tasks, reserving their resources, and sending them
 (with their arguments' values or locations) to the daemons.
 
-A mixin of :class:`cluster.head.Head`, kept apart so the head's module holds the state
-machine and this one the way work leaves it. The choice itself is the pure functions of
-:mod:`cluster.scheduler`.
+An object the head owns (``head.dispatch``). The choice itself is the pure functions of
+:mod:`cluster.policy.scheduler`; the head's state machine learns of each placement through
+the ``started`` callback, which moves the task to ``RUNNING``.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections import deque
+from collections.abc import Callable
 
 from cluster.common.protocol import pb
+from cluster.head.directory import ObjectDirectory
+from cluster.head.records import Node, Task
 from cluster.policy import scheduler
-
-if TYPE_CHECKING:
-    from collections import deque
-
-    from cluster.head.directory import ObjectDirectory
-    from cluster.head.state import _Node, _Task
+from cluster.slurm.commands import mpi_prefix
 
 
 class Dispatcher:
-    """Placement and sending, for the head."""
+    """Placement, reservations and sending, for the head."""
 
-    nodes: dict[int, _Node]
-    tasks: dict[int, _Task]
-    ready: dict[bytes, deque[_Task]]
-    gangs: deque[_Task]
-    objects: ObjectDirectory
-    functions: dict[bytes, bytes]
+    def __init__(self, nodes: dict[int, Node], objects: ObjectDirectory,
+                 functions: dict[bytes, bytes],
+                 started: Callable[[Task, Node], None]) -> None:
+        self.nodes = nodes
+        self.objects = objects
+        self.functions = functions
+        self._started = started
+        #: Nodes with something in their outbox, flushed once per loop turn.
+        self.dirty: set[Node] = set()
 
-    def _schedule(self) -> None:
-        if not (self.ready or self.gangs):
+    def schedule(self, ready: dict[bytes, deque[Task]], gangs: deque[Task]) -> None:
+        """Place as many queued tasks as the nodes can take now, in queue order."""
+        if not (ready or gangs):
             return
         views = [n.view for n in self.nodes.values() if n.alive]
         if not views:
             return
         nodes = self.nodes
-        while self.gangs:
-            task = self.gangs[0]
+        while gangs:
+            task = gangs[0]
             chosen = scheduler.place_gang(task.request, views, task.spec.num_nodes)
             if chosen is None:
                 break
-            self.gangs.popleft()
+            gangs.popleft()
             self._assign_gang(task, [nodes[i] for i in chosen])
         place = scheduler.place
-        for key in list(self.ready):
-            queue = self.ready[key]
+        for key in list(ready):
+            queue = ready[key]
             while queue:
                 task = queue[0]
-                if task.spec.task_id not in self.tasks:
-                    queue.popleft()  # cancelled while queued (e.g. a killed actor)
-                    continue
                 local = self._local_bytes(task) if task.spec.deps else None
                 node_id = place(task.request, views, local)
                 if node_id is None:
@@ -60,9 +59,9 @@ class Dispatcher:
                 queue.popleft()
                 self._assign(task, nodes[node_id])
             if not queue:
-                del self.ready[key]
+                del ready[key]
 
-    def _local_bytes(self, task: _Task) -> dict[int, int] | None:
+    def _local_bytes(self, task: Task) -> dict[int, int] | None:
         """Bytes of the task's stored arguments on each node (for locality)."""
         held: dict[int, int] = {}
         values = self.objects.values
@@ -73,13 +72,15 @@ class Dispatcher:
                     held[node_id] = held.get(node_id, 0) + value.size
         return held or None
 
-    def _reserve(self, task: _Task, node: _Node, amounts: dict[str, float]) -> None:
+    def reserve(self, task: Task, node: Node, amounts: dict[str, float]) -> None:
+        """Count `amounts` of `node` as the task's."""
         used = node.view.used
         for key, amount in amounts.items():
             used[key] = used.get(key, 0.0) + amount
         task.reserved[node.node_id] = amounts
 
-    def _unreserve(self, task: _Task) -> None:
+    def unreserve(self, task: Task) -> None:
+        """Give back everything the task holds, on every node."""
         for node_id, amounts in task.reserved.items():
             node = self.nodes.get(node_id)
             if node is not None:
@@ -88,13 +89,11 @@ class Dispatcher:
                     used[key] = used.get(key, 0.0) - amount
         task.reserved = {}
 
-    def _assign_gang(self, task: _Task, gang: list[_Node]) -> None:
+    def _assign_gang(self, task: Task, gang: list[Node]) -> None:
         """A multi-node app holds every slot of its nodes and runs on the first one, with
         $CLUSTER_NODELIST and $CLUSTER_MPI_PREFIX describing the set."""
-        from cluster.slurm.commands import mpi_prefix
-
         for node in gang[1:]:
-            self._reserve(task, node, dict(node.view.total))
+            self.reserve(task, node, dict(node.view.total))
         names = [n.name for n in gang]
         ranks = max(1, task.spec.ranks_per_node)
         env = task.spec.env
@@ -105,14 +104,12 @@ class Dispatcher:
         first = gang[0]
         self._assign(task, first, reserve=dict(first.view.total))
 
-    def _assign(self, task: _Task, node: _Node, reserve: dict[str, float] | None = None) -> None:
-        self._reserve(task, node, reserve if reserve is not None else task.request)
-        task.node_id = node.node_id
-        node.running[task.spec.task_id] = task
-        node.idle_since = None
-        self._send_to_node(task, node)
+    def _assign(self, task: Task, node: Node, reserve: dict[str, float] | None = None) -> None:
+        self.reserve(task, node, reserve if reserve is not None else task.request)
+        self._started(task, node)
+        self.send(task, node)
 
-    def _send_to_node(self, task: _Task, node: _Node) -> None:
+    def send(self, task: Task, node: Node) -> None:
         """Queue the task's spec, with its dependencies' values, for the node."""
         spec = task.spec
         out = pb.TaskSpec()
@@ -135,4 +132,17 @@ class Dispatcher:
                     else:
                         out.dep_values.add(id=dep, data=value.data)
         node.outbox.append(out)
+        self.dirty.add(node)
 
+    def delete(self, node: Node, object_id: int) -> None:
+        """Tell `node` to delete its copy of `object_id`."""
+        node.deletes.append(object_id)
+        self.dirty.add(node)
+
+    def flush(self) -> None:
+        """Send every node its batch."""
+        for node in self.dirty:
+            message = node.take_batch()
+            if message is not None and node.alive:
+                node.conn.send(message)
+        self.dirty.clear()

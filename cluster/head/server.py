@@ -18,7 +18,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -137,7 +137,9 @@ async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.Abstr
     """Serve the local driver lane on the Unix socket `path`."""
     loop = asyncio.get_running_loop()
     key = secret.encode()
-    return await loop.create_unix_server(lambda: _LaneSession(head, key).protocol, path=path)
+    # FrameProtocol is an asyncio protocol by duck typing (workers import it without asyncio).
+    return await loop.create_unix_server(
+        lambda: cast(asyncio.BaseProtocol, _LaneSession(head, key).protocol), path=path)
 
 
 async def _bridge(requests: AsyncIterator[Any], first_field: str,

@@ -1,14 +1,22 @@
 """The head's state machine: node table, task table, dependency tracking, objects, dispatch.
 
 Everything here runs on one asyncio loop and does no I/O itself: connections (gRPC streams
-or an in-process link, see :mod:`cluster.headserver`) hand it messages and it hands them
-messages back through ``conn.send``. Dispatch (placement by the pure functions of
-:mod:`cluster.scheduler`, and sending) is in :mod:`cluster.dispatch`.
+or an in-process link, see :mod:`cluster.head.server`) hand it messages and it hands them
+messages back through ``conn.send``. Placement and sending are the head's
+:class:`~cluster.head.dispatch.Dispatcher`; actors are its
+:class:`~cluster.head.actors.ActorTable`; lost objects are rebuilt by its
+:class:`~cluster.head.lineage.Lineage`. All three reach the head only through the public
+methods below.
+
+A task's life is one field, ``task.state`` (:class:`~cluster.head.records.TaskState`),
+changed only by :meth:`Head.set_state` along the table in :mod:`cluster.head.records`;
+:meth:`Head.validate` checks that every task is where its state says and that resources
+and reference counts add up (the unit tests call it after every step).
 
 Object ids are task ids (a task's result) or put ids; both are made by the driver as
-``driver_id << 40 | sequence``, so the head can route a task's logs and results to its
-driver without a lookup. Values and their reference counts are kept by the object
-directory (:mod:`cluster.objects`); actors by the actor table (:mod:`cluster.actors`).
+``driver_id << DRIVER_SHIFT | sequence``, so the head can route a task's logs and results
+to its driver without a lookup. Values and their reference counts are kept by the object
+directory (:mod:`cluster.head.directory`).
 """
 
 from __future__ import annotations
@@ -19,15 +27,24 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
 from cluster.common.protocol import fill, pb, to_dict
 from cluster.head.actors import ActorTable
 from cluster.head.directory import LOST, ObjectDirectory, Value
 from cluster.head.dispatch import Dispatcher
+from cluster.head.invariants import check
 from cluster.head.lineage import Lineage
+from cluster.head.records import (
+    LIVE,
+    Conn,
+    Driver,
+    InvalidTransition,
+    Node,
+    Task,
+    TaskState,
+    allowed,
+)
 from cluster.policy import scheduler
 
 log = logging.getLogger("shoal.head")
@@ -35,92 +52,34 @@ log = logging.getLogger("shoal.head")
 RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
 
 
-class Conn(Protocol):
-    """A connection the head can send batches on."""
-
-    def send(self, message: object) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(slots=True)
-class _Task:
-    spec: pb.TaskSpec
-    request: dict[str, float]
-    shape: bytes
-    pending: int = 0
-    node_id: int = 0
-    attempts: int = 0
-    reserved: dict[int, dict[str, float]] = field(default_factory=dict)  # node id -> held
-
-
-@dataclass(slots=True)
-class _Node:
-    node_id: int
-    name: str
-    address: str
-    pid: int
-    conn: Conn
-    view: scheduler.NodeView
-    running: dict[int, _Task] = field(default_factory=dict)
-    functions: set[bytes] = field(default_factory=set)
-    outbox: list[pb.TaskSpec] = field(default_factory=list)
-    mean_seconds: float | None = None
-    alive: bool = True
-    last_seen: float = field(default_factory=time.monotonic)
-    heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
-    done: int = 0
-    remote: bool = True
-    block_id: str = ""
-    draining: bool = False
-    actors: set[int] = field(default_factory=set)
-    idle_since: float | None = field(default_factory=time.monotonic)
-    store_address: str = ""
-    store_dir: str = ""
-    deletes: list[int] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Driver:
-    driver_id: int
-    conn: Conn
-    hostname: str = ""
-    pid: int = 0
-    refs: dict[int, int] = field(default_factory=dict)
-    results: list[pb.TaskResult] = field(default_factory=list)
-    logs: list[pb.LogLine] = field(default_factory=list)
-    replies: list[pb.GetReply] = field(default_factory=list)
-    nodes: list[pb.NodeInfo] = field(default_factory=list)
-    lookups: list[pb.ActorLookupReply] = field(default_factory=list)
-
-
 class _NodeCallerConn:
     """Results for calls that apps on a node made: delivered to that node's daemon."""
 
-    def __init__(self, node: _Node) -> None:
+    def __init__(self, node: Node) -> None:
         self._node = node
 
-    def send(self, message: pb.HeadToDriver) -> None:
-        if message.results and self._node.alive:
+    def send(self, message: object) -> None:
+        if isinstance(message, pb.HeadToDriver) and message.results and self._node.alive:
             self._node.conn.send(pb.HeadToNode(results=message.results))
 
     def close(self) -> None:
         pass
 
 
-class Head(Dispatcher):
+class Head:
     """Cluster state and the rules that move tasks through it."""
 
     def __init__(self, cluster_id: str, node_timeout: float = 10.0) -> None:
         self.cluster_id = cluster_id
         self.node_timeout = node_timeout
         self.started = time.time()
-        self.nodes: dict[int, _Node] = {}
-        self.drivers: dict[int, _Driver] = {}
-        self.tasks: dict[int, _Task] = {}
-        self.ready: dict[bytes, deque[_Task]] = {}
-        self.gangs: deque[_Task] = deque()  # ready multi-node apps
-        self.waiters: dict[int, list[_Task]] = {}
+        self.nodes: dict[int, Node] = {}
+        self.drivers: dict[int, Driver] = {}
+        #: Tasks in a live state (WAITING, QUEUED, RUNNING), by id.
+        self.tasks: dict[int, Task] = {}
+        self.ready: dict[bytes, deque[Task]] = {}
+        self.gangs: deque[Task] = deque()  # queued multi-node apps
+        self.waiters: dict[int, list[Task]] = {}
         self.objects = ObjectDirectory()
         self.objects.on_drop = self._object_dropped
         self.functions: dict[bytes, bytes] = {}
@@ -131,6 +90,7 @@ class Head(Dispatcher):
         #: tasks that fit it wait for a block instead of failing as unschedulable.
         self.block_shape: dict[str, float] = {}
         self.blocks_status: Callable[[], list[pb.BlockInfo]] | None = None
+        self.dispatch = Dispatcher(self.nodes, self.objects, self.functions, self._started)
         self.actor_table = ActorTable(self)
         self.lineage = Lineage(self)
         self._next_node = 1
@@ -138,8 +98,37 @@ class Head(Dispatcher):
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    # ---- the lifecycle -----------------------------------------------------------------
+    def set_state(self, task: Task, state: TaskState) -> None:
+        """Move `task` to `state` (the only place a task's state changes), keeping
+        ``self.tasks`` equal to the tasks in a live state."""
+        old = task.state
+        if not allowed(old, state):
+            raise InvalidTransition(f"task {task.task_id:#x} ({task.spec.name}): "
+                                    f"{old.name} -> {state.name}")
+        task.state = state
+        if state in LIVE:
+            self.tasks[task.task_id] = task
+        elif old in LIVE and self.tasks.get(task.task_id) is task:
+            del self.tasks[task.task_id]
+
+    def validate(self) -> None:
+        """Check the invariants (see :func:`cluster.head.invariants.check`); raises
+        AssertionError naming the first one broken."""
+        check(self.tasks, self.ready, self.gangs, self.waiters, self.nodes,
+              self.actor_table.queued_calls(), self.actor_table.inflight_calls(),
+              self.objects.refs)
+
+    def _started(self, task: Task, node: Node) -> None:
+        """Dispatch placed `task` on `node`."""
+        self.set_state(task, TaskState.RUNNING)
+        task.node_id = node.node_id
+        node.running[task.task_id] = task
+        node.idle_since = None
+
     # ---- helpers ---------------------------------------------------------------------
-    def _soon(self) -> None:
+    def soon(self) -> None:
+        """Flush (schedule and send) at the end of this loop turn."""
         if not self._flush_pending:
             self._flush_pending = True
             (self._loop or asyncio.get_event_loop()).call_soon(self._flush)
@@ -149,7 +138,7 @@ class Head(Dispatcher):
         self._loop = loop
         loop.call_later(1.0, self._check_nodes)
 
-    def node_info(self, node: _Node) -> pb.NodeInfo:
+    def node_info(self, node: Node) -> pb.NodeInfo:
         """The node as the protocol describes it."""
         info = pb.NodeInfo(node_id=node.node_id, name=node.name, address=node.address,
                            state="alive" if node.alive else "dead", pid=node.pid,
@@ -162,14 +151,14 @@ class Head(Dispatcher):
         fill(info.used, {k: v for k, v in node.view.used.items() if v > 1e-9})
         return info
 
-    def _broadcast_node(self, node: _Node) -> None:
+    def _broadcast_node(self, node: Node) -> None:
         info = self.node_info(node)
         for driver in self.drivers.values():
             driver.nodes.append(info)
-        self._soon()
+        self.soon()
 
     # ---- nodes -------------------------------------------------------------------------
-    def node_joined(self, conn: Conn, register: pb.Register, remote: bool = True) -> _Node:
+    def node_joined(self, conn: Conn, register: pb.Register, remote: bool = True) -> Node:
         """A daemon registered: add it to the table and tell it its id.
 
         `remote` nodes must heartbeat; an in-process daemon cannot go silent on its own.
@@ -177,18 +166,18 @@ class Head(Dispatcher):
         node_id = self._next_node
         self._next_node += 1
         total = to_dict(register.total)
-        node = _Node(node_id, register.name, register.address, register.pid, conn,
-                     scheduler.NodeView(node_id, total, {}, scheduler.queue_factor(None)),
-                     remote=remote, block_id=register.block_id,
-                     store_address=register.store_address, store_dir=register.store_dir)
+        node = Node(node_id, register.name, register.address, register.pid, conn,
+                    scheduler.NodeView(node_id, total, {}, scheduler.queue_factor(None)),
+                    remote=remote, block_id=register.block_id,
+                    store_address=register.store_address, store_dir=register.store_dir)
         self.nodes[node_id] = node
         conn.send(pb.HeadToNode(node_id=node_id))
         log.info("node %s joined as %d: %s", node.name, node_id, scheduler.describe(total))
         self._broadcast_node(node)
-        self._soon()
+        self.soon()
         return node
 
-    def node_lost(self, node: _Node, reason: str) -> None:
+    def node_lost(self, node: Node, reason: str) -> None:
         """A daemon went away: retry or fail what ran there."""
         if not node.alive:
             return
@@ -197,7 +186,8 @@ class Head(Dispatcher):
         node.conn.close()  # a daemon that was only cut off reconnects, and joins anew
         log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
         self.actor_table.node_lost(node, reason)
-        running = [t for t in node.running.values() if not self.actor_table.is_creation(t)]
+        # Left after the actor table's turn: tasks, and actors still being created.
+        running = list(node.running.values())
         node.running.clear()
         lost = self.objects.node_lost(node.node_id)
         if lost:
@@ -209,8 +199,11 @@ class Head(Dispatcher):
             log.warning("%d objects were held only by %s: %d being rebuilt", len(lost),
                         node.name, len(rebuilt))
         for task in running:
-            self._unreserve(task)
-            result = pb.TaskResult(task_id=task.spec.task_id, status=pb.NODE_LOST,
+            self.dispatch.unreserve(task)
+            if task.spec.kind == pb.ACTOR_CREATE:
+                self.actor_table.creation_lost(task, f"node {node.name} was lost ({reason})")
+                continue
+            result = pb.TaskResult(task_id=task.task_id, status=pb.NODE_LOST,
                                    node=node.name, attempt=task.spec.attempt,
                                    message=f"node {node.name} was lost ({reason})")
             self._task_failed(task, result)
@@ -219,9 +212,9 @@ class Head(Dispatcher):
             self.driver_left(caller)
         self._broadcast_node(node)
         self._fail_unschedulable()
-        self._soon()
+        self.soon()
 
-    def on_node_message(self, node: _Node, message: pb.NodeToHead) -> None:
+    def on_node_message(self, node: Node, message: pb.NodeToHead) -> None:
         """One batch from a daemon."""
         node.last_seen = time.monotonic()
         if message.HasField("heartbeat"):
@@ -231,19 +224,10 @@ class Head(Dispatcher):
             if task is None:
                 self.actor_table.call_result(result)
                 continue
-            if self.actor_table.is_creation(task):
-                ok = result.status == pb.OK
-                if ok:
-                    node.running[result.task_id] = task  # holds its resources while alive
-                else:
-                    self._unreserve(task)
-                self.actor_table.created(task, node, ok, result.message, result.route)
-                if ok:
-                    self._task_done(task, result)
-                else:
-                    self._finish_failed(task, result)
+            if task.spec.kind == pb.ACTOR_CREATE:
+                self._creation_finished(task, node, result)
                 continue
-            self._unreserve(task)
+            self.dispatch.unreserve(task)
             node.done += 1
             if not node.running:
                 node.idle_since = time.monotonic()
@@ -252,9 +236,13 @@ class Head(Dispatcher):
             node.mean_seconds = seconds if mean is None else 0.8 * mean + 0.2 * seconds
             node.view.factor = scheduler.queue_factor(node.mean_seconds)
             if result.status == pb.OK:
-                self._task_done(task, result)
-            elif result.status == pb.OBJECT_LOST and self.wait_for_missing(task):
-                continue  # an argument is being rebuilt: the task runs once it is back
+                self.task_done(task, result)
+            elif result.status == pb.OBJECT_LOST:
+                missing = self.missing_args(task)
+                if missing:  # an argument is being rebuilt: the task runs once it is back
+                    self.wait(task, missing)
+                elif missing is not None:
+                    self._task_failed(task, result)
             else:
                 self._task_failed(task, result)
         for object_id in message.copies:
@@ -262,14 +250,14 @@ class Head(Dispatcher):
             if value is not None and value.size:
                 value.holders.add(node.node_id)
             else:  # dropped while it travelled
-                node.deletes.append(object_id)
+                self.dispatch.delete(node, object_id)
         for event in message.actor_events:
             self.actor_table.died(event.actor_id, event.message)
         if message.submit:
             caller_id = NODE_CALLER_BASE + node.node_id
             caller = self.drivers.get(caller_id)
             if caller is None:
-                caller = self.drivers[caller_id] = _Driver(caller_id, _NodeCallerConn(node))
+                caller = self.drivers[caller_id] = Driver(caller_id, _NodeCallerConn(node))
             for spec in message.submit:
                 self._submit(caller, spec)
         if message.logs:
@@ -278,7 +266,18 @@ class Head(Dispatcher):
                 driver = drivers.get(line.task_id >> DRIVER_SHIFT)
                 if driver is not None:
                     driver.logs.append(line)
-        self._soon()
+        self.soon()
+
+    def _creation_finished(self, task: Task, node: Node, result: pb.TaskResult) -> None:
+        """An actor's __init__ finished on `node`: it lives there (holding its resources),
+        or its creation failed."""
+        if result.status == pb.OK:
+            node.running[task.task_id] = task
+            self.task_done(task, result)
+            self.actor_table.created(task, node, result.route)
+        else:
+            self.dispatch.unreserve(task)
+            self.finish_failed(task, result)  # the actor table hears of it there
 
     def _check_nodes(self) -> None:
         now = time.monotonic()
@@ -289,9 +288,9 @@ class Head(Dispatcher):
             self._loop.call_later(1.0, self._check_nodes)
 
     # ---- drivers -----------------------------------------------------------------------
-    def driver_joined(self, conn: Conn, hello: pb.DriverHello) -> _Driver:
+    def driver_joined(self, conn: Conn, hello: pb.DriverHello) -> Driver:
         """A driver connected: give it an id and the node table."""
-        driver = _Driver(self._next_driver, conn, hello.hostname, hello.pid)
+        driver = Driver(self._next_driver, conn, hello.hostname, hello.pid)
         self._next_driver += 1
         self.drivers[driver.driver_id] = driver
         welcome = pb.Welcome(driver_id=driver.driver_id, cluster_id=self.cluster_id,
@@ -301,46 +300,49 @@ class Head(Dispatcher):
         log.info("driver %d joined from %s pid %d", driver.driver_id, hello.hostname, hello.pid)
         return driver
 
-    def driver_left(self, driver: _Driver) -> None:
+    def driver_left(self, driver: Driver) -> None:
         """A driver disconnected: drop its queued tasks and its references."""
         if self.drivers.pop(driver.driver_id, None) is None:
             return
         log.info("driver %d left", driver.driver_id)
-        self.actor_table.owner_left(driver.driver_id)
+        driver_id = driver.driver_id
+        self.actor_table.owner_left(driver_id)
+
+        def its(task: Task) -> bool:
+            return task.task_id >> DRIVER_SHIFT == driver_id and \
+                task.spec.kind in (pb.PYTHON, pb.BASH)
+
+        # Its queued tasks and those waiting for dependencies (some of which it just
+        # dropped, so they would wait forever) end as cancelled, releasing what they hold.
+        # Queues are filtered in one pass: removing 100,000 tasks one by one is quadratic.
+        dropped: list[Task] = []
         for key, queue in list(self.ready.items()):
-            kept = deque(t for t in queue if t.spec.task_id >> DRIVER_SHIFT != driver.driver_id)
-            for task in queue:
-                if task.spec.task_id >> DRIVER_SHIFT == driver.driver_id:
-                    self.tasks.pop(task.spec.task_id, None)
-                    for dep in task.spec.deps:
-                        self.objects.decref(dep)
-            if kept:
-                self.ready[key] = kept
-            else:
-                del self.ready[key]
-        for task in [t for t in self.gangs if t.spec.task_id >> DRIVER_SHIFT == driver.driver_id]:
+            kept = deque(t for t in queue if not its(t))
+            if len(kept) != len(queue):
+                dropped.extend(t for t in queue if its(t))
+                if kept:
+                    self.ready[key] = kept
+                else:
+                    del self.ready[key]
+        for task in [t for t in self.gangs if its(t)]:
             self.gangs.remove(task)
-            self.tasks.pop(task.spec.task_id, None)
-            for dep in task.spec.deps:
-                self.objects.decref(dep)
-        # Its tasks still waiting for dependencies would wait forever (some of those were
-        # just dropped): they end as cancelled, which also releases what they hold.
-        for task in [t for t in self.tasks.values() if t.pending > 0 and
-                     t.spec.task_id >> DRIVER_SHIFT == driver.driver_id and
-                     t.spec.kind in (pb.PYTHON, pb.BASH)]:
-            self._fail(task, pb.CANCELLED, "its driver disconnected")
+            dropped.append(task)
+        dropped.extend(t for t in self.tasks.values()
+                       if its(t) and t.state is TaskState.WAITING)
+        for task in dropped:
+            self.fail(task, pb.CANCELLED, "its driver disconnected", queued=False)
         for object_id, count in driver.refs.items():
             for _ in range(count):
                 self.objects.decref(object_id)
         driver.refs.clear()
 
-    def on_driver_message(self, driver: _Driver, message: pb.DriverToHead) -> None:
+    def on_driver_message(self, driver: Driver, message: pb.DriverToHead) -> None:
         """One batch from a driver: puts, submissions, releases, gets (in that order)."""
         for value in message.put:
             holders = {h for h in value.holders if h in self.nodes}
             self.objects.put(value.id, Value(pb.OK, value.data, size=value.size,
                                              holders=holders, nested=list(value.nested)))
-            driver.refs[value.id] = driver.refs.get(value.id, 0) + 1
+            driver.hold(value.id)
         for spec in message.submit:
             self._submit(driver, spec)
         for object_id in message.release:
@@ -361,21 +363,20 @@ class Head(Dispatcher):
             if info is not None:
                 reply.actor.CopyFrom(info)
             driver.lookups.append(reply)
-        self._soon()
+        self.soon()
 
     # ---- tasks -------------------------------------------------------------------------
-    def _submit(self, driver: _Driver, spec: pb.TaskSpec) -> None:
+    def _submit(self, driver: Driver, spec: pb.TaskSpec) -> None:
         if spec.fn_blob:
             self.functions[spec.fn_id] = spec.fn_blob
             spec.ClearField("fn_blob")
         task_id = spec.task_id
         request = to_dict(spec.resources)
-        task = _Task(spec, request, spec.resources.SerializeToString())
+        task = Task(spec, request, spec.resources.SerializeToString())
         self.objects.incref(task_id)
-        driver.refs[task_id] = driver.refs.get(task_id, 0) + 1
-        self.tasks[task_id] = task
+        driver.hold(task_id)
         failed_dep: tuple[int, Value] | None = None
-        pending = 0
+        pending: list[int] = []
         for dep in spec.deps:
             self.objects.incref(dep)
             value = self.objects.get(dep)
@@ -383,62 +384,71 @@ class Head(Dispatcher):
                 if value.status != pb.OK and failed_dep is None:
                     failed_dep = (dep, value)
             elif dep in self.tasks:
-                pending += 1
-                self.waiters.setdefault(dep, []).append(task)
+                pending.append(dep)
             elif failed_dep is None:
                 failed_dep = (dep, LOST)
         if spec.kind == pb.ACTOR_CALL:
-            self.actor_table.enqueue(task)
+            refused = self.actor_table.refuse_call(spec.actor_id)
+            if refused:
+                self.fail(task, pb.ACTOR_DIED, refused)
+                return
         elif spec.fn_id not in self.functions:
-            self._fail(task, pb.CANCELLED, "the app's function body was never sent to the head")
+            self.fail(task, pb.CANCELLED, "the app's function body was never sent to the head")
             return
-        if task_id not in self.tasks:
-            return  # refused (dead actor)
-        if spec.kind == pb.ACTOR_CREATE:
+        elif spec.kind == pb.ACTOR_CREATE:
             refused = self.actor_table.register(task)
             if refused:
-                self._fail(task, pb.ACTOR_DIED, refused)
+                self.fail(task, pb.ACTOR_DIED, refused)
                 return
         if failed_dep is not None:
             self._fail_dependency(task, failed_dep[0], failed_dep[1])
             return
         bad = [k for k, v in request.items() if not 0 <= v < float("inf")]
         if bad:  # NaN, infinite or negative amounts would corrupt the node accounting
-            self._fail(task, pb.UNSCHEDULABLE, f"invalid resource amounts: {', '.join(bad)}")
+            self.fail(task, pb.UNSCHEDULABLE, f"invalid resource amounts: {', '.join(bad)}")
             return
         reason = self._infeasible(request, spec.num_nodes)
         if reason:
-            self._fail(task, pb.UNSCHEDULABLE, reason)
+            self.fail(task, pb.UNSCHEDULABLE, reason)
             return
-        task.pending = pending
-        if pending == 0:
+        if spec.kind == pb.ACTOR_CALL:
+            self.actor_table.enqueue(task)
+        if pending:
+            self.wait(task, pending)
+        else:
             self.make_ready(task)
 
+    def wait(self, task: Task, pending: list[int]) -> None:
+        """`task` waits for the objects `pending` (one entry per argument)."""
+        self.set_state(task, TaskState.WAITING)
+        task.pending = len(pending)
+        for dep in pending:
+            self.waiters.setdefault(dep, []).append(task)
+
     def _infeasible(self, request: dict[str, float], num_nodes: int = 1) -> str:
-        alive = [n.view for n in self.nodes.values() if n.alive]
-        if not alive:
-            return ""  # nodes may still join; the task waits
-        fitting = sum(1 for v in alive if scheduler.can_ever_fit(request, v.total))
-        if num_nodes > 1:
-            if fitting >= num_nodes:
-                return ""
-            return (f"the app asks for {num_nodes} nodes with "
-                    f"{scheduler.describe(request)} each; the cluster has {fitting} such "
-                    f"node{'s' if fitting != 1 else ''}")
-        if fitting:
-            return ""
-        if self.block_shape and scheduler.can_ever_fit(request, self.block_shape):
-            return ""  # the autoscaler will add a block that fits
-        return (f"no node can ever run this task: it asks for {scheduler.describe(request)}, "
-                f"the largest node has {scheduler.describe(scheduler.largest_node(alive))}")
+        reason = scheduler.infeasible(
+            request, [n.view.total for n in self.nodes.values() if n.alive], num_nodes,
+            self.block_shape if num_nodes == 1 else None)
+        return f"no node can ever run this task: {reason}" if reason else ""
 
     def _fail_unschedulable(self) -> None:
         for key, queue in list(self.ready.items()):
-            if queue and self._infeasible(queue[0].request):
-                reason = self._infeasible(queue[0].request)
+            reason = self._infeasible(queue[0].request) if queue else ""
+            if reason:
                 del self.ready[key]
                 for task in queue:
-                    self._fail(task, pb.UNSCHEDULABLE, reason)
+                    self.fail(task, pb.UNSCHEDULABLE, reason, queued=False)
+
+    def _dequeue(self, task: Task) -> None:
+        """Take a QUEUED task out of its queue (rare: cancellation paths)."""
+        if task.spec.num_nodes > 1:
+            self.gangs.remove(task)
+            return
+        queue = self.ready.get(task.shape)
+        if queue is not None:
+            queue.remove(task)
+            if not queue:
+                del self.ready[task.shape]
 
     def unready(self, object_ids: set[int]) -> None:
         """Objects are pending again (being rebuilt): queued tasks that need them go back
@@ -453,30 +463,35 @@ class Head(Dispatcher):
             else:
                 del self.ready[key]
             for task in needing:
-                if self.wait_for_missing(task) == 0:
-                    self.make_ready(task)
+                missing = self.missing_args(task, queued=False)
+                if missing is None:
+                    continue
+                if missing:
+                    self.wait(task, missing)
+                else:  # nothing to wait for after all: back in line
+                    self.ready.setdefault(task.shape, deque()).append(task)
 
-    def wait_for_missing(self, task: _Task) -> int | None:
-        """Make `task` wait for those of its arguments that are pending again (being
-        rebuilt); returns how many, or None if one is gone for good (the task failed)."""
-        missing = 0
+    def missing_args(self, task: Task, queued: bool = True) -> list[int] | None:
+        """The task's arguments still to be produced (each once), or None when one is gone
+        for good (the task then failed; `queued`: it is still in its queue)."""
+        missing = []
         values = self.objects.values
         for dep in set(task.spec.deps):
             if dep in values:
                 if values[dep].status != pb.OK:
-                    self._fail_dependency(task, dep, values[dep])
+                    self._fail_dependency(task, dep, values[dep], queued=queued)
                     return None
             elif dep in self.tasks:
-                missing += 1
-                self.waiters.setdefault(dep, []).append(task)
+                missing.append(dep)
             else:
-                self._fail_dependency(task, dep, LOST)
+                self._fail_dependency(task, dep, LOST, queued=queued)
                 return None
-        task.pending = missing
         return missing
 
-    def make_ready(self, task: _Task) -> None:
+    def make_ready(self, task: Task) -> None:
         """Queue a task whose arguments are all there."""
+        self.set_state(task, TaskState.QUEUED)
+        task.pending = 0
         if task.spec.kind == pb.ACTOR_CALL:
             self.actor_table.ready(task)
             return
@@ -488,9 +503,11 @@ class Head(Dispatcher):
             queue = self.ready[task.shape] = deque()
         queue.append(task)
 
-    def _task_done(self, task: _Task, result: pb.TaskResult) -> None:
-        task_id = task.spec.task_id
-        self.tasks.pop(task_id, None)
+    def task_done(self, task: Task, result: pb.TaskResult) -> None:
+        """`task` succeeded with `result`: keep its value, wake what waits for it."""
+        task_id = task.task_id
+        creation = task.spec.kind == pb.ACTOR_CREATE
+        self.set_state(task, TaskState.HOSTING if creation else TaskState.DONE)
         self.done += 1
         driver = self.drivers.get(task_id >> DRIVER_SHIFT)
         if result.size:
@@ -502,7 +519,7 @@ class Head(Dispatcher):
         self.objects.finish(task_id, Value(pb.OK, result.data, size=result.size,
                                            holders={task.node_id} if result.size else set(),
                                            nested=list(result.nested)))
-        if task.spec.kind != pb.ACTOR_CREATE and not kept:  # restarts need them again
+        if not creation and not kept:  # restarts need a creation's arguments again
             for dep in task.spec.deps:
                 self.objects.decref(dep)
         if driver is not None:
@@ -510,29 +527,41 @@ class Head(Dispatcher):
         waiting = self.waiters.pop(task_id, None)
         if waiting:
             for dependent in waiting:
+                if dependent.state is not TaskState.WAITING:
+                    continue  # failed meanwhile
                 dependent.pending -= 1
-                if dependent.pending == 0 and dependent.spec.task_id in self.tasks:
+                if dependent.pending == 0:
                     self.make_ready(dependent)
 
-    def _task_failed(self, task: _Task, result: pb.TaskResult) -> None:
+    def _task_failed(self, task: Task, result: pb.TaskResult) -> None:
         if result.status in RETRIABLE and task.attempts < task.spec.max_retries:
             task.attempts += 1
             task.spec.attempt = task.attempts
-            log.info("retrying task %#x (%s), attempt %d: %s", task.spec.task_id,
+            log.info("retrying task %#x (%s), attempt %d: %s", task.task_id,
                      task.spec.name, task.attempts, result.message)
             self.make_ready(task)
             return
-        self._finish_failed(task, result)
+        self.finish_failed(task, result)
 
-    def _fail(self, task: _Task, status: int, message: str) -> None:
-        result = pb.TaskResult(task_id=task.spec.task_id, status=status, message=message,
+    def fail(self, task: Task, status: pb.Status, message: str, queued: bool = True) -> None:
+        """End `task` with `status` and `message` (no retry); see :meth:`finish_failed`."""
+        result = pb.TaskResult(task_id=task.task_id, status=status, message=message,
                                attempt=task.spec.attempt)
-        self._finish_failed(task, result)
+        self.finish_failed(task, result, queued)
 
-    def _finish_failed(self, task: _Task, result: pb.TaskResult) -> None:
-        task_id = task.spec.task_id
-        if self.tasks.pop(task_id, None) is None:
+    def finish_failed(self, task: Task, result: pb.TaskResult, queued: bool = True) -> None:
+        """`task` failed for good: record the failure as its value, fail its dependents.
+        Its resources must have been given back already; a QUEUED task is taken out of
+        its queue unless the caller did (`queued` False). Idempotent."""
+        if task.state in (TaskState.DONE, TaskState.FAILED):
             return
+        if task.spec.kind == pb.ACTOR_CALL:
+            if task.state in (TaskState.WAITING, TaskState.QUEUED):
+                self.actor_table.drop_call(task)
+        elif task.state is TaskState.QUEUED and queued:
+            self._dequeue(task)
+        self.set_state(task, TaskState.FAILED)
+        task_id = task.task_id
         self.failed += 1
         value = Value(result.status, result.data, result.message)
         self.objects.finish(task_id, value)
@@ -542,17 +571,32 @@ class Head(Dispatcher):
         if driver is not None:
             driver.results.append(result)
         for dependent in self.waiters.pop(task_id, ()):
-            self._fail_dependency(dependent, task_id, value, task.spec.name)
+            if dependent.state is TaskState.WAITING:
+                self._fail_dependency(dependent, task_id, value, task.spec.name)
+        if task.spec.kind == pb.ACTOR_CREATE:
+            self.actor_table.creation_failed(task, result.message)
 
-    def _fail_dependency(self, task: _Task, dep: int, value: Value, name: str = "") -> None:
+    def end_hosting(self, task: Task) -> None:
+        """An actor's creation that held its node's resources ends (the actor is dead):
+        give them back and let go of its arguments."""
+        node = self.nodes.get(task.node_id)
+        if node is not None:
+            node.running.pop(task.task_id, None)
+        self.dispatch.unreserve(task)
+        self.set_state(task, TaskState.DONE)
+        for dep in task.spec.deps:
+            self.objects.decref(dep)
+
+    def _fail_dependency(self, task: Task, dep: int, value: Value, name: str = "",
+                         queued: bool = True) -> None:
         label = f"{name} " if name else ""
         status = pb.Status.Name(value.status)
         message = (f"dependency {label}(task {dep:#x}) failed with {status}: "
                    f"{value.message or 'see its future for details'}")
-        result = pb.TaskResult(task_id=task.spec.task_id, status=pb.DEPENDENCY_FAILED,
+        result = pb.TaskResult(task_id=task.task_id, status=pb.DEPENDENCY_FAILED,
                                message=message, data=value.data if value.status == pb.APP_ERROR
                                else b"")
-        self._finish_failed(task, result)
+        self.finish_failed(task, result, queued)
 
     # ---- objects ----------------------------------------------------------------------
     def _object_dropped(self, object_id: int, value: Value) -> None:
@@ -560,25 +604,17 @@ class Head(Dispatcher):
         for node_id in value.holders:
             node = self.nodes.get(node_id)
             if node is not None and node.alive:
-                node.deletes.append(object_id)
-                self._soon()
+                self.dispatch.delete(node, object_id)
+                self.soon()
 
     def _flush(self) -> None:
         self._flush_pending = False
-        self._schedule()
-        for node in self.nodes.values():
-            if node.outbox or node.deletes:
-                if node.alive:
-                    node.conn.send(pb.HeadToNode(tasks=node.outbox, delete=node.deletes))
-                node.outbox, node.deletes = [], []
+        self.dispatch.schedule(self.ready, self.gangs)
+        self.dispatch.flush()
         for driver in self.drivers.values():
-            if driver.results or driver.logs or driver.replies or driver.nodes or \
-                    driver.lookups:
-                driver.conn.send(pb.HeadToDriver(results=driver.results, logs=driver.logs,
-                                                 replies=driver.replies, nodes=driver.nodes,
-                                                 lookups=driver.lookups))
-                driver.results, driver.logs, driver.replies, driver.nodes = [], [], [], []
-                driver.lookups = []
+            message = driver.take_batch()
+            if message is not None:
+                driver.conn.send(message)
 
     # ---- for the autoscaler ---------------------------------------------------------------
     def demand(self) -> tuple[int, float, float, bool]:
@@ -617,13 +653,14 @@ class Head(Dispatcher):
     # ---- status and shutdown -------------------------------------------------------------
     def status(self) -> pb.StatusReply:
         """A snapshot for `clusterctl status`."""
-        running = sum(len(n.running) for n in self.nodes.values())
+        running = sum(1 for t in self.tasks.values() if t.state is TaskState.RUNNING)
+        objects, object_bytes = self.objects.stats()
         return pb.StatusReply(
             cluster_id=self.cluster_id,
             nodes=[self.node_info(n) for n in self.nodes.values()],
-            tasks_queued=max(0, len(self.tasks) - running), tasks_running=running,
+            tasks_queued=len(self.tasks) - running, tasks_running=running,
             tasks_done=self.done, tasks_failed=self.failed, drivers=len(self.drivers),
-            objects=self.objects.stats()[0], object_bytes=self.objects.stats()[1],
+            objects=objects, object_bytes=object_bytes,
             uptime=time.time() - self.started, head_pid=os.getpid(),
             blocks=self.blocks_status() if self.blocks_status else [],
             actors=self.actor_table.status())

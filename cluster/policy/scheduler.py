@@ -156,21 +156,35 @@ def place_gang(
     return None
 
 
-def largest_node(nodes: Sequence[NodeView]) -> dict[str, float]:
-    """The resources of the biggest node (by cpus, then gpus, then memory), for errors.
+def infeasible(request: Resources, totals: Sequence[Resources], num_nodes: int = 1,
+               block_shape: Resources | None = None) -> str:
+    """Why no node of a cluster whose nodes have `totals` could ever run `request` (on
+    `num_nodes` nodes at once), or "" when some could. A request that fits
+    `block_shape` (the node an autoscaler can add) is feasible; with no nodes yet nothing
+    is known, so it is feasible too. One rule for the head and the driver.
 
-    >>> largest_node([NodeView(1, {"cpus": 2}), NodeView(2, {"cpus": 8, "gpus": 1})])
-    {'cpus': 8, 'gpus': 1}
-    >>> largest_node([])
-    {}
+    >>> infeasible({"cpus": 4}, [{"cpus": 2}, {"cpus": 8}])
+    ''
+    >>> infeasible({"cpus": 64}, [{"cpus": 2}])
+    'it asks for cpus=64, the largest node has cpus=2'
+    >>> infeasible({"cpus": 64}, [{"cpus": 2}], block_shape={"cpus": 64})
+    ''
+    >>> infeasible({"cpus": 1}, [{"cpus": 2}], num_nodes=2)
+    'it asks for 2 nodes with cpus=1 each; the cluster has 1 such node'
     """
-    if not nodes:
-        return {}
-    biggest = max(
-        nodes,
-        key=lambda n: (n.total.get("cpus", 0), n.total.get("gpus", 0), n.total.get("memory", 0)),
-    )
-    return dict(biggest.total)
+    if not totals:
+        return ""
+    fitting = sum(1 for total in totals if can_ever_fit(request, total))
+    if num_nodes > 1:
+        if fitting >= num_nodes:
+            return ""
+        return (f"it asks for {num_nodes} nodes with {describe(request)} each; the cluster "
+                f"has {fitting} such node{'s' if fitting != 1 else ''}")
+    if fitting or (block_shape and can_ever_fit(request, block_shape)):
+        return ""
+    largest = max(totals, key=lambda t: (t.get("cpus", 0), t.get("gpus", 0),
+                                         t.get("memory", 0)))
+    return f"it asks for {describe(request)}, the largest node has {describe(largest)}"
 
 
 def describe(resources: Resources) -> str:

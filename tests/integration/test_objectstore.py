@@ -44,7 +44,7 @@ def test_another_process_reads_the_same_bytes(store, tmp_path):
     store.put(7, array)
     path = store.path(7)
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[2]);"
-            "from cluster.objectstore import read; a = read(sys.argv[1]);"
+            "from cluster.store.objectstore import read; a = read(sys.argv[1]);"
             "print(float(a.sum()), a.flags.writeable)")
     root = ROOT
     out = subprocess.run([sys.executable, "-c", code, path, root], capture_output=True,

@@ -60,8 +60,9 @@ def test_queue_factor_shrinks_for_long_tasks():
     assert scheduler.queue_factor(0.001) > scheduler.queue_factor(0.01)
 
 
-def test_largest_node_and_describe():
-    nodes = [node(1, {"cpus": 2, "memory": 2**30}), node(2, {"cpus": 8, "gpus": 1})]
-    assert scheduler.largest_node(nodes) == {"cpus": 8, "gpus": 1}
+def test_infeasible_names_the_largest_node_and_describe():
+    totals = [{"cpus": 2, "memory": 2**30}, {"cpus": 8, "gpus": 1}]
+    assert scheduler.infeasible({"cpus": 16}, totals).endswith("largest node has cpus=8 gpus=1")
+    assert scheduler.infeasible({"gpus": 1}, totals) == ""
     assert scheduler.describe({"cpus": 8, "gpus": 1}) == "cpus=8 gpus=1"
     assert scheduler.describe({"memory": 2**31}) == "memory=2.0GiB"

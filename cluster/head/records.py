@@ -1,0 +1,165 @@
+"""The head's records of tasks, nodes and drivers, and the task lifecycle.
+
+A task's ``state`` says where it is; only :meth:`cluster.head.state.Head.set_state` changes
+it, and only along :data:`TRANSITIONS`. Where each state keeps the task (checked by
+``Head.validate``):
+
+- ``WAITING``: in ``head.tasks``, registered in ``head.waiters`` under each argument still
+  pending (actor calls also sit in their actor's ordered queue);
+- ``QUEUED``: in ``head.tasks`` and in exactly one queue: ``head.ready`` (by resource
+  shape), ``head.gangs`` (multi-node apps) or its actor's queue (calls);
+- ``RUNNING``: in ``head.tasks`` and its node's ``running`` (actor calls: in their actor's
+  ``inflight``), holding the resources it reserved;
+- ``HOSTING``: an actor's creation that succeeded: out of ``head.tasks``, still in its
+  node's ``running`` so the actor keeps its resources while it lives;
+- ``DONE``, ``FAILED``: nowhere (lineage may keep a done task's record to re-run it).
+
+>>> allowed(TaskState.QUEUED, TaskState.RUNNING)
+True
+>>> allowed(TaskState.DONE, TaskState.RUNNING)
+False
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from cluster.common.protocol import pb
+from cluster.policy import scheduler
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life (see the module docstring for where each keeps it)."""
+
+    NEW = "new"
+    WAITING = "waiting"
+    QUEUED = "queued"
+    RUNNING = "running"
+    HOSTING = "hosting"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_S = TaskState
+#: Every allowed move of a task's state; anything else is a bug in the head.
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    _S.NEW: frozenset({_S.WAITING, _S.QUEUED, _S.FAILED}),
+    _S.WAITING: frozenset({_S.QUEUED, _S.FAILED}),
+    # QUEUED -> WAITING: an argument became pending again (lineage rebuilds it).
+    _S.QUEUED: frozenset({_S.RUNNING, _S.WAITING, _S.FAILED}),
+    # RUNNING -> QUEUED: a retry; -> WAITING: an argument vanished and is being rebuilt.
+    _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.QUEUED, _S.WAITING, _S.HOSTING}),
+    # An actor whose worker or node died is placed again (restart), or is gone.
+    _S.HOSTING: frozenset({_S.QUEUED, _S.FAILED, _S.DONE}),
+    _S.DONE: frozenset(),
+    _S.FAILED: frozenset(),
+}
+#: States in which a task is in ``head.tasks``.
+LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.RUNNING})
+#: States in which a task holds resources on a node.
+HOLDING = frozenset({_S.RUNNING, _S.HOSTING})
+
+
+def allowed(old: TaskState, new: TaskState) -> bool:
+    """Whether a task may move from `old` to `new`."""
+    return new in TRANSITIONS[old]
+
+
+class InvalidTransition(RuntimeError):
+    """The head tried to move a task along a transition the table does not allow."""
+
+
+class Conn(Protocol):
+    """A connection the head can send batches on."""
+
+    def send(self, message: object) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    """A task the head knows of: an app call, an actor's creation or an actor call."""
+
+    spec: pb.TaskSpec
+    request: dict[str, float]
+    shape: bytes
+    state: TaskState = TaskState.NEW
+    pending: int = 0                 # arguments still being produced
+    node_id: int = 0
+    attempts: int = 0
+    reserved: dict[int, dict[str, float]] = field(default_factory=dict)  # node id -> held
+
+    @property
+    def task_id(self) -> int:
+        """The task's id (also the id of its result object)."""
+        return self.spec.task_id
+
+
+@dataclass(slots=True, eq=False)
+class Node:
+    """A daemon that registered, alive or lost."""
+
+    node_id: int
+    name: str
+    address: str
+    pid: int
+    conn: Conn
+    view: scheduler.NodeView
+    running: dict[int, Task] = field(default_factory=dict)
+    functions: set[bytes] = field(default_factory=set)
+    outbox: list[pb.TaskSpec] = field(default_factory=list)
+    mean_seconds: float | None = None
+    alive: bool = True
+    last_seen: float = field(default_factory=time.monotonic)
+    heartbeat: pb.Heartbeat = field(default_factory=pb.Heartbeat)
+    done: int = 0
+    remote: bool = True
+    block_id: str = ""
+    draining: bool = False
+    actors: set[int] = field(default_factory=set)
+    idle_since: float | None = field(default_factory=time.monotonic)
+    store_address: str = ""
+    store_dir: str = ""
+    deletes: list[int] = field(default_factory=list)
+
+    def take_batch(self) -> pb.HeadToNode | None:
+        """The tasks and deletions gathered since the last call, as one message."""
+        if not (self.outbox or self.deletes):
+            return None
+        message = pb.HeadToNode(tasks=self.outbox, delete=self.deletes)
+        self.outbox, self.deletes = [], []
+        return message
+
+
+@dataclass(slots=True, eq=False)
+class Driver:
+    """A connected driver (or a node whose apps call actors, see ``NODE_CALLER_BASE``),
+    with the references it holds and what waits to be sent to it."""
+
+    driver_id: int
+    conn: Conn
+    hostname: str = ""
+    pid: int = 0
+    refs: dict[int, int] = field(default_factory=dict)
+    results: list[pb.TaskResult] = field(default_factory=list)
+    logs: list[pb.LogLine] = field(default_factory=list)
+    replies: list[pb.GetReply] = field(default_factory=list)
+    nodes: list[pb.NodeInfo] = field(default_factory=list)
+    lookups: list[pb.ActorLookupReply] = field(default_factory=list)
+
+    def take_batch(self) -> pb.HeadToDriver | None:
+        """Everything gathered for the driver since the last call, as one message."""
+        if not (self.results or self.logs or self.replies or self.nodes or self.lookups):
+            return None
+        message = pb.HeadToDriver(results=self.results, logs=self.logs, replies=self.replies,
+                                  nodes=self.nodes, lookups=self.lookups)
+        self.results, self.logs, self.replies, self.nodes, self.lookups = [], [], [], [], []
+        return message
+
+    def hold(self, object_id: int) -> None:
+        """The driver holds one more reference to `object_id`."""
+        self.refs[object_id] = self.refs.get(object_id, 0) + 1
