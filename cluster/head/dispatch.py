@@ -139,6 +139,11 @@ class Dispatcher:
         node.deletes.append(object_id)
         self.dirty.add(node)
 
+    def cancel(self, node: Node, task_id: int) -> None:
+        """Tell `node` to stop task `task_id` (its worker's process group is killed)."""
+        node.cancels.append(task_id)
+        self.dirty.add(node)
+
     def flush(self) -> None:
         """Send every node its batch."""
         for node in self.dirty:

@@ -63,7 +63,7 @@ def check(tasks: dict[int, Task], ready: dict[bytes, deque[Task]], gangs: deque[
         if task.state is TaskState.WAITING:
             assert task.pending > 0 and waiting[tid] == task.pending, \
                 f"{tid:#x} waits for {task.pending} but is filed under {waiting[tid]}"
-        if task.state is TaskState.RUNNING:
+        if task.state in (TaskState.RUNNING, TaskState.CANCELLING):
             where = inflight if task.spec.kind == pb.ACTOR_CALL else running
             assert tid in where, f"{tid:#x} is RUNNING but on no node"
     for node in nodes.values():

@@ -10,6 +10,8 @@ it, and only along :data:`TRANSITIONS`. Where each state keeps the task (checked
   shape), ``head.gangs`` (multi-node apps) or its actor's queue (calls);
 - ``RUNNING``: in ``head.tasks`` and its node's ``running`` (actor calls: in their actor's
   ``inflight``), holding the resources it reserved;
+- ``CANCELLING``: as RUNNING, but its node was told to stop it (its driver left); whatever
+  result comes back ends it as cancelled, never retried;
 - ``HOSTING``: an actor's creation that succeeded: out of ``head.tasks``, still in its
   node's ``running`` so the actor keeps its resources while it lives;
 - ``DONE``, ``FAILED``: nowhere (lineage may keep a done task's record to re-run it).
@@ -38,6 +40,7 @@ class TaskState(enum.Enum):
     WAITING = "waiting"
     QUEUED = "queued"
     RUNNING = "running"
+    CANCELLING = "cancelling"
     HOSTING = "hosting"
     DONE = "done"
     FAILED = "failed"
@@ -51,16 +54,18 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     # QUEUED -> WAITING: an argument became pending again (lineage rebuilds it).
     _S.QUEUED: frozenset({_S.RUNNING, _S.WAITING, _S.FAILED}),
     # RUNNING -> QUEUED: a retry; -> WAITING: an argument vanished and is being rebuilt.
-    _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.QUEUED, _S.WAITING, _S.HOSTING}),
+    _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.QUEUED, _S.WAITING, _S.HOSTING,
+                           _S.CANCELLING}),
+    _S.CANCELLING: frozenset({_S.FAILED}),
     # An actor whose worker or node died is placed again (restart), or is gone.
     _S.HOSTING: frozenset({_S.QUEUED, _S.FAILED, _S.DONE}),
     _S.DONE: frozenset(),
     _S.FAILED: frozenset(),
 }
 #: States in which a task is in ``head.tasks``.
-LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.RUNNING})
+LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.RUNNING, _S.CANCELLING})
 #: States in which a task holds resources on a node.
-HOLDING = frozenset({_S.RUNNING, _S.HOSTING})
+HOLDING = frozenset({_S.RUNNING, _S.CANCELLING, _S.HOSTING})
 
 
 def allowed(old: TaskState, new: TaskState) -> bool:
@@ -125,13 +130,15 @@ class Node:
     store_address: str = ""
     store_dir: str = ""
     deletes: list[int] = field(default_factory=list)
+    cancels: list[int] = field(default_factory=list)
 
     def take_batch(self) -> pb.HeadToNode | None:
-        """The tasks and deletions gathered since the last call, as one message."""
-        if not (self.outbox or self.deletes):
+        """The tasks, deletions and cancellations gathered since the last call, as one
+        message."""
+        if not (self.outbox or self.deletes or self.cancels):
             return None
-        message = pb.HeadToNode(tasks=self.outbox, delete=self.deletes)
-        self.outbox, self.deletes = [], []
+        message = pb.HeadToNode(tasks=self.outbox, delete=self.deletes, cancel=self.cancels)
+        self.outbox, self.deletes, self.cancels = [], [], []
         return message
 
 

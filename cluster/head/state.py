@@ -203,6 +203,9 @@ class Head:
             if task.spec.kind == pb.ACTOR_CREATE:
                 self.actor_table.creation_lost(task, f"node {node.name} was lost ({reason})")
                 continue
+            if task.state is TaskState.CANCELLING:
+                self.fail(task, pb.CANCELLED, "cancelled: its driver disconnected")
+                continue
             result = pb.TaskResult(task_id=task.task_id, status=pb.NODE_LOST,
                                    node=node.name, attempt=task.spec.attempt,
                                    message=f"node {node.name} was lost ({reason})")
@@ -229,6 +232,9 @@ class Head:
                 continue
             self.dispatch.unreserve(task)
             node.done += 1
+            if task.state is TaskState.CANCELLING:
+                self.fail(task, pb.CANCELLED, "cancelled: its driver disconnected")
+                continue
             if not node.running:
                 node.idle_since = time.monotonic()
             mean = node.mean_seconds
@@ -331,6 +337,15 @@ class Head:
                        if its(t) and t.state is TaskState.WAITING)
         for task in dropped:
             self.fail(task, pb.CANCELLED, "its driver disconnected", queued=False)
+        # Its running tasks are stopped (their workers killed and replaced), so they do not
+        # hold the cluster for other drivers; their results end them as cancelled.
+        for task in [t for t in self.tasks.values()
+                     if its(t) and t.state is TaskState.RUNNING]:
+            node = self.nodes.get(task.node_id)
+            self.set_state(task, TaskState.CANCELLING)
+            if node is not None and node.alive:
+                self.dispatch.cancel(node, task.task_id)
+        self.soon()
         for object_id, count in driver.refs.items():
             for _ in range(count):
                 self.objects.decref(object_id)
@@ -653,7 +668,8 @@ class Head:
     # ---- status and shutdown -------------------------------------------------------------
     def status(self) -> pb.StatusReply:
         """A snapshot for `clusterctl status`."""
-        running = sum(1 for t in self.tasks.values() if t.state is TaskState.RUNNING)
+        running = sum(1 for t in self.tasks.values()
+                      if t.state in (TaskState.RUNNING, TaskState.CANCELLING))
         objects, object_bytes = self.objects.stats()
         return pb.StatusReply(
             cluster_id=self.cluster_id,

@@ -167,20 +167,27 @@ def test_losing_a_node_retries_its_tasks_elsewhere():
 
 def test_a_departing_driver_cancels_its_queued_and_waiting_tasks():
     async def scenario(c: Cluster) -> None:
-        first = c.submit()
+        first = c.submit(retries=3)
         queued = [c.submit() for _ in range(5)]
         waiting = c.submit([first])
         await c.step()
+        running = [t for n in c.nodes for t in n.running]
+        assert first in running
         c.head.driver_left(c.driver)
         c.head.validate()
         for task_id in [*queued, waiting]:
-            assert c.state(task_id) is None or c.state(task_id) is TaskState.RUNNING
+            assert c.state(task_id) in (None, TaskState.CANCELLING)
         assert not c.head.ready
         assert all(t.state is not TaskState.WAITING for t in c.head.waiters.get(first, []))
+        await c.step()
+        cancels = {t for n in c.nodes for m in n.conn.sent for t in getattr(m, "cancel", [])}
+        assert cancels == set(running), "its running tasks are stopped on their nodes"
         for node in c.nodes:
             for task_id in list(node.running):
-                c.finish(task_id)
+                c.finish(task_id, status=pb.WORKER_CRASHED)   # what a killed worker reports
         await c.step()
+        assert not c.head.tasks, "cancelled, not retried"
+        assert all(not n.view.used.get("cpus") for n in c.nodes)
         assert not c.head.objects.refs, "nothing the driver held is left"
 
     run(scenario)
