@@ -48,6 +48,7 @@ class ObjectDirectory:
         self.values: dict[int, Value] = {}
         self.refs: dict[int, int] = {}
         self._gets: dict[int, list[_PendingGet]] = {}
+        self._dropping: list[tuple[int, Value]] | None = None
         #: Called with (id, value) when a value is dropped (to delete stored copies).
         self.on_drop: Callable[[int, Value], None] | None = None
 
@@ -68,23 +69,22 @@ class ObjectDirectory:
             self._dropped(object_id, value)
 
     def _dropped(self, object_id: int, value: Value) -> None:
-        # Iterative, not recursive: a chain of 100,000 nested refs must not overflow the
-        # stack (each link's drop releases the next).
-        stack = [(object_id, value)]
-        refs, values = self.refs, self.values
-        while stack:
-            oid, val = stack.pop()
-            if val.size and self.on_drop is not None:
-                self.on_drop(oid, val)
-            for inner in val.nested:
-                count = refs.get(inner, 0) - 1
-                if count > 0:
-                    refs[inner] = count
-                    continue
-                refs.pop(inner, None)
-                dropped = values.pop(inner, None)
-                if dropped is not None:
-                    stack.append((inner, dropped))
+        # Iterative, not recursive: a chain of 100,000 nested refs (or of stored results
+        # whose lineage holds the previous link, released through ``on_drop``) must not
+        # overflow the stack. A drop that happens while one is being processed joins it.
+        if self._dropping is not None:
+            self._dropping.append((object_id, value))
+            return
+        stack = self._dropping = [(object_id, value)]
+        try:
+            while stack:
+                oid, val = stack.pop()
+                if val.size and self.on_drop is not None:
+                    self.on_drop(oid, val)   # may decref more: they land on the stack
+                for inner in val.nested:
+                    self.decref(inner)
+        finally:
+            self._dropping = None
 
     def make_pending(self, object_id: int) -> None:
         """The object will be produced again (lineage): forget its value, keep its refs."""

@@ -568,28 +568,33 @@ class Head:
         """`task` failed for good: record the failure as its value, fail its dependents.
         Its resources must have been given back already; a QUEUED task is taken out of
         its queue unless the caller did (`queued` False). Idempotent."""
-        if task.state in (TaskState.DONE, TaskState.FAILED):
-            return
-        if task.spec.kind == pb.ACTOR_CALL:
-            if task.state in (TaskState.WAITING, TaskState.QUEUED):
-                self.actor_table.drop_call(task)
-        elif task.state is TaskState.QUEUED and queued:
-            self._dequeue(task)
-        self.set_state(task, TaskState.FAILED)
-        task_id = task.task_id
-        self.failed += 1
-        value = Value(result.status, result.data, result.message)
-        self.objects.finish(task_id, value)
-        for dep in task.spec.deps:
-            self.objects.decref(dep)
-        driver = self.drivers.get(task_id >> DRIVER_SHIFT)
-        if driver is not None:
-            driver.results.append(result)
-        for dependent in self.waiters.pop(task_id, ()):
-            if dependent.state is TaskState.WAITING:
-                self._fail_dependency(dependent, task_id, value, task.spec.name)
-        if task.spec.kind == pb.ACTOR_CREATE:
-            self.actor_table.creation_failed(task, result.message)
+        # A work list, not recursion: a 100,000-link chain fails link by link.
+        work = [(task, result, queued)]
+        while work:
+            task, result, queued = work.pop()
+            if task.state in (TaskState.DONE, TaskState.FAILED):
+                continue
+            if task.spec.kind == pb.ACTOR_CALL:
+                if task.state in (TaskState.WAITING, TaskState.QUEUED):
+                    self.actor_table.drop_call(task)
+            elif task.state is TaskState.QUEUED and queued:
+                self._dequeue(task)
+            self.set_state(task, TaskState.FAILED)
+            task_id = task.task_id
+            self.failed += 1
+            value = Value(result.status, result.data, result.message)
+            self.objects.finish(task_id, value)
+            for dep in task.spec.deps:
+                self.objects.decref(dep)
+            driver = self.drivers.get(task_id >> DRIVER_SHIFT)
+            if driver is not None:
+                driver.results.append(result)
+            for dependent in self.waiters.pop(task_id, ()):
+                if dependent.state is TaskState.WAITING:
+                    work.append((dependent, self._dependency_failure(
+                        dependent, task_id, value, task.spec.name), True))
+            if task.spec.kind == pb.ACTOR_CREATE:
+                self.actor_table.creation_failed(task, result.message)
 
     def end_hosting(self, task: Task) -> None:
         """An actor's creation that held its node's resources ends (the actor is dead):
@@ -604,14 +609,24 @@ class Head:
 
     def _fail_dependency(self, task: Task, dep: int, value: Value, name: str = "",
                          queued: bool = True) -> None:
+        self.finish_failed(task, self._dependency_failure(task, dep, value, name), queued)
+
+    @staticmethod
+    def _dependency_failure(task: Task, dep: int, value: Value,
+                            name: str = "") -> pb.TaskResult:
+        """What `task` fails with because its argument `dep` failed with `value`. A failure
+        that was itself a dependency's passes on unchanged, naming the root cause once
+        (a 10,000-link chain used to carry 68 KB of nested messages)."""
+        if value.status == pb.DEPENDENCY_FAILED:
+            return pb.TaskResult(task_id=task.task_id, status=pb.DEPENDENCY_FAILED,
+                                 message=value.message, data=value.data)
         label = f"{name} " if name else ""
         status = pb.Status.Name(value.status)
         message = (f"dependency {label}(task {dep:#x}) failed with {status}: "
                    f"{value.message or 'see its future for details'}")
-        result = pb.TaskResult(task_id=task.task_id, status=pb.DEPENDENCY_FAILED,
-                               message=message, data=value.data if value.status == pb.APP_ERROR
-                               else b"")
-        self.finish_failed(task, result, queued)
+        return pb.TaskResult(task_id=task.task_id, status=pb.DEPENDENCY_FAILED,
+                             message=message, data=value.data if value.status == pb.APP_ERROR
+                             else b"")
 
     # ---- objects ----------------------------------------------------------------------
     def _object_dropped(self, object_id: int, value: Value) -> None:

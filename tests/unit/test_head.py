@@ -309,3 +309,49 @@ def test_dropping_a_100000_link_chain_of_nested_refs_does_not_recurse():
         assert not c.head.objects.values and not c.head.objects.refs
 
     run(scenario)
+
+
+def test_a_100000_link_chain_whose_first_link_fails_fails_every_link_once():
+    async def scenario(c: Cluster) -> None:
+        c.nodes[0].view.schedulable = c.nodes[1].view.schedulable = False
+        first = c.submit()
+        ids = [first]
+        specs = []
+        for _ in range(100_000):
+            task_id = c.new_id()
+            spec = pb.TaskSpec(task_id=task_id, fn_id=b"f", name="link", deps=[ids[-1]],
+                               kind=pb.PYTHON)
+            specs.append(spec)
+            ids.append(task_id)
+        c.head.on_driver_message(c.driver, pb.DriverToHead(submit=specs))
+        c.nodes[0].view.schedulable = True
+        await c.step()
+        c.finish(first, status=pb.APP_ERROR, message="root cause")
+        await c.step()
+        assert not c.head.tasks and not c.head.waiters
+        last = c.value(ids[-1])
+        assert last.status == pb.DEPENDENCY_FAILED
+        assert last.message.count("root cause") == 1 and len(last.message) < 200
+
+    run(scenario)
+
+
+def test_dropping_the_last_of_a_chain_of_stored_results_releases_every_link():
+    async def scenario(c: Cluster) -> None:
+        ids = []
+        for _ in range(1500):
+            task_id = c.submit([ids[-1]] if ids else [], cpus=0)
+            await c.step()
+            c.finish(task_id, size=1 << 20)       # stored: lineage keeps its argument
+            if ids:
+                c.head.on_driver_message(c.driver, pb.DriverToHead(release=[ids[-1]]))
+            ids.append(task_id)
+        await c.step()
+        assert len(c.head.objects.values) == 1500, "each link is kept by the next's lineage"
+        c.head.on_driver_message(c.driver, pb.DriverToHead(release=[ids[-1]]))
+        await c.step()
+        assert not c.head.objects.values and not c.head.objects.refs
+        deletes = {d for n in c.nodes for m in n.conn.sent for d in getattr(m, "delete", [])}
+        assert deletes == set(ids), "every stored copy is deleted"
+
+    run(scenario)
