@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from cluster.common.protocol import pb
+from cluster.common.protocol import fill, pb
 from cluster.policy import scheduler
 
 
@@ -132,6 +132,20 @@ class Node:
     deletes: list[int] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
 
+    def info(self) -> pb.NodeInfo:
+        """The node as the protocol describes it."""
+        beat = self.heartbeat
+        info = pb.NodeInfo(node_id=self.node_id, name=self.name, address=self.address,
+                           state="alive" if self.alive else "dead", pid=self.pid,
+                           running=len(self.running), queued=beat.queued,
+                           workers=beat.workers, done=self.done, block_id=self.block_id,
+                           draining=self.draining, store_address=self.store_address,
+                           store_dir=self.store_dir)
+        info.store.CopyFrom(beat.store)
+        fill(info.total, self.view.total)
+        fill(info.used, {k: v for k, v in self.view.used.items() if v > 1e-9})
+        return info
+
     def take_batch(self) -> pb.HeadToNode | None:
         """The tasks, deletions and cancellations gathered since the last call, as one
         message."""
@@ -170,3 +184,18 @@ class Driver:
     def hold(self, object_id: int) -> None:
         """The driver holds one more reference to `object_id`."""
         self.refs[object_id] = self.refs.get(object_id, 0) + 1
+
+
+class NodeCallerConn:
+    """Results for calls that apps on a node made: delivered to that node's daemon."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    def send(self, message: object) -> None:
+        """Forward the results in `message` (a HeadToDriver batch) to the node."""
+        if isinstance(message, pb.HeadToDriver) and message.results and self._node.alive:
+            self._node.conn.send(pb.HeadToNode(results=message.results))
+
+    def close(self) -> None:
+        """Nothing to close: the node's own stream carries these."""

@@ -41,6 +41,7 @@ from cluster.head.records import (
     Driver,
     InvalidTransition,
     Node,
+    NodeCallerConn,
     Task,
     TaskState,
     allowed,
@@ -50,20 +51,6 @@ from cluster.policy import scheduler
 log = logging.getLogger("shoal.head")
 
 RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
-
-
-class _NodeCallerConn:
-    """Results for calls that apps on a node made: delivered to that node's daemon."""
-
-    def __init__(self, node: Node) -> None:
-        self._node = node
-
-    def send(self, message: object) -> None:
-        if isinstance(message, pb.HeadToDriver) and message.results and self._node.alive:
-            self._node.conn.send(pb.HeadToNode(results=message.results))
-
-    def close(self) -> None:
-        pass
 
 
 class Head:
@@ -140,16 +127,7 @@ class Head:
 
     def node_info(self, node: Node) -> pb.NodeInfo:
         """The node as the protocol describes it."""
-        info = pb.NodeInfo(node_id=node.node_id, name=node.name, address=node.address,
-                           state="alive" if node.alive else "dead", pid=node.pid,
-                           running=len(node.running), queued=node.heartbeat.queued,
-                           workers=node.heartbeat.workers, done=node.done,
-                           block_id=node.block_id, draining=node.draining,
-                           store_address=node.store_address, store_dir=node.store_dir)
-        info.store.CopyFrom(node.heartbeat.store)
-        fill(info.total, node.view.total)
-        fill(info.used, {k: v for k, v in node.view.used.items() if v > 1e-9})
-        return info
+        return node.info()
 
     def _broadcast_node(self, node: Node) -> None:
         info = self.node_info(node)
@@ -263,7 +241,7 @@ class Head:
             caller_id = NODE_CALLER_BASE + node.node_id
             caller = self.drivers.get(caller_id)
             if caller is None:
-                caller = self.drivers[caller_id] = Driver(caller_id, _NodeCallerConn(node))
+                caller = self.drivers[caller_id] = Driver(caller_id, NodeCallerConn(node))
             for spec in message.submit:
                 self._submit(caller, spec)
         if message.logs:
