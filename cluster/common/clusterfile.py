@@ -75,15 +75,52 @@ def write(cf: ClusterFile) -> str:
     return path
 
 
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "cluster_id": (str,), "address": (str,), "secret": (str,), "state": (str,),
+    "host": (str,), "head_pid": (int,), "unix_socket": (str,), "runtime_dir": (str,),
+    "log_dir": (str,), "slurm_job_id": (str,), "nodes": (list,), "slurm_jobs": (list,),
+    "slurm_steps": (list,), "created": (int, float), "extra": (dict,),
+}
+_REQUIRED = ("cluster_id", "address", "secret")
+
+
+def _check_fields(data: Any) -> dict[str, Any]:
+    """The known fields of `data`; ValueError naming the first field of the wrong type."""
+    if not isinstance(data, dict):
+        kind = {"list": "array", "str": "string", "int": "number", "float": "number",
+                "bool": "boolean", "NoneType": "null"}.get(type(data).__name__, "value")
+        raise ValueError(f"it holds a JSON {kind}, not a JSON object")
+    missing = [name for name in _REQUIRED if name not in data]
+    if missing:
+        raise ValueError(f"field {missing[0]!r} is missing")
+    known = {k: v for k, v in data.items() if k in ClusterFile.__dataclass_fields__}
+    for name, value in known.items():
+        kinds = _FIELD_TYPES[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            want = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"field {name!r} is {value!r}, expected a {want}")
+        if kinds == (list,) and not all(isinstance(item, str) for item in value):
+            raise ValueError(f"field {name!r} is {value!r}, expected a list of strings")
+    return known
+
+
 def read(path: str) -> ClusterFile:
-    """Load a cluster file; raises ValueError naming the file when it is not one."""
+    """Load a cluster file; raises ValueError naming the file (and the field) when it is
+    not one."""
     try:
         with open(path) as f:
             data = json.load(f)
-        known = {k: v for k, v in data.items() if k in ClusterFile.__dataclass_fields__}
-        return ClusterFile(**known)
+        return ClusterFile(**_check_fields(data))
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{path} is not a readable shoal cluster file: {err}") from err
+
+
+def mark_down(cf: ClusterFile) -> str:
+    """Mark `cf` down and blank its secret, keeping the rest (pids, ids) for history and for
+    ``clusterctl down``; saves it and returns the path."""
+    cf.state = "down"
+    cf.secret = ""
+    return cf.save()
 
 
 def all_clusters() -> list[ClusterFile]:

@@ -216,9 +216,14 @@ def _pid_gone(pid: int, seconds: float) -> bool:
     return False
 
 
+class _NoHead(Exception):
+    """The cluster file has no secret left, so the head cannot be asked to stop."""
+
+
 def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
     """Stop a cluster: ask the head, end its Slurm steps, scancel its blocks, remove runtime
-    directories, mark the file down. Works with a dead head; idempotent. Returns notes."""
+    directories, mark the file down (blanking its secret). Works with a dead head;
+    idempotent. Returns notes."""
     import grpc
 
     from cluster.common import shoal_pb2_grpc as pb_grpc
@@ -226,13 +231,15 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
 
     notes: list[str] = []
     try:
+        if not cf.secret:  # marked down already: no head to ask
+            raise _NoHead
         from cluster.common.tls import channel as open_channel
 
         with open_channel(cf.address, cf.extra.get("tls_ca"), CHANNEL_OPTIONS) as channel:
             pb_grpc.HeadStub(channel).Shutdown(
                 pb.ShutdownRequest(), metadata=auth.call_metadata(cf.secret),
                 timeout=min(timeout, 5.0))
-    except grpc.RpcError:
+    except (grpc.RpcError, _NoHead):
         notes.append("the head did not answer; cleaning up from the cluster file")
     here = socket.gethostname()
     if cf.head_pid and cf.host == here and not _pid_gone(cf.head_pid, timeout):
@@ -283,6 +290,5 @@ def teardown(cf: clusterfile.ClusterFile, timeout: float) -> list[str]:
                  *glob.glob(os.path.join(spill, f"{cf.cluster_id}-*"))]:
         if path and os.path.isdir(path):
             shutil.rmtree(path, ignore_errors=True)
-    cf.state = "down"
-    cf.save()
+    clusterfile.mark_down(cf)  # keeps pids and ids for history, drops the secret
     return notes
