@@ -12,14 +12,16 @@
 from __future__ import annotations
 
 import concurrent.futures
+import errno
+import math
 import os
 import re
 import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api import _errors, _session
-from api._actors import ActorClass, ActorHandle, actor, get_actor, kill
+from api import _actors, _errors, _session
+from api._actors import ActorClass, ActorHandle, actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
 from api._errors import (
@@ -131,9 +133,13 @@ def _resolve(address: str | None) -> tuple[list[str], str, clusterfile.ClusterFi
                 f"cluster {cf.cluster_id} in {address} is {cf.state}; start it with "
                 "`clusterctl up`")
         return _targets(cf), cf.secret, cf
-    if not _HOST_PORT.match(address):
+    match = _HOST_PORT.match(address)
+    if not match:
         raise ValueError(f"api.init(address={address!r}): expected 'host:port', a cluster file "
                          'path, "auto", or None for a local cluster')
+    if not 1 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"api.init(address={address!r}): port {int(match.group(2))} is out of "
+                         "range; a port is 1-65535 (see `clusterctl status` for the head's)")
     cf = clusterfile.find_by_address(address)
     if cf is not None:
         return [address], cf.secret, cf
@@ -143,6 +149,77 @@ def _resolve(address: str | None) -> tuple[list[str], str, clusterfile.ClusterFi
             f"no secret known for the cluster at {address}: no cluster file of yours names that "
             f"address and ${auth.ENV_VAR} is not set. Pass the cluster file's path instead.")
     return [address], secret, None
+
+
+def _check_count(name: str, value: Any, whole: bool) -> None:
+    """ValueError naming `name` unless `value` is None or a non-negative (whole) number."""
+    if value is None:
+        return
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0 or (whole and value != int(value)):
+        kind = "a whole number >= 0" if whole else "a number >= 0"
+        raise ValueError(f"api.init({name}={value!r}): expected {kind}")
+
+
+def check_resources(resources: Any, where: str) -> None:
+    """ValueError unless `resources` maps names (strings) to finite amounts >= 0."""
+    if resources is None:
+        return
+    if not isinstance(resources, dict):
+        raise ValueError(f"{where}(resources={resources!r}): expected a dict of name: amount, "
+                         'e.g. {"licence": 1}')
+    for key, value in resources.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{where}(resources=...): resource name {key!r} must be a "
+                             "non-empty string")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{where}(resources=...): resource {key!r} is {value!r}; an "
+                             "amount must be a finite number >= 0")
+
+
+def _check_init_args(num_cpus: Any, num_gpus: Any, resources: Any, timeout: Any,
+                     object_store_memory: Any) -> None:
+    _check_count("num_cpus", num_cpus, whole=True)
+    _check_count("num_gpus", num_gpus, whole=True)
+    _check_count("object_store_memory", object_store_memory, whole=True)
+    if object_store_memory == 0:
+        raise ValueError("api.init(object_store_memory=0): expected a number of bytes > 0, or "
+                         "None for the default (30% of RAM)")
+    _check_count("timeout", timeout, whole=False)
+    if timeout == 0:
+        raise ValueError("api.init(timeout=0): expected a number of seconds > 0")
+    check_resources(resources, "api.init")
+    for key in ("cpus", "gpus"):
+        if resources and key in resources:
+            raise ValueError(f"api.init(resources={{{key!r}: ...}}): use num_{key}= instead")
+
+
+def _refused(targets: list[str], timeout: float) -> tuple[list[str], list[str]]:
+    """`targets` split into those worth trying and notes on those that refuse at once
+    (nothing listens on the port, or the host name does not resolve)."""
+    keep, notes = [], []
+    for target in targets:
+        match = _HOST_PORT.match(target)
+        if target.startswith("unix:") or not match:
+            keep.append(target)
+            continue
+        host, port = match.group(1).strip("[]"), int(match.group(2))
+        try:
+            with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+                pass
+        except ConnectionRefusedError:
+            notes.append(f"{target} (connection refused: nothing listens on port {port})")
+            continue
+        except socket.gaierror as err:
+            notes.append(f"{target} (cannot resolve host {host!r}: {err.strerror})")
+            continue
+        except OSError as err:
+            if err.errno in (errno.ECONNREFUSED, errno.EADDRNOTAVAIL):
+                notes.append(f"{target} ({err.strerror})")
+                continue
+        keep.append(target)  # answered, or slow: let the client wait for it
+    return keep, notes
 
 
 def init(address: str | None = None, *, num_cpus: int | None = None,
@@ -168,6 +245,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     >>> api.init()                     # doctest: +SKIP
     >>> api.init("auto")               # doctest: +SKIP
     """
+    _check_init_args(num_cpus, num_gpus, resources, timeout, object_store_memory)
     with _session._lock:
         current = _session._state["client"]
         if current is not None and not current.closed:
@@ -185,10 +263,16 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             targets = [f"unix:{started['unix_socket']}", started["address"]]
             secret = started["secret"]
             log_dir = started.get("log_dir", "")
-        client = Client(targets, secret, log_to_driver=log_to_driver,
-                        tls_ca=(cf.extra.get("tls_ca", "") if cf else "")
-                        or os.environ.get("SHOAL_TLS_CA", ""))
+        tls_ca = (cf.extra.get("tls_ca", "") if cf else "") or os.environ.get("SHOAL_TLS_CA", "")
         try:
+            if not embedded:
+                targets, refused = _refused(targets, timeout)
+                if not targets:
+                    raise _errors.ConnectionError(
+                        "could not connect to a shoal cluster; tried " + "; ".join(refused)
+                        + ". Is it up? (`clusterctl status`, or api.init() with no address "
+                        "for a local one)")
+            client = Client(targets, secret, log_to_driver=log_to_driver, tls_ca=tls_ca)
             client.connect(timeout)
         except _errors.ConnectionError as err:
             _session.stop_embedded(process)
@@ -208,6 +292,18 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                                   for n in client.nodes.values()], log_dir=log_dir)
         _session.set_session(client, process, info, run_dir)
         return info
+
+
+def get_actor(name: str, timeout: float | None = 10.0) -> ActorHandle:
+    """The live actor registered under `name` (by any driver of the cluster).
+
+    Raises TypeError when `name` is not a string, ValueError naming what to do when there
+    is no such actor.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"api.get_actor(): the actor name must be a str, as given to "
+                        f"MyActor.options(name=...); got {type(name).__name__} {name!r}")
+    return _actors.get_actor(name, timeout)
 
 
 def is_initialized() -> bool:

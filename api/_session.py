@@ -103,24 +103,70 @@ def start_embedded(num_cpus: int | None, num_gpus: int | None,
         cmd += ["--num-gpus", str(int(num_gpus))]
     if resources:
         cmd += ["--resources", json.dumps(resources)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
-                            start_new_session=True)
-    assert proc.stdout is not None
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, start_new_session=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    stderr_tail = _forward_stderr(proc.stderr)
     deadline = time.monotonic() + timeout
-    line = b""
+    line, eof = b"", False
     while time.monotonic() < deadline:
         ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
         if ready:
             line = proc.stdout.readline()
+            eof = not line
             break
     if not line:
+        exited = proc.poll() is not None or (eof and _exits_soon(proc))
         proc.kill()
+        proc.wait()
+        if exited:
+            stderr_tail.join(5)
+            last = [t for t in stderr_tail.lines if t.strip()]
+            why = last[-1].strip() if last else "it printed nothing"
+            raise _errors.ConnectionError(
+                f"the local cluster exited at start (exit code {proc.returncode}): {why}")
         raise _errors.ConnectionError(
-            f"the local cluster did not start within {timeout:g}s (exit code {proc.poll()}); "
+            f"the local cluster did not start within {timeout:g}s; "
             "see the log files under the temp directory's shoal-<user>/logs")
     info = json.loads(line)
     info.update(secret=secret, cluster_id=cluster_id)
     return proc, info
+
+
+class _StderrTail(threading.Thread):
+    """Copies a child's stderr to ours (as before it was captured) and keeps its last lines,
+    so an early exit can be reported with the child's own error."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(name="shoal-embedded-stderr", daemon=True)
+        self.stream = stream
+        self.lines: list[str] = []
+
+    def run(self) -> None:
+        for raw in iter(self.stream.readline, b""):
+            text = raw.decode(errors="replace")
+            self.lines = [*self.lines[-19:], text]
+            try:
+                sys.stderr.write(text)
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass
+        self.stream.close()
+
+
+def _forward_stderr(stream: Any) -> _StderrTail:
+    tail = _StderrTail(stream)
+    tail.start()
+    return tail
+
+
+def _exits_soon(proc: Any) -> bool:
+    """True when `proc` (whose stdout just closed) exits within a moment."""
+    try:
+        proc.wait(2)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
 
 
 def stop_embedded(proc: Any) -> None:
