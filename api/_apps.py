@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
 import os
 import pickle
 import sys
@@ -68,6 +69,12 @@ def _pickle_user_module_by_value(fn: Callable[..., Any]) -> None:
         pass
 
 
+def _is_amount(value: Any) -> bool:
+    """True for a finite number >= 0 (not a bool, not a string)."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
 #: Arguments whose pickle is larger than this go through the object store.
 LARGE_ARGUMENTS = 1 << 20
 
@@ -81,12 +88,27 @@ class App:
                  ranks_per_node: int = 1) -> None:
         if not callable(fn):
             raise TypeError(f"an app must wrap a function, got {type(fn).__name__}")
+        label_of = f"app {name or getattr(fn, '__name__', 'app')!r}"
         for label, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus),
-                             ("memory", memory), ("max_retries", max_retries)):
-            if value is None or value < 0:
-                raise ValueError(f"{label} must be >= 0, got {value!r}")
-        if walltime is not None and walltime <= 0:
-            raise ValueError(f"walltime must be a positive number of seconds, got {walltime!r}")
+                             ("memory", memory)):
+            if not _is_amount(value):
+                raise ValueError(f"{label_of}: {label}={value!r}; expected a number >= 0")
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ValueError(f"{label_of}: max_retries={max_retries!r}; expected a whole "
+                             "number >= 0")
+        if walltime is not None and not (_is_amount(walltime) and walltime > 0):
+            raise ValueError(f"{label_of}: walltime={walltime!r}; expected a number of "
+                             "seconds > 0, or None for no limit")
+        if resources is not None and not isinstance(resources, Mapping):
+            raise ValueError(f"{label_of}: resources={resources!r}; expected a dict of "
+                             'name: amount, e.g. {"licence": 1}')
+        for key, value in (resources or {}).items():
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"{label_of}: resource name {key!r} must be a non-empty "
+                                 "string")
+            if not _is_amount(value):
+                raise ValueError(f"{label_of}: resources[{key!r}]={value!r}; expected a "
+                                 "number >= 0")
         for label, count in (("num_nodes", num_nodes), ("ranks_per_node", ranks_per_node)):
             if not isinstance(count, int) or count < 1:
                 raise ValueError(f"{label} must be a whole number >= 1, got {count!r}")
@@ -111,8 +133,6 @@ class App:
         for key, value in (resources or {}).items():
             if key in ("cpus", "gpus", "memory", "CPU", "GPU"):
                 raise ValueError(f"use num_cpus=/num_gpus=/memory= rather than resources[{key!r}]")
-            if value < 0:
-                raise ValueError(f"resource {key!r} must be >= 0, got {value!r}")
             request[key] = float(value)
         self.request = request
         self._resources = fill(pb.Resources(), request)
