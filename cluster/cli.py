@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from typing import Any
 
 from cluster.common import clusterfile
 from cluster.slurm import bootstrap, config
@@ -25,6 +26,22 @@ from cluster.slurm import commands as slurm
 
 class CliError(Exception):
     """A user-facing error: printed as one line, exit code 1."""
+
+
+class NothingRunning(CliError):
+    """No cluster file names a cluster that is up (for `down`: nothing to stop)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown option is its own error, shown with its usage
+    (argparse would otherwise hand it up to the top-level parser's usage)."""
+
+    def parse_known_args(self, args: Any = None,
+                         namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
 
 
 def _pick_cluster(cluster_id: str | None, include_down: bool = False) -> clusterfile.ClusterFile:
@@ -38,13 +55,16 @@ def _pick_cluster(cluster_id: str | None, include_down: bool = False) -> cluster
             raise CliError(str(err)) from None
     job = os.environ.get("SLURM_JOB_ID")
     if job and os.path.exists(clusterfile.path_for(job)):
-        return clusterfile.read(clusterfile.path_for(job))
+        try:
+            return clusterfile.read(clusterfile.path_for(job))
+        except ValueError as err:
+            raise CliError(str(err)) from None
     found = clusterfile.all_clusters() if include_down else clusterfile.running()
     found = [c for c in found if c.state == "up"]
     if len(found) == 1:
         return found[0]
     if not found:
-        raise CliError("no running cluster found (start one with `clusterctl up`)")
+        raise NothingRunning("no running cluster found (start one with `clusterctl up`)")
     listing = ", ".join(c.cluster_id for c in found)
     raise CliError(f"several clusters are running ({listing}); name one with --cluster ID")
 
@@ -198,7 +218,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
 
 def cmd_down(ns: argparse.Namespace) -> int:
-    cf = _pick_cluster(ns.cluster, include_down=True)
+    try:
+        cf = _pick_cluster(ns.cluster, include_down=True)
+    except NothingRunning:
+        print("nothing to stop: no cluster of yours is up")
+        return 0
     if cf.state == "down":
         print(f"cluster {cf.cluster_id} is already down")
         return 0
@@ -273,23 +297,24 @@ def _add_up_options(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The clusterctl argument parser."""
     parser = argparse.ArgumentParser(prog="clusterctl", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="action", required=True)
-    up = sub.add_parser("up", help="start a cluster")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    up = sub.add_parser("up", help="start a cluster", allow_abbrev=False)
     _add_up_options(up)
     up.set_defaults(func=cmd_up)
-    status = sub.add_parser("status", help="show nodes and tasks")
+    status = sub.add_parser("status", help="show nodes and tasks", allow_abbrev=False)
     status.add_argument("--cluster", default=None, help="cluster id (default: this job's, or "
                         "the only one)")
     status.add_argument("--json", action="store_true")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
-    down = sub.add_parser("down", help="stop a cluster and clean up")
+    down = sub.add_parser("down", help="stop a cluster and clean up", allow_abbrev=False)
     down.add_argument("--cluster", default=None, help="cluster id (default: this job's, or "
                       "the only one)")
     down.add_argument("--timeout", type=float, default=10.0)
     down.set_defaults(func=cmd_down)
-    run = sub.add_parser("run", help="up, run a command, down")
+    run = sub.add_parser("run", help="up, run a command, down", allow_abbrev=False)
     _add_up_options(run)
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
