@@ -159,8 +159,6 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     daemon_args = ["--daemon", "--cluster-id", cluster_id, "--head-address", address,
                    "--log-dir", log_dir, "--host", "auto", "--head-timeout", str(head_timeout),
                    "--node-cpus", json.dumps(alloc.cpus)]
-    if alloc.memory_mb:
-        daemon_args += ["--memory", str(alloc.memory_mb * 2**20)]
     if interface:
         daemon_args += ["--interface", interface]
     if tls:  # the CA is in the cluster file (shared file system), with the secret

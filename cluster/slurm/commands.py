@@ -40,10 +40,55 @@ class Allocation:
     memory_mb: int = 0                                      # per node, 0 = unknown
     gpus_per_node: int = 0
     partition: str = ""
+    mem_per_cpu_mb: int = 0                                 # SLURM_MEM_PER_CPU, 0 = unset
+    configured_memory_mb: dict[str, int] = field(default_factory=dict)  # RealMemory
 
     def uniform_cpus(self) -> int:
         """CPUs every node has (the smallest per-node count)."""
         return min(self.cpus.values()) if self.cpus else 1
+
+    def node_memory_mb(self) -> int:
+        """Memory (MB) the job may use on every node, 0 when unknown.
+
+        ``--mem`` (SLURM_MEM_PER_NODE), else ``--mem-per-cpu``/DefMemPerCPU
+        (SLURM_MEM_PER_CPU) times the node's CPUs, else the nodes' configured RealMemory;
+        the smallest over the nodes, as for :meth:`uniform_cpus`.
+
+        >>> Allocation("1", ["a", "b"], {"a": 4, "b": 2}, mem_per_cpu_mb=100).node_memory_mb()
+        200
+        """
+        if self.memory_mb:
+            return self.memory_mb
+        if self.mem_per_cpu_mb:
+            return self.mem_per_cpu_mb * self.uniform_cpus()
+        if self.configured_memory_mb and all(n in self.configured_memory_mb
+                                             for n in self.nodes):
+            return min(self.configured_memory_mb[n] for n in self.nodes)
+        return 0
+
+
+def _megabytes(value: str, name: str) -> int:
+    """A Slurm memory value in MB ("2048", "2048M", "2G"); 0 for empty."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)B?\s*", value or "0", re.IGNORECASE)
+    if not m:
+        raise SlurmError(f"cannot parse {name}={value!r} (expected megabytes, e.g. 2048)")
+    scale = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024**2}[m.group(2).upper()]
+    return int(int(m.group(1)) * scale)
+
+
+def parse_real_memory(scontrol_output: str) -> dict[str, int]:
+    """{node: RealMemory MB} from ``scontrol show node -o``.
+
+    >>> parse_real_memory("NodeName=n1 CPUTot=4 RealMemory=4096 AllocMem=0")
+    {'n1': 4096}
+    """
+    out: dict[str, int] = {}
+    for line in scontrol_output.splitlines():
+        name = re.search(r"\bNodeName=(\S+)", line)
+        real = re.search(r"\bRealMemory=(\d+)", line)
+        if name and real:
+            out[name.group(1)] = int(real.group(1))
+    return out
 
 
 def expand_cpus_per_node(value: str, nodes: Sequence[str]) -> dict[str, int]:
@@ -124,9 +169,10 @@ def allocation_from_env(env: Mapping[str, str], nodes: list[str] | None = None) 
     if not nodes:
         raise SlurmError(f"job {job_id} has no node list (SLURM_JOB_NODELIST is empty)")
     cpus_value = env.get("SLURM_JOB_CPUS_PER_NODE") or env.get("SLURM_CPUS_ON_NODE") or "1"
-    memory = int(env.get("SLURM_MEM_PER_NODE", "0") or 0)
+    memory = _megabytes(env.get("SLURM_MEM_PER_NODE", ""), "SLURM_MEM_PER_NODE")
+    per_cpu = _megabytes(env.get("SLURM_MEM_PER_CPU", ""), "SLURM_MEM_PER_CPU")
     return Allocation(job_id, nodes, expand_cpus_per_node(cpus_value, nodes), memory,
-                      _gpus_from_env(env), env.get("SLURM_JOB_PARTITION", ""))
+                      _gpus_from_env(env), env.get("SLURM_JOB_PARTITION", ""), per_cpu)
 
 
 def worker_environment(env: Mapping[str, str]) -> dict[str, str]:
@@ -151,6 +197,8 @@ def daemon_srun_command(alloc: Allocation, python: str, node_args: Sequence[str]
     calls (and bash apps' nested srun) still run; ``--cpus-per-task`` and ``--mem=0`` let
     the daemon and its workers use the whole allocation on each node; GPUs are requested
     so Slurm sets CUDA_VISIBLE_DEVICES for the daemon, which hands them out per task.
+    The allocation's memory per node (:meth:`Allocation.node_memory_mb`) becomes each
+    daemon's ``--memory``, not the host's RAM.
     """
     n = len(alloc.nodes)
     cmd = ["srun", "--overlap", f"--jobid={alloc.job_id}", f"--nodes={n}", f"--ntasks={n}",
@@ -158,7 +206,8 @@ def daemon_srun_command(alloc: Allocation, python: str, node_args: Sequence[str]
            "--export=ALL", f"--job-name=shoal-daemons-{alloc.job_id}"]
     if alloc.gpus_per_node:
         cmd.append(f"--gres=gpu:{alloc.gpus_per_node}")
-    return [*cmd, python, "-m", "cluster.node", *node_args]
+    memory = ["--memory", str(alloc.node_memory_mb() * 2**20)] if alloc.node_memory_mb() else []
+    return [*cmd, python, "-m", "cluster.node", *node_args, *memory]
 
 
 def mpi_prefix(nodes: Sequence[str], ranks_per_node: int, mpi: str = "") -> str:
@@ -201,7 +250,14 @@ def current_allocation() -> Allocation:
     """The allocation of the Slurm job we are in."""
     env = dict(os.environ)
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or ""
-    return allocation_from_env(env, hostnames(nodelist) if nodelist else None)
+    alloc = allocation_from_env(env, hostnames(nodelist) if nodelist else None)
+    if not alloc.node_memory_mb() and shutil.which("scontrol") is not None:
+        try:  # the job named no memory: it may use what the nodes are configured with
+            out = run(["scontrol", "show", "node", "-o", ",".join(alloc.nodes)])
+            alloc.configured_memory_mb = parse_real_memory(out)
+        except SlurmError:
+            pass
+    return alloc
 
 
 def job_steps(job_id: str) -> list[str]:
