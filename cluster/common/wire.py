@@ -1,11 +1,11 @@
 """Length-prefixed frames over local stream sockets.
 
-Two users: a daemon and its workers, and actors' direct callers (a socketpair, or a socket
-to the actor's worker; frames are the pickled messages of :mod:`cluster.common.messages`:
-workers never import gRPC, so they start in tens of milliseconds), and the head's local
-driver lane (a
-Unix socket in the cluster's 0700 runtime directory; frames are the same protobuf batches
-the gRPC stream carries). Each frame is a 4-byte little-endian length and the body.
+Two kinds of users. A daemon and its workers, and actors' direct callers (a socketpair,
+or a socket to the actor's worker): frames are the pickled messages of
+:mod:`cluster.common.messages` (workers never import gRPC, so they start in tens of
+milliseconds). The head's local driver lane (a Unix socket in the cluster's 0700 runtime
+directory): frames are the same protobuf batches the gRPC stream carries. Each frame is a
+4-byte little-endian length and the body.
 """
 
 from __future__ import annotations
