@@ -246,11 +246,11 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     >>> api.init("auto")               # doctest: +SKIP
     """
     _check_init_args(num_cpus, num_gpus, resources, timeout, object_store_memory)
-    with _session._lock:
-        current = _session._state["client"]
+    with _session.lock():
+        current, info = _session.current()
         if current is not None and not current.closed:
             if ignore_reinit_error:
-                return _session._state["info"]
+                return info
             raise _errors.ShoalError("api.init() was already called; call api.shutdown() "
                                      "first, or pass ignore_reinit_error=True")
         targets, secret, cf = _resolve(address)
@@ -308,7 +308,7 @@ def get_actor(name: str, timeout: float | None = 10.0) -> ActorHandle:
 
 def is_initialized() -> bool:
     """True while connected to a cluster."""
-    current = _session._state["client"]
+    current, _ = _session.current()
     return current is not None and not current.closed
 
 

@@ -99,9 +99,9 @@ class ActorClass:
 
     def _function_blob(self) -> tuple[bytes, bytes]:
         if self._blob is None:
-            from api._apps import _pickle_user_module_by_value
+            from api._apps import pickle_user_module_by_value
 
-            _pickle_user_module_by_value(self._cls)
+            pickle_user_module_by_value(self._cls)
             try:
                 self._blob = serialization.dumps_function(self._cls)
             except Exception as err:

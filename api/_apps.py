@@ -45,7 +45,7 @@ _SYSTEM_PREFIXES = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_pre
                                                           sys.exec_prefix)})
 
 
-def _pickle_user_module_by_value(fn: Callable[..., Any]) -> None:
+def pickle_user_module_by_value(fn: Callable[..., Any]) -> None:
     """Ship the code of the user's own modules by value, so workers need not import them.
 
     Functions from installed packages stay pickled by reference (the workers have the same
@@ -147,7 +147,7 @@ class App:
         if self._blob is None:
             with self._lock:
                 if self._blob is None:
-                    _pickle_user_module_by_value(self.fn)
+                    pickle_user_module_by_value(self.fn)
                     try:
                         blob = serialization.dumps_function(self.fn)
                     except Exception as err:

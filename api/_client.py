@@ -204,30 +204,9 @@ class Client:
         self._transport.flush()
 
     def error_for(self, result: pb.TaskResult, name: str) -> BaseException:
-        """The exception a failed result stands for."""
-        status, message = result.status, result.message
-        if status == pb.APP_ERROR:
-            cause, module, kind, text, tb = serialization.loads_error(result.data)
-            return _errors.make_task_error(cause, module, kind, text, tb, result.task_id, name)
-        if status == pb.BASH_EXIT:
-            try:
-                code = int(result.data.decode() or 1)
-            except ValueError:
-                code = 1
-            return _errors.BashExitFailure(name, code)
-        if status == pb.TIMEOUT:
-            return _errors.AppTimeout(f"app {name!r}: {message}")
-        if status in (pb.WORKER_CRASHED, pb.NODE_LOST):
-            return _errors.WorkerCrashedError(f"app {name!r}: {message}")
-        if status == pb.DEPENDENCY_FAILED:
-            return _errors.DependencyError(f"app {name!r} did not run: {message}", name)
-        if status == pb.UNSCHEDULABLE:
-            return _errors.ResourceUnavailableError(f"app {name!r}: {message}")
-        if status == pb.OBJECT_LOST:
-            return _errors.ObjectLostError(message)
-        if status == pb.ACTOR_DIED:
-            return _errors.ActorDiedError(f"{name}: {message}")
-        return _errors.TaskCancelledError(f"app {name!r} was cancelled: {message}")
+        """The exception a failed result stands for (the mapping workers use too)."""
+        return _errors.error_for(result.status, result.data, result.message, name,
+                                 result.task_id)
 
     def _print_logs(self, lines: Iterable[pb.LogLine]) -> None:
         for line in lines:

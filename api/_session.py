@@ -66,6 +66,16 @@ class RunDir:
         return os.path.join(folder, f"task_{seq:04d}_{name}.{stream}")
 
 
+def lock() -> threading.RLock:
+    """The lock that serialises init and shutdown of the session."""
+    return _lock
+
+
+def current() -> tuple[Any, Any]:
+    """(the connected client or None, its ClusterInfo or None)."""
+    return _state["client"], _state["info"]
+
+
 def client() -> Any:
     """The connected client, or a clear error when init() was not called."""
     current = _state["client"]

@@ -266,8 +266,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         try:
             cf = clusterfile.read(clusterfile.path_for(ns.cluster_id))
             if cf.head_pid == os.getpid():
-                cf.state = "down"
-                cf.save()
+                clusterfile.mark_down(cf)  # keeps the record, scrubs the secret
         except ValueError:
             pass
 
