@@ -20,7 +20,7 @@ from api import _errors
 from api._direct import DirectCalls
 from api._futures import AppFuture, Stored
 from api._objects import ObjectClient
-from api._transport import LaneTransport
+from api._transport import LaneTransport, Transport
 from cluster.common import serialization
 from cluster.common.ids import DRIVER_SHIFT
 from cluster.common.protocol import pb, to_dict
@@ -53,7 +53,7 @@ class Client:
         self._get_waiters: dict[int, concurrent.futures.Future] = {}
         self._sent_functions: set[bytes] = set()
         self._seq = itertools.count(1)
-        self._transport: Any = None
+        self._transport: Any = None   # a Transport once connected
         self._lost = ""
         self._reader_thread = 0
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete)
@@ -69,7 +69,7 @@ class Client:
         tried = []
         for target in self.targets:
             if target.startswith("unix:"):
-                transport: Any = LaneTransport(target[5:], self.secret, self._take)
+                transport: Transport = LaneTransport(target[5:], self.secret, self._take)
             else:
                 from api._grpc_transport import GrpcTransport
 

@@ -4,7 +4,7 @@ A transport takes batches from the client through ``take()`` (a DriverToHead, or
 nothing is pending) and hands every HeadToDriver to ``on_message``. Two exist:
 
 - :class:`LaneTransport` (here): a Unix socket to a head on this host (see
-  :mod:`cluster.headserver`); the user thread writes its frames itself, a reader thread
+  :mod:`cluster.head.server`); the user thread writes its frames itself, a reader thread
   resolves results. No event loop, no thread hop on the way out, and no gRPC import.
 - :class:`api._grpc_transport.GrpcTransport`: one bidirectional gRPC stream, for heads on
   other hosts; imported only when needed.
@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from api import _errors
 from cluster.common import wire
@@ -24,6 +25,28 @@ Take = Callable[[], "pb.DriverToHead | None"]
 OnMessage = Callable[[pb.HeadToDriver], None]
 OnLost = Callable[[str], None]
 IDLE_FLUSH_SECONDS = 0.2
+
+
+class Transport(Protocol):
+    """What the client needs of a transport (both implement it; tests may fake it)."""
+
+    target: str
+
+    def connect(self, hello: pb.DriverToHead, timeout: float) -> pb.Welcome:
+        """Authenticate and say hello; the head's welcome (OSError when unreachable)."""
+        ...
+
+    def start(self, on_message: OnMessage, on_lost: OnLost) -> None:
+        """Start delivering the head's batches to `on_message`; `on_lost(why)` once."""
+        ...
+
+    def flush(self) -> None:
+        """Send what ``take()`` has pending (soon; never blocks on the network)."""
+        ...
+
+    def close(self) -> None:
+        """Flush and disconnect."""
+        ...
 
 
 class LaneTransport:

@@ -199,10 +199,6 @@ class ObjectStore:
             self._entries.move_to_end(object_id)
             return entry.path
 
-    def size(self, object_id: int) -> int:
-        """The object's size in bytes (KeyError when not held)."""
-        return self._entries[object_id].size
-
     def pin(self, object_id: int) -> None:
         """Keep the object in memory (it is being read or sent): never spilled while pinned."""
         with self._lock:
