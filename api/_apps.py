@@ -158,8 +158,12 @@ class App:
         return self._blob, self._fn_id
 
     def _check_fits(self, client: Any) -> None:
+        # Checked once per change of the node table, never per call.
+        version = client.nodes_version
+        if version == self._checked_nodes:
+            return
         nodes = client.node_resources()
-        if len(client.nodes) == self._checked_nodes or not nodes:
+        if not nodes:
             return
         reason = scheduler.infeasible(self.request, nodes, self.num_nodes,
                                       client.block_shape if self.num_nodes == 1 else None)
@@ -167,7 +171,7 @@ class App:
             raise _errors.ResourceUnavailableError(
                 f"app {self.name!r} cannot run on this cluster: {reason}; ask for less or "
                 "add bigger nodes")
-        self._checked_nodes = len(client.nodes)
+        self._checked_nodes = version
 
     def _serialize_args(self, args: tuple, kwargs: dict, deps: list[int]) -> bytes:
         try:

@@ -8,6 +8,8 @@ id=demo-$$
 .venv/bin/clusterctl up --cluster-id "$id"
 trap '.venv/bin/clusterctl down --cluster "$id"' EXIT
 .venv/bin/clusterctl status --cluster "$id"
-.venv/bin/python scripts/demo/argsum.py "$SHOAL_HOME/clusters/$id.json"
-.venv/bin/python scripts/demo/pipeline.py "$SHOAL_HOME/clusters/$id.json"
+# The drivers run from $SHOAL_HOME, so their runinfo/ folders stay out of the checkout.
+root=$PWD
+(cd "$SHOAL_HOME" && "$root/.venv/bin/python" "$root/scripts/demo/argsum.py" "$SHOAL_HOME/clusters/$id.json")
+(cd "$SHOAL_HOME" && "$root/.venv/bin/python" "$root/scripts/demo/pipeline.py" "$SHOAL_HOME/clusters/$id.json")
 .venv/bin/clusterctl status --cluster "$id"

