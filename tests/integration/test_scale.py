@@ -37,7 +37,7 @@ def _wait_all_alive(cf: clusterfile.ClusterFile, sim: subprocess.Popen,
     raise AssertionError(f"only {alive} of {NODES} simulated nodes joined")
 
 
-def test_hundreds_of_simulated_nodes_run_every_task_once(clusterctl):
+def test_hundreds_of_simulated_nodes_run_every_task_once(clusterctl, no_session):
     cluster_id = "scale-sim"
     # --num-cpus 0: the head's own daemon takes no 1-CPU app, so the simulated nodes run all.
     up = clusterctl("up", "--num-cpus", "0", "--cluster-id", cluster_id)
