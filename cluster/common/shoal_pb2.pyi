@@ -440,7 +440,7 @@ class NodeToHead(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
-    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete")
+    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -448,6 +448,7 @@ class HeadToNode(_message.Message):
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     cancel: _containers.RepeatedScalarFieldContainer[int]
@@ -455,14 +456,17 @@ class HeadToNode(_message.Message):
     kill_actor: _containers.RepeatedScalarFieldContainer[int]
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     delete: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ...) -> None: ...
+    heartbeat_interval: float
+    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("node_limit",)
+    NODE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    node_limit: int
+    def __init__(self, node_limit: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -476,6 +480,10 @@ class StatusReply(_message.Message):
     HEAD_PID_FIELD_NUMBER: _ClassVar[int]
     BLOCKS_FIELD_NUMBER: _ClassVar[int]
     ACTORS_FIELD_NUMBER: _ClassVar[int]
+    NODES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    NODES_ALIVE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -489,7 +497,11 @@ class StatusReply(_message.Message):
     head_pid: int
     blocks: _containers.RepeatedCompositeFieldContainer[BlockInfo]
     actors: _containers.RepeatedCompositeFieldContainer[ActorInfo]
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ...) -> None: ...
+    nodes_total: int
+    nodes_alive: int
+    total: Resources
+    used: Resources
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()
