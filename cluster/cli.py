@@ -174,9 +174,14 @@ def _free(node: object) -> str:
     return describe({k: max(0.0, v - used.get(k, 0.0)) for k, v in total.items()})
 
 
+#: Node rows `clusterctl status` prints before summarising (``--nodes`` prints them all).
+STATUS_NODE_ROWS = 50
+
+
 def cmd_status(ns: argparse.Namespace) -> int:
     cf = _pick_cluster(ns.cluster)
-    reply = bootstrap.status(cf, ns.timeout)
+    full = ns.nodes or ns.json
+    reply = bootstrap.status(cf, ns.timeout, 0 if full else STATUS_NODE_ROWS + 1)
     if ns.json:
         from google.protobuf.json_format import MessageToDict
 
@@ -188,18 +193,24 @@ def cmd_status(ns: argparse.Namespace) -> int:
     print(f"tasks: {reply.tasks_queued} queued, {reply.tasks_running} running, "
           f"{reply.tasks_done} done, {reply.tasks_failed} failed   "
           f"objects: {reply.objects} ({reply.object_bytes / 2**20:.1f} MiB)")
+    print(f"nodes: {reply.nodes_alive} alive of {reply.nodes_total}   in use "
+          f"{_fmt_res(reply.used)} of {_fmt_res(reply.total)}")
+    shown = reply.nodes if full else reply.nodes[:STATUS_NODE_ROWS]
     print(f"{'node':<14} {'address':<16} {'state':<6} {'running':>7} {'done':>7} "
           f"{'workers':>7}  free / total")
-    for node in reply.nodes:
+    for node in shown:
         print(f"{node.name:<14} {node.address:<16} {node.state:<6} {node.running:>7} "
               f"{node.done:>7} {node.workers:>7}  {_free(node)} / {_fmt_res(node.total)}")
     if any(n.store_address for n in reply.nodes):
         print(f"{'object store':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} "
               f"{'limit':>10}")
-        for node in reply.nodes:
+        for node in shown:
             st = node.store
             print(f"{node.name:<14} {st.objects:>8} {_mib(st.bytes):>12} {_mib(st.spilled):>10} "
                   f"{_mib(st.capacity):>10}")
+    if len(shown) < reply.nodes_total:
+        print(f"... {reply.nodes_total - len(shown)} more nodes (`clusterctl status --nodes` "
+              "lists every one)")
     if reply.actors:
         print(f"{'actor':<20} {'name':<16} {'node':<12} {'state':<10} {'restarts':>8}")
         for a in reply.actors:
@@ -306,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show nodes and tasks", allow_abbrev=False)
     status.add_argument("--cluster", default=None, help="cluster id (default: this job's, or "
                         "the only one)")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="everything, every node included")
+    status.add_argument("--nodes", action="store_true",
+                        help=f"list every node (by default the first {STATUS_NODE_ROWS})")
     status.add_argument("--timeout", type=float, default=5.0)
     status.set_defaults(func=cmd_status)
     down = sub.add_parser("down", help="stop a cluster and clean up", allow_abbrev=False)

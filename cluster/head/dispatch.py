@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from cluster.common.protocol import pb
 from cluster.head.directory import ObjectDirectory
@@ -50,10 +50,16 @@ class Dispatcher:
         place = scheduler.place
         for key in list(ready):
             queue = ready[key]
+            spread: Iterator[int] | None = None   # least-loaded order, for tasks without deps
             while queue:
                 task = queue[0]
-                local = self._local_bytes(task) if task.spec.deps else None
-                node_id = place(task.request, views, local)
+                if task.spec.deps:
+                    spread = None  # placed by place(): the heap's loads would be stale
+                    node_id = place(task.request, views, self._local_bytes(task))
+                else:
+                    if spread is None:
+                        spread = scheduler.least_loaded(task.request, views)
+                    node_id = next(spread, None)
                 if node_id is None:
                     break
                 queue.popleft()

@@ -212,7 +212,7 @@ class HeadService(pb_grpc.HeadServicer):
     async def Status(  # noqa: N802
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.StatusReply:
-        return self.head.status()
+        return self.head.status(request.node_limit)
 
     async def Shutdown(  # noqa: N802
         self, request: pb.ShutdownRequest, context: grpc.aio.ServicerContext

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -45,7 +44,8 @@ from cluster.head.records import (
     TaskState,
     allowed,
 )
-from cluster.policy import scheduler
+from cluster.head.report import demand, status_reply
+from cluster.policy import liveness, scheduler
 
 log = logging.getLogger("shoal.head")
 
@@ -82,6 +82,8 @@ class Head:
         self._next_node = 1
         self._next_driver = 1
         self._nodes_version = 0   # bumped when nodes join or are lost
+        self.alive_nodes = 0
+        self.heartbeat_interval = liveness.heartbeat_interval(0)  # what nodes were told
         self._feasible: dict[tuple[bytes, int], str] = {}
         self._feasible_for: tuple[int, tuple[tuple[str, float], ...]] = (-1, ())
         self._flush_pending = False
@@ -152,7 +154,9 @@ class Head:
                     store_address=register.store_address, store_dir=register.store_dir)
         self.nodes[node_id] = node
         self._nodes_version += 1
-        conn.send(pb.HeadToNode(node_id=node_id))
+        self.alive_nodes += 1
+        self._retune_heartbeats()
+        conn.send(pb.HeadToNode(node_id=node_id, heartbeat_interval=self.heartbeat_interval))
         log.info("node %s joined as %d: %s", node.name, node_id, scheduler.describe(total))
         self._broadcast_node(node)
         self.soon()
@@ -165,6 +169,7 @@ class Head:
         node.alive = False
         node.view.schedulable = False
         self._nodes_version += 1
+        self.alive_nodes -= 1
         node.conn.close()  # a daemon that was only cut off reconnects, and joins anew
         log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
         self.actor_table.node_lost(node, reason)
@@ -267,11 +272,25 @@ class Head:
             self.dispatch.unreserve(task)
             self.finish_failed(task, result)  # the actor table hears of it there
 
+    def _retune_heartbeats(self) -> None:
+        """Tell every node a new heartbeat interval when the cluster has grown or shrunk
+        enough (see :mod:`cluster.policy.liveness`)."""
+        wanted = liveness.heartbeat_interval(self.alive_nodes)
+        if not liveness.needs_update(self.heartbeat_interval, wanted):
+            return
+        self.heartbeat_interval = wanted
+        message = pb.HeadToNode(heartbeat_interval=wanted)
+        for node in self.nodes.values():
+            if node.alive and node.remote:
+                node.conn.send(message)
+
     def _check_nodes(self) -> None:
         now = time.monotonic()
+        timeout = liveness.node_timeout(self.node_timeout, self.heartbeat_interval)
         for node in list(self.nodes.values()):
-            if node.alive and node.remote and now - node.last_seen > self.node_timeout:
-                self.node_lost(node, f"no heartbeat for {self.node_timeout:g}s")
+            if node.alive and node.remote and now - node.last_seen > timeout:
+                self.node_lost(node, f"no heartbeat for {timeout:g}s")
+        self._retune_heartbeats()
         if self._loop is not None:
             self._loop.call_later(1.0, self._check_nodes)
 
@@ -644,22 +663,12 @@ class Head:
     # ---- for the autoscaler ---------------------------------------------------------------
     def demand(self) -> tuple[int, float, float, bool]:
         """(queued tasks, their CPUs, CPUs assigned to nodes, whether a queued task fits
-        only a block node)."""
-        queued = 0
-        queued_cpus = 0.0
-        unmet = False
-        alive = [n.view for n in self.nodes.values() if n.alive and not n.draining]
-        for queue in [*self.ready.values(), self.gangs]:
-            for task in queue:
-                queued += 1
-                queued_cpus += task.request.get("cpus", 0.0)
-            if queue and self.block_shape:
-                request = queue[0].request
-                if not any(scheduler.can_ever_fit(request, v.total) for v in alive) and \
-                        scheduler.can_ever_fit(request, self.block_shape):
-                    unmet = True
-        running = sum(n.view.used.get("cpus", 0.0) for n in self.nodes.values() if n.alive)
-        return queued, queued_cpus, running, unmet
+        only a block node), for the autoscaler."""
+        return demand(self.nodes, [*self.ready.values(), self.gangs], self.block_shape)
+
+    def blocks_info(self) -> list[pb.BlockInfo]:
+        """The autoscaler's blocks (none when nothing autoscales)."""
+        return self.blocks_status() if self.blocks_status else []
 
     def drain(self, node_ids: list[int]) -> None:
         """No new work for these nodes; what runs there finishes."""
@@ -676,20 +685,10 @@ class Head:
             node.conn.send(pb.HeadToNode(shutdown=True))
 
     # ---- status and shutdown -------------------------------------------------------------
-    def status(self) -> pb.StatusReply:
-        """A snapshot for `clusterctl status`."""
-        running = sum(1 for t in self.tasks.values()
-                      if t.state in (TaskState.RUNNING, TaskState.CANCELLING))
-        objects, object_bytes = self.objects.stats()
-        return pb.StatusReply(
-            cluster_id=self.cluster_id,
-            nodes=[self.node_info(n) for n in self.nodes.values()],
-            tasks_queued=len(self.tasks) - running, tasks_running=running,
-            tasks_done=self.done, tasks_failed=self.failed, drivers=len(self.drivers),
-            objects=objects, object_bytes=object_bytes,
-            uptime=time.time() - self.started, head_pid=os.getpid(),
-            blocks=self.blocks_status() if self.blocks_status else [],
-            actors=self.actor_table.status())
+    def status(self, node_limit: int = 0) -> pb.StatusReply:
+        """A snapshot for `clusterctl status`: at most `node_limit` node records (0: all),
+        and totals over every node."""
+        return status_reply(self, node_limit)
 
     def shutdown(self) -> None:
         """Tell every daemon to stop, then whoever owns the head."""

@@ -92,6 +92,7 @@ class SimNode:
         self.node_id = 0
         self.stopping = False
         self.running = 0  # sleeping tasks (reported in heartbeats)
+        self.period = sim.heartbeat  # until the head says otherwise
         self.results: list[pb.TaskResult] = []
         self._outbox: _Outbox | None = None
 
@@ -165,17 +166,18 @@ class SimNode:
         return reached
 
     async def _heartbeat(self, outbox: _Outbox) -> None:
-        period = self.sim.heartbeat
         # A random phase, so thousands of nodes do not beat in the same loop turn.
-        await asyncio.sleep(random.uniform(0, period))
+        await asyncio.sleep(random.uniform(0, self.period))
         while True:
             outbox.send(pb.NodeToHead(heartbeat=pb.Heartbeat(
                 running=self.running, workers=self.sim.slots)))
-            await asyncio.sleep(period)
+            await asyncio.sleep(self.period)
 
     def _on_message(self, message: pb.HeadToNode) -> None:
         if message.node_id:
             self.node_id = message.node_id
+        if message.heartbeat_interval:  # as a real daemon does (cluster/node/headlink.py)
+            self.period = message.heartbeat_interval
         if message.tasks:
             sim = self.sim
             for spec in message.tasks:

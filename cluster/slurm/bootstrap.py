@@ -51,7 +51,7 @@ def _read_ready(proc: subprocess.Popen, timeout: float, log_dir: str) -> dict[st
     return json.loads(line)
 
 
-def _status(cf: clusterfile.ClusterFile, timeout: float) -> Any:
+def _status(cf: clusterfile.ClusterFile, timeout: float, node_limit: int = 0) -> Any:
 
     from cluster.common import shoal_pb2_grpc as pb_grpc
     from cluster.common.protocol import CHANNEL_OPTIONS, pb
@@ -59,15 +59,17 @@ def _status(cf: clusterfile.ClusterFile, timeout: float) -> Any:
 
     with open_channel(cf.address, cf.extra.get("tls_ca"), CHANNEL_OPTIONS) as channel:
         return pb_grpc.HeadStub(channel).Status(
-            pb.StatusRequest(), metadata=auth.call_metadata(cf.secret), timeout=timeout)
+            pb.StatusRequest(node_limit=node_limit), metadata=auth.call_metadata(cf.secret),
+            timeout=timeout)
 
 
-def status(cf: clusterfile.ClusterFile, timeout: float = 5.0) -> Any:
-    """The head's StatusReply; raises BootstrapError when it does not answer."""
+def status(cf: clusterfile.ClusterFile, timeout: float = 5.0, node_limit: int = 0) -> Any:
+    """The head's StatusReply (at most `node_limit` node records, 0: all); raises
+    BootstrapError when it does not answer."""
     import grpc
 
     try:
-        return _status(cf, timeout)
+        return _status(cf, timeout, node_limit)
     except grpc.RpcError as err:
         raise BootstrapError(
             f"the head of {cf.cluster_id} at {cf.address} does not answer ({err.code().name}); "

@@ -66,3 +66,30 @@ def test_infeasible_names_the_largest_node_and_describe():
     assert scheduler.infeasible({"gpus": 1}, totals) == ""
     assert scheduler.describe({"cpus": 8, "gpus": 1}) == "cpus=8 gpus=1"
     assert scheduler.describe({"memory": 2**31}) == "memory=2.0GiB"
+
+
+def test_least_loaded_chooses_what_place_would_task_after_task():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(50):
+        nodes = [node(i, {"cpus": rng.choice([1, 2, 4, 8]), "memory": 8.0},
+                      {"cpus": rng.choice([0, 0.5, 1])}) for i in range(1, 30)]
+        for n in nodes:
+            n.factor = rng.choice([1.0, 2.0, 3.0])
+        twins = [scheduler.NodeView(n.node_id, dict(n.total), dict(n.used), n.factor)
+                 for n in nodes]
+        request = {"cpus": rng.choice([0.5, 1, 2]), "memory": 1.0}
+        by_index = {n.node_id: n for n in nodes}
+        expected = []
+        while (chosen := scheduler.place(request, twins)) is not None:
+            expected.append(chosen)
+            twin = next(t for t in twins if t.node_id == chosen)
+            for k, v in request.items():
+                twin.used[k] = twin.used.get(k, 0.0) + v
+        got = []
+        for chosen in scheduler.least_loaded(request, nodes):
+            got.append(chosen)
+            for k, v in request.items():
+                by_index[chosen].used[k] = by_index[chosen].used.get(k, 0.0) + v
+        assert got == expected
