@@ -258,7 +258,7 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
     def connected_workers(self) -> int:
         """Worker slots (CPUs) of the cluster's nodes."""
         client = _session.client()
-        return int(sum(n.get("cpus", 0) for n in client.node_resources().values()))
+        return int(sum(n.get("cpus", 0) for n in client.node_resources()))
 
     # ---- internals ------------------------------------------------------------------------
     def _clusterctl_up(self) -> str:
