@@ -17,3 +17,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install -q -e '.[test]'
+# Bytecode for our own modules, written once here: with PYTHONDONTWRITEBYTECODE set (as on
+# the machines we measure on) every daemon and worker otherwise recompiles each module it
+# imports at start (importing the worker: 0.09 -> 0.06 CPU-s). Stale files are ignored.
+.venv/bin/python -m compileall -q api cluster >/dev/null

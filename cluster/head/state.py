@@ -170,6 +170,7 @@ class Head:
         node.view.schedulable = False
         self._nodes_version += 1
         self.alive_nodes -= 1
+        self._retune_heartbeats()
         node.conn.close()  # a daemon that was only cut off reconnects, and joins anew
         log.warning("node %s (%d) lost: %s", node.name, node.node_id, reason)
         self.actor_table.node_lost(node, reason)

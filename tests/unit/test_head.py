@@ -370,3 +370,24 @@ def test_feasibility_is_rechecked_when_a_bigger_node_joins():
         assert c.state(again) is TaskState.RUNNING, "the cached verdict was dropped"
 
     run(scenario)
+
+
+def test_heartbeats_are_spaced_out_as_the_cluster_grows():
+    async def scenario(c: Cluster) -> None:
+        conns = []
+        for i in range(1000):
+            register = pb.Register(name=f"r{i}", address="127.0.0.1")
+            fill(register.total, {"cpus": 1})
+            conn = FakeConn()
+            c.head.node_joined(conn, register, remote=True)
+            conns.append(conn)
+        told = [max(m.heartbeat_interval for m in conn.sent) for conn in conns]
+        assert 4.0 / 1.5 <= c.head.heartbeat_interval <= 4.0  # 1,002 nodes, 250 beats/s
+        assert min(told) >= c.head.heartbeat_interval / 1.5, "every node hears the new pace"
+        assert told[0] > 1.0, "the first nodes were told again as the cluster grew"
+        for node in list(c.head.nodes.values())[2:900]:
+            c.head.node_lost(node, "test")
+        c.head.validate()
+        assert c.head.heartbeat_interval < 1.5, "a shrinking cluster beats faster again"
+
+    run(scenario)
