@@ -9,6 +9,7 @@ workers load it (no gRPC, no protobuf).
 from __future__ import annotations
 
 import builtins
+import json
 from typing import Any
 
 from cluster.common import serialization, status
@@ -93,15 +94,48 @@ class DependencyError(ShoalError):
 
 
 class BashExitFailure(ShoalError):
-    """A bash app's command exited with a non-zero code (``.exitcode``)."""
+    """A bash app's command exited with a non-zero code (``.exitcode``).
 
-    def __init__(self, app_name: str, exitcode: int) -> None:
-        super().__init__(f"bash app {app_name!r} failed with exit code {exitcode}")
+    ``.stderr_tail`` holds the last lines the command wrote to stderr ("" if none) and
+    ``.logs`` the paths of the files its output went to (its stdout/stderr targets, or
+    the task's log file); the message shows both, so the reason is visible at once.
+    """
+
+    def __init__(self, app_name: str, exitcode: int, stderr_tail: str = "",
+                 logs: tuple[str, ...] | list[str] = ()) -> None:
+        text = f"bash app {app_name!r} failed with exit code {exitcode}"
+        if logs:
+            text += f" (logs: {', '.join(logs)})"
+        if stderr_tail:
+            text += "; last lines of its stderr:\n" + stderr_tail.rstrip("\n")
+        super().__init__(text)
         self.app_name = app_name
         self.exitcode = exitcode
+        self.stderr_tail = stderr_tail
+        self.logs = tuple(logs)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (BashExitFailure, (self.app_name, self.exitcode))
+        return (BashExitFailure, (self.app_name, self.exitcode, self.stderr_tail, self.logs))
+
+
+def bash_exit_payload(exitcode: int, stderr_tail: str, logs: list[str]) -> bytes:
+    """The data of a BASH_EXIT result (read back by :func:`error_for`)."""
+    return json.dumps({"exitcode": exitcode, "stderr_tail": stderr_tail,
+                       "logs": logs}).encode()
+
+
+def _bash_exit(name: str, data: bytes) -> BashExitFailure:
+    try:
+        payload = json.loads(data.decode() or "1")
+    except ValueError:
+        payload = 1
+    if isinstance(payload, int):  # the exit code as text (workers before the tail)
+        return BashExitFailure(name, payload)
+    if not isinstance(payload, dict):
+        return BashExitFailure(name, 1)
+    return BashExitFailure(name, int(payload.get("exitcode", 1)),
+                           str(payload.get("stderr_tail", "")),
+                           [str(p) for p in payload.get("logs", [])])
 
 
 class AppTimeout(ShoalError):
@@ -150,11 +184,9 @@ def error_for(code: int, data: bytes, message: str, name: str,
         cause, module, kind, text, tb = serialization.loads_error(data)
         return make_task_error(cause, module, kind, text, tb, task_id, name)
     if code == status.BASH_EXIT:
-        try:
-            exitcode = int(data.decode() or 1)
-        except ValueError:
-            exitcode = 1
-        return BashExitFailure(name, exitcode)
+        return _bash_exit(name, data)
+    if code == status.OBJECT_STORE_FULL:
+        return ObjectStoreFullError(f"app {name!r}: {message}")
     if code == status.TIMEOUT:
         return AppTimeout(f"app {name!r}: {message}")
     if code in (status.WORKER_CRASHED, status.NODE_LOST):

@@ -27,6 +27,7 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_LOST: _ClassVar[Status]
     OBJECT_LOST: _ClassVar[Status]
     ACTOR_DIED: _ClassVar[Status]
+    OBJECT_STORE_FULL: _ClassVar[Status]
 PYTHON: Kind
 BASH: Kind
 ACTOR_CREATE: Kind
@@ -42,6 +43,7 @@ CANCELLED: Status
 NODE_LOST: Status
 OBJECT_LOST: Status
 ACTOR_DIED: Status
+OBJECT_STORE_FULL: Status
 
 class Resources(_message.Message):
     __slots__ = ("cpus", "gpus", "memory", "custom")

@@ -13,6 +13,7 @@ CANCELLED = 7
 NODE_LOST = 8
 OBJECT_LOST = 9
 ACTOR_DIED = 10
+OBJECT_STORE_FULL = 11
 
 #: Each status's name, by number.
 NAMES: dict[int, str] = {
@@ -27,4 +28,5 @@ NAMES: dict[int, str] = {
     8: 'NODE_LOST',
     9: 'OBJECT_LOST',
     10: 'ACTOR_DIED',
+    11: 'OBJECT_STORE_FULL',
 }
