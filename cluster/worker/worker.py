@@ -4,15 +4,23 @@ Started by the daemon as ``python -m cluster.worker FD`` (spawned, never forked 
 process that runs gRPC), with the daemon's end of a socketpair as FD. It caches functions
 by id, loads arguments with the dependency values substituted, runs python apps in-process
 and bash apps through ``bash -c``, captures ``print`` output per task, and reports results.
+
+Processes a task starts end with the task: the worker is a child subreaper (Linux), so
+even children that left its session (``setsid``, double forks) are reparented to it, and
+after each task it kills whatever is still below it (see :meth:`Worker.end_children`).
+An actor's worker keeps its children for the actor's life; the daemon kills the whole
+tree with the worker.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -36,11 +44,16 @@ from cluster.common.messages import (
     Ready,
     Run,
 )
-from cluster.common.status import APP_ERROR, BASH_EXIT, OK
+from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
 from cluster.store import objectformat
-from cluster.store.objectstore import WriteMappings
+from cluster.store.objectstore import StoreFullError, WriteMappings
 
 FLUSH_SECONDS = 0.2
+#: How many of a failed bash app's last stderr lines its BashExitFailure carries.
+STDERR_TAIL_LINES = 20
+#: Linux prctl options (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class TaskOutput:
@@ -147,8 +160,6 @@ class Worker:
         reply = self.wait_result(ref)
         assert isinstance(reply, AllocReply)
         if not reply.path:
-            from cluster.store.objectstore import StoreFullError
-
             raise StoreFullError(reply.error)
         return reply.path
 
@@ -216,10 +227,42 @@ class Worker:
         return fn
 
     def run(self, m: Run) -> None:
-        """A task from the daemon: execute it, report :class:`Done`."""
-        self.send(Done(m.task_id, *self.execute(m.task_id, m.fn_id, m.kind, m.name, m.args,
-                                                m.deps, m.gpus, m.stdout, m.stderr, m.cwd,
-                                                m.env, store=True)))
+        """A task from the daemon: execute it, end what it left running, report
+        :class:`Done`."""
+        outcome = self.execute(m.task_id, m.fn_id, m.kind, m.name, m.args, m.deps, m.gpus,
+                               m.stdout, m.stderr, m.cwd, m.env, store=True)
+        self.end_children()  # before Done: no dependent task ever sees the leftovers
+        self.send(Done(m.task_id, *outcome))
+
+    def end_children(self) -> None:
+        """Kill and reap every process below this worker: what the last task started
+        and left running (children, forks, setsid'd grandchildren reparented to us).
+
+        This runs after every task, the hottest path, so the common case is one
+        syscall: ``waitpid(-1, WNOHANG)`` fails with ECHILD when the worker has no
+        child at all (~1 us; reading /proc instead costs ~20 us per task). Only when
+        children exist is the tree read from /proc and killed.
+        """
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass  # reaped one that had exited by itself: look again
+        except ChildProcessError:
+            return
+        from cluster.node.workerpool import kill_tree  # rare path: imported on first use
+
+        kill_tree(os.getpid(), include_root=False)
+        # Reap what was killed (their children are reparented to us as they die). A
+        # process stuck in the kernel may take longer: left for the next task's check.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.001)
 
     def execute(
         self,
@@ -277,7 +320,11 @@ class Worker:
                 if kind == 1:
                     status, data, message = self._run_bash(name, value, stdout, stderr)
                 elif store:
-                    data = self._encode_result(value)
+                    try:
+                        data = self._encode_result(value)
+                    except StoreFullError as err:  # not the app's error: the driver
+                        status, data = OBJECT_STORE_FULL, b""  # raises ObjectStoreFullError
+                        message = f"its result does not fit in the node's object store: {err}"
                 else:
                     data = serialization.dumps_value(value)
             except BaseException as exc:  # noqa: BLE001 - everything goes back to the driver
@@ -430,26 +477,46 @@ class Worker:
             )
         out = _open_target(stdout)
         err = _open_target(stderr)
+        # Output that is not redirected goes to anonymous temporary files, not pipes: a
+        # pipe ends only when every process holding it has closed it, and background
+        # jobs inherit the shell's stdout, so `sleep 25 & echo started` took 25 s. The
+        # app ends when its shell exits; the files are read then.
+        spool = self.log_dir or None
+        cap_out = tempfile.TemporaryFile(dir=spool) if out is None else None
+        cap_err = tempfile.TemporaryFile(dir=spool) if err is None else None
         try:
             proc = subprocess.Popen(
                 ["bash", "-c", command],
                 stdin=subprocess.DEVNULL,
-                stdout=out if out is not None else subprocess.PIPE,
-                stderr=err if err is not None else subprocess.PIPE,
-                text=True,
+                stdout=out if out is not None else cap_out,
+                stderr=err if err is not None else cap_err,
+                process_group=0,  # its own group: its background jobs end with it
             )
-            captured_out, captured_err = proc.communicate()
+            try:
+                code = proc.wait()
+            finally:
+                try:  # the shell is gone: its leftover background jobs go too
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            captured_out = _read_spool(cap_out)
+            captured_err = _read_spool(cap_err)
         finally:
-            for f in (out, err):
+            for f in (out, err, cap_out, cap_err):
                 if f is not None:
                     f.close()
         if captured_out:
             self.out.write(captured_out)
         if captured_err:
             self.err.write(captured_err)
-        if proc.returncode != 0:
-            return BASH_EXIT, str(proc.returncode).encode(), (
-                f"bash app {name!r} exited with code {proc.returncode}"
+        if code != 0:
+            logs = [target[0] for target in (stdout, stderr) if target and target[0]]
+            if (out is None or err is None) and self.log_dir:
+                logs.append(os.path.join(self.log_dir, f"task-{self.task_id:x}.log"))
+            tail = _tail(stderr[0]) if err is not None and stderr else captured_err
+            tail = "".join(tail.splitlines(keepends=True)[-STDERR_TAIL_LINES:])
+            return BASH_EXIT, errors.bash_exit_payload(code, tail, logs), (
+                f"bash app {name!r} exited with code {code}"
             )
         return OK, serialization.dumps(0), ""
 
@@ -510,6 +577,25 @@ WRITES = WriteMappings()
 CURRENT: Worker | None = None
 
 
+def _read_spool(f: Any) -> str:
+    """What a bash app wrote to a temporary output file ("" for None)."""
+    if f is None:
+        return ""
+    f.seek(0)
+    return f.read().decode("utf-8", "replace")
+
+
+def _tail(path: str, size: int = 8192) -> str:
+    """The end of a file (at most `size` bytes), as text; "" if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - size))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def _open_target(target: tuple[str, str] | None) -> TextIO | None:
     if not target or not target[0]:
         return None
@@ -521,13 +607,16 @@ def _open_target(target: tuple[str, str] | None) -> TextIO | None:
 
 
 def _die_with_parent() -> None:
-    """Linux: get SIGKILL when the daemon dies, so no worker (or actor) outlives it."""
+    """Linux: get SIGKILL when the daemon dies, so no worker (or actor) outlives it; and
+    become a child subreaper, so processes our apps start that leave our tree's session
+    (setsid, double forks) are reparented to us when their parent exits, not to init,
+    and can be found and ended with the task (or with this worker)."""
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
         if os.getppid() == 1:  # the daemon died before we got here
             os._exit(1)
     except (OSError, AttributeError):
@@ -538,7 +627,10 @@ def main() -> None:
     _die_with_parent()
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
+    worker = Worker(sock)
     try:
-        Worker(sock).serve()
+        worker.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
+    finally:
+        worker.end_children()  # an actor's children, when the daemon let it exit
