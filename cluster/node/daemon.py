@@ -37,7 +37,7 @@ from cluster.common.messages import (
     Run,
 )
 from cluster.common.protocol import pb, to_dict
-from cluster.node.workerpool import WorkerHandle, worker_env
+from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
@@ -354,9 +354,12 @@ class Daemon:
         worker.task = task
         worker.timed_out = False
         task.started = time.perf_counter()
+        env = dict(spec.env) if spec.env else None
+        if spec.ranks_per_node > 1 and spec.kind == pb.BASH and \
+                not (env and "CLUSTER_MPI_PREFIX" in env):  # one node: not set by the head
+            env = {**(env or {}), **one_node_mpi_env(self.name, spec.ranks_per_node)}
         worker.send(Run(spec.task_id, spec.fn_id, spec.kind, spec.name,
-                        spec.args_ref or spec.args, deps,
-                        gpus, stdout, stderr, spec.cwd, dict(spec.env) if spec.env else None))
+                        spec.args_ref or spec.args, deps, gpus, stdout, stderr, spec.cwd, env))
         if spec.walltime > 0:
             loop = self._loop or asyncio.get_event_loop()
             task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)

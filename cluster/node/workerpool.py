@@ -12,7 +12,9 @@ task's leftovers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -99,6 +101,47 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def one_node_mpi_env(node: str, ranks: int) -> dict[str, str]:
+    """The ``$CLUSTER_*`` variables of a one-node app asking for `ranks` ranks (the head
+    sets them only for multi-node gangs, so `num_nodes=1, ranks_per_node=4` used to get
+    an empty ``$CLUSTER_MPI_PREFIX`` and run one rank).
+
+    Inside a Slurm job the prefix is the gang's ``srun --overlap`` line for this node;
+    outside Slurm it is ``mpirun -np N`` (Open MPI: ``--oversubscribe``, and, as root,
+    ``--allow-run-as-root``), or, without mpirun, ``python -m cluster.worker --ranks N``
+    (N local copies, see :mod:`cluster.worker.__main__`).
+    """
+    if os.environ.get("SLURM_JOB_ID") and shutil.which("srun"):
+        from cluster.slurm.commands import mpi_prefix
+
+        prefix = mpi_prefix([os.environ.get("SLURMD_NODENAME") or node], ranks,
+                            os.environ.get("SHOAL_MPI", ""))
+    else:
+        prefix = " ".join([*_local_launcher(), str(ranks)])
+    return {"CLUSTER_NODELIST": node, "CLUSTER_NUM_NODES": "1",
+            "CLUSTER_RANKS_PER_NODE": str(ranks), "CLUSTER_MPI_PREFIX": prefix}
+
+
+@functools.cache
+def _local_launcher() -> tuple[str, ...]:
+    """The local rank launcher, up to its rank count (asked once per daemon: `mpirun
+    --version` takes ~50 ms)."""
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        return (sys.executable, "-m", "cluster.worker", "--ranks")
+    try:
+        version = subprocess.run([mpirun, "--version"], capture_output=True, text=True,
+                                 timeout=30, stdin=subprocess.DEVNULL).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        version = ""
+    flags: list[str] = []
+    if "Open MPI" in version:  # more ranks than cores is the user's call; root is ours
+        flags.append("--oversubscribe")
+        if os.geteuid() == 0:
+            flags.append("--allow-run-as-root")
+    return (mpirun, *flags, "-np")
 
 
 def worker_env(log_dir: str) -> dict[str, str]:

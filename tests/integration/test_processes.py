@@ -1,5 +1,5 @@
-"""Processes an app starts end with it; bash apps end with their shell; store-full results
-and bash failures say what happened."""
+"""Processes an app starts end with it; bash apps end with their shell; one-node MPI apps
+run their ranks; store-full results and bash failures say what happened."""
 
 from __future__ import annotations
 
@@ -167,6 +167,17 @@ def test_children_end_with_shutdown_and_down(clusterctl, no_session, tmp_path):
         down = clusterctl("down", "--cluster", "procs-down")
     assert down.returncode == 0, down.stderr
     assert _wait_gone(pids) == []
+
+
+@api.bash_app(num_nodes=1, ranks_per_node=4)
+def ranks(out: str):
+    return f"$CLUSTER_MPI_PREFIX bash -c 'echo rank >> {out}'"
+
+
+def test_ranks_per_node_on_one_node_launches_that_many_ranks(cluster, tmp_path):
+    out = tmp_path / "ranks"
+    assert ranks(str(out)).result(timeout=120) == 0
+    assert out.read_text().splitlines() == ["rank"] * 4
 
 
 @api.bash_app
