@@ -6,6 +6,12 @@ before the route is known, go through the head, which waits for the dependencies
 caller's order is kept across the two paths: a call never overtakes an earlier one,
 because a call on one path waits (held here, without blocking the caller) while calls on
 the other path are outstanding.
+
+A large result of a direct call is not in the reply: the actor's worker leaves it sealed
+in its node's store under the call's id and replies ``("stored", size, node id, refs)``.
+The driver registers it with the head exactly as an ``api.put`` into that node's store
+(the head then counts the driver's reference and deletes it when released), and the
+future resolves lazily, mapped zero-copy on the host, as a task's stored result does.
 """
 
 from __future__ import annotations
@@ -146,12 +152,15 @@ class DirectCalls:
     `resolve(future, status, data, message, name)` completes a future."""
 
     def __init__(self, secret: str, submit_via_head: Callable[[tuple], None],
-                 resolve: Callable[..., None]) -> None:
+                 resolve: Callable[..., None], client: Any = None) -> None:
         self.secret = secret
         self.routes: dict[int, ActorRoute] = {}
         self._submit_via_head = submit_via_head
         self._resolve = resolve
         self._head_calls: dict[int, ActorRoute] = {}
+        # The client registers stored results with the head (its ``put``). Until the
+        # client passes itself, it is found as the owner of `resolve` (its bound method).
+        self._client = client if client is not None else getattr(resolve, "__self__", None)
 
     def route_for(self, actor_id: int) -> ActorRoute:
         state = self.routes.get(actor_id)
@@ -200,10 +209,21 @@ class DirectCalls:
                 del state.direct[task_id]
         if state.direct:
             return False
-        state.via_head += 1
-        self._head_calls[task_id] = state
+        self._track_head_call(state, call)
         to_head.append(call)
         return True
+
+    def _track_head_call(self, state: ActorRoute, call: tuple) -> None:
+        """Count a call going through the head until its future is done. (The future's
+        own callback ends it: a client that resolves a stored result lazily does not
+        call head_done, which held every later call to the actor forever.) Called with
+        state.lock held."""
+        task_id, future = call[0], call[4]
+        if future.done():  # (cancelled): its callback would run now, under our lock
+            return
+        state.via_head += 1
+        self._head_calls[task_id] = state
+        future.add_done_callback(lambda _: self.head_done(task_id))
 
     def _open(self, state: ActorRoute) -> _Conn | None:
         sock = connect(state.route, self.secret)
@@ -233,12 +253,37 @@ class DirectCalls:
             return  # Denied: the reader ends and _on_lost handles it
         call = state.direct.pop(reply.call_id, None)
         if call is not None:
-            self._resolve(call[4], reply.status, reply.data, reply.message, call[5])
+            data = reply.data
+            if type(data) is tuple:
+                self._stored(call, data)
+            else:
+                self._resolve(call[4], reply.status, data, reply.message, call[5])
         if state.held:
             to_head: list[tuple] = []
             with state.lock:
                 self._drain(state, to_head)
             self._head(to_head)
+
+    def _stored(self, call: tuple, data: tuple) -> None:
+        """A result sealed in the actor's node store: register it with the head as a put
+        held by this driver (before the future resolves, so anything the caller submits
+        with it reaches the head after the put), then resolve the future to load it
+        when asked."""
+        from api._futures import Stored
+        from cluster.common.protocol import pb
+
+        _, size, node_id, nested = data
+        task_id, future = call[0], call[4]
+        client = self._client
+        if client is None:
+            self._resolve(future, status.OBJECT_LOST, b"",
+                          "the result is in the actor's node store but this driver cannot "
+                          "register it", call[5])
+            return
+        client.put(pb.Value(id=task_id, size=size, holders=[node_id], nested=nested))
+        # nested stays off the result: the put holds those refs, the future does not.
+        future.set_result(Stored(pb.TaskResult(task_id=task_id, status=pb.OK, size=size,
+                                               holders=[node_id])))
 
     def _on_lost(self, state: ActorRoute, sock: socket.socket) -> None:
         """The actor's worker went away (it died, or was killed): retry what was in flight
@@ -253,8 +298,7 @@ class DirectCalls:
         for call in lost:
             if state.max_task_retries > 0:
                 with state.lock:
-                    state.via_head += 1
-                    self._head_calls[call[0]] = state
+                    self._track_head_call(state, call)
                 to_head.append(call)
             else:
                 self._resolve(call[4], status.ACTOR_DIED, b"",

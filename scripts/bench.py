@@ -211,6 +211,7 @@ ROWS = [
     ("obj_get", "get of a 1 GiB put, ms", False),
     ("obj_task_sum", "task sum of put ref, % in-proc", True),
     ("obj_result", "256 MiB result to driver, ms", False),
+    ("obj_actor_result", "512 MiB actor result to driver, ms", False),
     ("obj_n2n", "node to node, GB/s", True),
     ("obj_tcp", "raw TCP same addresses, GB/s", True),
     ("obj_remote_put", "remote driver put, GB/s", True),

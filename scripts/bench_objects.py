@@ -5,7 +5,9 @@ the driver beside them:
 
 - put of a 256 MiB array (GB/s) and get of a 1 GiB put object (ms), driver on the host;
 - a task summing a 256 MiB put ref, as % of numpy.sum over the same bytes in-process;
-- a 256 MiB task result fetched by the driver (ms: it is mapped, not copied);
+- a 256 MiB task result fetched by the driver (ms: it is mapped, not copied), and a
+  512 MiB actor method result (a direct call) measured the same way: the call has
+  finished, then the time of ``result()`` (the actor left it in its node's store);
 - node to node: a 1 GiB object made on one daemon passed to a task on the other, the
   transfer's GB/s (that task's time less the same task's time beside the object; the
   task maps its argument and reads none of it), next to raw TCP between the same
@@ -64,6 +66,14 @@ def noop() -> None:
     return None
 
 
+@api.actor(num_cpus=0)
+class Maker:
+    """An actor whose method returns a large array (its result goes to the store)."""
+
+    def make(self, n: int) -> Any:
+        return np.ones(n)
+
+
 def _nudge() -> None:
     noop().result(timeout=60)
 
@@ -97,8 +107,8 @@ def raw_tcp(host: str, nbytes: int) -> float:
 
 def run(reps: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in (
-        "obj_put", "obj_get", "obj_task_sum", "obj_result", "obj_n2n", "obj_tcp",
-        "obj_remote_put", "obj_remote_get")}
+        "obj_put", "obj_get", "obj_task_sum", "obj_result", "obj_actor_result", "obj_n2n",
+        "obj_tcp", "obj_remote_put", "obj_remote_get")}
     arr = np.random.default_rng(0).random(32 * MiB)              # 256 MiB
     ref = api.put(arr)
     del ref
@@ -124,6 +134,17 @@ def run(reps: int) -> dict[str, list[float]]:
         fut.result()
         out["obj_result"].append((time.perf_counter() - start) * 1e3)
         del fut
+    maker = Maker()
+    maker.make(1).result(timeout=60)                              # its route is known
+    for _ in range(reps):
+        fut = maker.make(64 * MiB)                                # 512 MiB, a direct call
+        fut.exception(timeout=120)
+        start = time.perf_counter()
+        fut.result()
+        out["obj_actor_result"].append((time.perf_counter() - start) * 1e3)
+        del fut
+        _nudge()
+    api.kill(maker)
 
     nodes = [n for n in api._session.client().nodes.values() if n.state == "alive"]
     first = next(n.name for n in nodes if n.name != "second")

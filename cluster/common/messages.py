@@ -96,11 +96,13 @@ class CallResult(NamedTuple):
 
 
 class AllocReply(NamedTuple):
-    """The answer to a worker's :class:`Alloc`: a store file, or ``path == ""`` and why."""
+    """The answer to a worker's :class:`Alloc`: a store file (for a seal: the sealed
+    object's file), or ``path == ""`` and why."""
 
     ref: int
     path: str
     error: str
+    node_id: int = 0                 # this node's id (a sealed object's holder)
 
     TAG = "alloc_reply"
 
@@ -173,10 +175,18 @@ class Call(NamedTuple):
 
 class Alloc(NamedTuple):
     """Room in the node's store for a result of ``size`` bytes; answered by
-    :class:`AllocReply`."""
+    :class:`AllocReply`.
+
+    With ``seal_id``, nothing is allocated: the file at ``path`` (from an earlier Alloc)
+    is sealed as object ``seal_id`` (a direct actor call's large result, which no Done
+    carries to the daemon), and the reply comes once it is readable. (A field of Alloc
+    rather than a message of its own: the two travel together and share the reply.)
+    """
 
     ref: int
     size: int
+    seal_id: int = 0
+    path: str = ""
 
     TAG = "alloc"
 
@@ -195,11 +205,13 @@ class DirectCall(NamedTuple):
 
 
 class DirectReply(NamedTuple):
-    """The actor worker's answer to a :class:`DirectCall`."""
+    """The actor worker's answer to a :class:`DirectCall`: ``data`` is the pickled value,
+    or ``("stored", size, node id, nested refs)`` for a result sealed in the actor's node
+    store under ``call_id`` (the caller registers it with the head, as a put)."""
 
     call_id: int
     status: int
-    data: bytes
+    data: Any
     message: str
 
     TAG = "r"

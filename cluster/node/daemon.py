@@ -286,11 +286,15 @@ class Daemon:
                 deps[value.id] = value.data
         return deps
 
-    def _on_alloc(self, worker: WorkerHandle, ref: int, size: int) -> None:
+    def _on_alloc(self, worker: WorkerHandle, message: Alloc) -> None:
         from cluster.store.objectstore import StoreFullError
 
+        ref, size = message.ref, message.size
         if self.store is None:
             worker.send(AllocReply(ref, "", "this node has no object store"))
+            return
+        if message.seal_id:  # a direct actor call's result, written at message.path
+            self._seal_direct(worker, message)
             return
         try:
             path = self.store.alloc(size)
@@ -299,6 +303,20 @@ class Daemon:
             return
         worker.allocs.append(path)
         worker.send(AllocReply(ref, path, ""))
+
+    def _seal_direct(self, worker: WorkerHandle, message: Alloc) -> None:
+        """Seal a direct call's result under the call's id. The caller registers it with
+        the head (as a put naming this node), which then refcounts and deletes it."""
+        assert self.store is not None
+        try:
+            self.store.seal(message.seal_id, message.path)
+        except (ValueError, OSError) as err:
+            worker.send(AllocReply(message.ref, "", f"{self.name}: {err}", self.node_id))
+            return
+        if message.path in worker.allocs:
+            worker.allocs.remove(message.path)
+        worker.send(AllocReply(message.ref, self.store.path(message.seal_id), "",
+                               self.node_id))
 
     def _cancel(self, task_id: int) -> None:
         for task in list(self.queue):
@@ -461,9 +479,9 @@ class Daemon:
                 self._release(host.create)
         elif kind is Done:
             spec = host.inflight.pop(message.task_id, None)
-            if spec is not None:
+            if spec is not None:  # (a stored result is sealed like a task's)
                 self._report(spec, message.status, message.data, message.message,
-                             message.seconds)
+                             message.seconds, worker=host.worker)
             self._pump_actor(host)
         else:
             self._on_worker_message(host.worker, message)
@@ -519,7 +537,7 @@ class Daemon:
         elif kind is Call:
             self._worker_call(worker, message)
         elif kind is Alloc:
-            self._on_alloc(worker, message.ref, message.size)
+            self._on_alloc(worker, message)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         if worker in self.workers:
@@ -565,6 +583,10 @@ class Daemon:
                 assert self.store is not None
                 self.store.seal(spec.task_id, path)
                 result.size = size
+                if spec.kind == pb.ACTOR_CALL:
+                    # The head names a task's node as its result's holder; for actor
+                    # calls it may not know the node (the driver then asks for it).
+                    result.holders.append(self.node_id)
             else:
                 _, result.data, nested = data
             result.nested.extend(nested)

@@ -163,6 +163,18 @@ class Worker:
             raise StoreFullError(reply.error)
         return reply.path
 
+    def seal(self, object_id: int, path: str) -> int:
+        """Have the daemon seal the store file at `path` (from :meth:`alloc`) as
+        `object_id`; returns the node's id once the object is readable there."""
+        self._call_refs += 1
+        ref = self._call_refs
+        self.send(Alloc(ref, 0, object_id, path))
+        reply = self.wait_result(ref)
+        assert isinstance(reply, AllocReply)
+        if not reply.path:
+            raise OSError(f"the daemon could not seal the result: {reply.error}")
+        return reply.node_id
+
     def wait_result(self, ref: int) -> CallResult | AllocReply:
         """Read frames until the answer to request `ref` arrives (others are kept for
         later): an actor call's result, or a store allocation."""
@@ -394,10 +406,29 @@ class Worker:
     def _direct_call(self, conn: Any, message: DirectCall) -> None:
         call_id = message.call_id
 
-        def reply(status: int, data: bytes, seconds: float, text: str) -> None:
+        def reply(status: int, data: Any, seconds: float, text: str) -> None:
+            if type(data) is tuple:
+                try:
+                    data = self._direct_data(call_id, data)
+                except Exception as err:  # noqa: BLE001 - the caller hears why
+                    status, text = APP_ERROR, f"the result could not be stored: {err}"
+                    data = serialization.dumps_error(err, "")
             conn.send(DirectReply(call_id, status, data, text))
 
         self._call(call_id, message.method, message.args, {}, reply)
+
+    def _direct_data(self, call_id: int, data: tuple) -> Any:
+        """A direct call's result as the caller gets it. A large one was written into
+        this node's store: the daemon seals it under the call's id and the caller gets
+        ``("stored", size, node id, nested refs)``, registers it with the head (as a
+        put) and maps it from the store when asked, instead of 512 MB travelling inside
+        a reply frame (4.1 s; a stored result reaches a driver on the host in ~0.2 ms).
+        A small one with refs inside travels as its bytes, as before."""
+        if data[0] != "stored":
+            return data[1]
+        _, path, size, nested = data
+        node_id = self.seal(call_id, path)
+        return ("stored", size, node_id, list(nested))
 
     def _start_actor_loop(self, max_concurrency: int) -> None:
         import asyncio
@@ -416,14 +447,17 @@ class Worker:
         """A call that came through the head and daemon."""
         task_id = m.task_id
 
-        def reply(status: int, data: bytes, seconds: float, text: str) -> None:
+        def reply(status: int, data: Any, seconds: float, text: str) -> None:
             self.send(Done(task_id, status, data, seconds, text))
 
         self._call(task_id, m.method, m.args, m.deps, reply)
 
     def _call(self, task_id: int, method: str, args_blob: bytes, deps: dict[int, Any],
               reply: Any) -> None:
-        """Run one method (async methods concurrently on the actor's event loop)."""
+        """Run one method (async methods concurrently on the actor's event loop). A
+        result too large to travel inline goes into the node's store, as a task's does
+        (async methods' results stay inline: they finish on the loop's thread, which
+        cannot wait for the daemon's answers on this thread's socket)."""
         bound = getattr(self.actor, method, None) if not method.startswith("__") else None
         if bound is None:
             err = AttributeError(f"{type(self.actor).__name__} has no method {method!r}")
@@ -432,7 +466,7 @@ class Worker:
         if self.actor_loop is not None and inspect.iscoroutinefunction(bound):
             self._call_async(bound, args_blob, deps, reply)
             return
-        reply(*self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound))
+        reply(*self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound, store=True))
 
     def _call_async(self, bound: Any, args_blob: bytes, deps: dict[int, Any],
                     reply: Any) -> None:
