@@ -36,6 +36,16 @@ def _run_chunk(blob: bytes, chunk: list[tuple[Any, ...]]) -> list[Any]:
     return [fn(*args) for args in chunk]
 
 
+def cancel(future: concurrent.futures.Future) -> bool:
+    """Cancel a call's future in the driver (``concurrent.futures.wait`` sees it done).
+
+    The cluster is not told: a task already sent may still run; its result is dropped."""
+    if future.cancel():
+        future.set_running_or_notify_cancel()
+        return True
+    return False
+
+
 class _State:
     """What an executor and its ``options()`` views share."""
 
@@ -166,7 +176,7 @@ class Executor(concurrent.futures.Executor):
                         yield from value
             finally:
                 for future in futures:
-                    future.cancel()
+                    cancel(future)
 
         return results()
 
@@ -182,7 +192,8 @@ class Executor(concurrent.futures.Executor):
             pending = [f for f in state.futures if not f.done()]
         if cancel_futures:
             for future in pending:
-                future.cancel()
+                cancel(future)
+            pending = [f for f in pending if not f.cancelled()]
         if wait and pending:
             concurrent.futures.wait(pending)
         if state.owns_session and (wait or not pending):

@@ -25,7 +25,9 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
 
 import api
 from api._apps import App, pickle_user_module_by_value
+from api._errors import TaskError
 from api._futures import AppFuture
+from api.executor import cancel
 from cluster.common import serialization
 from cluster.common.protocol import pb
 
@@ -113,19 +115,26 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         return future
 
     def retrieve_result_callback(self, out: AppFuture) -> Any:
-        """The batch's results (raises what a call raised)."""
-        return out.result()
+        """The batch's results (raises what a call raised, with the remote traceback
+        as its cause, as joblib's loky backend does)."""
+        return self.retrieve_result(out)
 
     def retrieve_result(self, out: AppFuture, timeout: float | None = None) -> Any:
         """The batch's results, waiting up to ``timeout`` seconds."""
-        return out.result(timeout)
+        try:
+            return out.result(timeout)
+        except TaskError as err:
+            cause = err.cause
+            if isinstance(cause, BaseException):
+                raise cause from err
+            raise
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Cancel the batches not finished (tasks already running finish on their own)."""
         with self._lock:
             pending = [f for f in self._futures if not f.done()]
         for future in pending:
-            future.cancel()
+            cancel(future)
 
 
 def register(name: str = "shoal", make_default: bool = False) -> None:

@@ -109,8 +109,9 @@ class _MPICall:
     made from shoal's ($CLUSTER_MPI_PREFIX, $CLUSTER_NODELIST)."""
 
     def __init__(self, fn: Callable[..., Any], ranks_per_node: int) -> None:
-        self.fn = fn
-        self.ranks_per_node = ranks_per_node
+        # (not .fn: App copies a callable's __dict__ onto itself, as functools.wraps does)
+        self._target = fn
+        self._ranks = ranks_per_node
         self.__name__ = getattr(fn, "__name__", "mpi_app")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -119,15 +120,15 @@ class _MPICall:
         nodes = os.environ.get("CLUSTER_NODELIST") or socket.gethostname()
         names = nodes.split(",")
         prefix = os.environ.get("CLUSTER_MPI_PREFIX") or \
-            mpi_prefix(names, self.ranks_per_node, os.environ.get("SHOAL_MPI", ""))
+            mpi_prefix(names, self._ranks, os.environ.get("SHOAL_MPI", ""))
         env = {"PARSL_MPI_PREFIX": prefix, "PARSL_SRUN_PREFIX": prefix,
                "PARSL_MPI_NODELIST": nodes, "PARSL_NUM_NODES": str(len(names)),
-               "PARSL_RANKS_PER_NODE": str(self.ranks_per_node),
-               "PARSL_NUM_RANKS": str(len(names) * self.ranks_per_node)}
+               "PARSL_RANKS_PER_NODE": str(self._ranks),
+               "PARSL_NUM_RANKS": str(len(names) * self._ranks)}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            return self.fn(*args, **kwargs)
+            return self._target(*args, **kwargs)
         finally:
             for key, old in saved.items():
                 if old is None:
@@ -289,10 +290,9 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
         key = (id(func), tuple(sorted((k, repr(v)) for k, v in spec.items())))
         with self._lock:
             app = self._apps.get(key)
-            if app is not None and app.fn is func or (
-                    isinstance(app.fn if app else None, _MPICall) and app.fn.fn is func):
+            if app is not None and (app.fn is func or getattr(app.fn, "_target", None) is func):
                 self._apps.move_to_end(key)
-                return app  # type: ignore[return-value]
+                return app
         opts = _app_options(spec, self.default_resource_specification or {})
         fn: Callable[..., Any] = func
         if any(k in spec or k in (self.default_resource_specification or {})

@@ -1,0 +1,286 @@
+"""End-to-end tests of the adapters on a real local cluster: Parsl's ShoalExecutor,
+api.Executor (concurrent.futures), the Dask scheduler and the joblib backend."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import time
+
+import numpy as np
+import pytest
+
+from api.executor import Executor
+
+
+# ---- concurrent.futures --------------------------------------------------------------------
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def test_executor_submit_map_and_context_manager(cluster):
+    with Executor() as ex:
+        assert isinstance(ex, concurrent.futures.Executor)
+        fut = ex.submit(square, 7)
+        assert isinstance(fut, concurrent.futures.Future)
+        assert fut.result(timeout=30) == 49
+        assert ex.submit(add, fut, 1).result(timeout=30) == 50     # a future as argument
+        assert list(ex.map(square, range(10))) == [i * i for i in range(10)]
+        assert list(ex.map(add, range(7), range(7), chunksize=3)) == list(range(0, 14, 2))
+        assert list(ex.map(square, [], chunksize=4)) == []
+        done, _ = concurrent.futures.wait([ex.submit(square, i) for i in range(4)])
+        assert sorted(f.result() for f in done) == [0, 1, 4, 9]
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(square, 1)
+    assert cluster.is_initialized()     # the driver's session is not the executor's to end
+
+
+def test_executor_errors_timeout_and_cancel(cluster):
+    ex = Executor()
+    with pytest.raises(ZeroDivisionError):
+        ex.submit(divmod, 1, 0).result(timeout=30)
+    results = ex.map(time.sleep, [5], timeout=0.3)
+    with pytest.raises(TimeoutError):
+        next(results)
+    slow = [ex.submit(time.sleep, 3) for _ in range(4)]
+    start = time.monotonic()
+    ex.shutdown(wait=True, cancel_futures=True)
+    assert time.monotonic() - start < 2.5
+    assert all(f.cancelled() for f in slow)
+
+
+def test_executor_options(cluster):
+    with Executor(num_cpus=1, resources={"licence": 1}) as ex:
+        assert ex.submit(square, 3).result(timeout=30) == 9
+        two = ex.options(num_cpus=2)
+        assert list(two.map(square, [1, 2])) == [1, 4]
+        with pytest.raises(cluster.ResourceUnavailableError):
+            ex.options(num_cpus=64).submit(square, 1)
+        with pytest.raises(TypeError, match="unknown Executor option"):
+            ex.options(colour="red")
+
+
+# ---- Dask ------------------------------------------------------------------------------------
+dask = pytest.importorskip("dask")
+
+
+def test_import_api_dask_keeps_dask_the_library(cluster):
+    import importlib
+
+    importlib.import_module("api.dask")                 # first api.dask, then dask
+    dask_again = importlib.import_module("dask")
+    api_dask = importlib.import_module("api.dask")
+    assert dask_again.__file__.endswith(os.path.join("dask", "__init__.py"))
+    assert dask_again.compute(dask_again.delayed(add)(1, 2), scheduler=api_dask.get) == (3,)
+
+
+def test_dask_array_reduction_matches_threaded(cluster):
+    import dask.array as da
+
+    import api.dask
+
+    x = da.random.default_rng(1).random((1200, 800), chunks=(300, 200))
+    expected = dask.compute(x.sum(), x.mean(axis=0), scheduler="threads")
+    got = dask.compute(x.sum(), x.mean(axis=0), scheduler=api.dask.get)
+    assert got[0] == pytest.approx(expected[0])
+    np.testing.assert_allclose(got[1], expected[1])
+    with dask.config.set(scheduler=api.dask.get):
+        np.testing.assert_allclose(((x + x.T.T) / 2).std().compute(), x.std().compute(
+            scheduler="threads"))
+        assert x[:2, :2].compute().shape == (2, 2)
+    assert api.dask.get({"a": 1, "b": (add, "a", 10)}, ["b", "a"]) == (11, 1)
+    assert api.dask.get({"a": 1, "b": (add, "a", 10)}, "b") == 11
+    assert api.dask.get({"a": 1, "b": (add, "a", 1), "c": (add, "b", "b")},
+                        [["c"], ["a", "b"]]) == ((4,), (1, 2))
+
+
+def test_dask_intermediate_chunks_stay_in_the_object_store(cluster, monkeypatch):
+    """8 MB chunks go task to task; the driver loads none of them, only the scalar."""
+    import dask.array as da
+
+    import api.dask
+    from api import _session
+
+    client = _session.client()
+    loads = []
+    real_load = client.load
+    monkeypatch.setattr(client, "load", lambda result: loads.append(result) or
+                        real_load(result))
+    x = da.ones((4000, 4000), chunks=(1000, 1000))              # 16 chunks of 8 MB
+    total = ((x * 2) + 1).sum()
+    assert total.compute(scheduler=api.dask.get) == 3 * 4000 * 4000
+    assert loads == []
+
+
+def test_dask_dataframe(cluster):
+    import dask.dataframe as dd
+    import pandas as pd
+
+    import api.dask
+
+    df = pd.DataFrame({"k": np.arange(2000) % 9, "v": np.arange(2000.0)})
+    ddf = dd.from_pandas(df, npartitions=5)
+    got = ddf.groupby("k").v.sum().compute(scheduler=api.dask.get)
+    pd.testing.assert_series_equal(got.sort_index(), df.groupby("k").v.sum())
+    assert len(ddf[ddf.v > 1000].compute(scheduler=api.dask.get)) == 999
+
+
+def fail(x):
+    raise KeyError(f"no {x}")
+
+
+def test_dask_errors_are_the_tasks_own(cluster):
+    import api.dask
+
+    bad = dask.delayed(fail)(1)
+    with pytest.raises(KeyError, match="no 1"):
+        bad.compute(scheduler=api.dask.get)
+    with pytest.raises(KeyError, match="no 1"):             # through a dependent
+        dask.delayed(add)(bad, 1).compute(scheduler=api.dask.get)
+
+
+# ---- joblib ----------------------------------------------------------------------------------
+joblib = pytest.importorskip("joblib")
+
+
+def test_joblib_backend_batches_small_calls(cluster, monkeypatch):
+    import api.joblib
+
+    api.joblib.register()
+    tasks = []
+    real_submit = api.joblib.ShoalBackend.submit
+    monkeypatch.setattr(api.joblib.ShoalBackend, "submit",
+                        lambda self, func, callback=None: tasks.append(len(func)) or
+                        real_submit(self, func, callback))
+    with joblib.parallel_config(backend="shoal"):
+        out = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(3000))
+    assert out == [i * i for i in range(3000)]
+    assert sum(tasks) == 3000
+    assert len(tasks) < 3000 / 4, "small calls should be batched"
+
+
+def test_joblib_n_jobs_generator_and_errors(cluster):
+    import api.joblib
+
+    api.joblib.register()
+    with joblib.parallel_config(backend="shoal"):
+        assert joblib.Parallel(n_jobs=-1)(joblib.delayed(add)(i, 1) for i in range(5)) == \
+            [1, 2, 3, 4, 5]
+        gen = joblib.Parallel(n_jobs=2, return_as="generator")(
+            joblib.delayed(square)(i) for i in range(6))
+        assert list(gen) == [0, 1, 4, 9, 16, 25]
+        with pytest.raises(KeyError, match="no [234]") as info:
+            joblib.Parallel(n_jobs=2)(joblib.delayed(fail)(i) for i in range(2, 5))
+        assert type(info.value) is KeyError                  # the call's own exception
+    assert api.joblib.ShoalBackend().effective_n_jobs(-1) == 2     # the cluster's 2 slots
+
+
+# ---- Parsl -----------------------------------------------------------------------------------
+parsl = pytest.importorskip("parsl")
+
+
+@pytest.fixture
+def dfk(cluster, tmp_path):
+    """Parsl loaded with a ShoalExecutor on the shared cluster."""
+    from parsl.config import Config
+
+    from api.parsl import ShoalExecutor
+
+    loaded = parsl.load(Config(executors=[ShoalExecutor()], run_dir=str(tmp_path / "runinfo"),
+                               initialize_logging=False))
+    yield loaded
+    loaded.cleanup()
+
+
+@parsl.python_app
+def p_add(a, b):
+    return a + b
+
+
+@parsl.python_app
+def p_big(n):
+    import numpy
+
+    return numpy.ones(n)
+
+
+@parsl.python_app
+def p_total(arr):
+    return float(arr.sum())
+
+
+@parsl.python_app
+def p_env(name, parsl_resource_specification=None):
+    import os
+
+    return os.environ.get(name)
+
+
+@parsl.python_app
+def p_fail():
+    raise ValueError("from the app")
+
+
+@parsl.bash_app
+def p_echo(msg, stdout=parsl.AUTO_LOGNAME, stderr=parsl.AUTO_LOGNAME):
+    return f"echo {msg}; echo oops >&2"
+
+
+@parsl.bash_app
+def p_mpi(stdout=None, parsl_resource_specification=None):
+    return 'echo "$PARSL_MPI_PREFIX|$PARSL_NUM_RANKS"'
+
+
+def test_parsl_python_apps_on_shoal(dfk):
+    from api import _futures
+
+    assert p_add(p_add(1, 2), p_add(3, 4)).result(timeout=60) == 10
+    fut = p_add(1, 1)
+    fut.result(timeout=60)
+    assert isinstance(fut.task_record["exec_fu"], _futures.AppFuture)   # ran on shoal
+    with pytest.raises(ValueError, match="from the app"):
+        p_fail().result(timeout=60)
+
+
+def test_parsl_bash_apps_auto_logname_and_mpi_prefix(dfk, tmp_path):
+    fut = p_echo("hello")
+    assert fut.result(timeout=60) == 0
+    with open(fut.stdout) as f:
+        assert f.read() == "hello\n"
+    with open(fut.stderr) as f:
+        assert f.read().endswith("oops\n")      # after Parsl's own "--> executable" lines
+    out = tmp_path / "mpi.out"
+    spec = {"num_nodes": 1, "ranks_per_node": 2}
+    assert p_mpi(stdout=str(out), parsl_resource_specification=spec).result(timeout=60) == 0
+    prefix, ranks = out.read_text().strip().split("|")
+    assert prefix.startswith("srun --overlap --nodes=1 --ntasks=2") and ranks == "2"
+
+
+def test_parsl_resource_specification(dfk):
+    from parsl.executors.errors import InvalidResourceSpecification
+
+    spec = {"num_cpus": 2, "memory": 1, "resources": {"licence": 1}, "priority": 3}
+    assert p_env("PATH", parsl_resource_specification=spec).result(timeout=60)
+    with pytest.raises(InvalidResourceSpecification):
+        p_env("PATH", parsl_resource_specification={"colour": "red"}).result(timeout=60)
+
+
+def test_parsl_large_results_pass_by_reference(dfk):
+    executor = dfk.executors["shoal"]
+    big = p_big(2_000_000)                             # 16 MB: stays in the object store
+    arr = big.result(timeout=60)
+    exec_fu = big.task_record["exec_fu"]
+    assert executor._as_ref(arr) is exec_fu             # handed on as the shoal future
+    assert p_total(big).result(timeout=60) == 2_000_000.0
+
+
+def test_parsl_executor_options_checked():
+    from api.parsl import ShoalExecutor
+
+    with pytest.raises(ValueError, match="unknown key"):
+        ShoalExecutor(slurm={"partition": "debug", "colour": "red"})
+    ShoalExecutor(slurm={"partition": "debug", "nodes_per_block": 2, "max_blocks": 4})
