@@ -130,13 +130,51 @@ def place(
     return best
 
 
-def least_loaded(request: Resources, nodes: Sequence[NodeView]) -> Iterator[int]:
-    """Yield, task after task, the node :func:`place` would choose for tasks asking for
-    `request` with no argument locality, while the caller reserves `request` on each node
-    yielded before asking for the next. Ends when no node fits.
+#: A node already holding more than its slots (some tasks wait in its local queue) is
+#: refilled only once its queue has room for this share of its allowance, then filled up:
+#: one message for many tasks instead of one per finished task. Measured over gRPC with
+#: one 2-CPU daemon: 1.3 tasks per head-to-node message without it; each message costs the
+#: head ~150 us. A node with a free slot is never held back, so latency is unaffected.
+REFILL_SHARE = 0.5
 
-    O(log n) per task after an O(n) start, where calling :func:`place` for each task is
-    O(n): at 2,000 nodes, placement took 39% of the head's time per task.
+
+def room_for_batch(request: Resources, node: NodeView) -> bool:
+    """Whether `node` should start taking queued tasks of `request` now: it has a free
+    slot, or its queue allowance has room for a batch (see :data:`REFILL_SHARE`).
+
+    >>> n = NodeView(1, {"cpus": 2}, {"cpus": 1}, factor=9.0)
+    >>> room_for_batch({"cpus": 1}, n)          # a free slot
+    True
+    >>> n.used["cpus"] = 12.0                   # 10 queued of an allowance of 16
+    >>> room_for_batch({"cpus": 1}, n)
+    False
+    >>> n.used["cpus"] = 9.0                    # room for 9 >= 8
+    >>> room_for_batch({"cpus": 1}, n)
+    True
+    """
+    for key, amount in request.items():
+        if amount <= 0:
+            continue
+        cap = node.total.get(key, 0.0)
+        used = node.used.get(key, 0.0)
+        if used + amount <= cap + _EPS:
+            continue
+        room = cap * node.factor - used
+        if room + _EPS < max(amount, cap * (node.factor - 1.0) * REFILL_SHARE):
+            return False
+    return True
+
+
+def least_loaded(request: Resources, nodes: Sequence[NodeView]) -> Iterator[int]:
+    """Yield, task after task, the node for tasks asking for `request` with no argument
+    locality, while the caller reserves `request` on each node yielded before asking for
+    the next. Ends when no node can take one.
+
+    The choice is :func:`place`'s (the fitting node with the least load, ties to the
+    earliest), except that a node with no free slot starts taking tasks only when it has
+    room for a batch (:func:`room_for_batch`), and is then filled. O(log n) per task after
+    an O(n) start, where :func:`place` per task is O(n): at 2,000 nodes, placement took
+    39% of the head's time.
 
     >>> a, b = NodeView(1, {"cpus": 2}), NodeView(2, {"cpus": 1})
     >>> a.factor = b.factor = 1.0
@@ -148,14 +186,19 @@ def least_loaded(request: Resources, nodes: Sequence[NodeView]) -> Iterator[int]
     >>> chosen
     [1, 1, 2]
     """
-    # Same choice as place(): the fitting node with the least load, ties to the earliest.
     heap = [(load(request, n), i) for i, n in enumerate(nodes) if n.schedulable]
     heapq.heapify(heap)
+    filling: set[int] = set()   # nodes being filled in this pass
     while heap:
         _, i = heapq.heappop(heap)
         node = nodes[i]
+        # Usage only grows during a pass: a node refused now is not asked again.
         if not fits_now(request, node):
-            continue  # usage only grows during a pass: it will not fit later either
+            continue
+        if i not in filling:
+            if not room_for_batch(request, node):
+                continue
+            filling.add(i)
         yield node.node_id
         heapq.heappush(heap, (load(request, node), i))
 

@@ -69,6 +69,7 @@ def test_infeasible_names_the_largest_node_and_describe():
 
 
 def test_least_loaded_chooses_what_place_would_task_after_task():
+    # With no queue allowance (factor 1) there is nothing to batch: the same choices.
     import random
 
     rng = random.Random(7)
@@ -76,7 +77,7 @@ def test_least_loaded_chooses_what_place_would_task_after_task():
         nodes = [node(i, {"cpus": rng.choice([1, 2, 4, 8]), "memory": 8.0},
                       {"cpus": rng.choice([0, 0.5, 1])}) for i in range(1, 30)]
         for n in nodes:
-            n.factor = rng.choice([1.0, 2.0, 3.0])
+            n.factor = 1.0
         twins = [scheduler.NodeView(n.node_id, dict(n.total), dict(n.used), n.factor)
                  for n in nodes]
         request = {"cpus": rng.choice([0.5, 1, 2]), "memory": 1.0}
@@ -93,3 +94,17 @@ def test_least_loaded_chooses_what_place_would_task_after_task():
             for k, v in request.items():
                 by_index[chosen].used[k] = by_index[chosen].used.get(k, 0.0) + v
         assert got == expected
+
+
+def test_least_loaded_refills_a_busy_node_in_batches():
+    busy = node(1, {"cpus": 2}, {"cpus": 12}, factor=9.0)    # 10 queued, allowance 16
+    for _ in scheduler.least_loaded({"cpus": 1}, [busy]):
+        raise AssertionError("refilled with room for only 6 of 16")
+    busy.used["cpus"] = 9.0                                   # room for 9
+    taken = 0
+    for _ in scheduler.least_loaded({"cpus": 1}, [busy]):
+        busy.used["cpus"] += 1
+        taken += 1
+    assert taken == 9, "once started, filled up in one pass"
+    idle = node(2, {"cpus": 2}, {"cpus": 1}, factor=9.0)
+    assert next(scheduler.least_loaded({"cpus": 1}, [idle])) == 2, "a free slot: at once"
