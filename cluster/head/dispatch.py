@@ -31,12 +31,21 @@ class Dispatcher:
         self._started = started
         #: Nodes with something in their outbox, flushed once per loop turn.
         self.dirty: set[Node] = set()
+        #: Since the last pass: tasks were queued (all nodes are candidates), or only
+        #: these nodes gained room. A node that could not take a queue's first task then
+        #: cannot now unless it gained room, so a pass looks at just those: at saturation
+        #: every finished task would otherwise cost a walk over every node.
+        self.new_work = True
+        self.gained: set[Node] = set()
 
     def schedule(self, ready: dict[bytes, deque[Task]], gangs: deque[Task]) -> None:
         """Place as many queued tasks as the nodes can take now, in queue order."""
-        if not (ready or gangs):
+        if not (ready or gangs) or not (self.new_work or self.gained):
             return
-        views = [n.view for n in self.nodes.values() if n.alive]
+        candidates = self.nodes.values() if self.new_work or gangs else self.gained
+        views = [n.view for n in candidates if n.alive]
+        self.new_work = False
+        self.gained = set()
         if not views:
             return
         nodes = self.nodes
@@ -90,6 +99,7 @@ class Dispatcher:
         for node_id, amounts in task.reserved.items():
             node = self.nodes.get(node_id)
             if node is not None:
+                self.gained.add(node)
                 used = node.view.used
                 for key, amount in amounts.items():
                     used[key] = used.get(key, 0.0) - amount

@@ -129,12 +129,8 @@ class Head:
         self._loop = loop
         loop.call_later(1.0, self._check_nodes)
 
-    def node_info(self, node: Node) -> pb.NodeInfo:
-        """The node as the protocol describes it."""
-        return node.info()
-
     def _broadcast_node(self, node: Node) -> None:
-        info = self.node_info(node)
+        info = node.info()
         for driver in self.drivers.values():
             driver.nodes.append(info)
         self.soon()
@@ -153,6 +149,7 @@ class Head:
                     remote=remote, block_id=register.block_id,
                     store_address=register.store_address, store_dir=register.store_dir)
         self.nodes[node_id] = node
+        self.dispatch.gained.add(node)
         self._nodes_version += 1
         self.alive_nodes += 1
         self._retune_heartbeats()
@@ -302,7 +299,7 @@ class Head:
         self._next_driver += 1
         self.drivers[driver.driver_id] = driver
         welcome = pb.Welcome(driver_id=driver.driver_id, cluster_id=self.cluster_id,
-                             nodes=[self.node_info(n) for n in self.nodes.values()])
+                             nodes=[n.info() for n in self.nodes.values()])
         fill(welcome.block_shape, self.block_shape)
         conn.send(pb.HeadToDriver(welcome=welcome))
         log.info("driver %d joined from %s pid %d", driver.driver_id, hello.hostname, hello.pid)
@@ -500,6 +497,7 @@ class Head:
                     self.wait(task, missing)
                 else:  # nothing to wait for after all: back in line
                     self.ready.setdefault(task.shape, deque()).append(task)
+                    self.dispatch.new_work = True
 
     def missing_args(self, task: Task, queued: bool = True) -> list[int] | None:
         """The task's arguments still to be produced (each once), or None when one is gone
@@ -525,6 +523,7 @@ class Head:
         if task.spec.kind == pb.ACTOR_CALL:
             self.actor_table.ready(task)
             return
+        self.dispatch.new_work = True
         if task.spec.num_nodes > 1:
             self.gangs.append(task)
             return
