@@ -20,8 +20,11 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from joblib import register_parallel_backend
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+from joblib import register_parallel_backend  # type: ignore[import-untyped]
+from joblib._parallel_backends import (  # type: ignore[import-untyped]
+    AutoBatchingMixin,
+    ParallelBackendBase,
+)
 
 import api
 from api._apps import App, pickle_user_module_by_value

@@ -23,6 +23,7 @@ Needs the ``parsl`` extra: ``pip install -e '.[parsl]'``.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import shlex
@@ -319,13 +320,18 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
             return future
         return value
 
-    def _finished(self, future: AppFuture) -> None:
+    def _finished(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._outstanding -= 1
-        if type(future._result) is Stored:  # a large result: remember it by identity
+        # A large result (still in the object store): remember it by identity.
+        if isinstance(future, AppFuture) and type(future._result) is Stored:
             try:
                 value = future.result()
             except Exception:  # noqa: BLE001 - Parsl's callback reports it
                 return
             key = id(value)
-            self._by_ref[key] = weakref.ref(future, lambda _r, k=key: self._by_ref.pop(k, None))
+
+            def forget(_ref: weakref.ref[AppFuture], key: int = key) -> None:
+                self._by_ref.pop(key, None)
+
+            self._by_ref[key] = weakref.ref(future, forget)
