@@ -39,7 +39,7 @@ from api._errors import (
     TaskError,
     WorkerCrashedError,
 )
-from api._futures import AppFuture
+from api._futures import AppFuture, format_id
 from api._session import ClusterInfo
 from cluster.common import auth, clusterfile, paths
 from cluster.common.protocol import pb, to_dict
@@ -336,9 +336,13 @@ def put(value: Any) -> ObjectRef:
     try:
         enc = objectformat.encode(value)
         inline = objectformat.inline_bytes(enc, value)
+    except ShoalError:
+        raise  # e.g. an actor handle of an earlier session inside
     except Exception as err:
         raise SerializationError(f"api.put(): {type(value).__name__} cannot be pickled: "
                                  f"{err}") from err
+    if enc.refs:
+        _session.check_owned(value)
     if inline is not None:
         message = pb.Value(id=object_id, data=inline, nested=enc.refs)
     else:
@@ -349,6 +353,8 @@ def put(value: Any) -> ObjectRef:
 
 def _get_refs(refs: list[ObjectRef], timeout: float | None) -> list[Any]:
     client = _session.client()
+    for ref in refs:
+        _session.check_ref(ref)
     known = [client.put_locations.get(r.id) for r in refs]
     if None not in known:  # our own stored puts: read them where we put them
         return [client.load(result) for result in known]
@@ -356,7 +362,7 @@ def _get_refs(refs: list[ObjectRef], timeout: float | None) -> list[Any]:
     out = []
     for result in results:
         if result.status != pb.OK:
-            raise client.error_for(result, f"object {result.task_id:#x}")
+            raise client.error_for(result, f"object {format_id(result.task_id)}")
         out.append(client.load(result))
     return out
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from api import _errors, _session
-from api._futures import AppFuture
+from api._futures import AppFuture, format_id, stale_message
 from cluster.common import serialization
 from cluster.common.protocol import fill, pb
 
@@ -17,9 +17,14 @@ def _dump_args(label: str, args: tuple, kwargs: dict) -> tuple[bytes, list[int]]
     """Pickle call arguments; refs and futures inside become dependencies."""
     deps: list[int] = []
     try:
-        return serialization.dumps((args, kwargs), deps), deps
+        data = serialization.dumps((args, kwargs), deps)
+    except _errors.ShoalError:
+        raise  # e.g. an actor handle of an earlier session among the arguments
     except Exception as err:
         raise _errors.SerializationError(f"{label}: arguments cannot be pickled: {err}") from err
+    if deps:
+        _session.check_owned((args, kwargs))
+    return data, deps
 
 
 def _methods(cls: type) -> list[str]:
@@ -33,11 +38,16 @@ class ActorHandle:
     actors, which can call them too (there, ``.result()`` waits for the call)."""
 
     def __init__(self, actor_id: int, class_name: str, methods: list[str],
-                 ready: AppFuture | None = None) -> None:
+                 ready: AppFuture | None = None, client: Any = None) -> None:
         self._actor_id = actor_id
         self._class_name = class_name
         self._methods = list(methods)
         self._ready = ready
+        self._client = client   # the session that made or found it (None: passed in)
+
+    def _check_session(self) -> None:
+        if _session.is_stale(self._client):
+            raise _errors.ShoalError(stale_message(f"actor handle {self!r}"))
 
     @property
     def actor_id(self) -> int:
@@ -53,9 +63,10 @@ class ActorHandle:
         return ActorMethod(self, name)
 
     def __repr__(self) -> str:
-        return f"<ActorHandle {self._class_name} {self._actor_id & 0xFFFFFFFFFF:#x}>"
+        return f"<ActorHandle {self._class_name} {format_id(self._actor_id)}>"
 
     def __reduce__(self) -> tuple[Any, ...]:
+        self._check_session()  # pickled as an argument: it must be this session's
         return (ActorHandle, (self._actor_id, self._class_name, self._methods))
 
 
@@ -71,6 +82,7 @@ class ActorMethod:
 
         if worker.CURRENT is not None:  # inside an app or another actor
             return worker.CURRENT.call_actor(self._handle._actor_id, self._name, args, kwargs)
+        self._handle._check_session()
         client = _session.client()
         task_id = client.new_id()
         data, deps = _dump_args(f"{self._handle._class_name}.{self._name}", args, kwargs)
@@ -132,7 +144,7 @@ class ActorClass:
         ready = AppFuture(actor_id, f"{self._cls.__name__}.__init__", client)
         client.direct.learn(actor_id, "", o["max_task_retries"])
         client.submit(spec, blob, ready)
-        return ActorHandle(actor_id, self._cls.__name__, methods, ready)
+        return ActorHandle(actor_id, self._cls.__name__, methods, ready, client)
 
     def __repr__(self) -> str:
         return f"<actor class {self._cls.__name__}>"
@@ -200,11 +212,12 @@ def get_actor(name: str, timeout: float | None = 10.0) -> ActorHandle:
                          f"MyActor.options(name={name!r})(...)")
     info = reply.actor
     client.direct.learn(info.actor_id, info.route, info.max_task_retries)
-    return ActorHandle(info.actor_id, info.class_name, list(info.methods))
+    return ActorHandle(info.actor_id, info.class_name, list(info.methods), client=client)
 
 
 def kill(handle: ActorHandle) -> None:
     """Kill an actor now (no restart); its pending calls fail with ActorDiedError."""
     if not isinstance(handle, ActorHandle):
         raise TypeError(f"api.kill() takes an actor handle, got {type(handle).__name__}")
+    handle._check_session()
     _session.client().kill_actor(handle.actor_id)

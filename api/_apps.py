@@ -175,7 +175,9 @@ class App:
 
     def _serialize_args(self, args: tuple, kwargs: dict, deps: list[int]) -> bytes:
         try:
-            return serialization.dumps((args, kwargs), deps)
+            data = serialization.dumps((args, kwargs), deps)
+        except _errors.ShoalError:
+            raise  # e.g. an actor handle of an earlier session among the arguments
         except Exception as err:
             for label, value in [*((f"argument {i}", a) for i, a in enumerate(args)),
                                  *((f"keyword argument {k!r}", v) for k, v in kwargs.items())]:
@@ -187,6 +189,9 @@ class App:
                         f"pickled: {inner}") from inner
             raise _errors.SerializationError(
                 f"app {self.name!r}: arguments cannot be pickled: {err}") from err
+        if deps:
+            _session.check_owned((args, kwargs))
+        return data
 
     def _bash_targets(self, kwargs: dict, task_id: int, run_dir: Any) -> tuple[Any, Any]:
         if self._signature is None:

@@ -2,7 +2,13 @@
 
 User threads append task specs, puts, releases and gets to lists under a lock and ask the
 transport (:mod:`api._transport`) to flush; whatever piled up goes out as one batch. Result
-batches resolve futures on the transport's reader.
+batches resolve futures on the transport's reader; done-callbacks run on the client's
+callback thread (:class:`api._futures.CallbackThread`).
+
+Results of direct actor calls never pass the head. When one is a dependency of a task or
+of an actor call, the head is told its value first: as a put under the call's id (puts go
+before submissions), once the call has resolved; until then the submission waits here
+(its future is returned at once), behind which later calls to the same actor wait too.
 """
 
 from __future__ import annotations
@@ -13,12 +19,14 @@ import os
 import socket
 import sys
 import threading
-from collections.abc import Iterable
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from api import _errors
 from api._direct import DirectCalls
-from api._futures import AppFuture, Stored
+from api._futures import AppFuture, CallbackThread, Stored, format_id
 from api._objects import ObjectClient
 from api._transport import LaneTransport, Transport
 from cluster.common import serialization
@@ -63,6 +71,15 @@ class Client:
         #: Bumped whenever the node table changes (joins, losses, updates).
         self.nodes_version = 0
         self._resources: tuple[int, list[dict[str, float]]] = (-1, [])
+        #: Runs the done-callbacks of this client's futures (never on a reader thread).
+        self.callbacks = CallbackThread()
+        # Actor calls whose results the head may not know (they went direct): id -> future.
+        self._actor_futures: weakref.WeakValueDictionary[int, AppFuture] = \
+            weakref.WeakValueDictionary()
+        # Submissions waiting for direct-call dependencies, per actor (or per task).
+        self._deferred: dict[Any, deque[tuple[list[AppFuture], Callable[[], None],
+                                              Callable[[BaseException], None]]]] = {}
+        self._defer_lock = threading.RLock()
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -127,11 +144,19 @@ class Client:
                 self.nodes[node.node_id] = node
             self.nodes_version += 1
 
+    def check_connected(self) -> None:
+        """ConnectionError at once when the connection to the head is gone."""
+        if self._lost:
+            raise _errors.ConnectionError(f"not connected to the cluster: {self._lost}")
+
     def _fail_all(self, reason: str, shutdown: bool = False) -> None:
         self._lost = reason
         with self._lock:
             futures, self._futures = self._futures, {}
             waiters, self._get_waiters = self._get_waiters, {}
+            if shutdown:  # direct calls in flight or held too: nothing answers them now
+                futures.update({i: f for i, f in list(self._actor_futures.items())
+                                if not f.done()})
         for fut in futures.values():
             if not fut.done():
                 fut.set_exception(_errors.TaskCancelledError(reason) if shutdown
@@ -158,6 +183,8 @@ class Client:
 
     def _complete(self, fut: AppFuture, status: int, data: bytes, message: str, name: str,
                   task_id: int = 0) -> None:
+        if fut.done():  # (failed already: the session ended while it was in flight)
+            return
         if status == pb.OK:
             try:
                 value = serialization.loads(data)
@@ -189,14 +216,15 @@ class Client:
                 raise  # (on our reader thread, a done-callback: no answer could arrive)
         (current,) = self.get_values([result.task_id], None)
         if current.status != pb.OK:
-            raise self.error_for(current, f"object {result.task_id:#x}")
+            raise self.error_for(current, f"object {format_id(result.task_id)}")
         return self.load(current, ask=False)
 
     def call_actor(self, actor_id: int, method: str, data: bytes, deps: list[int],
                    future: AppFuture) -> None:
         """Send an actor call: directly to the actor's worker when order allows."""
-        if self._lost:
-            raise _errors.ConnectionError(f"not connected to the cluster: {self._lost}")
+        self.check_connected()
+        with self._lock:
+            self._actor_futures[future.task_id] = future
         self.direct.call(actor_id, (future.task_id, method, data, deps, future, future.name,
                                     actor_id))
 
@@ -205,9 +233,100 @@ class Client:
         spec = pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL, name=method, args=data,
                            deps=deps, actor_id=actor_id, method=method)
         with self._lock:
+            self._actor_futures.pop(task_id, None)  # the head sees this one's result
             self._futures[task_id] = future
-            self._submits.append(spec)
-        self._transport.flush()
+
+        def send() -> None:
+            with self._lock:
+                self._submits.append(spec)
+            self._transport.flush()
+
+        def fail(err: BaseException) -> None:
+            self._fail_locally(future, err)
+            self.direct.head_done(task_id)
+
+        if actor_id in self._deferred or (deps and self._unknown_to_head(deps)):
+            self._when_known(actor_id, deps, future, send, fail)
+        else:
+            send()
+
+    # ---- dependencies the head does not know (direct actor calls) --------------------------
+    def _unknown_to_head(self, deps: list[int]) -> list[AppFuture]:
+        """The direct-call futures among `deps` (results the head never heard of)."""
+        if not self._actor_futures:
+            return []
+        found = []
+        for dep in deps:
+            fut = self._actor_futures.get(dep)
+            if fut is not None:
+                found.append(fut)
+        return found
+
+    def _when_known(self, key: Any, deps: list[int], future: AppFuture,
+                    send: Callable[[], None], fail: Callable[[BaseException], None]) -> None:
+        """Run `send()` once the head knows every one of `deps`, after every earlier
+        submission of the same `key` (an actor id: a caller's calls keep their order);
+        `fail(err)` instead when a direct call among `deps` failed."""
+        with self._defer_lock:
+            waiting = self._unknown_to_head(deps)
+            self._deferred.setdefault(key, deque()).append((waiting, send, fail))
+            self._drain(key)
+
+    def _drain(self, key: Any) -> None:
+        """Send the submissions of `key` whose dependencies have resolved, in order; wait
+        (a completion hook, not a thread) on the first that has one unresolved."""
+        with self._defer_lock:
+            queue = self._deferred.get(key)
+            while queue:
+                waiting, send, fail = queue[0]
+                pending = next((f for f in waiting if not f.done()), None)
+                if pending is not None:
+                    pending.when_done(lambda _done: self._drain(key))
+                    return
+                queue.popleft()
+                failure = None
+                for fut in waiting:
+                    failure = self._publish(fut)
+                    if failure is not None:
+                        break
+                if failure is not None:
+                    fail(failure)
+                elif not self._lost:
+                    send()
+            self._deferred.pop(key, None)
+
+    def _publish(self, fut: AppFuture) -> BaseException | None:
+        """Tell the head the value of a finished direct call (a put under its id), once;
+        returns the call's error instead when it failed."""
+        if self._actor_futures.get(fut.task_id) is not fut:
+            return None  # published already
+        if fut.stored:  # stored results are registered with the head
+            with self._lock:
+                self._actor_futures.pop(fut.task_id, None)
+            return None
+        err = fut.exception()
+        if err is not None:
+            text = str(err).split("\n", 1)[0]
+            return _errors.DependencyError(
+                f"dependency {fut.name} (task {format_id(fut.task_id)}) failed: {text}",
+                dependency=fut.name)
+        try:
+            self.put(self.objects.value_message(fut.task_id, fut.result()))
+        except Exception as failure:  # noqa: BLE001 - the dependent fails with it
+            return failure
+        with self._lock:
+            self._actor_futures.pop(fut.task_id, None)
+        return None
+
+    def _fail_locally(self, future: AppFuture, err: BaseException) -> None:
+        """Fail a submission that never reached the head."""
+        with self._lock:
+            self._futures.pop(future.task_id, None)
+        if isinstance(err, _errors.DependencyError) and not future.done():
+            err = _errors.DependencyError(f"app {future.name!r} did not run: {err}",
+                                          future.name, err.dependency)
+        if not future.done():
+            future.set_exception(err)
 
     def error_for(self, result: pb.TaskResult, name: str) -> BaseException:
         """The exception a failed result stands for (the mapping workers use too)."""
@@ -231,9 +350,22 @@ class Client:
         return (self.driver_id << DRIVER_SHIFT) | next(self._seq)
 
     def submit(self, spec: pb.TaskSpec, fn_blob: bytes, future: AppFuture) -> None:
-        """Queue a task spec; its result resolves `future`."""
-        if self._lost:
-            raise _errors.ConnectionError(f"not connected to the cluster: {self._lost}")
+        """Queue a task spec; its result resolves `future`. A spec depending on direct
+        actor calls waits (here, not in the caller) until the head knows their values."""
+        self.check_connected()
+        if spec.deps and self._unknown_to_head(spec.deps):
+            spec.fn_blob = fn_blob  # (sent later: it cannot count on an earlier spec's)
+            with self._lock:
+                self._futures[spec.task_id] = future
+
+            def send() -> None:
+                with self._lock:
+                    self._submits.append(spec)
+                self._transport.flush()
+
+            self._when_known(("task", spec.task_id), list(spec.deps), future, send,
+                             lambda err: self._fail_locally(future, err))
+            return
         with self._lock:
             if spec.fn_id not in self._sent_functions:
                 spec.fn_blob = fn_blob
@@ -244,6 +376,7 @@ class Client:
 
     def put(self, value: pb.Value) -> None:
         """Queue a put (its bytes inline, or where a node store holds them)."""
+        self.check_connected()
         if value.size:  # gets of it can go straight to the store, without asking the head
             self.put_locations[value.id] = pb.TaskResult(task_id=value.id, size=value.size,
                                                          holders=value.holders)
@@ -262,6 +395,7 @@ class Client:
         waiter: concurrent.futures.Future = concurrent.futures.Future()
         request_id = next(self._seq)
         with self._lock:
+            self.check_connected()  # (under the lock: _fail_all empties the waiters)
             self._get_waiters[request_id] = waiter
             queue.append(make(request_id))
         self._transport.flush()
@@ -283,6 +417,7 @@ class Client:
 
     def kill_actor(self, actor_id: int) -> None:
         """Ask the head to kill an actor."""
+        self.check_connected()
         with self._lock:
             self._kills.append(actor_id)
         self._transport.flush()
@@ -306,4 +441,5 @@ class Client:
         self.direct.close()
         self.objects.close()
         self.closed = True
-        self._fail_all("the driver called api.shutdown()", shutdown=True)
+        self._fail_all("the session ended (api.shutdown()) before it finished", shutdown=True)
+        self.callbacks.stop()

@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import concurrent.futures
+import logging
+import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
+from api import _errors
+
 _load_lock = threading.Lock()
+_log = logging.getLogger("api.futures")
+
+
+def format_id(object_id: int) -> str:
+    """How a task or object id is written everywhere users see one (the head's messages
+    write ``{id:#x}`` too): the whole id in hex, e.g. ``0x10000000007``."""
+    return f"{object_id:#x}"
+
+
+def stale_message(what: str) -> str:
+    """The error text for a future, ref or handle used after its session ended."""
+    return (f"{what} belongs to an earlier session (ended by api.shutdown()): ids start "
+            "again with every session, so it could name another object now; make it again "
+            "in this session")
 
 
 class Stored:
@@ -18,6 +37,50 @@ class Stored:
         self.result = result
 
 
+class CallbackThread:
+    """Runs futures' done-callbacks, in the order the futures finished, on one thread of
+    its own: never on the thread that delivers results, so a callback may wait on another
+    future. Started on first use; it ends when stopped with nothing left to run."""
+
+    def __init__(self, name: str = "shoal-callbacks") -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Any, list[Callable[[Any], Any]]] | None] = \
+            queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def run(self, future: Any, callbacks: list[Callable[[Any], Any]]) -> None:
+        """Queue `callbacks` (each called with `future`)."""
+        with self._lock:
+            self._queue.put((future, callbacks))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=self._name,
+                                                daemon=True)
+                self._thread.start()
+
+    def stop(self) -> None:
+        """Let the thread end once it has run what is queued."""
+        with self._lock:
+            if self._thread is not None:
+                self._queue.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            future, callbacks = item
+            for callback in callbacks:
+                try:
+                    callback(future)
+                except Exception:
+                    _log.exception("exception calling callback for %r", future)
+
+
 class AppFuture(concurrent.futures.Future):
     """The result of an app call, available later.
 
@@ -25,7 +88,9 @@ class AppFuture(concurrent.futures.Future):
     ``.done()``, ``.add_done_callback()`` all work, and so does
     ``concurrent.futures.wait``/``as_completed``. Pass it to another app as an argument
     (also inside lists, tuples and dicts) to make that app depend on it; its value then
-    travels between workers without passing through the driver.
+    travels between workers without passing through the driver. Done-callbacks run on a
+    callback thread of the driver's (one, in the order futures finish), so a callback may
+    wait on other futures.
 
     >>> fut = double(21)          # doctest: +SKIP
     >>> fut.result()              # doctest: +SKIP
@@ -39,6 +104,7 @@ class AppFuture(concurrent.futures.Future):
         super().__init__()
         self._id = task_id
         self._client = client
+        self._hooks: list[Callable[[AppFuture], None]] | None = None
         self.name = name
         #: Path of a bash app's stdout file (None when not redirected).
         self.stdout = stdout
@@ -47,25 +113,90 @@ class AppFuture(concurrent.futures.Future):
 
     @property
     def task_id(self) -> int:
-        """The cluster-wide id of the task (also the id of its result object)."""
+        """The cluster-wide id of the task (also the id of its result object); messages
+        write it as ``hex(task_id)``, as this future's repr does."""
         return self._id
 
     def result(self, timeout: float | None = None) -> Any:
         """The app's value (waits up to `timeout` seconds); raises what the app raised.
 
         A large value is fetched from the node store holding it on the first call (mapped
-        without a copy when that node is this host)."""
+        without a copy when that node is this host). A value that cannot be loaded here
+        raises :class:`SerializationError` (the same one :meth:`exception` returns)."""
         value = super().result(timeout)
         if type(value) is Stored:
-            with _load_lock:
-                if type(self._result) is Stored:
-                    self._result = self._client.load(self._result.result)
-                value = self._result
+            value = self._load()
         return value
+
+    @property
+    def stored(self) -> bool:
+        """True when finished with a value still in a node store (not loaded here yet)."""
+        return type(self._result) is Stored
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """What :meth:`result` would raise (None when it returns a value). A stored
+        value is loaded (as :meth:`result` would) to tell."""
+        err = super().exception(timeout)
+        if err is None and type(self._result) is Stored:
+            try:
+                self._load()
+            except Exception as failure:  # noqa: BLE001 - returned, as result() raises it
+                return failure
+        return err
+
+    def _load(self) -> Any:
+        with _load_lock:
+            stored = self._result
+            if self._exception is not None:
+                raise self._exception
+            if type(stored) is not Stored:
+                return stored
+            client = self._client
+            if client.closed:
+                raise _errors.ShoalError(stale_message(f"the value of {self!r}"))
+            try:
+                self._result = client.load(stored.result)
+            except _errors.ShoalError:
+                raise  # lost, or not connected: may go differently next time
+            except Exception as err:
+                failure = _errors.SerializationError(
+                    f"the result of {self.name} (task {format_id(self._id)}) could not be "
+                    f"loaded in the driver: {err!r}")
+                failure.__cause__ = err
+                with self._condition:
+                    self._exception = failure  # result() raises it from now on
+                raise failure from err
+            return self._result
+
+    def when_done(self, hook: Callable[[AppFuture], None]) -> None:
+        """Call `hook(self)` once done, on the thread that completes the future (or now
+        when it is done). For the driver's own quick bookkeeping: a hook must not block."""
+        with self._condition:
+            if not self.done():
+                if self._hooks is None:
+                    self._hooks = []
+                self._hooks.append(hook)
+                return
+        hook(self)
+
+    def _invoke_callbacks(self) -> None:
+        # Called by set_result/set_exception on the delivering thread: hooks run here,
+        # user callbacks on the client's callback thread.
+        hooks = self._hooks
+        if hooks:
+            self._hooks = None
+            for hook in hooks:
+                try:
+                    hook(self)
+                except Exception:
+                    _log.exception("exception in a completion hook of %r", self)
+        if self._done_callbacks:
+            callbacks, self._done_callbacks = self._done_callbacks, []
+            self._client.callbacks.run(self, callbacks)
 
     def __repr__(self) -> str:
         state = self._state.lower()
-        return f"<AppFuture {self.name} task={self._id & 0xFFFFFFFFFF} {state}>"
+        return f"<AppFuture {self.name} task={format_id(self._id)} {state}>"
 
     def __del__(self) -> None:
         client = self._client

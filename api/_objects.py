@@ -127,6 +127,21 @@ class ObjectClient:
             raise ConnectionError(f"could not store the object on node {node.name}: "
                                   f"{err.details()}") from None
 
+    def value_message(self, object_id: int, value: Any) -> pb.Value:
+        """The put message for `value` under `object_id`: its bytes inline when small,
+        else written into a node store first (what :func:`api.put` sends)."""
+        from api._errors import SerializationError
+
+        try:
+            enc = objectformat.encode(value)
+            inline = objectformat.inline_bytes(enc, value)
+        except Exception as err:
+            raise SerializationError(f"{type(value).__name__} cannot be pickled: "
+                                     f"{err}") from err
+        if inline is not None:
+            return pb.Value(id=object_id, data=inline, nested=enc.refs)
+        return self.store(object_id, enc)
+
     def store_args(self, args: tuple, kwargs: dict) -> tuple[int, list[int], Any]:
         """Put an app's arguments (too large for a message) into a node store; returns
         (object id, the refs inside them, a ref the caller keeps until it submitted)."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import io
 import json
 import os
+import pickle
 import select
 import subprocess
 import sys
@@ -13,12 +15,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import cloudpickle
+
 from api import _errors
-from cluster.common import auth, clusterfile
+from api._futures import stale_message
+from cluster.common import auth, clusterfile, serialization
 from cluster.common.paths import PACKAGE_ROOT
 
 _lock = threading.RLock()
-_state: dict[str, Any] = {"client": None, "process": None, "run_dir": None, "info": None}
+_state: dict[str, Any] = {"client": None, "process": None, "run_dir": None, "info": None,
+                          "ended": 0}
 
 
 @dataclass
@@ -81,7 +87,62 @@ def client() -> Any:
     current = _state["client"]
     if current is None or current.closed:
         raise _errors.ShoalError("not connected: call api.init() first")
+    current.check_connected()
     return current
+
+
+def is_stale(owner: Any) -> bool:
+    """True when `owner` (the client that made a future, ref or handle) has been closed:
+    the object belongs to an earlier session. None (made elsewhere) is never stale."""
+    return owner is not None and owner.closed
+
+
+def check_ref(ref: Any) -> None:
+    """ShoalError if a future or ref (or actor handle) belongs to an earlier session."""
+    owner = ref._owner if isinstance(ref, serialization.ObjectRef) else \
+        getattr(ref, "_client", None)
+    if is_stale(owner):
+        raise _errors.ShoalError(stale_message(repr(ref)))
+
+
+class _StaleRefs(serialization.RefIds):
+    """persistent_id raising for a future or ref of an earlier session (actor handles
+    check themselves in their __reduce__)."""
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if getattr(type(obj), "_shoal_ref", False):
+            check_ref(obj)
+            return 0
+        return None
+
+
+class _StalePickler(_StaleRefs, pickle.Pickler):
+    pass
+
+
+class _StaleCloudPickler(_StaleRefs, cloudpickle.CloudPickler):
+    pass
+
+
+def check_owned(value: Any) -> None:
+    """ShoalError if `value` holds, anywhere inside, a future, ref or actor handle of an
+    earlier session. Free until a session has ended in this process; then one more
+    pickling pass over values that hold refs (callers check only those)."""
+    if not _state["ended"]:
+        return
+    for kind in (_StalePickler, _StaleCloudPickler):
+        try:
+            kind(io.BytesIO(), protocol=serialization.PROTOCOL,
+                 buffer_callback=_drop).dump(value)
+            return
+        except _errors.ShoalError:
+            raise
+        except Exception:  # noqa: BLE001 - the real pickling succeeded: try the other one
+            continue
+
+
+def _drop(buffer: Any) -> None:
+    """Out-of-band buffers are not copied by the check pass."""
 
 
 def run_dir() -> RunDir:
@@ -207,6 +268,8 @@ def end_session() -> None:
     with _lock:
         current, proc = _state["client"], _state["process"]
         _state.update(client=None, process=None, info=None)
+        if current is not None:
+            _state["ended"] += 1
     if current is not None:
         current.close()
     stop_embedded(proc)
