@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import json
 import logging
 import os
 import shlex
@@ -187,13 +188,12 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
         self.working_dir = working_dir
         self.remote_monitoring_radio = remote_monitoring_radio
         if slurm is not None:
-            from cluster.slurm.config import ScalingConfig
+            from cluster.slurm import config as slurm_config
 
-            unknown = set(slurm) - set(ScalingConfig.__dataclass_fields__)
-            if unknown:
-                raise ValueError(f"ShoalExecutor(slurm=...): unknown key(s) "
-                                 f"{', '.join(sorted(unknown))}; known: "
-                                 f"{', '.join(ScalingConfig.__dataclass_fields__)}")
+            try:  # the checks of `clusterctl up --config`, made now rather than at start()
+                slurm_config.from_mapping(slurm)
+            except slurm_config.ConfigError as err:
+                raise ValueError(f"ShoalExecutor(slurm=...): {err}") from None
         _app_options(default_resource_specification or {}, {})  # checked now, not per task
         self._owns_session = False
         self._cluster_id: str | None = None
@@ -263,16 +263,22 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
         return int(sum(n.get("cpus", 0) for n in client.node_resources()))
 
     # ---- internals ------------------------------------------------------------------------
-    def _clusterctl_up(self) -> str:
-        assert self.slurm is not None
+    def slurm_toml(self) -> str:
+        """The ``clusterctl up --config`` file for ``slurm=`` (TOML)."""
         lines = []
-        for key, value in self.slurm.items():
-            if isinstance(value, str):
-                lines.append(f"{key} = {value!r}".replace("'", '"'))
+        for key, value in (self.slurm or {}).items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, int | float):
+                text = repr(value)
             else:
-                lines.append(f"{key} = {str(value).lower() if isinstance(value, bool) else value}")
+                text = json.dumps(str(value))  # a TOML basic string
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
+
+    def _clusterctl_up(self) -> str:
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-            f.write("\n".join(lines) + "\n")
+            f.write(self.slurm_toml())
         cmd = [sys.executable, "-m", "cluster.cli", "up", "--config", f.name]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         os.unlink(f.name)

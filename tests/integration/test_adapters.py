@@ -279,8 +279,17 @@ def test_parsl_large_results_pass_by_reference(dfk):
 
 
 def test_parsl_executor_options_checked():
+    import tomllib
+
     from api.parsl import ShoalExecutor
+    from cluster.slurm import config as slurm_config
 
     with pytest.raises(ValueError, match="unknown key"):
         ShoalExecutor(slurm={"partition": "debug", "colour": "red"})
-    ShoalExecutor(slurm={"partition": "debug", "nodes_per_block": 2, "max_blocks": 4})
+    with pytest.raises(ValueError, match="min_blocks"):
+        ShoalExecutor(slurm={"min_blocks": 3, "max_blocks": 2})
+    blocks = {"partition": "debug", "nodes_per_block": 2, "max_blocks": 4, "parallelism": 0.5,
+              "walltime": "01:00:00", "worker_init": 'source "$HOME/venv/bin/activate"'}
+    toml = ShoalExecutor(slurm=blocks).slurm_toml()
+    assert tomllib.loads(toml) == blocks                 # what `clusterctl up --config` reads
+    assert slurm_config.from_mapping(tomllib.loads(toml)).nodes_per_block == 2
