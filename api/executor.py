@@ -30,9 +30,17 @@ __all__ = ["Executor"]
 _OPTIONS = ("num_cpus", "num_gpus", "memory", "resources", "max_retries", "walltime")
 
 
+#: Functions of map() chunks already loaded in this worker process, by their pickle.
+_loaded: dict[bytes, Callable[..., Any]] = {}
+
+
 def _run_chunk(blob: bytes, chunk: list[tuple[Any, ...]]) -> list[Any]:
     """Run a function (cloudpickled) on each argument tuple of a chunk, in one task."""
-    fn = pickle.loads(blob)
+    fn = _loaded.get(blob)
+    if fn is None:
+        if len(_loaded) >= 64:
+            _loaded.clear()
+        fn = _loaded[blob] = pickle.loads(blob)
     return [fn(*args) for args in chunk]
 
 

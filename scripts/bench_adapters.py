@@ -110,6 +110,7 @@ def bench_executor(calls: int, repeat: int) -> dict:
     try:
         with Executor() as ex:
             list(ex.map(small, range(100)))            # warm the workers
+            list(ex.map(small, range(1000), chunksize=100))
             for chunksize in (1, 100):
                 times = []
                 for _ in range(repeat):
@@ -121,6 +122,7 @@ def bench_executor(calls: int, repeat: int) -> dict:
         api.shutdown()
     with concurrent.futures.ProcessPoolExecutor(max_workers=2) as pool:
         list(pool.map(small, range(100)))
+        list(pool.map(small, range(1000), chunksize=100))
         for chunksize in (1, 100):
             times = []
             for _ in range(repeat):
