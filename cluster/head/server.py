@@ -1,8 +1,9 @@
 """How the head is reached: gRPC streams for daemons and drivers, and a local driver lane.
 
-Each bidirectional gRPC stream gets a :class:`StreamConn`: the head's ``send`` appends to
-an outbox and a writer coroutine drains it, merging whatever piled up into one message, so
-a busy head writes a few large messages instead of many small ones.
+Each bidirectional gRPC stream gets a :class:`~cluster.common.streams.StreamConn`: the
+head's ``send`` appends to an outbox and a writer coroutine drains it, merging whatever
+piled up into one message, so a busy head writes a few large messages instead of many
+small ones.
 
 Drivers on the head's own host may instead use the *local driver lane*: a Unix socket in
 the cluster's 0700 runtime directory carrying the very same protobuf batches as
@@ -26,58 +27,10 @@ from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common import wire
 from cluster.common.auth import server_interceptor
 from cluster.common.protocol import SERVER_OPTIONS, pb
+from cluster.common.streams import StreamConn
 from cluster.head.state import Head
 
 log = logging.getLogger("shoal.head")
-
-
-class StreamConn:
-    """Outbound half of a bidirectional stream, fed by the head without awaiting."""
-
-    def __init__(self) -> None:
-        self._outbox: list[Any] = []
-        self._event = asyncio.Event()
-        self._closed = False
-
-    def send(self, message: Any) -> None:
-        if not self._closed:
-            self._outbox.append(message)
-            self._event.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._event.set()
-
-    async def messages(self) -> AsyncIterator[Any]:
-        """Yield merged batches until closed."""
-        while True:
-            await self._event.wait()
-            self._event.clear()
-            if self._outbox:
-                batch, self._outbox = self._outbox, []
-                first = batch[0]
-                for extra in batch[1:]:
-                    first.MergeFrom(extra)
-                yield first
-            if self._closed:
-                return
-
-
-class LocalConn:
-    """An in-process 'connection': hands the message object straight to the receiver.
-
-    Safe because both ends defer their own reactions (they batch with ``call_soon``), so a
-    delivery never re-enters the sender.
-    """
-
-    def __init__(self, deliver: Any) -> None:
-        self._deliver = deliver
-
-    def send(self, message: Any) -> None:
-        self._deliver(message)
-
-    def close(self) -> None:
-        pass
 
 
 class _LaneConn:

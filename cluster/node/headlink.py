@@ -17,7 +17,7 @@ import grpc
 from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common.auth import call_metadata
 from cluster.common.protocol import CHANNEL_OPTIONS, pb
-from cluster.head.server import StreamConn
+from cluster.common.streams import StreamConn
 from cluster.node.daemon import Daemon
 
 log = logging.getLogger("shoal.daemon")

@@ -119,7 +119,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     """Run what `ns` asks for until shutdown (`daemon`: this host's, already spawning)."""
     from cluster.common.protocol import fill, pb
-    from cluster.head.server import LocalConn, start_driver_lane, start_server
+    from cluster.common.streams import LocalConn
+    from cluster.head.server import start_driver_lane, start_server
     from cluster.head.state import Head
 
     loop = asyncio.get_running_loop()
