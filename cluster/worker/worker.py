@@ -515,9 +515,8 @@ class Worker:
         # pipe ends only when every process holding it has closed it, and background
         # jobs inherit the shell's stdout, so `sleep 25 & echo started` took 25 s. The
         # app ends when its shell exits; the files are read then.
-        spool = self.log_dir or None
-        cap_out = tempfile.TemporaryFile(dir=spool) if out is None else None
-        cap_err = tempfile.TemporaryFile(dir=spool) if err is None else None
+        cap_out = _spool_file(self.log_dir) if out is None else None
+        cap_err = _spool_file(self.log_dir) if err is None else None
         try:
             proc = subprocess.Popen(
                 ["bash", "-c", command],
@@ -609,6 +608,17 @@ WRITES = WriteMappings()
 
 #: The Worker of this process (None outside workers): actor handles use it to call.
 CURRENT: Worker | None = None
+
+
+def _spool_file(log_dir: str) -> Any:
+    """An anonymous temporary file for a bash app's output: in the log directory (node
+    local, the user's), else the system's temporary directory."""
+    if log_dir:
+        try:
+            return tempfile.TemporaryFile(dir=log_dir)
+        except OSError:
+            pass
+    return tempfile.TemporaryFile()
 
 
 def _read_spool(f: Any) -> str:

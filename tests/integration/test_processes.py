@@ -158,13 +158,17 @@ def test_children_end_with_shutdown_and_down(clusterctl, no_session, tmp_path):
         # The head cancels the departed driver's tasks and kills its actors.
         assert _wait_gone(task_pids + actor_pids) == []
 
+        # Now `down` with the driver still connected: a running task's children and a
+        # detached actor's (which outlives its driver) end with the daemon.
         api.init(cf.path)
         again = str(tmp_path / "again")
         spawn_and_wait(again)
-        pids = _read_pids(again)
-        api.shutdown()
+        keeper = Parent.options(name="keeper", lifetime="detached")()
+        pids = keeper.spawn().result(timeout=60) + _read_pids(again)
+        assert all(_alive(p) for p in pids)
     finally:
         down = clusterctl("down", "--cluster", "procs-down")
+        api.shutdown()
     assert down.returncode == 0, down.stderr
     assert _wait_gone(pids) == []
 
