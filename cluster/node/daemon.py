@@ -487,6 +487,10 @@ class Daemon:
             self._on_worker_message(host.worker, message)
 
     def _on_actor_lost(self, host: _ActorHost) -> None:
+        if self.store is not None and not self.stopping:
+            for path in host.worker.allocs:
+                self.store.abort(path)  # a large result it was writing
+            host.worker.allocs.clear()
         if host.killed or self.stopping:
             return
         self.actors.pop(host.actor_id, None)
