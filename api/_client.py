@@ -176,9 +176,11 @@ class Client:
                 if result.status == pb.OK and (result.size or result.nested):
                     # Loaded when asked for (large values stay in the node's store).
                     fut.set_result(Stored(result))
-                    continue
-                self._complete(fut, result.status, result.data, result.message, fut.name,
-                               result.task_id)
+                else:
+                    self._complete(fut, result.status, result.data, result.message,
+                                   fut.name, result.task_id)
+            # Here, on delivery: calls held behind this one must not wait for the
+            # callback thread (a user's callback there may be waiting for them).
             self.direct.head_done(result.task_id)
 
     def _complete(self, fut: AppFuture, status: int, data: bytes, message: str, name: str,
@@ -376,7 +378,6 @@ class Client:
 
     def put(self, value: pb.Value) -> None:
         """Queue a put (its bytes inline, or where a node store holds them)."""
-        self.check_connected()
         if value.size:  # gets of it can go straight to the store, without asking the head
             self.put_locations[value.id] = pb.TaskResult(task_id=value.id, size=value.size,
                                                          holders=value.holders)
@@ -438,8 +439,9 @@ class Client:
             return
         if self._transport is not None:
             self._transport.close()
+        self.closed = True
+        # Before the direct connections close: their calls in flight end as the session's.
+        self._fail_all("the session ended (api.shutdown()) before it finished", shutdown=True)
         self.direct.close()
         self.objects.close()
-        self.closed = True
-        self._fail_all("the session ended (api.shutdown()) before it finished", shutdown=True)
         self.callbacks.stop()

@@ -109,3 +109,30 @@ def test_a_task_id_in_a_message_is_the_one_the_future_shows(cluster):
     assert shown == f"{bad.task_id:#x}"
     assert f"(task {shown})" in str(info.value)
     assert f"task={dependent.task_id:#x}" in repr(dependent)
+
+
+@api.actor
+class Slow:
+    def v(self, x):
+        return x
+
+    def blob_after(self, seconds, dep, n):
+        time.sleep(seconds)
+        return b"x" * n
+
+
+def test_a_callback_may_call_an_actor_while_a_call_through_the_head_finishes(cluster):
+    actor = Slow()
+    assert actor.v(0).result(timeout=60) == 0
+    through_head = actor.blob_after(1.0, echo(1), 1_000_000)   # a dependency: via the head
+    other = nap(0.2, 0)
+    got: dict = {}
+    done = threading.Event()
+
+    def callback(fut):
+        got["v"] = actor.v(5).result(timeout=30)   # held until through_head is done
+        done.set()
+
+    other.add_done_callback(callback)
+    assert len(through_head.result(timeout=20)) == 1_000_000
+    assert done.wait(20) and got["v"] == 5
