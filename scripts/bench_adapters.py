@@ -7,6 +7,8 @@
   /work/shared/PEERS.md says: LocalProvider, max_workers_per_node=2, no encryption,
   initialize_logging=False), each in its own subprocess, timed from the first submit to
   the last result after a warm-up app (so the HTEX block and the shoal cluster are up).
+  Parsl's ThreadPoolExecutor (2 threads) is run too: no-op apps there cost only Parsl's
+  own DataFlowKernel, the ceiling for any executor.
 - api.Executor.map vs concurrent.futures.ProcessPoolExecutor.map (2 workers), chunksize
   1 and 100.
 - A dask.array reduction on api.dask.get vs dask's threaded scheduler and
@@ -48,6 +50,10 @@ def parsl_run(which: str, tasks: int) -> dict:
         from api.parsl import ShoalExecutor
 
         executor = ShoalExecutor(num_cpus=2, log_to_driver=False)
+    elif which == "threads":
+        from parsl.executors.threads import ThreadPoolExecutor
+
+        executor = ThreadPoolExecutor(max_threads=2)
     else:
         from parsl.executors import HighThroughputExecutor
         from parsl.providers import LocalProvider
@@ -57,7 +63,7 @@ def parsl_run(which: str, tasks: int) -> dict:
             provider=LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1))
     run_dir = tempfile.mkdtemp(prefix=f"bench-parsl-{which}-")
     dfk = parsl.load(Config(executors=[executor], run_dir=run_dir, initialize_logging=False,
-                            strategy="none" if which == "shoal" else "simple"))
+                            strategy="simple" if which == "htex" else "none"))
 
     @parsl.python_app
     def nop():
@@ -77,11 +83,16 @@ def parsl_run(which: str, tasks: int) -> dict:
             "tasks_per_s": tasks / elapsed, "submit_s": submitted, "first_app_s": warm}
 
 
+PARSL_EXECUTORS = ("shoal", "htex", "threads")
+
+
 def bench_parsl(tasks: int, repeat: int) -> dict:
+    """Runs interleaved (shoal, htex, threads, shoal, ...), so load from elsewhere on the
+    machine falls on all alike."""
     out: dict = {}
-    for which in ("shoal", "htex"):
-        runs = []
-        for _ in range(repeat):
+    all_runs: dict[str, list[dict]] = {which: [] for which in PARSL_EXECUTORS}
+    for _ in range(repeat):
+        for which in PARSL_EXECUTORS:
             proc = subprocess.run([sys.executable, __file__, "--parsl-child", which,
                                    "--tasks", str(tasks)], capture_output=True, text=True,
                                   timeout=1800, cwd=tempfile.gettempdir(),
@@ -89,7 +100,8 @@ def bench_parsl(tasks: int, repeat: int) -> dict:
                                        + os.pathsep + os.environ.get("PATH", "")})
             if proc.returncode != 0:
                 raise RuntimeError(f"parsl on {which} failed:\n{proc.stderr[-3000:]}")
-            runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            all_runs[which].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    for which, runs in all_runs.items():
         out[which] = {"tasks_per_s": statistics.median(r["tasks_per_s"] for r in runs),
                       "seconds": statistics.median(r["seconds"] for r in runs),
                       "first_app_s": statistics.median(r["first_app_s"] for r in runs),
@@ -180,7 +192,7 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--parsl-child", choices=["shoal", "htex"], help=argparse.SUPPRESS)
+    parser.add_argument("--parsl-child", choices=PARSL_EXECUTORS, help=argparse.SUPPRESS)
     ns = parser.parse_args()
     if ns.parsl_child:
         print(json.dumps(parsl_run(ns.parsl_child, ns.tasks)))
@@ -199,11 +211,12 @@ def main() -> int:
     if "parsl" in results:
         p = results["parsl"]
         print(f"Parsl, {ns.tasks} no-op apps (median of {ns.repeat} runs):")
-        for which in ("shoal", "htex"):
+        for which in PARSL_EXECUTORS:
             r = p[which]
-            print(f"  {which:<6} {r['tasks_per_s']:>9.0f} apps/s  ({r['seconds']:.2f} s; "
+            print(f"  {which:<7} {r['tasks_per_s']:>9.0f} apps/s  ({r['seconds']:.2f} s; "
                   f"first app {r['first_app_s']:.2f} s; runs {r['runs']})")
-        print(f"  ShoalExecutor / HTEX throughput: {p['speedup']:.1f}x")
+        print(f"  ShoalExecutor / HTEX throughput: {p['speedup']:.1f}x (threads: Parsl's own "
+              "ThreadPoolExecutor, the DFK's ceiling for no-op apps)")
     if "executor" in results:
         e = results["executor"]
         print(f"Executor.map, {e['calls']} small calls:")
