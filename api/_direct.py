@@ -214,16 +214,11 @@ class DirectCalls:
         return True
 
     def _track_head_call(self, state: ActorRoute, call: tuple) -> None:
-        """Count a call going through the head until its future is done. (The future's
-        own callback ends it: a client that resolves a stored result lazily does not
-        call head_done, which held every later call to the actor forever.) Called with
+        """Count a call going through the head until :meth:`head_done` (the client
+        calls it on delivering the result, stored results included). Called with
         state.lock held."""
-        task_id, future = call[0], call[4]
-        if future.done():  # (cancelled): its callback would run now, under our lock
-            return
         state.via_head += 1
-        self._head_calls[task_id] = state
-        future.add_done_callback(lambda _: self.head_done(task_id))
+        self._head_calls[call[0]] = state
 
     def _open(self, state: ActorRoute) -> _Conn | None:
         sock = connect(state.route, self.secret)
