@@ -173,6 +173,7 @@ class ActorTable:
                     continue  # failed meanwhile (a dependency failed)
                 actor.inflight[task.task_id] = task
                 self.calls[task.task_id] = actor
+                task.node_id = node.node_id   # a stored result is held there
                 self.head.set_state(task, TaskState.RUNNING)
                 self.head.dispatch.send(task, node)
             if not queue:

@@ -9,7 +9,6 @@ import os
 import time
 
 import numpy as np
-import pytest
 
 import api
 
@@ -101,9 +100,6 @@ def test_a_released_direct_actor_result_leaves_the_store(cluster):
     api.kill(maker)
 
 
-@pytest.mark.xfail(strict=True, reason="the head does not set an actor call's node "
-                   "(cluster/head/actors.py _pump: task.node_id), so it never tells the "
-                   "node to delete the call's stored result")
 def test_a_released_actor_result_through_the_head_leaves_the_store(cluster):
     maker = Maker()
     fut = maker.make(SIZE, seven())

@@ -193,7 +193,7 @@ def test_spills_past_the_limit_and_restores_on_access(small_store):
 def test_full_store_gives_a_clear_error(small_store, tmp_path):
     with pytest.raises(api.ObjectStoreFullError, match="larger than the store's capacity"):
         api.put(np.ones(10 * MB))                                  # 80 MiB > 64 MiB
-    with pytest.raises(api.TaskError, match="larger than the store's capacity"):
+    with pytest.raises(api.ObjectStoreFullError, match="larger than the store's capacity"):
         make(10 * MB).result(timeout=60)
 
     started, release = tmp_path / "started", tmp_path / "release"
