@@ -17,6 +17,8 @@ the requested keys' values come back to the driver. Needs the ``dask`` extra:
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import pickle
 import threading
 from collections.abc import Mapping
@@ -29,6 +31,7 @@ from dask.local import nested_get
 import api
 from api._apps import App, pickle_user_module_by_value
 from api._errors import DependencyError, TaskError
+from api._futures import Stored
 from cluster.common import serialization
 from cluster.common.protocol import pb
 
@@ -90,7 +93,8 @@ def _order(dsk: Mapping[Any, Any], wanted: list[Any]) -> list[Any]:
 
 
 def get(dsk: Mapping[Any, Any], keys: Any, *, num_cpus: float = 1,
-        resources: dict[str, float] | None = None, **kwargs: Any) -> Any:
+        resources: dict[str, float] | None = None, writable: bool = True,
+        **kwargs: Any) -> Any:
     """Compute `keys` of the Dask graph `dsk` on the cluster; Dask's scheduler contract.
 
     Returns what ``dask.threaded.get`` returns (a value for a single key, nested tuples
@@ -100,8 +104,10 @@ def get(dsk: Mapping[Any, Any], keys: Any, *, num_cpus: float = 1,
     is raised here as it was raised in the task (the original type). Uses the driver's
     shoal session, starting an embedded cluster when there is none.
 
-    Large numpy results arrive read-only (mapped from the object store, no copy), as with
-    :func:`api.get`.
+    Large results (numpy arrays, DataFrames) are read from the object store where they stay
+    mapped read-only, as with :func:`api.get`; with ``writable`` (the default) the requested
+    keys' large values are copied once, so they can be changed in place like the threaded
+    scheduler's. ``writable=False`` keeps the zero-copy read-only values.
 
     >>> dask.compute(total, scheduler=api.dask.get)     # doctest: +SKIP
     """
@@ -148,8 +154,12 @@ def get(dsk: Mapping[Any, Any], keys: Any, *, num_cpus: float = 1,
     for key in wanted:
         item = futures[key]
         try:
-            results[key] = api.get(item) if isinstance(item, api.AppFuture | api.ObjectRef) \
-                else item
+            stored = False
+            if isinstance(item, api.AppFuture):
+                concurrent.futures.wait([item])    # (exception() would load the value)
+                stored = type(item._result) is Stored
+            value = api.get(item) if isinstance(item, api.AppFuture | api.ObjectRef) else item
+            results[key] = copy.deepcopy(value) if writable and stored else value
         except DependencyError:
             raise _original(failures[0] if failures else None) from None
         except TaskError as err:

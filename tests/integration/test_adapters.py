@@ -122,11 +122,27 @@ def test_dask_dataframe(cluster):
 
     import api.dask
 
-    df = pd.DataFrame({"k": np.arange(2000) % 9, "v": np.arange(2000.0)})
+    df = pd.DataFrame({"k": np.arange(20000) % 9, "v": np.arange(20000.0)})
     ddf = dd.from_pandas(df, npartitions=5)
     got = ddf.groupby("k").v.sum().compute(scheduler=api.dask.get)
     pd.testing.assert_series_equal(got.sort_index(), df.groupby("k").v.sum())
-    assert len(ddf[ddf.v > 1000].compute(scheduler=api.dask.get)) == 999
+    assert len(ddf[ddf.v > 1000].compute(scheduler=api.dask.get)) == 18999
+    whole = ddf.compute(scheduler=api.dask.get)           # large: out of the object store
+    whole.loc[0, "v"] = -1.0                               # and writable, as with threads
+    assert whole.v.iloc[0] == -1.0
+
+
+def test_dask_large_results_writable_or_zero_copy(cluster):
+    import dask.array as da
+
+    import api.dask
+
+    x = da.ones((1000, 1000), chunks=(500, 500)) * 3
+    arr = x.compute(scheduler=api.dask.get)
+    arr[0, 0] = 0                                          # a copy the caller owns
+    assert arr.sum() == 3 * 10**6 - 3
+    mapped = api.dask.get(x.__dask_graph__(), x.__dask_keys__(), writable=False)
+    assert not mapped[0][0].flags.writeable                # zero-copy, read-only
 
 
 def fail(x):
