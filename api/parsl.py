@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import copy
 import json
 import logging
 import os
@@ -155,8 +156,11 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
     ``default_resource_specification`` applies to every app (a per-app
     ``parsl_resource_specification`` overrides it); see :data:`RESOURCE_KEYS`.
 
-    Large results stay in shoal's object store: a task's result passed on to another app
-    goes worker to worker by reference, not through the driver again.
+    Large results (over ~100 KB) stay in shoal's object store and are mapped here without a
+    copy, so numpy arrays in them are read-only; a read-only array (or an Arrow table)
+    result passed on to another app goes by reference, worker to worker, not through the
+    driver again. ``writable_results=True`` gives the driver its own changeable copy of
+    each large result instead (as HTEX's deserialized results are), passed on by value.
 
     >>> import parsl
     >>> from parsl.config import Config
@@ -171,6 +175,7 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
                  object_store_memory: int | None = None, timeout: float = 10.0,
                  log_to_driver: bool = True, slurm: dict[str, Any] | None = None,
                  default_resource_specification: dict[str, Any] | None = None,
+                 writable_results: bool = False,
                  storage_access: list[Any] | None = None, working_dir: str | None = None,
                  remote_monitoring_radio: Any = None) -> None:
         ParslExecutor.__init__(self)
@@ -184,6 +189,7 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
         self.log_to_driver = log_to_driver
         self.slurm = slurm
         self.default_resource_specification = default_resource_specification
+        self.writable_results = writable_results
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.remote_monitoring_radio = remote_monitoring_radio
@@ -329,15 +335,33 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
     def _finished(self, future: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._outstanding -= 1
-        # A large result (still in the object store): remember it by identity.
-        if isinstance(future, AppFuture) and type(future._result) is Stored:
-            try:
-                value = future.result()
-            except Exception:  # noqa: BLE001 - Parsl's callback reports it
-                return
-            key = id(value)
+        if not (isinstance(future, AppFuture) and type(future._result) is Stored):
+            return
+        # A large result, still in the object store, mapped here on first use.
+        try:
+            value = future.result()
+        except Exception:  # noqa: BLE001 - Parsl's callback reports it
+            return
+        if self.writable_results:
+            future._result = copy.deepcopy(value)  # the driver's own, changeable copy
+            return
+        if not _immutable(value):
+            return  # it could be changed here before it is passed on: pass it by value
+        key = id(value)
 
-            def forget(_ref: weakref.ref[AppFuture], key: int = key) -> None:
-                self._by_ref.pop(key, None)
+        def forget(_ref: weakref.ref[AppFuture], key: int = key) -> None:
+            self._by_ref.pop(key, None)
 
-            self._by_ref[key] = weakref.ref(future, forget)
+        self._by_ref[key] = weakref.ref(future, forget)
+
+
+def _immutable(value: Any) -> bool:
+    """True for values the driver cannot change in place: read-only numpy arrays (as a
+    large result is mapped), Arrow tables and batches, bytes and str."""
+    if isinstance(value, bytes | str):
+        return True
+    kind = type(value)
+    module = kind.__module__
+    if module.startswith("numpy") and kind.__name__ == "ndarray":
+        return not value.flags.writeable
+    return module.startswith("pyarrow") and kind.__name__ in ("Table", "RecordBatch")

@@ -294,6 +294,35 @@ def test_parsl_large_results_pass_by_reference(dfk):
     assert p_total(big).result(timeout=60) == 2_000_000.0
 
 
+@parsl.python_app
+def p_big_dict(n):
+    import numpy
+
+    return {"a": numpy.ones(n)}
+
+
+def test_parsl_changeable_results_go_by_value(dfk):
+    executor = dfk.executors["shoal"]
+    d = p_big_dict(2_000_000).result(timeout=60)
+    assert executor._as_ref(d) is d                     # the driver may change a dict
+    assert not d["a"].flags.writeable                   # the mapped array itself is not
+
+
+def test_parsl_writable_results(cluster, tmp_path):
+    from parsl.config import Config
+
+    from api.parsl import ShoalExecutor
+
+    loaded = parsl.load(Config(executors=[ShoalExecutor(writable_results=True)],
+                               run_dir=str(tmp_path / "runinfo"), initialize_logging=False))
+    try:
+        arr = p_big(2_000_000).result(timeout=60)
+        arr[0] = 5.0                                     # the driver's own copy
+        assert p_total(arr).result(timeout=60) == 2_000_004.0   # passed on by value
+    finally:
+        loaded.cleanup()
+
+
 def test_parsl_executor_options_checked():
     import tomllib
 
