@@ -74,6 +74,9 @@ class Executor(concurrent.futures.Executor):
     (bytes), ``resources``, ``max_retries``, ``walltime``; :meth:`options` gives a view with
     some changed.
 
+    Large results (over ~100 KB) are mapped from the object store without a copy, so numpy
+    arrays in them are read-only, as with :func:`api.get`.
+
     Uses the driver's session; with none, calls ``api.init(address)`` (an embedded local
     cluster for ``address=None``) and disconnects at :meth:`shutdown`.
 

@@ -14,6 +14,8 @@ about 0.2 s); each batch is one shoal task. Needs the ``joblib`` extra:
 
 from __future__ import annotations
 
+import concurrent.futures
+import copy
 import pickle
 import threading
 import weakref
@@ -29,7 +31,7 @@ from joblib._parallel_backends import (  # type: ignore[import-untyped]
 import api
 from api._apps import App, pickle_user_module_by_value
 from api._errors import TaskError
-from api._futures import AppFuture
+from api._futures import AppFuture, Stored
 from api.executor import cancel
 from cluster.common import serialization
 from cluster.common.protocol import pb
@@ -124,13 +126,17 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
 
     def retrieve_result(self, out: AppFuture, timeout: float | None = None) -> Any:
         """The batch's results, waiting up to ``timeout`` seconds."""
+        concurrent.futures.wait([out], timeout)
+        stored = type(out._result) is Stored   # large: mapped read-only from the store
         try:
-            return out.result(timeout)
+            value = out.result(timeout)
         except TaskError as err:
             cause = err.cause
             if isinstance(cause, BaseException):
                 raise cause from err
             raise
+        # joblib's other backends hand back the driver's own objects: so does this one.
+        return copy.deepcopy(value) if stored else value
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
         """Cancel the batches not finished (tasks already running finish on their own)."""

@@ -179,6 +179,20 @@ def test_joblib_backend_batches_small_calls(cluster, monkeypatch):
     assert len(tasks) < 3000 / 4, "small calls should be batched"
 
 
+def ones(n):
+    return np.ones(n)
+
+
+def test_joblib_large_results_are_the_callers(cluster):
+    import api.joblib
+
+    api.joblib.register()
+    with joblib.parallel_config(backend="shoal"):
+        arrays = joblib.Parallel(n_jobs=2)(joblib.delayed(ones)(10**6) for _ in range(3))
+    arrays[0][0] = 7.0                                   # changeable, as loky's results are
+    assert [a.sum() for a in arrays] == [10**6 + 6, 10**6, 10**6]
+
+
 def test_joblib_n_jobs_generator_and_errors(cluster):
     import api.joblib
 
