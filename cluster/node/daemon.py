@@ -41,6 +41,8 @@ from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
+#: How long a busy daemon gathers results before sending them (see _schedule_flush).
+RESULT_BATCH_SECONDS = 0.002
 _EPS = 1e-9
 
 
@@ -603,7 +605,14 @@ class Daemon:
         if not self._flush_pending:
             self._flush_pending = True
             loop = self._loop or asyncio.get_event_loop()
-            loop.call_soon(self._flush)
+            if self.queue:
+                # Work is waiting here, so nothing the head could send changes what runs
+                # next: gather the results of the next moment into one message. Sent at
+                # once, no-op results went 1.3 per message, each costing the head ~150 us
+                # over gRPC. An idle node still answers at once (round trips unchanged).
+                loop.call_later(RESULT_BATCH_SECONDS, self._flush)
+            else:
+                loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_pending = False
