@@ -2,11 +2,8 @@
 
 Everything here runs on one asyncio loop and does no I/O itself: connections (gRPC streams
 or an in-process link, see :mod:`cluster.head.server`) hand it messages and it hands them
-messages back through ``conn.send``. Placement and sending are the head's
-:class:`~cluster.head.dispatch.Dispatcher`; actors are its
-:class:`~cluster.head.actors.ActorTable`; lost objects are rebuilt by its
-:class:`~cluster.head.lineage.Lineage`. All three reach the head only through the public
-methods below.
+messages back through ``conn.send``. Its parts (``dispatch``, ``actor_table``,
+``lineage``) reach it only through :class:`~cluster.head.interface.HeadCore`.
 
 A task's life is one field, ``task.state`` (:class:`~cluster.head.records.TaskState`),
 changed only by :meth:`Head.set_state` along the table in :mod:`cluster.head.records`;
@@ -85,6 +82,7 @@ class Head:
         self.alive_nodes = 0
         self.heartbeat_interval = liveness.heartbeat_interval(0)  # what nodes were told
         self._feasible: dict[tuple[bytes, int], str] = {}
+        self._shapes: dict[bytes, tuple[dict[str, float], str]] = {}
         self._feasible_for: tuple[int, tuple[tuple[str, float], ...]] = (-1, ())
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,16 +214,10 @@ class Head:
                 self._creation_finished(task, node, result)
                 continue
             self.dispatch.unreserve(task)
-            node.done += 1
+            node.finished(result.run_seconds)
             if task.state is TaskState.CANCELLING:
                 self.fail(task, pb.CANCELLED, "cancelled: its driver disconnected")
                 continue
-            if not node.running:
-                node.idle_since = time.monotonic()
-            mean = node.mean_seconds
-            seconds = result.run_seconds
-            node.mean_seconds = seconds if mean is None else 0.8 * mean + 0.2 * seconds
-            node.view.factor = scheduler.queue_factor(node.mean_seconds)
             if result.status == pb.OK:
                 self.task_done(task, result)
             elif result.status == pb.OBJECT_LOST:
@@ -385,8 +377,16 @@ class Head:
             self.functions[spec.fn_id] = spec.fn_blob
             spec.ClearField("fn_blob")
         task_id = spec.task_id
-        request = to_dict(spec.resources)
-        task = Task(spec, request, spec.resources.SerializeToString())
+        shape = spec.resources.SerializeToString()
+        known = self._shapes.get(shape)
+        if known is None:  # converted once per shape: 11% of the head's time per task
+            if len(self._shapes) > 4096:
+                self._shapes.clear()
+            request = to_dict(spec.resources)
+            known = self._shapes[shape] = (request, ", ".join(
+                k for k, v in request.items() if not 0 <= v < float("inf")))
+        request, bad = known   # shared by every task of the shape: never mutated
+        task = Task(spec, request, shape)
         self.objects.incref(task_id)
         driver.hold(task_id)
         failed_dep: tuple[int, Value] | None = None
@@ -417,9 +417,8 @@ class Head:
         if failed_dep is not None:
             self._fail_dependency(task, failed_dep[0], failed_dep[1])
             return
-        bad = [k for k, v in request.items() if not 0 <= v < float("inf")]
         if bad:  # NaN, infinite or negative amounts would corrupt the node accounting
-            self.fail(task, pb.UNSCHEDULABLE, f"invalid resource amounts: {', '.join(bad)}")
+            self.fail(task, pb.UNSCHEDULABLE, f"invalid resource amounts: {bad}")
             return
         reason = self._infeasible(request, spec.num_nodes, task.shape)
         if reason:
