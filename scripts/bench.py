@@ -14,6 +14,9 @@ ratio to shoal measured in the same run. Workloads:
 - actor_sync / actor_async: calls on one actor, each waited for / all fired then waited
 - cold: a fresh interpreter starts a local cluster and gets one result (s, whole process)
 - idle RSS: memory of the idle cluster's processes beside the driver (MB)
+- the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task over
+  gRPC (``head_cpu_task_us``, ``driver_cpu_task_us``), that burst's tasks/s, and the CPU
+  seconds to boot one daemon and its first worker (``boot_cpu_s``)
 """
 
 from __future__ import annotations
@@ -119,6 +122,18 @@ def object_figures(reps: int) -> dict[str, list[float]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def cost_figures(reps: int, tasks: int) -> dict[str, list[float]]:
+    """CPU per task of the head and the driver over gRPC, and a daemon's boot CPU
+    (scripts/bench_cost.py, its own cluster)."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bench_cost.py"), str(reps),
+                           str(tasks)], capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        print(f"cost workloads failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _peer(name: str) -> Any:
     if name == "shoal":
         return ShoalPeer()
@@ -167,6 +182,7 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
     results["cold"] = cold
     if name == "shoal":
         results.update(object_figures(ns.reps))
+        results.update(cost_figures(ns.reps, 2 * ns.tasks))
     peer.start(2)
     try:
         import psutil
@@ -217,6 +233,10 @@ ROWS = [
     ("obj_remote_put", "remote driver put, GB/s", True),
     ("obj_remote_get", "remote driver get, GB/s", True),
     ("rss", "idle cluster RSS, MB", False),
+    ("grpc_noop", "no-op tasks over gRPC, tasks/s", True),
+    ("head_cpu_task_us", "head CPU per task (gRPC), us", False),
+    ("driver_cpu_task_us", "driver CPU per task (gRPC), us", False),
+    ("boot_cpu_s", "daemon + worker boot CPU, s", False),
 ]
 
 

@@ -1,0 +1,124 @@
+"""Cost per task on the path a real cluster uses, and the cost of booting a daemon.
+
+    python scripts/bench_cost.py [REPS] [TASKS]      # prints one JSON line of samples
+
+A cluster started with ``clusterctl up --num-cpus 0`` (a head with no slots of its own),
+one more daemon (2 CPUs) joined over gRPC, and this process as the driver connected over
+gRPC (its ``host:port`` address, not the local lane). For each repetition, a burst of
+TASKS no-op tasks:
+
+- ``head_cpu_task_us``: CPU seconds of the head process per task, in microseconds;
+- ``driver_cpu_task_us``: CPU seconds of this process per task, in microseconds;
+- ``grpc_noop``: the burst's tasks per second.
+
+And ``boot_cpu_s``: CPU seconds spent by a fresh daemon process and its first worker from
+its start until it has registered and its worker has run a first (pinned) task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+os.environ["SHOAL_HOME"] = tempfile.mkdtemp(prefix="shoal-bench-cost-")
+
+import psutil  # noqa: E402
+
+import api  # noqa: E402
+from cluster.common import clusterfile  # noqa: E402
+
+CLI = [sys.executable, "-m", "cluster.cli"]
+
+
+def _cpu(proc: psutil.Process, children: bool = False) -> float:
+    procs = [proc, *(proc.children(recursive=True) if children else [])]
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _daemon(cf: clusterfile.ClusterFile, name: str, cpus: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", cf.cluster_id,
+         "--head-address", cf.address, "--node-name", name, "--num-cpus", str(cpus)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def main() -> None:
+    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    tasks = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
+    cluster_id = f"cost-{os.getpid()}"
+    subprocess.run([*CLI, "up", "--num-cpus", "0", "--cluster-id", cluster_id], check=True,
+                   cwd=ROOT, capture_output=True)
+    cf = clusterfile.read(clusterfile.path_for(cluster_id))
+    daemons = [_daemon(cf, "second", 2)]
+    out: dict[str, list[float]] = {"head_cpu_task_us": [], "driver_cpu_task_us": [],
+                                   "grpc_noop": [], "boot_cpu_s": []}
+    try:
+        api.init(cf.address, log_to_driver=False)   # host:port: gRPC, not the local lane
+
+        @api.python_app
+        def noop() -> None:
+            return None
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                noop().result(timeout=10)
+                break
+            except api.ResourceUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        head, me = psutil.Process(cf.head_pid), psutil.Process()
+        for f in [noop() for _ in range(tasks // 4)]:   # warm-up
+            f.result()
+        for _ in range(reps):
+            h0, d0, t0 = _cpu(head), _cpu(me), time.perf_counter()
+            futs = [noop() for _ in range(tasks)]
+            for f in futs:
+                f.result()
+            elapsed = time.perf_counter() - t0
+            out["head_cpu_task_us"].append((_cpu(head) - h0) / tasks * 1e6)
+            out["driver_cpu_task_us"].append((_cpu(me) - d0) / tasks * 1e6)
+            out["grpc_noop"].append(tasks / elapsed)
+        for i in range(reps):
+            name = f"boot{i}"
+            proc = _daemon(cf, name, 1)
+            daemons.append(proc)
+            pinned = noop.options(num_cpus=0, resources={f"node:{name}": 0.01})
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    pinned().result(timeout=30)
+                    break
+                except api.ResourceUnavailableError:  # not joined yet
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+            out["boot_cpu_s"].append(_cpu(psutil.Process(proc.pid), children=True))
+    finally:
+        api.shutdown()
+        subprocess.run([*CLI, "down", "--cluster", cluster_id], cwd=ROOT, capture_output=True)
+        for d in daemons:
+            if d.poll() is None:
+                d.kill()
+            d.wait()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
