@@ -121,12 +121,15 @@ def get(dsk: Mapping[Any, Any], keys: Any, *, num_cpus: float = 1,
     app = _app(num_cpus, resources)
     futures: dict[Any, Any] = {}
     failures: list[BaseException] = []
+    failed = threading.Event()
     seen: set[int] = set()
 
     def note(future: Any) -> None:
-        err = future.exception()
+        # (the base class's exception(): AppFuture's would load a stored value here)
+        err = concurrent.futures.Future.exception(future)
         if err is not None and not isinstance(err, DependencyError):
             failures.append(err)
+            failed.set()
 
     wanted_set = set(wanted)
     remaining: dict[Any, int] = {}
@@ -160,16 +163,16 @@ def get(dsk: Mapping[Any, Any], keys: Any, *, num_cpus: float = 1,
                 stored = type(item._result) is Stored
             value = api.get(item) if isinstance(item, api.AppFuture | api.ObjectRef) else item
             results[key] = copy.deepcopy(value) if writable and stored else value
-        except DependencyError:
-            raise _original(failures[0] if failures else None) from None
+        except DependencyError as err:
+            # The failed task's own result is in; its callback may still be on its way.
+            failed.wait(10)
+            raise (_original(failures[0]) if failures else err) from None
         except TaskError as err:
             raise _original(err) from None
     return nested_get(keys, results)
 
 
-def _original(err: BaseException | None) -> BaseException:
+def _original(err: BaseException) -> BaseException:
     """The exception a task raised, as Dask's schedulers raise it."""
-    if err is None:
-        return RuntimeError("a Dask task's dependency failed")
     cause = getattr(err, "cause", None)
     return cause if isinstance(cause, BaseException) else err

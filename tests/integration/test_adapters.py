@@ -110,9 +110,13 @@ def test_dask_intermediate_chunks_stay_in_the_object_store(cluster, monkeypatch)
     real_load = client.load
     monkeypatch.setattr(client, "load", lambda result: loads.append(result) or
                         real_load(result))
-    x = da.ones((4000, 4000), chunks=(1000, 1000))              # 16 chunks of 8 MB
-    total = ((x * 2) + 1).sum()
-    assert total.compute(scheduler=api.dask.get) == 3 * 4000 * 4000
+    x = da.random.default_rng(2).random((4000, 4000), chunks=(1000, 1000))  # 16 x 8 MB
+    y = (x.rechunk((500, 4000)) * 2).rechunk((4000, 500))      # every chunk a task's output
+    total = y.sum()
+    graph = total.__dask_graph__()
+    assert len(graph) > 50
+    expected = total.compute(scheduler="threads")
+    assert total.compute(scheduler=api.dask.get) == pytest.approx(expected)
     assert loads == []
 
 
