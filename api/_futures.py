@@ -190,8 +190,9 @@ class AppFuture(concurrent.futures.Future):
                     hook(self)
                 except Exception:
                     _log.exception("exception in a completion hook of %r", self)
-        if self._done_callbacks:
-            callbacks, self._done_callbacks = self._done_callbacks, []
+        callbacks: list[Callable[[Any], Any]] = self._done_callbacks
+        if callbacks:
+            self._done_callbacks: list[Callable[[Any], Any]] = []
             self._client.callbacks.run(self, callbacks)
 
     def __repr__(self) -> str:
