@@ -343,6 +343,7 @@ def put(value: Any) -> ObjectRef:
                                  f"{err}") from err
     if enc.refs:
         _session.check_owned(value)
+        client.make_known(enc.refs)  # direct actor calls' results inside
     if inline is not None:
         message = pb.Value(id=object_id, data=inline, nested=enc.refs)
     else:

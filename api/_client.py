@@ -320,6 +320,17 @@ class Client:
             self._actor_futures.pop(fut.task_id, None)
         return None
 
+    def make_known(self, ids: list[int]) -> None:
+        """Tell the head the values of the direct calls among `ids` now, waiting for
+        those still running: a put nesting them makes the head hold them. Raises the
+        DependencyError of one that failed."""
+        for fut in self._unknown_to_head(ids):
+            fut.exception()  # waits until it is done
+            with self._defer_lock:
+                err = self._publish(fut)
+            if err is not None:
+                raise err
+
     def _fail_locally(self, future: AppFuture, err: BaseException) -> None:
         """Fail a submission that never reached the head."""
         with self._lock:
@@ -437,11 +448,12 @@ class Client:
         """Flush, disconnect, fail what is still pending."""
         if self.closed:
             return
+        self.closed = True
+        # First: once the head sees us leave it kills our actors, and calls in flight to
+        # them would end as "the actor's worker died" instead of as the session's.
+        self._fail_all("the session ended (api.shutdown()) before it finished", shutdown=True)
         if self._transport is not None:
             self._transport.close()
-        self.closed = True
-        # Before the direct connections close: their calls in flight end as the session's.
-        self._fail_all("the session ended (api.shutdown()) before it finished", shutdown=True)
         self.direct.close()
         self.objects.close()
         self.callbacks.stop()

@@ -110,3 +110,14 @@ def test_calls_waiting_for_an_actor_future_keep_the_callers_order(cluster):
     box.record("third", 3)
     assert box.history().result(timeout=60) == [("first", "p"), ("second", "r"),
                                                 ("third", 3)]
+
+
+@pytest.mark.parametrize("resolved", [True, False])
+def test_a_put_may_nest_an_actor_future(cluster, resolved):
+    box = _ready(Box())
+    f = box.slow(0.3, 7)
+    if resolved:
+        f.result(timeout=60)
+    ref = api.put({"f": f})
+    inner = api.get(ref, timeout=30)["f"]
+    assert api.get(inner, timeout=30) == 7     # the head holds it (was: ObjectLostError)
