@@ -41,6 +41,7 @@ from api._errors import (
 )
 from api._futures import AppFuture, format_id
 from api._session import ClusterInfo
+from api.executor import Executor
 from cluster.common import auth, clusterfile, paths
 from cluster.common.protocol import pb, to_dict
 from cluster.common.serialization import ObjectRef
@@ -58,6 +59,7 @@ __all__ = [
     "ClusterInfo",
     "ConnectionError",
     "DependencyError",
+    "Executor",
     "ObjectLostError",
     "ObjectStoreFullError",
     "ObjectRef",
@@ -315,6 +317,9 @@ def is_initialized() -> bool:
 def shutdown() -> None:
     """Disconnect; an embedded local cluster is stopped. Safe to call twice."""
     _session.end_session()
+
+
+_session.set_initializer(init)
 
 
 def put(value: Any) -> ObjectRef:

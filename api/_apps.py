@@ -322,7 +322,8 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
                                           walltime=walltime, name=name))
 
 
-def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1, num_gpus: float = 0,
+def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = None,
+             num_gpus: float = 0,
              memory: float = 0, resources: Mapping[str, float] | None = None,
              max_retries: int = 0, walltime: float | None = None,
              name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1) -> Any:
@@ -340,7 +341,8 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1, num_g
         fut.result()                  # 0
         open(fut.stdout).read()       # "hello\\n"
 
-    Options as for :func:`python_app`, plus, for multi-node (MPI) apps, ``num_nodes`` and
+    Options as for :func:`python_app` (``num_cpus`` defaults to ``ranks_per_node`` for a
+    one-node app with several ranks, else 1), plus, for MPI apps, ``num_nodes`` and
     ``ranks_per_node``: the app holds every slot of `num_nodes` whole nodes and runs on the
     first, with ``$CLUSTER_NODELIST`` (comma-separated hosts) and ``$CLUSTER_MPI_PREFIX``
     (an ``srun --overlap`` line for num_nodes * ranks_per_node ranks) in its environment::
@@ -349,6 +351,10 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1, num_g
         def mpi_hello():
             return "$CLUSTER_MPI_PREFIX ./mpi_hello"
     """
+    if num_cpus is None:  # a one-node MPI app holds a slot per rank
+        one_node_ranks = num_nodes == 1 and isinstance(ranks_per_node, int) and \
+            ranks_per_node > 1
+        num_cpus = ranks_per_node if one_node_ranks else 1
     return _decorator(pb.BASH, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                         resources=resources, max_retries=max_retries,
                                         walltime=walltime, name=name, num_nodes=num_nodes,

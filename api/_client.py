@@ -64,7 +64,7 @@ class Client:
         self._transport: Any = None   # a Transport once connected
         self._lost = ""
         self._reader_thread = 0
-        self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete)
+        self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete, self)
         self.objects = ObjectClient(self)
         #: Where this driver's stored puts are (object id -> a result naming the holders).
         self.put_locations: dict[int, pb.TaskResult] = {}
@@ -349,7 +349,7 @@ class Client:
     def _print_logs(self, lines: Iterable[pb.LogLine]) -> None:
         for line in lines:
             stream = sys.stderr if line.stderr else sys.stdout
-            prefix = f"({line.name} task={line.task_id & 0xFFFFFFFFFF} node={line.node}) "
+            prefix = f"({line.name} task={format_id(line.task_id)} node={line.node}) "
             text = line.text[:-1] if line.text.endswith("\n") else line.text
             try:
                 stream.write("".join(prefix + part + "\n" for part in text.split("\n")))

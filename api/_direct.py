@@ -160,7 +160,7 @@ class DirectCalls:
         self._head_calls: dict[int, ActorRoute] = {}
         # The client registers stored results with the head (its ``put``). Until the
         # client passes itself, it is found as the owner of `resolve` (its bound method).
-        self._client = client if client is not None else getattr(resolve, "__self__", None)
+        self._client = client
 
     def route_for(self, actor_id: int) -> ActorRoute:
         state = self.routes.get(actor_id)

@@ -72,6 +72,21 @@ class RunDir:
         return os.path.join(folder, f"task_{seq:04d}_{name}.{stream}")
 
 
+#: ``api.init``, registered by the api package, so modules it imports (the Executor) can
+#: start a session without importing the package back (no import circle).
+_initializer: list[Any] = []
+
+
+def set_initializer(init: Any) -> None:
+    """Register the function that starts a session (``api.init``)."""
+    _initializer[:] = [init]
+
+
+def initialize(address: str | None) -> None:
+    """Start a session as ``api.init(address)`` does."""
+    _initializer[0](address)
+
+
 def lock() -> threading.RLock:
     """The lock that serialises init and shutdown of the session."""
     return _lock

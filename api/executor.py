@@ -91,11 +91,10 @@ class Executor(concurrent.futures.Executor):
                  num_gpus: float = 0, memory: float = 0,
                  resources: dict[str, float] | None = None, max_retries: int = 0,
                  walltime: float | None = None) -> None:
-        import api
-
+        current, _ = _session.current()
         owns = False
-        if not api.is_initialized():
-            api.init(address)
+        if current is None or current.closed:
+            _session.initialize(address)
             owns = True
         self._state = _State(owns)
         self._options: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus,

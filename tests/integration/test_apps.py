@@ -247,7 +247,8 @@ def test_print_in_apps_reaches_driver_with_prefix(cluster, capfd):
         time.sleep(0.05)
         out += capfd.readouterr().out
     line = next(x for x in out.splitlines() if "hello from the app 7" in x)
-    assert line.startswith(f"(chatty task={fut.task_id & 0xFFFFFFFFFF} node=")
+    assert line.startswith(f"(chatty task={fut.task_id:#x} node="), "the id the future shows"
+    assert f"{fut.task_id:#x}" in repr(fut)
 
 
 def test_put_get_wait_as_completed(cluster):

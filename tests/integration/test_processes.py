@@ -173,15 +173,16 @@ def test_children_end_with_shutdown_and_down(clusterctl, no_session, tmp_path):
     assert _wait_gone(pids) == []
 
 
-@api.bash_app(num_nodes=1, ranks_per_node=4)
+@api.bash_app(num_nodes=1, ranks_per_node=2)   # the shared test cluster has 2 CPUs
 def ranks(out: str):
     return f"$CLUSTER_MPI_PREFIX bash -c 'echo rank >> {out}'"
 
 
 def test_ranks_per_node_on_one_node_launches_that_many_ranks(cluster, tmp_path):
     out = tmp_path / "ranks"
+    assert ranks.request["cpus"] == 2, "it holds a slot per rank"
     assert ranks(str(out)).result(timeout=120) == 0
-    assert out.read_text().splitlines() == ["rank"] * 4
+    assert out.read_text().splitlines() == ["rank"] * 2
 
 
 @api.bash_app

@@ -17,6 +17,7 @@ PUBLIC = [
     "ClusterInfo",
     "ConnectionError",
     "DependencyError",
+    "Executor",
     "ObjectLostError",
     "ObjectRef",
     "ObjectStoreFullError",
