@@ -12,6 +12,7 @@ nothing is pending) and hands every HeadToDriver to ``on_message``. Two exist:
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -99,7 +100,10 @@ class LaneTransport:
 
     def start(self, on_message: OnMessage, on_lost: OnLost) -> None:
         assert self._sock is not None
-        self._sock.settimeout(IDLE_FLUSH_SECONDS)
+        # Blocking, with no timeout: the socket is shared with the senders, and a timeout
+        # on it made a sendall to a busy head fail after 0.2 s and its batch vanish (one
+        # task in 12,000 at 2,000 simulated nodes). The reader waits with poll() instead.
+        self._sock.settimeout(None)
         on_message(self._first)
         threading.Thread(target=self._reader, args=(on_message, on_lost),
                          name="shoal-lane-reader", daemon=True).start()
@@ -108,13 +112,15 @@ class LaneTransport:
         sock, buf = self._sock, self._buf
         assert sock is not None
         reason = "the head closed the connection"
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
         try:
             while True:
-                try:
-                    data = sock.recv(wire.RECV_SIZE)
-                except TimeoutError:
+                if not poller.poll(idle_ms):
                     self.flush()  # releases are sent lazily; push them when idle
                     continue
+                data = sock.recv(wire.RECV_SIZE)
                 if not data:
                     break
                 buf += data
@@ -139,7 +145,13 @@ class LaneTransport:
                 if self._sock is not None and not self._closed:
                     self._sock.sendall(wire.frame(message.SerializeToString()))
         except OSError:
-            pass  # the reader notices the lost connection and fails the futures
+            # The batch is gone with the connection: close it, so the reader fails every
+            # pending future at once instead of some never being answered.
+            if self._sock is not None:
+                try:
+                    self._sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         finally:
             self._send_lock.release()
         if self._pending:
