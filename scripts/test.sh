@@ -9,7 +9,7 @@ bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy cluster/policy cluster/head cluster/common/ids.py
 if [ "$(id -u)" = 0 ] && [ "${SHOAL_NO_TESTBED:-0}" != 1 ]; then
-  bash scripts/testbed/up.sh 3
+  bash scripts/testbed/up.sh 16   # 16 nodes: the scale test uses them all; others take a few
   trap 'bash scripts/testbed/down.sh --quiet || true' EXIT
 fi
 .venv/bin/python -m pytest -q "$@"

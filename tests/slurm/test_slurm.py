@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 from helpers import ROOT_PATH as ROOT
-from helpers import TESTBED, bed_is_up, job_alive, our_processes, wait_until
+from helpers import TESTBED, bed_is_up, job_alive, namespaces, our_processes, wait_until
 
 from cluster.common import clusterfile
 
@@ -138,6 +138,96 @@ def test_salloc_up_driver_status_down(tmp_path, env):
     wait_until(lambda: not our_processes(job), 20, "shoal processes to leave the nodes")
     assert not [p for p in pathlib.Path("/dev/shm").glob(f"shoal-*/{job}*")]
     assert not job_alive(job)
+
+
+SIXTEEN = textwrap.dedent("""
+    import api
+    api.init("auto")
+
+    @api.python_app(num_cpus=0)
+    def host():
+        import socket
+        return socket.gethostname()
+
+    names = [f"node{i}" for i in range(1, 17)]
+    seen = [host.options(resources={f"node:{n}": 0.01})().result(timeout=120) for n in names]
+    print("SEEN", ",".join(seen))
+    api.shutdown()
+""")
+
+
+def test_sixteen_nodes_come_up_and_each_runs_a_task(tmp_path, env):
+    if len(namespaces()) < 16:
+        pytest.skip("the test bed has fewer than 16 nodes (scripts/testbed/up.sh 16)")
+    (tmp_path / "driver.py").write_text(SIXTEEN)
+    timer = f"{PY} -c 'import time; print(time.time())'"
+    proc, job = _in_allocation(tmp_path, env, ["-N16", "-c1"], f"""
+        start=$({timer})
+        clusterctl up --quiet
+        echo "UP $start $({timer})"
+        clusterctl status
+        python driver.py
+        clusterctl down
+    """)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "nodes: 16 alive of 16" in out
+    assert f"SEEN {','.join(f'node{i}' for i in range(1, 17))}" in out
+    start, end = next(line for line in out.splitlines() if line.startswith("UP ")).split()[1:]
+    print(f"clusterctl up on 16 nodes: {float(end) - float(start):.2f} s")  # a figure, no assert
+    wait_until(lambda: not our_processes(job), 30, "shoal processes to leave the nodes")
+    assert not job_alive(job)
+
+
+PARSL_DRIVER = textwrap.dedent("""
+    import sys
+    import parsl
+    from parsl import bash_app, python_app
+    from parsl.config import Config
+    from api.parsl import ShoalExecutor
+
+    parsl.load(Config(executors=[ShoalExecutor(address="auto")]))
+
+    @python_app
+    def where():
+        import socket, time
+        time.sleep(0.3)
+        return socket.gethostname()
+
+    @bash_app
+    def echo(msg, stdout=parsl.AUTO_LOGNAME):
+        return f"echo {msg}"
+
+    @bash_app
+    def mpi(hello, stdout=parsl.AUTO_LOGNAME, parsl_resource_specification={}):
+        return f"$PARSL_MPI_PREFIX --mpi=pmix {hello}"
+
+    print("WHERE", sorted({f.result() for f in [where() for _ in range(8)]}))
+    fut = echo("hello from parsl")
+    fut.result()
+    print("ECHO", open(fut.stdout).read().strip())
+    run = mpi(sys.argv[1], parsl_resource_specification={"num_nodes": 2, "ranks_per_node": 2})
+    run.result()
+    print("MPI", "|".join(sorted(open(run.stdout).read().split("\\n")[:-1])))
+    parsl.dfk().cleanup()
+""")
+
+
+def test_an_unchanged_parsl_workflow_runs_headless_in_an_allocation(tmp_path, env):
+    pytest.importorskip("parsl")
+    (tmp_path / "parsl_driver.py").write_text(PARSL_DRIVER)
+    proc, job = _in_allocation(tmp_path, env, ["-N2", "-c2"], f"""
+        clusterctl up --quiet
+        python parsl_driver.py {TESTBED}/bin/mpi_hello
+        clusterctl down
+    """)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "ECHO hello from parsl" in out
+    assert "'node1'" in out and "'node2'" in out   # python apps on both nodes
+    line = next(x for x in out.splitlines() if x.startswith("MPI "))
+    assert line.count("hello from rank") == 4 and "on node1" in line and "on node2" in line
+    wait_until(lambda: not our_processes(job), 30, "shoal processes to leave the nodes")
 
 
 def test_sbatch_clusterctl_run(tmp_path, env):
