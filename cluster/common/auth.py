@@ -9,6 +9,8 @@ cloudpickle payloads never unpickled).
 from __future__ import annotations
 
 import hmac
+import json
+import os
 import secrets
 from typing import Any
 
@@ -63,3 +65,27 @@ def server_interceptor(secret: str) -> Any:
             return deny(await continuation(details))
 
     return AuthInterceptor()
+
+
+def read_secret(secret_file: str = "") -> tuple[str, dict[str, str]]:
+    """A daemon's secret and its cluster file's ``extra`` (TLS material): from
+    `secret_file` (a cluster file, or a file holding just the secret) when given, else from
+    ``$SHOAL_SECRET``, which is removed from the environment either way (so workers never
+    inherit it). Raises SystemExit with a one-line reason when there is none."""
+    secret = os.environ.pop(ENV_VAR, "")
+    extra: dict[str, str] = {}
+    if secret_file:
+        try:
+            with open(secret_file) as f:
+                text = f.read()
+            if text.lstrip().startswith("{"):
+                data = json.loads(text)
+                secret = data["secret"]
+                extra = data.get("extra") or {}
+            else:
+                secret = text.strip()
+        except (OSError, ValueError, KeyError) as err:
+            raise SystemExit(f"cannot read the secret from {secret_file}: {err}") from None
+    if not secret:
+        raise SystemExit(f"the cluster secret must be in ${ENV_VAR} or a --secret-file")
+    return secret, extra

@@ -317,25 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("say --head, --daemon or both")
     if ns.daemon and not ns.head and not ns.head_address:
         raise SystemExit("--daemon alone needs --head-address HOST:PORT")
-    secret = os.environ.pop(auth.ENV_VAR, "")
-    ns.tls_ca = ns.tls_node_key = ns.tls_node_cert = ""
-    if ns.secret_file:
-        try:
-            with open(ns.secret_file) as f:
-                text = f.read()
-            if text.lstrip().startswith("{"):
-                data = json.loads(text)
-                secret = data["secret"]
-                extra = data.get("extra") or {}
-                ns.tls_ca = extra.get("tls_ca", "")
-                ns.tls_node_key = extra.get("tls_node_key", "")
-                ns.tls_node_cert = extra.get("tls_node_cert", "")
-            else:
-                secret = text.strip()
-        except (OSError, ValueError, KeyError) as err:
-            raise SystemExit(f"cannot read the secret from {ns.secret_file}: {err}") from None
-    if not secret:
-        raise SystemExit(f"the cluster secret must be in ${auth.ENV_VAR}")
+    secret, extra = auth.read_secret(ns.secret_file)
+    ns.tls_ca = extra.get("tls_ca", "")
+    ns.tls_node_key = extra.get("tls_node_key", "")
+    ns.tls_node_cert = extra.get("tls_node_cert", "")
     log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
     ns.log_dir = log_dir
     os.makedirs(log_dir, exist_ok=True)

@@ -31,7 +31,6 @@ import random
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -39,6 +38,7 @@ import grpc
 from cluster.common import auth, serialization
 from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common.protocol import CHANNEL_OPTIONS, pb
+from cluster.common.streams import StreamConn
 from cluster.common.tls import channel as open_channel
 
 log = logging.getLogger("shoal.sim")
@@ -48,38 +48,6 @@ NONE_DATA = serialization.dumps_value(None)
 #: Registration backoff: first retry after about BACKOFF_BASE s, doubling up to BACKOFF_MAX.
 BACKOFF_BASE = 0.2
 BACKOFF_MAX = 5.0
-
-
-class _Outbox:
-    """The request side of one node's stream: messages queued without awaiting, merged
-    into one message per wake-up (as the head's and the real daemon's links do)."""
-
-    def __init__(self) -> None:
-        self._pending: list[pb.NodeToHead] = []
-        self._event = asyncio.Event()
-        self._closed = False
-
-    def send(self, message: pb.NodeToHead) -> None:
-        if not self._closed:
-            self._pending.append(message)
-            self._event.set()
-
-    def close(self) -> None:
-        self._closed = True
-        self._event.set()
-
-    async def messages(self) -> AsyncIterator[pb.NodeToHead]:
-        while True:
-            await self._event.wait()
-            self._event.clear()
-            if self._pending:
-                batch, self._pending = self._pending, []
-                first = batch[0]
-                for extra in batch[1:]:
-                    first.MergeFrom(extra)
-                yield first
-            if self._closed:
-                return
 
 
 class SimNode:
@@ -94,7 +62,7 @@ class SimNode:
         self.running = 0  # sleeping tasks (reported in heartbeats)
         self.period = sim.heartbeat  # until the head says otherwise
         self.results: list[pb.TaskResult] = []
-        self._outbox: _Outbox | None = None
+        self._outbox: StreamConn | None = None
 
     def register_message(self) -> pb.Register:
         sim = self.sim
@@ -144,7 +112,7 @@ class SimNode:
 
     async def _session(self) -> bool:
         """One registration and stream; returns whether the head answered it."""
-        outbox = _Outbox()
+        outbox = StreamConn()
         outbox.send(pb.NodeToHead(register=self.register_message()))
         self._outbox = outbox
         call = pb_grpc.HeadStub(self.channel).NodeStream(
@@ -165,7 +133,7 @@ class SimNode:
             call.cancel()
         return reached
 
-    async def _heartbeat(self, outbox: _Outbox) -> None:
+    async def _heartbeat(self, outbox: StreamConn) -> None:
         # A random phase, so thousands of nodes do not beat in the same loop turn.
         await asyncio.sleep(random.uniform(0, self.period))
         while True:
@@ -347,23 +315,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def read_secret(ns: argparse.Namespace) -> tuple[str, str]:
     """(secret, TLS CA) from $SHOAL_SECRET or --secret-file, as the real daemon reads them."""
-    secret = os.environ.pop(auth.ENV_VAR, "")
-    ca = ""
-    if ns.secret_file:
-        try:
-            with open(ns.secret_file) as f:
-                text = f.read()
-            if text.lstrip().startswith("{"):
-                data = json.loads(text)
-                secret = data["secret"]
-                ca = (data.get("extra") or {}).get("tls_ca", "")
-            else:
-                secret = text.strip()
-        except (OSError, ValueError, KeyError) as err:
-            raise SystemExit(f"cannot read the secret from {ns.secret_file}: {err}") from None
-    if not secret:
-        raise SystemExit(f"the cluster secret must be in ${auth.ENV_VAR} or --secret-file")
-    return secret, ca
+    secret, extra = auth.read_secret(ns.secret_file)
+    return secret, extra.get("tls_ca", "")
 
 
 async def _main(ns: argparse.Namespace, secret: str, ca: str) -> dict[str, Any]:
