@@ -44,6 +44,7 @@ from cluster.common.messages import (
     Ready,
     Run,
 )
+from cluster.common.proctree import kill_tree
 from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
 from cluster.store import objectformat
 from cluster.store.objectstore import StoreFullError, WriteMappings
@@ -260,8 +261,6 @@ class Worker:
                 pass  # reaped one that had exited by itself: look again
         except ChildProcessError:
             return
-        from cluster.node.workerpool import kill_tree  # rare path: imported on first use
-
         kill_tree(os.getpid(), include_root=False)
         # Reap what was killed (their children are reparented to us as they die). A
         # process stuck in the kernel may take longer: left for the next task's check.
