@@ -69,23 +69,30 @@ class Head:
         self.done = 0
         self.failed = 0
         self.on_shutdown: Callable[[], None] | None = None
-        #: Resources one autoscaled node would bring (empty when nothing autoscales);
-        #: tasks that fit it wait for a block instead of failing as unschedulable.
-        self.block_shape: dict[str, float] = {}
+        self._block_shape: dict[str, float] = {}
         self.blocks_status: Callable[[], list[pb.BlockInfo]] | None = None
         self.dispatch = Dispatcher(self.nodes, self.objects, self.functions, self._started)
         self.actor_table = ActorTable(self)
         self.lineage = Lineage(self)
         self._next_node = 1
         self._next_driver = 1
-        self._nodes_version = 0   # bumped when nodes join or are lost
         self.alive_nodes = 0
         self.heartbeat_interval = liveness.heartbeat_interval(0)  # what nodes were told
+        #: Feasibility by (request shape, nodes); cleared when nodes or block shape change.
         self._feasible: dict[tuple[bytes, int], str] = {}
         self._shapes: dict[bytes, tuple[dict[str, float], str]] = {}
-        self._feasible_for: tuple[int, tuple[tuple[str, float], ...]] = (-1, ())
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def block_shape(self) -> dict[str, float]:
+        """Resources an autoscaled node would bring ({} if none): tasks fitting it wait."""
+        return self._block_shape
+
+    @block_shape.setter
+    def block_shape(self, shape: dict[str, float]) -> None:
+        self._block_shape = shape
+        self._feasible.clear()   # verdicts change with it
 
     # ---- the lifecycle -----------------------------------------------------------------
     def set_state(self, task: Task, state: TaskState) -> None:
@@ -148,7 +155,7 @@ class Head:
                     store_address=register.store_address, store_dir=register.store_dir)
         self.nodes[node_id] = node
         self.dispatch.gained.add(node)
-        self._nodes_version += 1
+        self._feasible.clear()
         self.alive_nodes += 1
         self._retune_heartbeats()
         conn.send(pb.HeadToNode(node_id=node_id, heartbeat_interval=self.heartbeat_interval))
@@ -163,7 +170,7 @@ class Head:
             return
         node.alive = False
         node.view.schedulable = False
-        self._nodes_version += 1
+        self._feasible.clear()
         self.alive_nodes -= 1
         self._retune_heartbeats()
         node.conn.close()  # a daemon that was only cut off reconnects, and joins anew
@@ -440,18 +447,13 @@ class Head:
 
     def _infeasible(self, request: dict[str, float], num_nodes: int = 1,
                     shape: bytes | None = None) -> str:
-        # Cached per request shape until the node table or the block shape changes: the
-        # scan over every node cost 14-17% of the head's time at 1,000-5,000 nodes.
+        # Cached per request shape (see _feasible): the scan over every node cost 14-17%
+        # of the head's time at 1,000-5,000 nodes.
         if shape is not None:
-            block = tuple(sorted(self.block_shape.items()))
-            if self._feasible_for != (self._nodes_version, block):
-                self._feasible_for = (self._nodes_version, block)
-                self._feasible.clear()
             key = (shape, num_nodes)
-            cached = self._feasible.get(key)
-            if cached is None:
-                cached = self._feasible[key] = self._infeasible(request, num_nodes)
-            return cached
+            if key not in self._feasible:
+                self._feasible[key] = self._infeasible(request, num_nodes)
+            return self._feasible[key]
         reason = scheduler.infeasible(
             request, [n.view.total for n in self.nodes.values() if n.alive], num_nodes,
             self.block_shape if num_nodes == 1 else None)
