@@ -23,13 +23,12 @@ def _dead_port() -> int:
     return port
 
 
+@pytest.mark.timeout(30)   # a hang guard, not a timing assert
 def test_dead_address_raises_connection_error_quickly(no_session, monkeypatch):
     monkeypatch.setenv("SHOAL_SECRET", "whatever")
     address = f"127.0.0.1:{_dead_port()}"
-    start = time.monotonic()
     with pytest.raises(api.ConnectionError) as info:
         api.init(address, timeout=2)
-    assert time.monotonic() - start < 15
     assert address in str(info.value) and "tried" in str(info.value)
     assert isinstance(info.value, ConnectionError), "must also be the builtin ConnectionError"
 
