@@ -6,13 +6,22 @@ import os
 import signal
 import time
 
+import psutil
 import pytest
 from helpers import head_and_second_daemon
 from helpers import start_daemon as _start_daemon
 from helpers import wait_nodes as _wait_nodes
+from helpers import wait_until
 
 import api
 from cluster.common import clusterfile
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.fixture
@@ -157,16 +166,20 @@ def test_actor_restarts_on_another_node_after_its_node_is_lost(two_nodes):
 
         def host(self):
             self.calls += 1
-            return os.getppid(), self.calls
+            return os.getppid(), os.getpid(), self.calls
 
     w = Where()
-    first, _ = w.host().result(timeout=60)
+    first, actor_pid, _ = w.host().result(timeout=60)
     assert first == daemon.pid, f"only the second node has 2 cpus (head {cf.head_pid})"
     third = _start_daemon(cf, "third", "--num-cpus", "2")
     try:
         _wait_nodes(3)
         os.killpg(daemon.pid, signal.SIGKILL)
-        where, calls = w.host().result(timeout=60)
+        # The kill is asynchronous: a call sent before the actor's worker is really gone may
+        # still be answered by it (correctly). The node is lost once both have exited.
+        daemon.wait(timeout=30)
+        wait_until(lambda: not _alive(actor_pid), 30, "the lost node's actor worker to exit")
+        where, _, calls = w.host().result(timeout=60)
         assert where == third.pid
         assert calls == 1, "the restarted actor ran __init__ again"
     finally:
