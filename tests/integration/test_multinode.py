@@ -8,10 +8,9 @@ import time
 
 import psutil
 import pytest
-from helpers import head_and_second_daemon
+from helpers import head_and_second_daemon, wait_until
 from helpers import start_daemon as _start_daemon
 from helpers import wait_nodes as _wait_nodes
-from helpers import wait_until
 
 import api
 from cluster.common import clusterfile
