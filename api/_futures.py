@@ -98,6 +98,9 @@ class AppFuture(concurrent.futures.Future):
     """
 
     _shoal_ref = True
+    #: One :class:`api.DataFuture` per ``outputs=[api.File(...)]`` entry of the call
+    #: (empty when the call had none).
+    outputs: Any = ()
 
     def __init__(self, task_id: int, name: str, client: Any,
                  stdout: str | None = None, stderr: str | None = None) -> None:
