@@ -39,6 +39,10 @@ class _AutoLogname:
     def __reduce__(self) -> str:
         return "AUTO_LOGNAME"
 
+    def __shoal_cache_key__(self) -> str:
+        # Memoization keys take the sentinel, not the per-task path it becomes.
+        return "api.AUTO_LOGNAME"
+
 
 AUTO_LOGNAME = _AutoLogname()
 

@@ -99,7 +99,11 @@ class Hasher:
     def feed(self, value: Any, where: str) -> None:  # noqa: C901 - one branch per type
         """Add `value`; `where` names it in errors (e.g. ``argument 'x'[2]``)."""
         kind = type(value)
-        if kind in _SIMPLE:
+        own = getattr(kind, "__shoal_cache_key__", None)
+        if own is not None:  # a type that names its own key (e.g. api.AUTO_LOGNAME)
+            self._tag(b"own", f"{kind.__module__}.{kind.__qualname__}".encode())
+            self.feed(own(value), where)
+        elif kind in _SIMPLE:
             if kind is float:
                 self._tag(b"f", value.hex().encode())
             elif kind is str:
@@ -119,7 +123,6 @@ class Hasher:
         elif isinstance(value, ObjectRef):
             if self._resolve_ref is None:
                 raise CacheKeyError(f"{where}: an ObjectRef cannot be hashed here")
-            self._tag(b"ref")
             self.feed(self._resolve_ref(value), f"{where} (the value of {value!r})")
         elif isinstance(value, tuple | list):
             name = kind.__qualname__ if kind not in (tuple, list) else kind.__name__
@@ -176,7 +179,6 @@ class Hasher:
             return
         if concurrent.futures.Future.exception(fut, 0) is not None:
             raise _DependencyFailed
-        self._tag(b"fut")
         self.feed(fut.result(), f"{where} (the result of {fut.name})")
 
     def _wait_for(self, fut: Any, where: str) -> None:
@@ -440,18 +442,18 @@ class Memoizer:
 
     def _resolve(self, app: Any, args: tuple, kwargs: dict, outer: AppFuture) -> None:
         try:
-            pending: list[Any] = []
-            key = call_key(app, args, kwargs, pending, self._ref_value)
-            if pending:  # (cannot happen: all were done) - wait again rather than guess
-                raise RuntimeError("a dependency is not done")
-        except _DependencyFailed:
-            app.submit(args, kwargs, outer)
-            return
+            try:
+                pending: list[Any] = []
+                key = call_key(app, args, kwargs, pending, self._ref_value)
+                if pending:  # (cannot happen: all were done)
+                    raise RuntimeError("a dependency is not done")
+            except _DependencyFailed:
+                app.submit(args, kwargs, outer)  # it fails as any dependent does
+                return
+            self._lookup_or_run(app, key, args, kwargs, outer)
         except Exception as err:  # noqa: BLE001 - the call's future fails with it
             if not outer.done():
                 outer.set_exception(err)
-            return
-        self._lookup_or_run(app, key, args, kwargs, outer)
 
     def _chain(self, source: AppFuture, target: AppFuture) -> None:
         """Resolve `target` as `source` resolves (its value loaded off the reader)."""
@@ -479,7 +481,7 @@ class Memoizer:
                 if self._table.get(key) is fut:
                     del self._table[key]
             return
-        if self.store is None:
+        if self.store is None or self._closed:
             return
         if self.mode == "task_exit":
             self._run_job(lambda: self._write([(key, name, fut)]))
@@ -490,12 +492,14 @@ class Memoizer:
     # ---- checkpoints -------------------------------------------------------------------
     def _write(self, items: list[tuple[str, str, AppFuture]]) -> None:
         for key, name, fut in items:
+            store = self.store
+            if store is None:
+                return  # (the session ended)
             try:
                 value = fut.result()
             except Exception:  # noqa: BLE001 - e.g. lost: nothing to write
                 continue
-            if self.store is not None and self.store.write(
-                    Record(key, name, value, fut.stdout, fut.stderr)):
+            if store.write(Record(key, name, value, fut.stdout, fut.stderr)):
                 with self._lock:
                     self.written += 1
 
@@ -557,13 +561,14 @@ class Memoizer:
         """At the end of the session: the last checkpoint (unless manual), then stop."""
         if self._closed:
             return
-        self._closed = True
         try:
             if final_checkpoint and self.store is not None and self.mode != "manual":
                 self.checkpoint()
             else:
                 self.drain()
         finally:
+            self._closed = True  # results arriving from now on are not written
+            self.drain()
             if self._thread is not None:
                 self._jobs.put(None)
                 self._thread.join(10)
