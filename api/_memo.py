@@ -4,18 +4,21 @@
 
 - the function *by its code*: its code object (bytecode, constants, names, recursively for
   nested functions and lambdas), its defaults, the values of its closure variables, and,
-  of the globals it names, those that are plain functions (hashed the same way) or
-  simple constants (numbers, strings, bytes, None); plus its qualified name and the app
-  kind. Editing the function (or a helper it calls) changes the key; so does another
-  Python version (other bytecode). Modules and classes it uses count by name only;
+  of the globals it names, those that are plain functions of the user's own modules
+  (hashed the same way) or simple constants (numbers, strings, bytes, None); plus its
+  qualified name and the app kind. Editing the function (or a helper it calls) changes
+  the key; so does another Python version (other bytecode). Modules, classes, builtins
+  and functions of installed packages count by name only;
 - the arguments *by value*, bound to the function's parameters (``f(1, b=2)`` and
   ``f(1, 2)`` are the same call), leaving out those named in ``ignore_for_cache``. Values
   may be None, bools, numbers, strings, bytes, tuples, lists, dicts, sets, ranges, enums,
-  paths, :class:`api.File` (by path), dataclass instances (by their fields), numpy arrays
-  and scalars (dtype, shape, bytes), Arrow tables (their IPC bytes), functions (as above),
-  and futures and refs: a **future** counts as the value it resolves to (so the lookup
-  waits until it has), an **ObjectRef** as its content (fetched once and hashed: ~1 s per
-  GB here; ids would differ in the next run, contents do not).
+  paths, :class:`api.File` (by path), modules and classes (by name), dataclass instances
+  (by their fields), numpy arrays and scalars (dtype, shape, bytes), Arrow tables (their
+  IPC bytes), functions (as above), objects of a type with a ``__shoal_cache_key__()``
+  method (by what it returns), and futures and refs: a **future** counts as the value it
+  resolves to (so the lookup waits until it has), an **ObjectRef** as its content
+  (fetched once and hashed: ~1 s per GB here; ids would differ in the next run, contents
+  do not). A future counts exactly as its value passed directly would.
 
 Anything else (an open file, a lock, an object without value semantics) raises
 :class:`CacheKeyError` naming the argument, at the call: a call is never silently run
@@ -32,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import enum
+import functools
 import hashlib
 import inspect
 import logging
@@ -39,6 +43,7 @@ import os
 import pathlib
 import queue
 import struct
+import sys
 import threading
 import time
 import types
@@ -147,9 +152,11 @@ class Hasher:
             self._tag(b"path", str(value).encode())
         elif kind is range:
             self._tag(b"range", repr(value).encode())
-        elif isinstance(value, types.FunctionType | functools_partial()):
+        elif isinstance(value, types.FunctionType | functools.partial):
             self._tag(b"fn")
             self.feed_function(value, where)
+        elif isinstance(value, types.ModuleType):
+            self._tag(b"module", value.__name__.encode())
         elif isinstance(value, types.BuiltinFunctionType | type):
             self._tag(b"name", f"{value.__module__}.{value.__qualname__}".encode())
         elif kind.__module__ == "numpy" or kind.__module__.startswith("numpy."):
@@ -196,7 +203,7 @@ class Hasher:
                 self.feed(value.tolist(), where)
                 return
             self._tag(b"ndarray", f"{value.dtype.str}{value.shape}".encode())
-            self.h.update(memoryview(np.ascontiguousarray(value)).cast("B"))
+            self.h.update(np.ascontiguousarray(value).data.cast("B"))
         elif isinstance(value, np.generic):
             self._tag(b"npscalar", value.dtype.str.encode() + value.tobytes())
         else:
@@ -206,21 +213,25 @@ class Hasher:
 
     def feed_function(self, fn: Any, where: str) -> None:
         """Add a function by its code, defaults, closure and the globals it names."""
-        partial = functools_partial()
-        if isinstance(fn, partial):
+        if isinstance(fn, functools.partial):
             self.feed_function(fn.func, where)
             self.feed(list(fn.args), f"{where} (partial arguments)")
             self.feed(dict(fn.keywords), f"{where} (partial keywords)")
             return
+        name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        qualified = f"{getattr(fn, '__module__', '')}.{name}"
+        code = getattr(fn, "__code__", None)
+        if code is None or (self._functions and _is_library(fn)):
+            # Builtins, and functions of installed packages a user function calls, count
+            # by name: walking a library's whole call graph would cost more than the
+            # call (and its code changes only with its version).
+            self._tag(b"named", qualified.encode())
+            return
         if id(fn) in self._functions:
-            self._tag(b"recursive", fn.__qualname__.encode())
+            self._tag(b"recursive", qualified.encode())
             return
         self._functions.add(id(fn))
-        name = getattr(fn, "__qualname__", type(fn).__qualname__)
-        self._tag(b"function", f"{getattr(fn, '__module__', '')}.{name}".encode())
-        code = getattr(fn, "__code__", None)
-        if code is None:
-            raise CacheKeyError(f"{where}: {fn!r} has no code to hash")
+        self._tag(b"function", qualified.encode())
         names: list[str] = []
         self._code(code, names)
         label = f"{where} ({name})"
@@ -252,21 +263,39 @@ class Hasher:
                                 code.co_freevars, code.co_cellvars, code.co_names)).encode())
         names.extend(code.co_names)
         for const in code.co_consts:
-            if isinstance(const, types.CodeType):
-                self._code(const, names)
-            else:
-                self._tag(b"const", repr(const).encode())
+            self._const(const, names)
+
+    def _const(self, const: Any, names: list[str]) -> None:
+        # Not repr(): a frozenset constant (``x in {"a", "b"}``) prints in hash-seed order.
+        if isinstance(const, types.CodeType):
+            self._code(const, names)
+        elif const is Ellipsis:
+            self._tag(b"...")
+        elif type(const) is tuple:
+            self._tag(b"ctuple", str(len(const)).encode())
+            for item in const:
+                self._const(item, names)
+        else:
+            self._tag(b"const")
+            self.feed(const, "a constant")
+
+
+_LIBRARY_PREFIXES = tuple({os.path.realpath(p) for p in (sys.prefix, sys.base_prefix,
+                                                           sys.exec_prefix)})
+
+
+def _is_library(fn: Any) -> bool:
+    """True for a function of the standard library or an installed package."""
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    if not path:
+        return False
+    real = os.path.realpath(path)
+    return real.startswith(_LIBRARY_PREFIXES) or "site-packages" in real
 
 
 class _DependencyFailed(Exception):
     """A future among the arguments failed: the call runs, and fails as dependents do."""
-
-
-def functools_partial() -> type:
-    """functools.partial (imported here so the type check above reads plainly)."""
-    import functools
-
-    return functools.partial
 
 
 # ---- the key of a call ------------------------------------------------------------------

@@ -48,13 +48,34 @@ def test_different_values_give_different_keys(a, b):
 
 
 def test_keys_do_not_depend_on_the_hash_seed():
-    code = ("import sys; sys.path.insert(0, %r); from api import _memo; h = _memo.Hasher(); "
-            "h.feed({'x': {'a', 'b', 'c'}, 'y': frozenset({1, 'z'})}, 'v'); print(h.digest())"
-            % ROOT)
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from api import _memo; "
+            "h = _memo.Hasher(); h.feed({'x': {'a', 'b', 'c'}, 'y': frozenset({1, 'z'})}, "
+            "'v'); print(h.digest())")
     seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
             for seed in ("1", "2", "3")}
     assert len(seen) == 1
+
+
+def test_function_keys_do_not_depend_on_the_hash_seed():
+    code = (f"import sys; sys.path.insert(0, {ROOT!r}); from api import _memo\n"
+            "def f(x):\n    return x in {'alpha', 'beta', 'gamma', 'delta'}\n"
+            "h = _memo.Hasher(); h.feed_function(f, 'f'); print(h.digest())")
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+            for seed in ("1", "2", "3", "4")}
+    assert len(seen) == 1
+
+
+def test_library_functions_count_by_name():
+    import json
+
+    def f(x):
+        return json.dumps(x)
+
+    h = _memo.Hasher()
+    h.feed_function(f, "f")  # does not walk json's code
+    assert fn_digest(np.mean) == fn_digest(np.mean)
 
 
 def test_functions_hash_by_code_defaults_and_closure():
