@@ -382,12 +382,15 @@ class Memoizer:
         self.mode = mode
         self.period = period
         self._table: dict[str, AppFuture] = {}
+        # _lock: the table and lookups (user threads, the memo thread; held while a miss
+        # is submitted). _idle: the job count and unwritten results; the reader thread
+        # takes only this one, never held across anything that blocks.
         self._lock = threading.RLock()
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._unwritten: list[Record] = []  # finished, not written yet (periodic, manual)
         self._queued = 0                     # jobs not finished yet
-        self._idle = threading.Condition(self._lock)
+        self._idle = threading.Condition(threading.Lock())
         self.written = 0
         self._closed = False
         if store is not None and mode == "periodic":
@@ -506,17 +509,20 @@ class Memoizer:
     def _finished(self, key: str, name: str, fut: AppFuture) -> None:
         """On the reader thread: remember success, forget failure, checkpoint."""
         if concurrent.futures.Future.exception(fut, 0) is not None:
-            with self._lock:
-                if self._table.get(key) is fut:
-                    del self._table[key]
+            self._run_job(lambda: self._forget(key, fut))
             return
         if self.store is None or self._closed:
             return
         if self.mode == "task_exit":
             self._run_job(lambda: self._write([(key, name, fut)]))
         else:
-            with self._lock:
+            with self._idle:
                 self._unwritten.append(Record(key, name, fut, fut.stdout, fut.stderr))
+
+    def _forget(self, key: str, fut: AppFuture) -> None:
+        with self._lock:
+            if self._table.get(key) is fut:
+                del self._table[key]
 
     # ---- checkpoints -------------------------------------------------------------------
     def _write(self, items: list[tuple[str, str, AppFuture]]) -> None:
@@ -529,13 +535,13 @@ class Memoizer:
             except Exception:  # noqa: BLE001 - e.g. lost: nothing to write
                 continue
             if store.write(Record(key, name, value, fut.stdout, fut.stderr)):
-                with self._lock:
+                with self._idle:
                     self.written += 1
 
     def checkpoint(self) -> int:
         """Write every finished, unwritten result now; wait for writes in flight. Returns
         how many results this driver has written in all."""
-        with self._lock:
+        with self._idle:
             records, self._unwritten = self._unwritten, []
         if records:
             self._run_job(lambda: self._write([(r.key, r.app, r.value) for r in records]))
@@ -549,17 +555,16 @@ class Memoizer:
                 self._idle.wait(0.5)
 
     def _run_job(self, job: Callable[[], None]) -> None:
-        with self._lock:
+        with self._idle:
             self._queued += 1
             self._start()
         self._jobs.put(job)
 
     def _start(self) -> None:
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="shoal-memo",
-                                                daemon=True)
-                self._thread.start()
+        # (Called holding _idle, or from __init__.)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="shoal-memo", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         next_periodic = time.monotonic() + self.period
@@ -571,7 +576,7 @@ class Memoizer:
                 job = self._jobs.get(timeout=timeout)
             except queue.Empty:
                 next_periodic = time.monotonic() + self.period
-                with self._lock:
+                with self._idle:
                     records, self._unwritten = self._unwritten, []
                 self._write([(r.key, r.app, r.value) for r in records])
                 continue
@@ -609,7 +614,6 @@ class Memoizer:
 
 # ---- the session's memoizer -------------------------------------------------------------
 _memoizers: weakref.WeakKeyDictionary[Any, Memoizer] = weakref.WeakKeyDictionary()
-_config: dict[str, Any] = {"dir": None, "mode": "task_exit", "period": 60.0}
 
 
 def check_options(checkpoint_dir: Any, mode: Any, period: Any) -> None:
