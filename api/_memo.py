@@ -423,6 +423,9 @@ class Memoizer:
                        outer: AppFuture | None) -> AppFuture:
         with self._lock:
             shared = self._table.get(key)
+            if shared is not None and shared.done() and \
+                    concurrent.futures.Future.exception(shared, 0) is not None:
+                shared = None  # failed: not remembered (its _forget may not have run yet)
             if shared is not None:
                 if outer is None:
                     return shared
