@@ -115,6 +115,17 @@ class DataFuture(concurrent.futures.Future):
         else:
             self.set_result(self._file)
 
+    def _invoke_callbacks(self) -> None:
+        # As for AppFutures: user callbacks run on the session's callback thread, never on
+        # the thread delivering results.
+        callbacks: list[Any] = self._done_callbacks  # type: ignore[has-type]
+        runner = getattr(getattr(self._parent, "_client", None), "callbacks", None)
+        if callbacks and runner is not None:
+            self._done_callbacks: list[Any] = []
+            runner.run(self, callbacks)
+        else:
+            super()._invoke_callbacks()  # type: ignore[misc]
+
     @property
     def parent(self) -> Any:
         """The future of the app that writes this file."""

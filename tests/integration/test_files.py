@@ -45,6 +45,14 @@ def test_three_bash_apps_chained_by_files(cluster, tmp_path):
     assert third.result(timeout=60) == 0
     assert open(summed.path).read().strip() == str(3 * 5050)
     assert first.outputs[0].done() and second.outputs[0].result() == twice
+    import threading
+
+    seen = []
+    done = threading.Event()
+    pending = generate(3, outputs=[api.File(str(tmp_path / "cb"))]).outputs[0]
+    pending.add_done_callback(lambda f: (seen.append(threading.current_thread().name),
+                                         done.set()))
+    assert done.wait(60) and seen == ["shoal-callbacks"]
     # A python app given a DataFuture gets the File.
     assert read_file(second.outputs[0]).result(timeout=60).split()[:3] == ["2", "4", "6"]
 
