@@ -118,7 +118,7 @@ class DataFuture(concurrent.futures.Future):
     def _invoke_callbacks(self) -> None:
         # As for AppFutures: user callbacks run on the session's callback thread, never on
         # the thread delivering results.
-        callbacks: list[Any] = self._done_callbacks  # type: ignore[has-type]
+        callbacks: list[Any] = self._done_callbacks
         runner = getattr(getattr(self._parent, "_client", None), "callbacks", None)
         if callbacks and runner is not None:
             self._done_callbacks: list[Any] = []
