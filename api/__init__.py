@@ -272,6 +272,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise _errors.ShoalError("api.init() was already called; call api.shutdown() "
                                      "first, or pass ignore_reinit_error=True")
         targets, secret, cf = _resolve(address)
+        store = _memo.open_store(checkpoint_dir)  # (a bad directory fails before any start)
         process = None
         embedded = not targets
         log_dir = cf.log_dir if cf else ""
@@ -308,12 +309,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                            else targets[-1], cluster_id=client.cluster_id, embedded=embedded,
                            nodes=[{"name": n.name, **to_dict(n.total)}
                                   for n in client.nodes.values()], log_dir=log_dir)
-        try:
-            _memo.configure(client, checkpoint_dir, checkpoint_mode, checkpoint_period)
-        except BaseException:
-            client.close()
-            _session.stop_embedded(process)
-            raise
+        _memo.configure(client, store, checkpoint_mode, checkpoint_period)
         _session.set_session(client, process, info, run_dir)
         return info
 

@@ -633,13 +633,17 @@ def check_options(checkpoint_dir: Any, mode: Any, period: Any) -> None:
                          "seconds > 0")
 
 
-def configure(client: Any, checkpoint_dir: Any, mode: str, period: float) -> None:
-    """Set up memoization for a new session (``checkpoint_dir`` None: in memory only;
-    ``$SHOAL_CHECKPOINT_DIR``, which ``clusterctl run --checkpoint-dir`` sets, is the
-    default)."""
+def open_store(checkpoint_dir: Any) -> CheckpointStore | None:
+    """The checkpoint store of ``api.init(checkpoint_dir=)`` (None: memoize in memory
+    only); ``$SHOAL_CHECKPOINT_DIR``, which ``clusterctl run --checkpoint-dir`` sets, is the
+    default. ValueError naming the directory when it cannot be used."""
     if checkpoint_dir is None:
         checkpoint_dir = os.environ.get("SHOAL_CHECKPOINT_DIR") or None
-    store = CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
+    return CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
+
+
+def configure(client: Any, store: CheckpointStore | None, mode: str, period: float) -> None:
+    """Set up memoization for a new session, with the store from :func:`open_store`."""
     _memoizers[client] = Memoizer(client, store, mode, float(period))
     _session.on_end(_end)
 

@@ -252,3 +252,34 @@ def test_bad_init_options_name_the_option():
         _memo.check_options(None, "periodic", 0)
     with pytest.raises(ValueError, match="checkpoint_dir=3"):
         _memo.check_options(3, "task_exit", 60)
+
+
+def test_types_can_name_their_own_key():
+    class Version:
+        def __init__(self, text):
+            self.text = text
+
+        def __shoal_cache_key__(self):
+            return self.text
+
+    assert digest(Version("1.2")) == digest(Version("1.2")) != digest(Version("1.3"))
+    assert digest(api.AUTO_LOGNAME) == digest(api.AUTO_LOGNAME)
+
+
+def test_options_can_turn_the_cache_on():
+    def f(a):
+        return a
+
+    app = api.python_app(f)
+    assert not app.cache and app.options(cache=True).cache
+    assert app.options(cache=True, ignore_for_cache=["a"]).ignore_for_cache == ("a",)
+
+
+def test_an_unusable_checkpoint_dir_fails_before_anything_starts(tmp_path):
+    if api.is_initialized():
+        pytest.skip("a session is active in this process")
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(ValueError, match="checkpoint_dir=.*cannot create it"):
+        api.init(checkpoint_dir=str(not_a_dir / "ck"))
+    assert not api.is_initialized()
