@@ -165,6 +165,10 @@ DRIVER = textwrap.dedent("""
             f.write("total\\n")
         return sum(p["sq"] for p in parts) + float(arr.sum())
 
+    @api.python_app
+    def mean(arr):  # not cached: runs every time, on a checkpointed value in the 2nd run
+        return float(arr.mean())
+
     phase = os.environ.get("PHASE", "all")
     if phase == "all":
         parts = [step(i) for i in range(4)]
@@ -174,6 +178,7 @@ DRIVER = textwrap.dedent("""
         print("RESULT", t.result(), s.result(), open(s.stdout).read().strip(), flush=True)
         a = arr.result()
         print("BIG", a.shape[0], float(a.sum()), a.flags.writeable, flush=True)
+        print("MEAN", mean(arr).result(), mean(arr).result(), flush=True)  # published once
     elif phase == "kill":
         print("SMALL", [step(i).result() for i in range(4)], flush=True)
         print("WRITTEN", api.checkpoint(), flush=True)
@@ -225,6 +230,7 @@ def test_second_driver_reuses_every_result_and_runs_nothing(tmp_path, clusterctl
     assert runs(log) == ran, "the second driver ran something"
     assert "RESULT 2100014.0 0 hi" in second.stdout and "RESULT 2100014.0 0 hi" in first.stdout
     assert "BIG 300000 2100000.0 False" in second.stdout  # mapped from the checkpoint file
+    assert "MEAN 7.0 7.0" in second.stdout  # a checkpointed value as an ordinary argument
     # The same directory through clusterctl run --checkpoint-dir (no checkpoint_dir= given).
     third = clusterctl("run", "--num-cpus", "2", "--checkpoint-dir", ck, "--", sys.executable,
                        script, env={"NO_DIR": "1", "PYTHONPATH": ROOT}, timeout=120)
