@@ -165,9 +165,13 @@ def _file_after(_producer_result: Any, file: File) -> File:
 
 
 def output_futures(parent: Any, outputs: Any) -> list[DataFuture]:
-    """The DataFutures of an app call's ``outputs=`` (TypeError naming a bad entry)."""
-    if not isinstance(outputs, list | tuple):
-        raise TypeError(f"outputs= takes a list of api.File, got {type(outputs).__name__}")
+    """The DataFutures of an app call's ``outputs=``: one per entry when the entries are
+    Files (TypeError naming one that is not a File or a path, among Files). An
+    ``outputs`` argument holding no File at all is the function's own business (a
+    parameter that happens to have the name) and gets none."""
+    if not isinstance(outputs, list | tuple) or \
+            not any(isinstance(item, File | DataFuture) for item in outputs):
+        return []
     out = []
     for i, item in enumerate(outputs):
         if isinstance(item, DataFuture):
@@ -176,6 +180,6 @@ def output_futures(parent: Any, outputs: Any) -> list[DataFuture]:
             item = File(item)
         if not isinstance(item, File):
             raise TypeError(f"outputs[{i}] is {type(item).__name__} {item!r}; expected an "
-                            "api.File (or a path)")
+                            "api.File (or a path), as the other outputs are")
         out.append(DataFuture(parent, item))
     return out

@@ -105,6 +105,13 @@ def test_memoized_file_app_runs_once(cluster, tmp_path):
     assert open(tmp_path / "dst2").read() == "hello\n"
 
 
-def test_bad_outputs_are_named(cluster):
-    with pytest.raises(TypeError, match=r"outputs\[0\] is int"):
-        double(inputs=[], outputs=[3])
+def test_bad_outputs_are_named_and_other_outputs_params_are_left_alone(cluster, tmp_path):
+    with pytest.raises(TypeError, match=r"outputs\[1\] is int"):
+        double(inputs=[], outputs=[api.File(str(tmp_path / "a")), 3])
+
+    @api.python_app
+    def layer(outputs=3):
+        return outputs * 2
+
+    fut = layer(outputs=4)  # a parameter that happens to be called outputs
+    assert fut.result(timeout=60) == 8 and list(fut.outputs) == []
