@@ -249,6 +249,10 @@ class Hasher:
             if glob not in globs:
                 continue
             value = globs[glob]
+            wrapped = getattr(value, "__wrapped__", None)
+            if not isinstance(value, types.FunctionType) and \
+                    isinstance(wrapped, types.FunctionType):
+                value = wrapped  # e.g. another app this one calls: by its function's code
             if isinstance(value, types.FunctionType):
                 self._tag(b"global", glob.encode())
                 self.feed_function(value, f"{label} global {glob!r}")

@@ -115,6 +115,25 @@ def _uses_helper(x):
     return _helper_a(x)
 
 
+@api.python_app
+def _inner_app(x):
+    return x + 1
+
+
+def _calls_app(x):
+    return _inner_app(x).result()
+
+
+def test_an_app_the_function_calls_counts_by_its_code():
+    before = fn_digest(_calls_app)
+    original = _inner_app.fn.__code__
+    try:
+        _inner_app.fn.__code__ = (lambda x: x + 5).__code__
+        assert fn_digest(_calls_app) != before
+    finally:
+        _inner_app.fn.__code__ = original
+
+
 def test_a_helper_the_function_calls_is_part_of_its_key():
     before = fn_digest(_uses_helper)
     original = _helper_a.__code__
