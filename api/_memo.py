@@ -26,8 +26,11 @@ again because its key could not be made.
 
 **In one driver** identical calls share one future (as Dask's identical keys do): the
 second call returns the first call's future, running or finished. A failed call is not
-remembered (the next identical call runs). With ``checkpoint_dir``, finished results are
-also written there (:mod:`api._checkpoint`) and found by later drivers.
+remembered (the next identical call runs). A future with a large result (one kept in a
+node store) is remembered only while something else holds it, so the table never pins
+object-store memory the user let go of; small results are remembered for the session.
+With ``checkpoint_dir``, finished results are also written there (:mod:`api._checkpoint`)
+and found by later drivers.
 """
 
 from __future__ import annotations
@@ -385,7 +388,10 @@ class Memoizer:
         self.store = store
         self.mode = mode
         self.period = period
-        self._table: dict[str, AppFuture] = {}
+        # key -> its future; once a future finished with a large (stored) value, a weak
+        # reference: the table must not keep gigabytes in the object store that the
+        # user has let go of (the checkpoint, if any, still has them).
+        self._table: dict[str, AppFuture | weakref.ref[AppFuture]] = {}
         # _lock: the table and lookups (user threads, the memo thread; held while a miss
         # is submitted). _idle: the job count and unwritten results; the reader thread
         # takes only this one, never held across anything that blocks.
@@ -427,6 +433,8 @@ class Memoizer:
                        outer: AppFuture | None) -> AppFuture:
         with self._lock:
             shared = self._table.get(key)
+            if isinstance(shared, weakref.ref):
+                shared = shared()
             if shared is not None and shared.done() and \
                     concurrent.futures.Future.exception(shared, 0) is not None:
                 shared = None  # failed: not remembered (its _forget may not have run yet)
@@ -518,6 +526,8 @@ class Memoizer:
         if concurrent.futures.Future.exception(fut, 0) is not None:
             self._run_job(lambda: self._forget(key, fut))
             return
+        if fut.stored:
+            self._run_job(lambda: self._weaken(key, fut))
         if self.store is None or self._closed:
             return
         if self.mode == "task_exit":
@@ -525,6 +535,11 @@ class Memoizer:
         else:
             with self._idle:
                 self._unwritten.append(Record(key, name, fut, fut.stdout, fut.stderr))
+
+    def _weaken(self, key: str, fut: AppFuture) -> None:
+        with self._lock:
+            if self._table.get(key) is fut:
+                self._table[key] = weakref.ref(fut)
 
     def _forget(self, key: str, fut: AppFuture) -> None:
         with self._lock:
@@ -594,6 +609,7 @@ class Memoizer:
             except Exception:  # noqa: BLE001
                 _log.exception("memoization job failed")
             finally:
+                job = None  # (it may hold a future: not until the next job comes)
                 with self._idle:
                     self._queued -= 1
                     self._idle.notify_all()

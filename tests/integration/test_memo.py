@@ -300,3 +300,32 @@ def test_periodic_mode_writes_while_running(tmp_path):
         proc.kill()
         proc.wait(30)
         proc.stdout.close()
+
+
+def test_large_results_are_not_pinned_by_the_memo_table(cluster, tmp_path):
+    import gc
+
+    import numpy as np
+
+    log = str(tmp_path / "log")
+
+    @api.python_app(cache=True)
+    def make(log, n):
+        with open(log, "a") as f:
+            f.write("make\n")
+        return np.ones(n)
+
+    fut = make(log, 200_000)  # 1.6 MB: stored
+    assert make(log, 200_000) is fut
+    assert fut.result(timeout=60).sum() == 200_000
+    import weakref
+
+    ref = weakref.ref(fut)
+    del fut
+    deadline = time.monotonic() + 30
+    while ref() is not None:  # (the table's reference is weakened on the memo thread)
+        assert time.monotonic() < deadline, "the memo table still holds the large result"
+        gc.collect()
+        time.sleep(0.05)
+    assert make(log, 200_000).result(timeout=60).sum() == 200_000  # runs again
+    assert runs(log) == ["make", "make"]
