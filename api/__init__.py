@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api import _actors, _errors, _memo, _session
+from api import _actors, _cache, _errors, _session
 from api._actors import ActorClass, ActorHandle, actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
@@ -263,7 +263,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     >>> api.init("auto")               # doctest: +SKIP
     """
     _check_init_args(num_cpus, num_gpus, resources, timeout, object_store_memory)
-    _memo.check_options(checkpoint_dir, checkpoint_mode, checkpoint_period)
+    _cache.check_options(checkpoint_dir, checkpoint_mode, checkpoint_period)
     with _session.lock():
         current, info = _session.current()
         if current is not None and not current.closed:
@@ -272,7 +272,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise _errors.ShoalError("api.init() was already called; call api.shutdown() "
                                      "first, or pass ignore_reinit_error=True")
         targets, secret, cf = _resolve(address)
-        store = _memo.open_store(checkpoint_dir)  # (a bad directory fails before any start)
+        store = _cache.open_store(checkpoint_dir)  # (a bad directory fails before any start)
         process = None
         embedded = not targets
         log_dir = cf.log_dir if cf else ""
@@ -309,7 +309,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                            else targets[-1], cluster_id=client.cluster_id, embedded=embedded,
                            nodes=[{"name": n.name, **to_dict(n.total)}
                                   for n in client.nodes.values()], log_dir=log_dir)
-        _memo.configure(client, store, checkpoint_mode, checkpoint_period)
+        _cache.configure(client, store, checkpoint_mode, checkpoint_period)
         _session.set_session(client, process, info, run_dir)
         return info
 
@@ -338,7 +338,7 @@ def checkpoint() -> int:
     >>> api.checkpoint()                                             # doctest: +SKIP
     10
     """
-    return _memo.checkpoint()
+    return _cache.checkpoint()
 
 
 def is_initialized() -> bool:

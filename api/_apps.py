@@ -15,7 +15,7 @@ from typing import Any
 
 import cloudpickle
 
-from api import _errors, _memo, _session
+from api import _cache, _errors, _memo, _session
 from api._files import output_futures
 from api._futures import AppFuture
 from cluster.common import serialization
@@ -228,7 +228,7 @@ class App:
 
     def __call__(self, *args: Any, **kwargs: Any) -> AppFuture:
         if self.cache:
-            return _memo.call(self, args, kwargs)
+            return _cache.call(self, args, kwargs)
         return self.submit(args, kwargs)
 
     def submit(self, args: tuple, kwargs: dict, future: AppFuture | None = None) -> AppFuture:

@@ -26,11 +26,8 @@ again because its key could not be made.
 
 **In one driver** identical calls share one future (as Dask's identical keys do): the
 second call returns the first call's future, running or finished. A failed call is not
-remembered (the next identical call runs). A future with a large result (one kept in a
-node store) is remembered only while something else holds it, so the table never pins
-object-store memory the user let go of; small results are remembered for the session.
-With ``checkpoint_dir``, finished results are also written there (:mod:`api._checkpoint`)
-and found by later drivers.
+remembered (the next identical call runs). The table is :mod:`api._cache`; the
+checkpoint directory :mod:`api._checkpoint`.
 """
 
 from __future__ import annotations
@@ -44,26 +41,19 @@ import inspect
 import logging
 import os
 import pathlib
-import queue
 import struct
 import sys
-import threading
-import time
 import types
 import weakref
 from collections.abc import Callable
 from typing import Any
 
-from api import _errors, _session
-from api._checkpoint import CheckpointStore, Record
-from api._files import DataFuture, File, output_futures
+from api import _errors
+from api._files import DataFuture, File
 from api._futures import AppFuture
 from cluster.common.serialization import ObjectRef
 
 _log = logging.getLogger("api.memo")
-
-MODES = ("task_exit", "periodic", "manual")
-
 
 class CacheKeyError(_errors.ShoalError, TypeError):
     """An argument of a ``cache=True`` app cannot be hashed stably, so the call has no
@@ -188,7 +178,7 @@ class Hasher:
             self._wait_for(fut, where)
             return
         if concurrent.futures.Future.exception(fut, 0) is not None:
-            raise _DependencyFailed
+            raise DependencyFailed
         self.feed(fut.result(), f"{where} (the result of {fut.name})")
 
     def _wait_for(self, fut: Any, where: str) -> None:
@@ -301,7 +291,7 @@ def _is_library(fn: Any) -> bool:
     return real.startswith(_LIBRARY_PREFIXES) or "site-packages" in real
 
 
-class _DependencyFailed(Exception):
+class DependencyFailed(Exception):  # noqa: N818 - a signal between modules, not an error
     """A future among the arguments failed: the call runs, and fails as dependents do."""
 
 
@@ -375,319 +365,3 @@ def call_key(app: Any, args: tuple, kwargs: dict, pending: list[Any] | None,
         else:
             hasher.feed(value, f"app {app.name!r}: argument {name!r}")
     return hasher.digest()
-
-
-# ---- the memo table of a session --------------------------------------------------------
-class Memoizer:
-    """A session's memo table, its checkpoint store, and a thread for slow work (hashing
-    resolved futures' values, writing results) off the result reader."""
-
-    def __init__(self, client: Any, store: CheckpointStore | None, mode: str,
-                 period: float) -> None:
-        self.client = client
-        self.store = store
-        self.mode = mode
-        self.period = period
-        # key -> its future; once a future finished with a large (stored) value, a weak
-        # reference: the table must not keep gigabytes in the object store that the
-        # user has let go of (the checkpoint, if any, still has them).
-        self._table: dict[str, AppFuture | weakref.ref[AppFuture]] = {}
-        # _lock: the table and lookups (user threads, the memo thread; held while a miss
-        # is submitted). _idle: the job count and unwritten results; the reader thread
-        # takes only this one, never held across anything that blocks.
-        self._lock = threading.RLock()
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._unwritten: list[Record] = []  # finished, not written yet (periodic, manual)
-        self._queued = 0                     # jobs not finished yet
-        self._idle = threading.Condition(threading.Lock())
-        self.written = 0
-        self._closed = False
-        if store is not None and mode == "periodic":
-            self._start()
-
-    # ---- calls -------------------------------------------------------------------------
-    def call(self, app: Any, args: tuple, kwargs: dict) -> AppFuture:
-        """A memoized app call: a shared future, a checkpointed value, or a new task."""
-        pending: list[Any] = []
-        try:
-            key = call_key(app, args, kwargs, pending, self._ref_value)
-        except _DependencyFailed:
-            return app.submit(args, kwargs)  # fails as any dependent does; not remembered
-        if pending:
-            return self._deferred(app, args, kwargs, pending)
-        return self._lookup_or_run(app, key, args, kwargs, None)
-
-    def _ref_value(self, ref: ObjectRef) -> Any:
-        _session.check_ref(ref)
-        client = self.client
-        known = client.put_locations.get(ref.id)
-        if known is not None:
-            return client.load(known)
-        (result,) = client.get_values([ref.id], None)
-        if result.status != 0:
-            raise client.error_for(result, f"object {ref!r}")
-        return client.load(result)
-
-    def _lookup_or_run(self, app: Any, key: str, args: tuple, kwargs: dict,
-                       outer: AppFuture | None) -> AppFuture:
-        with self._lock:
-            shared = self._table.get(key)
-            if isinstance(shared, weakref.ref):
-                shared = shared()
-            if shared is not None and shared.done() and \
-                    concurrent.futures.Future.exception(shared, 0) is not None:
-                shared = None  # failed: not remembered (its _forget may not have run yet)
-            if shared is not None:
-                if outer is None:
-                    return shared
-                self._chain(shared, outer)
-                return outer
-            entry = self.store.get(key) if self.store is not None else None
-            if entry is not None:
-                fut = outer
-                if fut is None:
-                    fut = AppFuture(self.client.new_id(), app.name, self.client,
-                                    entry.stdout, entry.stderr)
-                    self._with_outputs(fut, kwargs)
-                    self.client.track_local(fut)
-                else:
-                    fut.stdout, fut.stderr = entry.stdout, entry.stderr
-                fut.set_result(entry.value)
-                self._table[key] = fut
-                return fut
-            fut = app.submit(args, kwargs, outer)
-            self._table[key] = fut
-        fut.when_done(lambda done: self._finished(key, app.name, done))
-        return fut
-
-    def _with_outputs(self, fut: AppFuture, kwargs: dict) -> None:
-        outputs = kwargs.get("outputs")
-        if outputs:
-            fut.outputs = output_futures(fut, outputs)
-
-    def _deferred(self, app: Any, args: tuple, kwargs: dict, pending: list[Any]) -> AppFuture:
-        """A future now; the key (and the lookup) once the futures among the arguments
-        are done."""
-        client = self.client
-        outer = AppFuture(client.new_id(), app.name, client)
-        self._with_outputs(outer, kwargs)
-        client.track_local(outer)
-        left = [len(pending)]
-        lock = threading.Lock()
-
-        def one_done(_fut: Any) -> None:
-            with lock:
-                left[0] -= 1
-                last = left[0] == 0
-            if last:
-                self._run_job(lambda: self._resolve(app, args, kwargs, outer))
-
-        for fut in pending:
-            fut.when_done(one_done)
-        return outer
-
-    def _resolve(self, app: Any, args: tuple, kwargs: dict, outer: AppFuture) -> None:
-        try:
-            try:
-                pending: list[Any] = []
-                key = call_key(app, args, kwargs, pending, self._ref_value)
-                if pending:  # (cannot happen: all were done)
-                    raise RuntimeError("a dependency is not done")
-            except _DependencyFailed:
-                app.submit(args, kwargs, outer)  # it fails as any dependent does
-                return
-            self._lookup_or_run(app, key, args, kwargs, outer)
-        except Exception as err:  # noqa: BLE001 - the call's future fails with it
-            if not outer.done():
-                outer.set_exception(err)
-
-    def _chain(self, source: AppFuture, target: AppFuture) -> None:
-        """Resolve `target` as `source` resolves (its value loaded off the reader)."""
-        def copy() -> None:
-            err = concurrent.futures.Future.exception(source, 0)
-            if err is None:
-                try:
-                    value = source.result()
-                except Exception as failure:  # noqa: BLE001
-                    err = failure
-            if target.done():
-                return
-            target.stdout, target.stderr = source.stdout, source.stderr
-            if err is not None:
-                target.set_exception(err)
-            else:
-                target.set_result(value)
-
-        source.when_done(lambda _s: self._run_job(copy))
-
-    def _finished(self, key: str, name: str, fut: AppFuture) -> None:
-        """On the reader thread: remember success, forget failure, checkpoint."""
-        if concurrent.futures.Future.exception(fut, 0) is not None:
-            self._run_job(lambda: self._forget(key, fut))
-            return
-        if fut.stored:
-            self._run_job(lambda: self._weaken(key, fut))
-        if self.store is None or self._closed:
-            return
-        if self.mode == "task_exit":
-            self._run_job(lambda: self._write([(key, name, fut)]))
-        else:
-            with self._idle:
-                self._unwritten.append(Record(key, name, fut, fut.stdout, fut.stderr))
-
-    def _weaken(self, key: str, fut: AppFuture) -> None:
-        with self._lock:
-            if self._table.get(key) is fut:
-                self._table[key] = weakref.ref(fut)
-
-    def _forget(self, key: str, fut: AppFuture) -> None:
-        with self._lock:
-            if self._table.get(key) is fut:
-                del self._table[key]
-
-    # ---- checkpoints -------------------------------------------------------------------
-    def _write(self, items: list[tuple[str, str, AppFuture]]) -> None:
-        for key, name, fut in items:
-            store = self.store
-            if store is None:
-                return  # (the session ended)
-            try:
-                value = fut.result()
-            except Exception:  # noqa: BLE001 - e.g. lost: nothing to write
-                continue
-            if store.write(Record(key, name, value, fut.stdout, fut.stderr)):
-                with self._idle:
-                    self.written += 1
-
-    def checkpoint(self) -> int:
-        """Write every finished, unwritten result now; wait for writes in flight. Returns
-        how many results this driver has written in all."""
-        with self._idle:
-            records, self._unwritten = self._unwritten, []
-        if records:
-            self._run_job(lambda: self._write([(r.key, r.app, r.value) for r in records]))
-        self.drain()
-        return self.written
-
-    def drain(self) -> None:
-        """Wait until the queued jobs have run."""
-        with self._idle:
-            while self._queued:
-                self._idle.wait(0.5)
-
-    def _run_job(self, job: Callable[[], None]) -> None:
-        with self._idle:
-            self._queued += 1
-            self._start()
-        self._jobs.put(job)
-
-    def _start(self) -> None:
-        # (Called holding _idle, or from __init__.)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="shoal-memo", daemon=True)
-            self._thread.start()
-
-    def _loop(self) -> None:
-        next_periodic = time.monotonic() + self.period
-        while True:
-            timeout = None
-            if self.mode == "periodic" and self.store is not None:
-                timeout = max(0.0, next_periodic - time.monotonic())
-            try:
-                job = self._jobs.get(timeout=timeout)
-            except queue.Empty:
-                next_periodic = time.monotonic() + self.period
-                with self._idle:
-                    records, self._unwritten = self._unwritten, []
-                self._write([(r.key, r.app, r.value) for r in records])
-                continue
-            if job is None:
-                return
-            try:
-                job()
-            except Exception:  # noqa: BLE001
-                _log.exception("memoization job failed")
-            finally:
-                job = None  # (it may hold a future: not until the next job comes)
-                with self._idle:
-                    self._queued -= 1
-                    self._idle.notify_all()
-
-    def close(self, final_checkpoint: bool) -> None:
-        """At the end of the session: the last checkpoint (unless manual), then stop."""
-        if self._closed:
-            return
-        try:
-            if final_checkpoint and self.store is not None and self.mode != "manual":
-                self.checkpoint()
-            else:
-                self.drain()
-        finally:
-            self._closed = True  # results arriving from now on are not written
-            self.drain()
-            if self._thread is not None:
-                self._jobs.put(None)
-                self._thread.join(10)
-            if self.store is not None:
-                self.store.close()
-                self.store = None
-            self._table.clear()
-
-
-# ---- the session's memoizer -------------------------------------------------------------
-_memoizers: weakref.WeakKeyDictionary[Any, Memoizer] = weakref.WeakKeyDictionary()
-
-
-def check_options(checkpoint_dir: Any, mode: Any, period: Any) -> None:
-    """ValueError naming a bad checkpoint option of ``api.init``."""
-    if checkpoint_dir is not None and not (isinstance(checkpoint_dir, str | os.PathLike)
-                                           and os.fspath(checkpoint_dir)):
-        raise ValueError(f"api.init(checkpoint_dir={checkpoint_dir!r}): expected a directory "
-                         "path, or None")
-    if mode not in MODES:
-        raise ValueError(f"api.init(checkpoint_mode={mode!r}): expected one of "
-                         f"{', '.join(repr(m) for m in MODES)}")
-    if isinstance(period, bool) or not isinstance(period, int | float) or not period > 0:
-        raise ValueError(f"api.init(checkpoint_period={period!r}): expected a number of "
-                         "seconds > 0")
-
-
-def open_store(checkpoint_dir: Any) -> CheckpointStore | None:
-    """The checkpoint store of ``api.init(checkpoint_dir=)`` (None: memoize in memory
-    only); ``$SHOAL_CHECKPOINT_DIR``, which ``clusterctl run --checkpoint-dir`` sets, is the
-    default. ValueError naming the directory when it cannot be used."""
-    if checkpoint_dir is None:
-        checkpoint_dir = os.environ.get("SHOAL_CHECKPOINT_DIR") or None
-    return CheckpointStore(os.fspath(checkpoint_dir)) if checkpoint_dir else None
-
-
-def configure(client: Any, store: CheckpointStore | None, mode: str, period: float) -> None:
-    """Set up memoization for a new session, with the store from :func:`open_store`."""
-    _memoizers[client] = Memoizer(client, store, mode, float(period))
-    _session.on_end(_end)
-
-
-def _end(client: Any) -> None:
-    memo = _memoizers.pop(client, None)
-    if memo is not None:
-        memo.close(final_checkpoint=not client.closed)
-
-
-def memoizer() -> Memoizer:
-    """The current session's memoizer (made, in memory only, if api.init made none)."""
-    client = _session.client()
-    memo = _memoizers.get(client)
-    if memo is None:
-        memo = _memoizers.setdefault(client, Memoizer(client, None, "task_exit", 60.0))
-    return memo
-
-
-def call(app: Any, args: tuple, kwargs: dict) -> AppFuture:
-    """Run a ``cache=True`` app call through the session's memo table."""
-    return memoizer().call(app, args, kwargs)
-
-
-def checkpoint() -> int:
-    """``api.checkpoint()``: see its docstring."""
-    return memoizer().checkpoint()

@@ -15,7 +15,7 @@ import pytest
 from helpers import ROOT
 
 import api
-from api import _memo
+from api import _cache, _memo
 from api._checkpoint import CheckpointStore, Record
 
 
@@ -266,11 +266,11 @@ def test_results_holding_refs_are_not_checkpointed(tmp_path):
 
 def test_bad_init_options_name_the_option():
     with pytest.raises(ValueError, match="checkpoint_mode='sometimes'"):
-        _memo.check_options(None, "sometimes", 60)
+        _cache.check_options(None, "sometimes", 60)
     with pytest.raises(ValueError, match="checkpoint_period=0"):
-        _memo.check_options(None, "periodic", 0)
+        _cache.check_options(None, "periodic", 0)
     with pytest.raises(ValueError, match="checkpoint_dir=3"):
-        _memo.check_options(3, "task_exit", 60)
+        _cache.check_options(3, "task_exit", 60)
 
 
 def test_types_can_name_their_own_key():
