@@ -231,6 +231,14 @@ class App:
             return _cache.call(self, args, kwargs)
         return self.submit(args, kwargs)
 
+    def stream_paths(self, kwargs: dict, task_id: int) -> tuple[str | None, str | None]:
+        """The stdout and stderr paths a bash app call with `kwargs` would have as task
+        `task_id` (None when not redirected; `kwargs` is not changed)."""
+        if self.kind != pb.BASH:
+            return None, None
+        stdout, stderr = self._bash_targets(dict(kwargs), task_id, _session.run_dir)
+        return stdout[0] if stdout else None, stderr[0] if stderr else None
+
     def submit(self, args: tuple, kwargs: dict, future: AppFuture | None = None) -> AppFuture:
         """Submit one call as a task. `future`: resolve this future (made earlier by the
         memo table, with :meth:`Client.track_local`) instead of a new one."""

@@ -132,7 +132,8 @@ class Memoizer:
         """A future now; the key (and the lookup) once the futures among the arguments
         are done."""
         client = self.client
-        outer = AppFuture(client.new_id(), app.name, client)
+        task_id = client.new_id()
+        outer = AppFuture(task_id, app.name, client, *app.stream_paths(kwargs, task_id))
         self._with_outputs(outer, kwargs)
         client.track_local(outer)
         left = [len(pending)]

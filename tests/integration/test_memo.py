@@ -329,3 +329,23 @@ def test_large_results_are_not_pinned_by_the_memo_table(cluster, tmp_path):
         time.sleep(0.05)
     assert make(log, 200_000).result(timeout=60).sum() == 200_000  # runs again
     assert runs(log) == ["make", "make"]
+
+
+def test_a_waiting_cached_bash_app_knows_its_log_files_at_once(cluster, tmp_path):
+    @api.python_app
+    def slow(x):
+        import time as t
+
+        t.sleep(0.5)
+        return x
+
+    @api.bash_app(cache=True)
+    def show(tag, value, stdout=api.AUTO_LOGNAME):
+        return f"echo {tag} {value}"
+
+    tag = tmp_path.name
+    fut = show(tag, slow(7))
+    assert fut.stdout and fut.stdout.endswith(".stdout") and not fut.done()
+    assert fut.result(timeout=60) == 0
+    assert open(fut.stdout).read() == f"{tag} 7\n"
+    assert show(tag, 7) is fut  # the call it became is shared like any other
