@@ -11,8 +11,8 @@ Layout of ``checkpoint_dir``::
 Crash safety (a driver SIGKILLed at its walltime): a large result is written to
 ``objects/.tmp.<host>.<pid>.<key>``, fsynced and renamed into place *before* its index row
 is committed, so a row never names a partial file; a row is one transaction (WAL: a commit
-is atomic against a killed process). Leftover temp files of dead processes of this host are
-removed at open. A row whose file turns out missing or unreadable is dropped and counts as
+is atomic against a killed process). Leftover temp files of dead processes of this host,
+and those of other hosts older than a day, are removed at open. A row whose file turns out missing or unreadable is dropped and counts as
 a miss (the task runs again), never as a wrong value.
 """
 
@@ -44,6 +44,9 @@ CREATE TABLE IF NOT EXISTS results (
     created REAL NOT NULL
 )
 """
+
+#: A temporary file of another host's driver older than this is a leftover (seconds).
+_FOREIGN_TEMP_AGE = 24 * 3600
 
 #: Test-only: seconds to pause halfway through writing a result file (so a test can
 #: SIGKILL the driver mid-write deterministically).
@@ -103,13 +106,22 @@ class CheckpointStore:
         self._remove_stale_temp_files()
 
     def _remove_stale_temp_files(self) -> None:
+        now = time.time()
         for name in os.listdir(self.objects):
-            if not name.startswith(self._prefix):
+            if not name.startswith(".tmp."):
                 continue
-            pid_text = name[len(self._prefix):].split(".", 1)[0]
-            if pid_text.isdigit() and not paths.pid_alive(int(pid_text)):
+            path = os.path.join(self.objects, name)
+            if name.startswith(self._prefix):  # this host's: its writer is alive or not
+                pid_text = name[len(self._prefix):].split(".", 1)[0]
+                stale = pid_text.isdigit() and not paths.pid_alive(int(pid_text))
+            else:  # another host's: no write takes a day
                 try:
-                    os.unlink(os.path.join(self.objects, name))
+                    stale = now - os.stat(path).st_mtime > _FOREIGN_TEMP_AGE
+                except OSError:
+                    continue
+            if stale:
+                try:
+                    os.unlink(path)
                 except OSError:
                     pass
 

@@ -252,8 +252,14 @@ def test_temp_files_of_dead_writers_are_removed(tmp_path):
     mine = objects / f".tmp.{socket.gethostname()}.{os.getpid()}.j.obj"
     stale.write_bytes(b"partial")
     mine.write_bytes(b"in progress")
+    old_foreign = objects / ".tmp.otherhost.123.a.obj"
+    new_foreign = objects / ".tmp.otherhost.124.b.obj"
+    old_foreign.write_bytes(b"x")
+    new_foreign.write_bytes(b"y")
+    os.utime(old_foreign, (1, 1))
     CheckpointStore(str(tmp_path / "ck")).close()
     assert not stale.exists() and mine.exists()
+    assert not old_foreign.exists() and new_foreign.exists()
 
 
 def test_results_holding_refs_are_not_checkpointed(tmp_path):
