@@ -12,8 +12,9 @@ Crash safety (a driver SIGKILLed at its walltime): a large result is written to
 ``objects/.tmp.<host>.<pid>.<key>``, fsynced and renamed into place *before* its index row
 is committed, so a row never names a partial file; a row is one transaction (WAL: a commit
 is atomic against a killed process). Leftover temp files of dead processes of this host,
-and those of other hosts older than a day, are removed at open. A row whose file turns out missing or unreadable is dropped and counts as
-a miss (the task runs again), never as a wrong value.
+and those of other hosts older than a day, are removed at open. A row whose file turns
+out missing or unreadable is dropped and counts as a miss (the task runs again), never as
+a wrong value.
 """
 
 from __future__ import annotations
