@@ -2,11 +2,12 @@
 
 Keys come from :mod:`api._memo`; the checkpoint directory is :mod:`api._checkpoint`.
 
-**In one driver** identical calls share one future (as Dask's identical keys do): the
-second call returns the first call's future, running or finished. A failed call is not
-remembered (the next identical call runs). A future with a large result (one kept in a
-node store) is remembered only while something else holds it, so the table never pins
-object-store memory the user let go of; small results are remembered for the session.
+**In one driver** identical calls share a result: a call identical to one still running
+returns that call's future (as Dask's identical keys do); once it succeeded, the table
+keeps the value (not the future, so the head may forget the task) and identical calls get
+a future that is done at once. A large result (kept in a node store) is remembered only
+while a future for it is alive, so the table never pins object-store memory the user let
+go of. A failed call is not remembered (the next identical call runs).
 
 A call whose arguments hold unfinished futures gets a future at once (tracked by the
 client as one the driver resolves itself, see ``Client.track_local``); its key is made
@@ -50,10 +51,11 @@ class Memoizer:
         self.store = store
         self.mode = mode
         self.period = period
-        # key -> its future; once a future finished with a large (stored) value, a weak
-        # reference: the table must not keep gigabytes in the object store that the
-        # user has let go of (the checkpoint, if any, still has them).
-        self._table: dict[str, AppFuture | weakref.ref[AppFuture]] = {}
+        # key -> its future while it runs; once it succeeded, its value (a small one) or a
+        # weak reference to it (a large, stored one). Neither keeps the task's id alive:
+        # the head can forget the task, and the table never pins object-store memory the
+        # user has let go of (the checkpoint, if any, still has it).
+        self._table: dict[str, AppFuture | weakref.ref[AppFuture] | Record] = {}
         # _lock: the table and lookups (user threads, the memo thread; held while a miss
         # is submitted). _idle: the job count and unwritten results; the reader thread
         # takes only this one, never held across anything that blocks.
@@ -95,6 +97,8 @@ class Memoizer:
                        outer: AppFuture | None) -> AppFuture:
         with self._lock:
             shared = self._table.get(key)
+            if isinstance(shared, Record):
+                return self._hit(app, key, kwargs, shared, outer)
             if isinstance(shared, weakref.ref):
                 shared = shared()
             if shared is not None and shared.done() and \
@@ -107,20 +111,27 @@ class Memoizer:
                 return outer
             entry = self.store.get(key) if self.store is not None else None
             if entry is not None:
-                fut = outer
-                if fut is None:
-                    fut = AppFuture(self.client.new_id(), app.name, self.client,
-                                    entry.stdout, entry.stderr)
-                    self._with_outputs(fut, kwargs)
-                    self.client.track_local(fut)
-                else:
-                    fut.stdout, fut.stderr = entry.stdout, entry.stderr
-                fut.set_result(entry.value)
-                self._table[key] = fut
-                return fut
+                record = Record(key, app.name, entry.value, entry.stdout, entry.stderr)
+                self._table[key] = record
+                return self._hit(app, key, kwargs, record, outer)
             fut = app.submit(args, kwargs, outer)
             self._table[key] = fut
         fut.when_done(lambda done: self._finished(key, app.name, done))
+        return fut
+
+    def _hit(self, app: Any, key: str, kwargs: dict, record: Record,
+             outer: AppFuture | None) -> AppFuture:
+        """A future holding a known value (the driver resolves it; the head is told the
+        value only if a task depends on it)."""
+        fut = outer
+        if fut is None:
+            fut = AppFuture(self.client.new_id(), app.name, self.client, record.stdout,
+                            record.stderr)
+            self._with_outputs(fut, kwargs)
+            self.client.track_local(fut)
+        else:
+            fut.stdout, fut.stderr = record.stdout, record.stderr
+        fut.set_result(record.value)
         return fut
 
     def _with_outputs(self, fut: AppFuture, kwargs: dict) -> None:
@@ -189,8 +200,7 @@ class Memoizer:
         if concurrent.futures.Future.exception(fut, 0) is not None:
             self._run_job(lambda: self._forget(key, fut))
             return
-        if fut.stored:
-            self._run_job(lambda: self._weaken(key, fut))
+        self._run_job(lambda: self._settle(key, name, fut))
         if self.store is None or self._closed:
             return
         if self.mode == "task_exit":
@@ -199,10 +209,16 @@ class Memoizer:
             with self._idle:
                 self._unwritten.append(Record(key, name, fut, fut.stdout, fut.stderr))
 
-    def _weaken(self, key: str, fut: AppFuture) -> None:
+    def _settle(self, key: str, name: str, fut: AppFuture) -> None:
+        """A call succeeded: keep its value, not its future (a weak reference to the
+        future for a large value still in a node store)."""
         with self._lock:
-            if self._table.get(key) is fut:
+            if self._table.get(key) is not fut:
+                return
+            if fut.large:
                 self._table[key] = weakref.ref(fut)
+            else:
+                self._table[key] = Record(key, name, fut.result(), fut.stdout, fut.stderr)
 
     def _forget(self, key: str, fut: AppFuture) -> None:
         with self._lock:

@@ -55,7 +55,8 @@ def test_identical_calls_run_once_and_share_the_future(cluster, tmp_path):
     d = square(log, 4)
     assert a is b is c and a is not d
     assert [f.result(timeout=60) for f in (a, b, c, d)] == [9, 9, 9, 16]
-    assert square(log, 3) is a  # finished: still the same
+    again = square(log, 3)  # finished: the value is kept (not the future)
+    assert again.result(timeout=60) == 9 and again.done()
     assert sorted(runs(log)) == ["square:3", "square:4"]
     assert add(a, d).result(timeout=60) == 25  # a memoized future is an ordinary dependency
 
@@ -339,13 +340,17 @@ def test_a_waiting_cached_bash_app_knows_its_log_files_at_once(cluster, tmp_path
         t.sleep(0.5)
         return x
 
+    log = tmp_path / "log"
+
     @api.bash_app(cache=True)
     def show(tag, value, stdout=api.AUTO_LOGNAME):
-        return f"echo {tag} {value}"
+        return f"echo {tag} {value}; echo ran >> {log}"
 
     tag = tmp_path.name
     fut = show(tag, slow(7))
     assert fut.stdout and fut.stdout.endswith(".stdout") and not fut.done()
     assert fut.result(timeout=60) == 0
     assert open(fut.stdout).read() == f"{tag} 7\n"
-    assert show(tag, 7) is fut  # the call it became is shared like any other
+    again = show(tag, 7)  # the call it became is remembered like any other
+    assert again.result(timeout=60) == 0 and again.stdout == fut.stdout
+    assert log.read_text() == "ran\n"
