@@ -63,6 +63,8 @@ class Memoizer:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._unwritten: list[Record] = []  # finished, not written yet (periodic, manual)
+        self._to_write: list[Record] = []   # task_exit: finished, a flush job queued
+        self._flush_queued = False
         self._queued = 0                     # jobs not finished yet
         self._idle = threading.Condition(threading.Lock())
         self.written = 0
@@ -203,11 +205,22 @@ class Memoizer:
         self._run_job(lambda: self._settle(key, name, fut))
         if self.store is None or self._closed:
             return
-        if self.mode == "task_exit":
-            self._run_job(lambda: self._write([(key, name, fut)]))
-        else:
-            with self._idle:
+        with self._idle:
+            if self.mode != "task_exit":
                 self._unwritten.append(Record(key, name, fut, fut.stdout, fut.stderr))
+                return
+            self._to_write.append(Record(key, name, fut, fut.stdout, fut.stderr))
+            if self._flush_queued:
+                return  # (the queued flush takes this one too)
+            self._flush_queued = True
+        self._run_job(self._flush)
+
+    def _flush(self) -> None:
+        """task_exit: write what finished since the last flush (in one go)."""
+        with self._idle:
+            records, self._to_write = self._to_write, []
+            self._flush_queued = False
+        self._write(records)
 
     def _settle(self, key: str, name: str, fut: AppFuture) -> None:
         """A call succeeded: keep its value, not its future (a weak reference to the
@@ -226,18 +239,21 @@ class Memoizer:
                 del self._table[key]
 
     # ---- checkpoints -------------------------------------------------------------------
-    def _write(self, items: list[tuple[str, str, AppFuture]]) -> None:
-        for key, name, fut in items:
-            store = self.store
-            if store is None:
-                return  # (the session ended)
+    def _write(self, records: list[Record]) -> None:
+        """Write finished calls (each record's value is its future)."""
+        store = self.store
+        if store is None or not records:
+            return  # (the session ended)
+        ready = []
+        for record in records:
             try:
-                value = fut.result()
+                value = record.value.result()
             except Exception:  # noqa: BLE001 - e.g. lost: nothing to write
                 continue
-            if store.write(Record(key, name, value, fut.stdout, fut.stderr)):
-                with self._idle:
-                    self.written += 1
+            ready.append(Record(record.key, record.app, value, record.stdout, record.stderr))
+        count = store.write_many(ready)
+        with self._idle:
+            self.written += count
 
     def checkpoint(self) -> int:
         """Write every finished, unwritten result now; wait for writes in flight. Returns
@@ -245,7 +261,7 @@ class Memoizer:
         with self._idle:
             records, self._unwritten = self._unwritten, []
         if records:
-            self._run_job(lambda: self._write([(r.key, r.app, r.value) for r in records]))
+            self._run_job(lambda: self._write(records))
         self.drain()
         return self.written
 
@@ -279,7 +295,7 @@ class Memoizer:
                 next_periodic = time.monotonic() + self.period
                 with self._idle:
                     records, self._unwritten = self._unwritten, []
-                self._write([(r.key, r.app, r.value) for r in records])
+                self._write(records)
                 continue
             if job is None:
                 return

@@ -308,3 +308,16 @@ def test_an_unusable_checkpoint_dir_fails_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="checkpoint_dir=.*cannot create it"):
         api.init(checkpoint_dir=str(not_a_dir / "ck"))
     assert not api.is_initialized()
+
+
+def test_write_many_commits_small_results_together_and_large_ones_with_their_file(tmp_path):
+    store = CheckpointStore(str(tmp_path / "ck"))
+    records = [Record(f"s{i}", "app", i) for i in range(50)]
+    records.insert(20, Record("big", "app", np.arange(1 << 16)))
+    from cluster.common.serialization import ObjectRef
+
+    records.insert(10, Record("refs", "app", [ObjectRef(1)]))
+    assert store.write_many(records) == 51  # (the one holding a ref is skipped)
+    assert store.count() == 51
+    assert [store.get(f"s{i}").value for i in range(50)] == list(range(50))
+    assert np.array_equal(store.get("big").value, np.arange(1 << 16))
