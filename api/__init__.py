@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api import _actors, _errors, _session
+from api import _actors, _cache, _errors, _session
 from api._actors import ActorClass, ActorHandle, actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
@@ -39,7 +39,9 @@ from api._errors import (
     TaskError,
     WorkerCrashedError,
 )
+from api._files import DataFuture, File
 from api._futures import AppFuture, format_id
+from api._memo import CacheKeyError
 from api._session import ClusterInfo
 from api.executor import Executor
 from cluster.common import auth, clusterfile, paths
@@ -56,10 +58,13 @@ __all__ = [
     "AppFuture",
     "AppTimeout",
     "BashExitFailure",
+    "CacheKeyError",
     "ClusterInfo",
     "ConnectionError",
+    "DataFuture",
     "DependencyError",
     "Executor",
+    "File",
     "ObjectLostError",
     "ObjectStoreFullError",
     "ObjectRef",
@@ -72,6 +77,7 @@ __all__ = [
     "actor",
     "as_completed",
     "bash_app",
+    "checkpoint",
     "get",
     "get_actor",
     "init",
@@ -228,7 +234,8 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
          num_gpus: int | None = None, resources: dict[str, float] | None = None,
          run_dir: str | None = None, timeout: float = 10.0, log_to_driver: bool = True,
          ignore_reinit_error: bool = False,
-         object_store_memory: int | None = None) -> ClusterInfo:
+         object_store_memory: int | None = None, checkpoint_dir: str | None = None,
+         checkpoint_mode: str = "task_exit", checkpoint_period: float = 60.0) -> ClusterInfo:
     """Connect this driver to a cluster, or start a local one.
 
     ``address``: ``None`` connects to ``$SHOAL_ADDRESS`` or this Slurm job's cluster when
@@ -241,6 +248,14 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     cluster's object store limit in bytes (default 30% of RAM); past it, objects spill to
     disk.
 
+    ``checkpoint_dir``: a directory (on a file system the next job sees) where the results
+    of ``cache=True`` apps are kept, so a later driver with the same directory gets them
+    without running anything (default ``$SHOAL_CHECKPOINT_DIR``, which ``clusterctl run
+    --checkpoint-dir`` sets; None: memoize in this driver only). ``checkpoint_mode``:
+    ``"task_exit"`` writes each result as its task finishes, ``"periodic"`` every
+    ``checkpoint_period`` seconds and at :func:`shutdown`, ``"manual"`` only at
+    :func:`checkpoint`.
+
     Raises :class:`ConnectionError`, saying what it tried, when the cluster cannot be
     reached within ``timeout`` seconds.
 
@@ -248,6 +263,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
     >>> api.init("auto")               # doctest: +SKIP
     """
     _check_init_args(num_cpus, num_gpus, resources, timeout, object_store_memory)
+    _cache.check_options(checkpoint_dir, checkpoint_mode, checkpoint_period)
     with _session.lock():
         current, info = _session.current()
         if current is not None and not current.closed:
@@ -256,6 +272,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
             raise _errors.ShoalError("api.init() was already called; call api.shutdown() "
                                      "first, or pass ignore_reinit_error=True")
         targets, secret, cf = _resolve(address)
+        store = _cache.open_store(checkpoint_dir)  # (a bad directory fails before any start)
         process = None
         embedded = not targets
         log_dir = cf.log_dir if cf else ""
@@ -292,6 +309,7 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
                            else targets[-1], cluster_id=client.cluster_id, embedded=embedded,
                            nodes=[{"name": n.name, **to_dict(n.total)}
                                   for n in client.nodes.values()], log_dir=log_dir)
+        _cache.configure(client, store, checkpoint_mode, checkpoint_period)
         _session.set_session(client, process, info, run_dir)
         return info
 
@@ -306,6 +324,21 @@ def get_actor(name: str, timeout: float | None = 10.0) -> ActorHandle:
         raise TypeError(f"api.get_actor(): the actor name must be a str, as given to "
                         f"MyActor.options(name=...); got {type(name).__name__} {name!r}")
     return _actors.get_actor(name, timeout)
+
+
+def checkpoint() -> int:
+    """Write the finished results of ``cache=True`` apps to the checkpoint directory now,
+    and wait for writes in flight; returns how many results this driver has written.
+
+    With ``checkpoint_mode="manual"`` this is the only time they are written; in the other
+    modes it makes sure everything finished so far is on disk (e.g. before a long step).
+
+    >>> api.init(checkpoint_dir="ckpt", checkpoint_mode="manual")   # doctest: +SKIP
+    >>> results = [simulate(s).result() for s in range(10)]          # doctest: +SKIP
+    >>> api.checkpoint()                                             # doctest: +SKIP
+    10
+    """
+    return _cache.checkpoint()
 
 
 def is_initialized() -> bool:

@@ -15,7 +15,8 @@ from typing import Any
 
 import cloudpickle
 
-from api import _errors, _session
+from api import _cache, _errors, _memo, _session
+from api._files import output_futures
 from api._futures import AppFuture
 from cluster.common import serialization
 from cluster.common.protocol import fill, pb
@@ -37,6 +38,10 @@ class _AutoLogname:
 
     def __reduce__(self) -> str:
         return "AUTO_LOGNAME"
+
+    def __shoal_cache_key__(self) -> str:
+        # Memoization keys take the sentinel, not the per-task path it becomes.
+        return "api.AUTO_LOGNAME"
 
 
 AUTO_LOGNAME = _AutoLogname()
@@ -85,7 +90,8 @@ class App:
     def __init__(self, fn: Callable[..., Any], kind: int, *, num_cpus: float, num_gpus: float,
                  memory: float, resources: Mapping[str, float] | None, max_retries: int,
                  walltime: float | None, name: str | None, num_nodes: int = 1,
-                 ranks_per_node: int = 1) -> None:
+                 ranks_per_node: int = 1, cache: bool = False,
+                 ignore_for_cache: list[str] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"an app must wrap a function, got {type(fn).__name__}")
         label_of = f"app {name or getattr(fn, '__name__', 'app')!r}"
@@ -115,7 +121,8 @@ class App:
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory,
                          "resources": resources, "max_retries": max_retries,
                          "walltime": walltime, "name": name, "num_nodes": num_nodes,
-                         "ranks_per_node": ranks_per_node}
+                         "ranks_per_node": ranks_per_node, "cache": cache,
+                         "ignore_for_cache": ignore_for_cache}
         self.num_nodes = num_nodes
         self.ranks_per_node = ranks_per_node
         self.fn = fn
@@ -142,6 +149,11 @@ class App:
         self._signature: inspect.Signature | None = None
         self._checked_nodes: int = -1
         functools.update_wrapper(self, fn)
+        if not isinstance(cache, bool):
+            raise ValueError(f"{label_of}: cache={cache!r}; expected True or False")
+        #: Memoize calls (see api._memo); ``ignore_for_cache``: parameters left out of keys.
+        self.cache = cache
+        self.ignore_for_cache = _memo.check_ignored(self, ignore_for_cache)
 
     def _function_blob(self) -> tuple[bytes, bytes]:
         if self._blob is None:
@@ -215,10 +227,27 @@ class App:
         return out[0], out[1]
 
     def __call__(self, *args: Any, **kwargs: Any) -> AppFuture:
+        if self.cache:
+            return _cache.call(self, args, kwargs)
+        return self.submit(args, kwargs)
+
+    def stream_paths(self, kwargs: dict, task_id: int) -> tuple[str | None, str | None]:
+        """The stdout and stderr paths a bash app call with `kwargs` would have as task
+        `task_id` (None when not redirected; `kwargs` is not changed)."""
+        if self.kind != pb.BASH:
+            return None, None
+        stdout, stderr = self._bash_targets(dict(kwargs), task_id, _session.run_dir)
+        return stdout[0] if stdout else None, stderr[0] if stderr else None
+
+    def submit(self, args: tuple, kwargs: dict, future: AppFuture | None = None) -> AppFuture:
+        """Submit one call as a task. `future`: resolve this future (made earlier by the
+        memo table, with :meth:`Client.track_local`) instead of a new one."""
         client = _session.client()
         blob, fn_id = self._function_blob()
         self._check_fits(client)
-        task_id = client.new_id()
+        task_id = client.new_id() if future is None else future.task_id
+        if future is not None:
+            kwargs = dict(kwargs)  # (the memo table keeps the caller's)
         stdout = stderr = None
         if self.kind == pb.BASH:
             stdout, stderr = self._bash_targets(kwargs, task_id, _session.run_dir)
@@ -241,9 +270,16 @@ class App:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
             spec.stderr, spec.stderr_mode = stderr
-        future = AppFuture(task_id, self.name, client, stdout[0] if stdout else None,
-                           stderr[0] if stderr else None)
-        client.submit(spec, blob, future)
+        if future is None:
+            future = AppFuture(task_id, self.name, client, stdout[0] if stdout else None,
+                               stderr[0] if stderr else None)
+            if "outputs" in kwargs and kwargs["outputs"]:  # (one dict probe per call)
+                future.outputs = output_futures(future, kwargs["outputs"])
+            client.submit(spec, blob, future)
+        else:
+            future.stdout = stdout[0] if stdout else None
+            future.stderr = stderr[0] if stderr else None
+            client.submit(spec, blob, future, local=True)
         del keep  # the task holds its arguments now
         return future
 
@@ -297,7 +333,8 @@ def _decorator(kind: int, fn: Callable[..., Any] | None, options: dict[str, Any]
 def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
                num_gpus: float = 0, memory: float = 0,
                resources: Mapping[str, float] | None = None, max_retries: int = 0,
-               walltime: float | None = None, name: str | None = None) -> Any:
+               walltime: float | None = None, name: str | None = None, cache: bool = False,
+               ignore_for_cache: list[str] | None = None) -> Any:
     """Make a function an app: each call runs it on the cluster and returns an AppFuture.
 
     Use bare or with options::
@@ -316,17 +353,29 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
     ``CUDA_VISIBLE_DEVICES``), ``memory`` (bytes), ``resources`` (custom, e.g.
     ``{"licence": 1}``), ``max_retries`` (re-run after any failure), ``walltime``
     (seconds; the app is killed and raises :class:`AppTimeout`).
+
+    ``cache=True`` memoizes: a call whose function code and argument values hash to an
+    earlier call's reuses that result instead of running (also across drivers, with
+    ``api.init(checkpoint_dir=...)``); ``ignore_for_cache=["arg"]`` leaves arguments out
+    of the key. A call with an argument that cannot be hashed raises
+    :class:`CacheKeyError` naming it. ``outputs=[api.File(...)]`` (when the function takes
+    ``outputs``) gives the future ``.outputs``, one :class:`DataFuture` per file::
+
+        @api.python_app(cache=True, ignore_for_cache=["verbose"])
+        def simulate(seed, verbose=False): ...
     """
     return _decorator(pb.PYTHON, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                           resources=resources, max_retries=max_retries,
-                                          walltime=walltime, name=name))
+                                          walltime=walltime, name=name, cache=cache,
+                                          ignore_for_cache=ignore_for_cache))
 
 
 def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = None,
              num_gpus: float = 0,
              memory: float = 0, resources: Mapping[str, float] | None = None,
              max_retries: int = 0, walltime: float | None = None,
-             name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1) -> Any:
+             name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1,
+             cache: bool = False, ignore_for_cache: list[str] | None = None) -> Any:
     """Make a function that returns a command line an app run with ``bash -c`` on a worker.
 
     ``stdout=``/``stderr=`` (as call keywords or parameter defaults) take a path, a
@@ -350,6 +399,22 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = N
         @api.bash_app(num_nodes=2, ranks_per_node=4)
         def mpi_hello():
             return "$CLUSTER_MPI_PREFIX ./mpi_hello"
+
+    ``cache``/``ignore_for_cache`` as for :func:`python_app` (a hit's ``.stdout`` names
+    the file the original run wrote). Files: ``inputs=[...]`` and ``outputs=[...]``
+    (:class:`File`); each output becomes a :class:`DataFuture` in ``fut.outputs``, and an
+    app given one waits for it::
+
+        @api.bash_app
+        def gen(outputs=()):
+            return f"seq 3 > {outputs[0]}"
+
+        @api.bash_app
+        def double(inputs=(), outputs=()):
+            return f"sed p {inputs[0]} > {outputs[0]}"
+
+        raw = gen(outputs=[api.File("raw.txt")]).outputs[0]
+        double(inputs=[raw], outputs=[api.File("twice.txt")]).outputs[0].result()
     """
     if num_cpus is None:  # a one-node MPI app holds a slot per rank
         one_node_ranks = num_nodes == 1 and isinstance(ranks_per_node, int) and \
@@ -358,4 +423,5 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = N
     return _decorator(pb.BASH, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                         resources=resources, max_retries=max_retries,
                                         walltime=walltime, name=name, num_nodes=num_nodes,
-                                        ranks_per_node=ranks_per_node))
+                                        ranks_per_node=ranks_per_node, cache=cache,
+                                        ignore_for_cache=ignore_for_cache))

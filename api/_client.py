@@ -362,9 +362,19 @@ class Client:
         """A fresh cluster-wide object/task id."""
         return (self.driver_id << DRIVER_SHIFT) | next(self._seq)
 
-    def submit(self, spec: pb.TaskSpec, fn_blob: bytes, future: AppFuture) -> None:
+    def track_local(self, future: AppFuture) -> None:
+        """A future this driver resolves itself (a memoized call's): a submission that
+        depends on it waits until it is done, then the head is told its value (as for a
+        direct actor call), unless it was submitted with ``submit(..., local=True)``."""
+        with self._lock:
+            self._actor_futures[future.task_id] = future
+
+    def submit(self, spec: pb.TaskSpec, fn_blob: bytes, future: AppFuture,
+               local: bool = False) -> None:
         """Queue a task spec; its result resolves `future`. A spec depending on direct
-        actor calls waits (here, not in the caller) until the head knows their values."""
+        actor calls waits (here, not in the caller) until the head knows their values.
+        `local`: `future` was tracked (:meth:`track_local`) and is now a task the head
+        runs (untracked as its spec is queued, so no dependent reaches the head first)."""
         self.check_connected()
         if spec.deps and self._unknown_to_head(spec.deps):
             spec.fn_blob = fn_blob  # (sent later: it cannot count on an earlier spec's)
@@ -373,6 +383,8 @@ class Client:
 
             def send() -> None:
                 with self._lock:
+                    if local:
+                        self._actor_futures.pop(spec.task_id, None)
                     self._submits.append(spec)
                 self._transport.flush()
 
@@ -384,6 +396,8 @@ class Client:
                 spec.fn_blob = fn_blob
                 self._sent_functions.add(spec.fn_id)
             self._futures[spec.task_id] = future
+            if local:
+                self._actor_futures.pop(spec.task_id, None)
             self._submits.append(spec)
         self._transport.flush()
 

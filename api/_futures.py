@@ -98,6 +98,10 @@ class AppFuture(concurrent.futures.Future):
     """
 
     _shoal_ref = True
+    #: One :class:`api.DataFuture` per ``outputs=[api.File(...)]`` entry of the call
+    #: (empty when the call had none).
+    outputs: Any = ()
+    _from_store = False  # (set once a stored value has been loaded)
 
     def __init__(self, task_id: int, name: str, client: Any,
                  stdout: str | None = None, stderr: str | None = None) -> None:
@@ -133,6 +137,12 @@ class AppFuture(concurrent.futures.Future):
         """True when finished with a value still in a node store (not loaded here yet)."""
         return type(self._result) is Stored
 
+    @property
+    def large(self) -> bool:
+        """True when finished with a value too large for a message: one that is, or was
+        before it was loaded here, in a node store."""
+        return self._from_store or type(self._result) is Stored
+
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """What :meth:`result` would raise (None when it returns a value). A stored
         value is loaded (as :meth:`result` would) to tell."""
@@ -156,6 +166,7 @@ class AppFuture(concurrent.futures.Future):
                 raise _errors.ShoalError(stale_message(f"the value of {self!r}"))
             try:
                 self._result = client.load(stored.result)
+                self._from_store = True
             except _errors.ShoalError:
                 raise  # lost, or not connected: may go differently next time
             except Exception as err:

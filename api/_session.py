@@ -25,6 +25,15 @@ from cluster.common.paths import PACKAGE_ROOT
 _lock = threading.RLock()
 _state: dict[str, Any] = {"client": None, "process": None, "run_dir": None, "info": None,
                           "ended": 0}
+#: Called with the client at the end of each session, before it disconnects (memoization
+#: writes its last checkpoint there).
+_end_hooks: list[Any] = []
+
+
+def on_end(hook: Any) -> None:
+    """Call `hook(client)` when a session ends, before the client closes (once per hook)."""
+    if hook not in _end_hooks:
+        _end_hooks.append(hook)
 
 
 @dataclass
@@ -286,5 +295,12 @@ def end_session() -> None:
         if current is not None:
             _state["ended"] += 1
     if current is not None:
+        for hook in list(_end_hooks):
+            try:
+                hook(current)
+            except Exception:  # noqa: BLE001 - the session ends regardless
+                import logging
+
+                logging.getLogger("api.session").exception("error ending the session")
         current.close()
     stop_embedded(proc)

@@ -251,6 +251,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     print(f"shoal cluster {cf.cluster_id} is up at {cf.address}", file=sys.stderr)
     env = dict(os.environ)
     env["SHOAL_ADDRESS"] = cf.path  # api.init() and api.init("auto") both find it
+    if ns.checkpoint_dir:  # api.init() reads it (memoized results kept across jobs)
+        env["SHOAL_CHECKPOINT_DIR"] = os.path.abspath(ns.checkpoint_dir)
     proc = None
     code = 1
 
@@ -329,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     down.set_defaults(func=cmd_down)
     run = sub.add_parser("run", help="up, run a command, down", allow_abbrev=False)
     _add_up_options(run)
+    run.add_argument("--checkpoint-dir", default=None, help="where the driver's cache=True "
+                     "apps keep results, for the next run (sets $SHOAL_CHECKPOINT_DIR)")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
     return parser

@@ -12,6 +12,8 @@ ratio to shoal measured in the same run. Workloads:
 - sync: submit one task, wait for it, M times (microseconds per round trip)
 - chain: an L-link chain, each task taking the previous future (ms per link)
 - actor_sync / actor_async: calls on one actor, each waited for / all fired then waited
+- memo_miss / memo_hit (shoal only): N calls of a ``cache=True`` app with distinct
+  arguments (each a task: the key's cost on top of a no-op), then the same N again (hits)
 - cold: a fresh interpreter starts a local cluster and gets one result (s, whole process)
 - idle RSS: memory of the idle cluster's processes beside the driver (MB)
 - the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task over
@@ -87,6 +89,17 @@ class ShoalPeer:
         add = self._actor().add
         for fut in [add(1) for _ in range(n)]:
             fut.result()
+
+    def memo_calls(self, n: int, rep: int) -> tuple[float, float]:
+        """(misses/s, hits/s) of a cache=True app over n distinct calls."""
+        cached = self.api.python_app(inc, cache=True)
+        base = rep * n * 10
+        start = time.perf_counter()
+        self.wait_all([cached(base + i) for i in range(n)])
+        miss = n / (time.perf_counter() - start)
+        start = time.perf_counter()
+        self.wait_all([cached(base + i) for i in range(n)])
+        return miss, n / (time.perf_counter() - start)
 
     def _actor(self) -> Any:
         if getattr(self, "_counter", None) is None:
@@ -203,6 +216,10 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
                                                        ns.reps)]
         results["chain"] = [t / chain * 1e3 for t in _timed(lambda: peer.chain(chain),
                                                             ns.reps)]
+        if hasattr(peer, "memo_calls"):
+            memo = [peer.memo_calls(n, r) for r in range(ns.reps)]
+            results["memo_miss"] = [m for m, _ in memo]
+            results["memo_hit"] = [h for _, h in memo]
         if hasattr(peer, "object_workloads"):
             results.update(peer.object_workloads(ns.reps))
         if hasattr(peer, "actor_sync"):
@@ -220,6 +237,8 @@ ROWS = [
     ("submit", "submit alone, tasks/s", True),
     ("sync", "sync round trip, us", False),
     ("chain", "chain, ms/link", False),
+    ("memo_miss", "cache=True no-op tasks (misses), tasks/s", True),
+    ("memo_hit", "cache=True hits in one driver, calls/s", True),
     ("actor_sync", "actor calls 1:1 sync, per s", True),
     ("actor_async", "actor calls fire-then-wait, per s", True),
     ("cold", "cold start to first result, s", False),
