@@ -131,10 +131,23 @@ def task(db: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     if row is None:
         raise HistoryError(f"no task {format_id(task_id)} in this cluster's history")
     out = _task_dict(row)
-    out["events"] = [dict(r) for r in db.execute(
-        "SELECT t, state, node_id, attempt FROM events WHERE task_id = ? ORDER BY rowid",
-        (task_id,))]
+    out["events"] = events(out)
     return out
+
+
+def events(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A task's state changes, oldest first: the usual ones from its times, the unusual
+    ones (retries, rebuilds: the runs that ended before the last) from its ``events``
+    text ("t state node_id" lines)."""
+    found = [{"t": record["submitted"], "state": "queued"}]
+    for line in (record.get("events") or "").splitlines():
+        t, state, _ = line.split(" ", 2)
+        found.append({"t": float(t), "state": state})
+    if record.get("started"):
+        found.append({"t": record["started"], "state": "running"})
+    if record.get("finished"):
+        found.append({"t": record["finished"], "state": record["state"]})
+    return found  # in the order they happened (the times can tie)
 
 
 def logs(db: sqlite3.Connection, task_id: int) -> list[dict[str, Any]]:
