@@ -40,6 +40,7 @@ from api._errors import (
     WorkerCrashedError,
 )
 from api._futures import AppFuture, format_id
+from api._progress import progress
 from api._session import ClusterInfo
 from api.executor import Executor
 from cluster.common import auth, clusterfile, paths
@@ -77,6 +78,7 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "progress",
     "put",
     "python_app",
     "shutdown",

@@ -65,8 +65,8 @@ def cmd_history(ns: argparse.Namespace) -> int:
     db = historydb.connect(path)
     if ns.json:
         rows = historydb.tasks(db, ns.state, ns.app, limit=ns.limit or 0)
-        json.dump(rows, sys.stdout, indent=None, separators=(",", ":"))
-        sys.stdout.write("\n")
+        # dumps, not dump: dump encodes in Python, chunk by chunk (22 s for 100,000 tasks).
+        sys.stdout.write(json.dumps(rows, separators=(",", ":")) + "\n")
         return 0
     info = historydb.meta(db)
     origin = float(info.get("started") or 0.0)
@@ -142,7 +142,7 @@ def cmd_timeline(ns: argparse.Namespace) -> int:
     trace = historydb.timeline(historydb.connect(path), ns.limit or 0)
     spans = sum(1 for e in trace["traceEvents"] if e["ph"] == "X")
     with open(ns.output, "w") as f:
-        json.dump(trace, f, separators=(",", ":"))
+        f.write(json.dumps(trace, separators=(",", ":")))
     print(f"wrote {ns.output}: {spans} tasks; open it in https://ui.perfetto.dev or "
           "chrome://tracing")
     return 0

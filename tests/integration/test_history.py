@@ -60,10 +60,13 @@ def _wait_written(history, task_ids, timeout=10.0):
     """Until every task in `task_ids` has its final state in the history file."""
     deadline = time.monotonic() + timeout
     while True:
-        with sqlite3.connect(f"file:{history}?mode=ro", uri=True) as db:
-            marks = ",".join(str(t) for t in task_ids)
-            rows = db.execute(f"SELECT count(*) FROM tasks WHERE task_id IN ({marks}) AND "
-                              "state IN ('done', 'failed', 'cancelled')").fetchone()[0]
+        try:
+            with sqlite3.connect(f"file:{history}?mode=ro", uri=True) as db:
+                marks = ",".join(str(t) for t in task_ids)
+                rows = db.execute(f"SELECT count(*) FROM tasks WHERE task_id IN ({marks}) "
+                                  "AND state IN ('done', 'failed', 'cancelled')").fetchone()[0]
+        except sqlite3.OperationalError:  # not created yet
+            rows = 0
         if rows == len(task_ids) or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
@@ -197,6 +200,15 @@ def test_timeline_is_a_chrome_trace(run, tmp_path):
              if e["ph"] == "M" and e["name"] == "thread_name"}
     assert workers == names and 1 <= len(workers) <= 4
     assert any(e["ph"] == "M" and e["name"] == "process_name" for e in trace["traceEvents"])
+
+
+def test_progress_of_real_futures(run):
+    import io
+
+    out = io.StringIO()
+    futs = api.progress([add(i, 1) for i in range(8)], desc="adds", file=out)
+    assert api.get(futs) == [i + 1 for i in range(8)]
+    assert "8/8" in out.getvalue()
 
 
 def test_history_outlives_down_and_a_head_crash(run, tmp_path):

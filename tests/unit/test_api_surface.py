@@ -35,6 +35,7 @@ PUBLIC = [
     "init",
     "is_initialized",
     "kill",
+    "progress",
     "put",
     "python_app",
     "shutdown",

@@ -204,3 +204,43 @@ def test_doctests(name):
 
     result = doctest.testmod(importlib.import_module(name), verbose=False)
     assert result.failed == 0
+
+
+def _finishing(n, fail=()):
+    import concurrent.futures
+    import threading
+
+    futs = [concurrent.futures.Future() for _ in range(n)]
+
+    def finish():
+        for i, fut in enumerate(futs):
+            if i in fail:
+                fut.set_exception(ValueError(i))
+            else:
+                fut.set_result(i)
+
+    threading.Timer(0.05, finish).start()
+    return futs
+
+
+def test_progress_with_tqdm():
+    pytest.importorskip("tqdm")
+    import api
+
+    out = io.StringIO()
+    futs = api.progress(_finishing(30, fail={3}), desc="sims", file=out)
+    assert all(f.done() for f in futs) and len(futs) == 30
+    assert "sims" in out.getvalue() and "30/30" in out.getvalue()
+
+
+def test_progress_without_tqdm(monkeypatch):
+    import sys
+
+    import api
+
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)   # import raises ImportError
+    out = io.StringIO()
+    futs = api.progress(_finishing(20, fail={1, 2}), desc="sims", file=out)
+    assert all(f.done() for f in futs)
+    assert out.getvalue().splitlines()[-1].startswith("sims: 20/20 done, 2 failed")
+    assert api.progress([], file=out) == []
