@@ -10,7 +10,8 @@ Access: bound to loopback by default, on a port the OS picks. Every request need
 token (:func:`cluster.common.auth.dashboard_token`, an HMAC of the cluster secret, never
 the secret itself): once as ``?token=...``, which sets a cookie (HttpOnly, SameSite=Strict,
 named for the port, as cookies do not tell ports apart) and redirects to the same page
-without it; then the cookie. Without either: 401.
+without it; then the cookie. ``/api/*`` and ``/metrics`` also take ``?token=`` on every
+request, or ``Authorization: Bearer TOKEN`` (scrapers keep no cookies). Otherwise: 401.
 
 Pages (``/``, ``/tasks``, ``/task/<id>``, ``/actors``, ``/objects``, ``/blocks``,
 ``/timeline``) are one HTML shell with the page's data embedded as JSON (so it renders
@@ -235,17 +236,24 @@ def make_app(source: Source, token: str) -> Any:
             port = request.transport.get_extra_info("sockname")[1] if request.transport else 0
             cookie = f"shoal_token_{port}"
         given = request.query.get("token")
+        bearer = request.headers.get("Authorization", "")
         if given is not None:
             if not hmac.compare_digest(given.encode(), token.encode()):
                 return _denied(web)
-            query = {k: v for k, v in request.query.items() if k != "token"}
-            target = request.rel_url.with_query(query)
-            response: web.StreamResponse = web.HTTPFound(str(target))
-            response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
-            return response
-        held = request.cookies.get(cookie, "")
-        if not hmac.compare_digest(held.encode(), token.encode()):
-            return _denied(web)
+            if not request.path.startswith(("/api/", "/metrics")):
+                # A page: keep the token as a cookie and take it out of the address bar.
+                query = {k: v for k, v in request.query.items() if k != "token"}
+                target = request.rel_url.with_query(query)
+                response: web.StreamResponse = web.HTTPFound(str(target))
+                response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
+                return response
+        elif bearer.startswith("Bearer "):  # scrapers (Prometheus' `authorization:`)
+            if not hmac.compare_digest(bearer[7:].strip().encode(), token.encode()):
+                return _denied(web)
+        else:
+            held = request.cookies.get(cookie, "")
+            if not hmac.compare_digest(held.encode(), token.encode()):
+                return _denied(web)
         response = await handler(request)
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["Referrer-Policy"] = "no-referrer"

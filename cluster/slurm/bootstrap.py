@@ -195,12 +195,15 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
                                  f"see {os.path.join(log_dir, 'daemons.out')}")
         try:
             reply = _status(cf, 2.0)
-            count = sum(1 for n in reply.nodes if n.state == "alive")
+            alive = [n.name for n in reply.nodes if n.state == "alive"]
         except Exception:  # noqa: BLE001
-            count = 0
+            alive = []
+        count = len(alive)
         if count != joined:
             joined = count
-            progress(f"{count}/{len(alloc.nodes)} nodes joined")
+            newest = ", ".join(alive[-3:]) + (" ..." if count > 3 else "")
+            progress(f"{count}/{len(alloc.nodes)} nodes joined" +
+                     (f" (latest: {newest})" if alive else ""))
         if count >= len(alloc.nodes):
             break
         if time.monotonic() > deadline:

@@ -123,6 +123,14 @@ def test_url_token_and_cookie(dash):
     assert 'shoal_history_tasks{state="failed"} 1' in metrics
     for line in metrics.splitlines():
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+    # Scrapers keep no cookies: the token on each request, or as a bearer header.
+    plain = urllib.request.build_opener(_NoRedirect)
+    assert _status(base + "metrics?token=" + token, plain)[0] == 200
+    request = urllib.request.Request(base + "metrics", headers={"Authorization":
+                                                                 f"Bearer {token}"})
+    assert _status(request, plain)[0] == 200
+    wrong = urllib.request.Request(base + "metrics", headers={"Authorization": "Bearer x"})
+    assert _status(wrong, plain)[0] == 401
 
 
 def _browser(url, tmp, name, dump=True):
