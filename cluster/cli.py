@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the clusterctl command."""
     ns = build_parser().parse_args(argv)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `clusterctl status | head` ends quietly
+    if argv is None:  # the command itself, not a caller's process (a test's, say)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `clusterctl status | head` ends quietly
     try:
         return ns.func(ns)
     except (CliError, bootstrap.BootstrapError, slurm.SlurmError, HistoryError) as err:

@@ -64,7 +64,8 @@ const render = {
     const actors = Object.keys(byClass).sort().map(k => `<tr><td class="actor-class">${esc(k)}</td><td>${byClass[k].length}</td>` +
       `<td>${byClass[k].map(a => esc(a.name || a.id || a.actor_id)).join(", ")}</td></tr>`);
     return `<h2>Tasks</h2><div class="counts">${counts}</div>${chart(d.samples)}` +
-      `<h2>Nodes (${(d.nodes || []).length})</h2>` +
+      `<h2>Nodes (${d.nodes_total === undefined ? (d.nodes || []).length : d.nodes_alive + " alive of " + d.nodes_total}` +
+      `${d.nodes_total > (d.nodes || []).length ? ", the first " + d.nodes.length + " below" : ""})</h2>` +
       table("nodes", ["node", "state", "CPUs used", "GPUs used", "memory used", "running", "done", "object store"], nodes) +
       `<h2>Live actors</h2>` + table("actors-by-class", ["class", "live", "names"], actors) +
       (d.objects ? `<p>objects tracked: ${d.objects.count} (${bytes(d.objects.bytes)}), drivers: ${d.drivers}</p>` : "");
