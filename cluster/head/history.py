@@ -51,6 +51,10 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 ENV_VAR = "SHOAL_HISTORY"
 
 
+_now = time.time    # bound once: called three times a task
+_NEW = TaskState.NEW
+
+
 def path_in(log_dir: str) -> str:
     """The history file of the cluster whose log directory is `log_dir`."""
     return os.path.join(log_dir, FILE_NAME)
@@ -117,9 +121,9 @@ class Recorder:
     # ---- called by the head (its loop thread): append only -------------------------------
     def state(self, task: Task, old: TaskState, new: TaskState) -> None:
         """`task` moved from `old` to `new`."""
-        now = time.time()
+        now = _now()
         spec = task.spec
-        if old is TaskState.NEW:
+        if old is _NEW:
             self._new.append((spec, task.shape, now))
         # The member's name, not the member: hashing an Enum runs Python code (0.8 us a
         # task where the writer looked it up).
