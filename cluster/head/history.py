@@ -31,10 +31,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from typing import Any, Protocol
 
 from cluster.common.protocol import pb, to_dict
-from cluster.head.historywriter import write_batch
+from cluster.head.historywriter import encode_frame
 from cluster.head.records import Node, Task, TaskState
 
 log = logging.getLogger("shoal.history")
@@ -236,17 +237,37 @@ class Recorder:
     def _send_loop(self) -> None:
         out = self._proc.stdin
         assert out is not None
+        frames: deque[bytes] = deque()
+        closing = False
         while True:
-            item = self._queue.get()
+            if not frames and not closing:
+                self._take(self._queue.get(), frames)
+            # Everything waiting is turned into plain frames before each (maybe slow) write:
+            # the specs it refers to are then free for the head to drop.
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                closing = self._take(item, frames) or closing
             try:
-                if item is None:
-                    write_batch(out, "close")
+                if frames:
+                    out.write(frames.popleft())
+                    out.flush()
+                elif closing:
+                    out.write(encode_frame("close"))
                     out.close()
                     return
-                write_batch(out, self._plain(*item))
             except (OSError, ValueError) as err:
                 log.error("the history writer is gone (%s): no more history", err)
                 return
+
+    def _take(self, item: tuple[Any, ...] | None, frames: deque[bytes]) -> bool:
+        """Queue `item` as a frame; True when it is the end."""
+        if item is None:
+            return True
+        frames.append(encode_frame(self._plain(*item)))
+        return False
 
     def _plain(self, nodes: list[tuple[Any, ...]], new: list[tuple[pb.TaskSpec, bytes, float]],
                events: list[tuple[int, str, float, int, int]],

@@ -252,10 +252,15 @@ class Writer:
 KIND_NAMES = {0: "python", 1: "bash", 2: "actor", 3: "actor_call"}
 
 
-def write_batch(out: Any, frame: Any) -> None:
-    """Send one frame to a writer (the head's side of the pipe)."""
+def encode_frame(frame: Any) -> bytes:
+    """One frame for the writer's input (the head's side of the pipe)."""
     data = marshal.dumps(frame)
-    out.write(struct.pack("<I", len(data)) + data)
+    return struct.pack("<I", len(data)) + data
+
+
+def write_batch(out: Any, frame: Any) -> None:
+    """Send one frame to a writer."""
+    out.write(encode_frame(frame))
     out.flush()
 
 
@@ -301,6 +306,12 @@ def main() -> None:
     """``python -m cluster.head.historywriter FILE``: frames on stdin."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s history %(levelname)s "
                         "%(message)s")
+    try:
+        # Below the head, its workers and drivers: on a busy node the history waits (its
+        # input buffers in the pipe and the head's sender) rather than slow the tasks.
+        os.nice(10)
+    except OSError:
+        pass
     try:
         run(sys.argv[1], sys.stdin.buffer)
     except sqlite3.Error as err:
