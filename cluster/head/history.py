@@ -14,7 +14,7 @@ so their owners need no hooks.
 
 The file is in WAL mode and committed every batch, so readers (``clusterctl history``,
 the dashboard) never block the writer, and a head that crashes loses at most what it
-gathered in its last 100 ms.
+gathered in its last 100 ms (or its first 0.5 s, before the writer has started).
 
 States in the history are the user's: ``queued`` (waiting for arguments or for a slot),
 ``running``, ``done``, ``failed``, ``cancelled``.
@@ -41,6 +41,8 @@ log = logging.getLogger("shoal.history")
 FILE_NAME = "history.sqlite"
 #: Seconds between batches (what a crash can lose; what readers lag behind).
 FLUSH_SECONDS = 0.1
+#: Seconds after the head's start before the writer process starts.
+WRITER_DELAY = 0.5
 #: Seconds between samples of the cluster's counters (the dashboard's chart).
 SAMPLE_SECONDS = 1.0
 #: The directory holding the `cluster` package (for the writer process's path).
@@ -82,14 +84,8 @@ class Recorder:
 
     def __init__(self, path: str, cluster_id: str, log_dir: str = "") -> None:
         self.path = path
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [PACKAGE_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
-        # Its own session: a Ctrl-C meant for the head does not cut the history short; it
-        # ends when its input does (the head is gone), after writing what it got.
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.head.historywriter", path], stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL, env=env, start_new_session=True, close_fds=True)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
         now = time.time()
         # What the head appended since the last flush (only its loop touches these).
         self._new: list[tuple[pb.TaskSpec, bytes, float]] = []
@@ -104,8 +100,6 @@ class Recorder:
                 ("ended", "")])]
         # Frames not yet taken by the pipe (the writer is behind): written when it can.
         self._pending = bytearray()
-        self._fd = self._proc.stdin.fileno() if self._proc.stdin is not None else -1
-        os.set_blocking(self._fd, False)
         self._waiting = False
         self._broken = False
         self._resources: dict[bytes, str] = {}
@@ -151,6 +145,32 @@ class Recorder:
         self._loop = loop
         self._head = head
         loop.call_later(FLUSH_SECONDS, self._tick)
+        # The writer starts a moment after the head: its interpreter's start would
+        # otherwise compete with the first workers' (cold start to a first result).
+        loop.call_later(WRITER_DELAY, self._start_writer)
+
+    def _start_writer(self) -> None:
+        if self._proc is not None or self._broken:
+            return
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [PACKAGE_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+        try:
+            # Its own session: a Ctrl-C meant for the head does not cut the history short;
+            # it ends when its input does (the head is gone), after writing what it got.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "cluster.head.historywriter", self.path],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                start_new_session=True, close_fds=True)
+        except OSError as err:
+            log.error("no run history: cannot start its writer: %s", err)
+            self._broken = True
+            self._pending.clear()
+            return
+        assert self._proc.stdin is not None
+        self._fd = self._proc.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        self._send()
 
     def _tick(self) -> None:
         if self._closed:
@@ -182,6 +202,8 @@ class Recorder:
         if self._broken:
             return
         self._pending += frame
+        if self._proc is None:  # not started yet: kept until it is
+            return
         try:
             while self._pending:
                 sent = os.write(self._fd, self._pending)
@@ -248,6 +270,13 @@ class Recorder:
                             [(time.time(),)]))
         self.flush()
         self._closed = True
+        started = self._proc is not None
+        self._start_writer()
+        if self._proc is None:
+            return
+        if not started and self._loop is not None:
+            # A head that ran less than WRITER_DELAY: the writer finishes on its own.
+            timeout = 0.0
         if self._waiting and self._loop is not None:
             self._loop.remove_writer(self._fd)
             self._waiting = False
@@ -260,6 +289,8 @@ class Recorder:
             stdin.close()
         except (OSError, ValueError) as err:
             log.error("could not finish the history: %s", err)
+        if not timeout:
+            return
         try:
             self._proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -19,11 +19,13 @@ import logging
 import marshal
 import os
 import pickle
-import sqlite3
 import struct
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import sqlite3
 
 from cluster.common import status as st
 
@@ -74,6 +76,8 @@ ERROR_TYPES: dict[int, str] = {
 
 def open_db(path: str) -> sqlite3.Connection:
     """A writing connection to the history at `path`, with the schema in place."""
+    import sqlite3  # here: the head imports this module for encode_frame alone
+
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA journal_mode=WAL")
     # NORMAL in WAL mode: a commit survives the process crashing (not a power cut), and
@@ -312,6 +316,8 @@ def main() -> None:
         os.nice(10)
     except OSError:
         pass
+    import sqlite3
+
     try:
         run(sys.argv[1], sys.stdin.buffer)
     except sqlite3.Error as err:
