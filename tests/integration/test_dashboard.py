@@ -28,9 +28,9 @@ needs_browser = pytest.mark.skipif(
                              "run as root (apt-get install chromium)")
 
 
-def ctl(*args, timeout=60):
+def ctl(*args, timeout=60, env=None):
     return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 @api.python_app
@@ -131,6 +131,14 @@ def test_url_token_and_cookie(dash):
     assert _status(request, plain)[0] == 200
     wrong = urllib.request.Request(base + "metrics", headers={"Authorization": "Bearer x"})
     assert _status(wrong, plain)[0] == 401
+
+
+def test_inside_slurm_it_prints_the_tunnel(dash):
+    out = ctl("dashboard", "--cluster", "dash-a", env={"SLURM_JOB_ID": "4242"})
+    assert out.returncode == 0, out.stderr
+    port = urllib.parse.urlparse(dash["url"]).port
+    assert out.stdout.strip() == dash["url"]
+    assert f"ssh -N -L {port}:127.0.0.1:{port} {dash['cf'].host}" in out.stderr
 
 
 def _browser(url, tmp, name, dump=True):
