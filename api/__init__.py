@@ -42,6 +42,7 @@ from api._errors import (
 from api._files import DataFuture, File
 from api._futures import AppFuture, format_id
 from api._memo import CacheKeyError
+from api._progress import progress
 from api._session import ClusterInfo
 from api.executor import Executor
 from cluster.common import auth, clusterfile, paths
@@ -83,6 +84,7 @@ __all__ = [
     "init",
     "is_initialized",
     "kill",
+    "progress",
     "put",
     "python_app",
     "shutdown",

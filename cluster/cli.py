@@ -7,6 +7,10 @@
     clusterctl down [--cluster ID]          stop it, end its steps, scancel its blocks
     clusterctl run [--] COMMAND ...         up, run COMMAND (api.init("auto") finds the
                                             cluster), down even if it fails; its exit code
+    clusterctl history [--state S] [--app NAME] [--json]   the tasks of a run
+    clusterctl logs TASK_ID                 what a task printed
+    clusterctl timeline -o trace.json       the run as a Chrome trace / Perfetto file
+    clusterctl dashboard [--cluster ID]     the dashboard's URL (finished runs: served here)
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import subprocess
 import sys
 from typing import Any
 
+from cluster import cli_history
 from cluster.common import clusterfile
+from cluster.common.historydb import HistoryError
 from cluster.slurm import bootstrap, config
 from cluster.slurm import commands as slurm
 
@@ -110,6 +116,10 @@ def _byte_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def _head_options(ns: argparse.Namespace) -> list[str]:
+    return [] if ns.no_dashboard else ["--dashboard", "--dashboard-host", ns.dashboard_host]
+
+
 def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
     if ns.object_store_memory:  # every daemon inherits it (srun and sbatch pass it on)
         os.environ["SHOAL_OBJECT_STORE_BYTES"] = str(ns.object_store_memory)
@@ -122,13 +132,13 @@ def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
     if slurm.in_allocation() and not ns.local:
         show = _progress(ns.quiet)
         cf = bootstrap.start_in_allocation(ns.interface, ns.head_timeout, ns.timeout, show,
-                                           scaling, ns.tls)
+                                           scaling, ns.tls, _head_options(ns), ns.log_dir)
         if sys.stderr.isatty() and not ns.quiet:
             sys.stderr.write("\n")
         return cf
     if scaling:
         return bootstrap.start_with_blocks(ns.cluster_id, scaling, ns.interface, ns.timeout,
-                                           ns.tls)
+                                           ns.tls, _head_options(ns), ns.log_dir)
     options = []
     for flag, value in (("--num-cpus", ns.num_cpus), ("--num-gpus", ns.num_gpus)):
         if value is not None:
@@ -141,7 +151,8 @@ def _up(ns: argparse.Namespace) -> clusterfile.ClusterFile:
     if ns.interface:
         options += ["--interface", ns.interface]
         host = "auto"
-    return bootstrap.start_local(ns.cluster_id, host, options, ns.timeout)
+    return bootstrap.start_local(ns.cluster_id, host, options + _head_options(ns), ns.timeout,
+                                 ns.log_dir)
 
 
 def cmd_up(ns: argparse.Namespace) -> int:
@@ -154,7 +165,9 @@ def cmd_up(ns: argparse.Namespace) -> int:
         where = "this host"
     print(f"shoal cluster {cf.cluster_id} is up at {cf.address} ({where})")
     print(f"  cluster file: {cf.path}")
-    print(f"  logs:         {cf.log_dir}")
+    print(f"  logs:         {cf.log_dir}   (`clusterctl history`, `clusterctl logs ID`)")
+    if cf.extra.get("dashboard"):
+        print("  dashboard:    `clusterctl dashboard` prints its address")
     print('  connect:      api.init("auto")   or   api.init("' + cf.path + '")')
     return 0
 
@@ -292,6 +305,12 @@ def _add_up_options(p: argparse.ArgumentParser) -> None:
                    help="daemons stop after losing the head this long (s)")
     p.add_argument("--timeout", type=float, default=60.0, help="how long to wait for nodes")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--log-dir", default=None, metavar="DIR",
+                   help="put logs and the run history in DIR/<cluster id> (say a shared file "
+                        "system; default: a private 0700 directory under the temp dir)")
+    p.add_argument("--dashboard-host", default="127.0.0.1",
+                   help="the dashboard's address on the head's host (default loopback)")
+    p.add_argument("--no-dashboard", action="store_true", help="serve no dashboard")
     p.add_argument("--tls", action="store_true",
                    help="serve gRPC over TLS with a per-cluster certificate (its CA goes into "
                         "the cluster file; daemons and drivers verify it)")
@@ -335,16 +354,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "apps keep results, for the next run (sets $SHOAL_CHECKPOINT_DIR)")
     run.add_argument("command", nargs=argparse.REMAINDER)
     run.set_defaults(func=cmd_run)
+    cli_history.add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the clusterctl command."""
     ns = build_parser().parse_args(argv)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `clusterctl status | head` ends quietly
+    if argv is None:  # the command itself, not a caller's process (a test's, say)
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `clusterctl status | head` ends quietly
     try:
         return ns.func(ns)
-    except (CliError, bootstrap.BootstrapError, slurm.SlurmError) as err:
+    except (CliError, bootstrap.BootstrapError, slurm.SlurmError, HistoryError) as err:
         print(f"clusterctl: {err}", file=sys.stderr)
         return 1
 

@@ -16,6 +16,8 @@ ratio to shoal measured in the same run. Workloads:
   arguments (each a task: the key's cost on top of a no-op), then the same N again (hits)
 - cold: a fresh interpreter starts a local cluster and gets one result (s, whole process)
 - idle RSS: memory of the idle cluster's processes beside the driver (MB)
+- history on / off: the no-op burst with the run history written (the default) and with
+  ``SHOAL_HISTORY=0``, alternating A/B in fresh clusters (``--history-only`` runs just this)
 - the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task over
   gRPC (``head_cpu_task_us``, ``driver_cpu_task_us``), that burst's tasks/s, and the CPU
   seconds to boot one daemon and its first worker (``boot_cpu_s``)
@@ -147,6 +149,32 @@ def cost_figures(reps: int, tasks: int) -> dict[str, list[float]]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def history_figures(reps: int, tasks: int) -> dict[str, list[float]]:
+    """The no-op burst with the run history on and off, alternating, each in a fresh
+    embedded cluster (the env var reaches its head), after one warm-up burst each."""
+    import api
+
+    fn = api.python_app(noop)
+    out: dict[str, list[float]] = {"noop_history_on": [], "noop_history_off": []}
+    for i in range(2 * reps + 2):
+        on = i % 2 == 0
+        os.environ["SHOAL_HISTORY"] = "1" if on else "0"
+        api.init(num_cpus=2, log_to_driver=False)
+        try:
+            futs = [fn() for _ in range(tasks)]  # warm-up (workers, function cache)
+            api.wait(futs, num_returns=len(futs))
+            start = time.perf_counter()
+            futs = [fn() for _ in range(tasks)]
+            api.wait(futs, num_returns=len(futs))
+            if i >= 2:
+                out["noop_history_on" if on else "noop_history_off"].append(
+                    tasks / (time.perf_counter() - start))
+        finally:
+            api.shutdown()
+    os.environ.pop("SHOAL_HISTORY", None)
+    return out
+
+
 def _peer(name: str) -> Any:
     if name == "shoal":
         return ShoalPeer()
@@ -194,6 +222,7 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             cold.append(time.perf_counter() - start)
     results["cold"] = cold
     if name == "shoal":
+        results.update(history_figures(ns.reps, ns.tasks))
         results.update(object_figures(ns.reps))
         results.update(cost_figures(ns.reps, 2 * ns.tasks))
     peer.start(2)
@@ -252,6 +281,8 @@ ROWS = [
     ("obj_remote_put", "remote driver put, GB/s", True),
     ("obj_remote_get", "remote driver get, GB/s", True),
     ("rss", "idle cluster RSS, MB", False),
+    ("noop_history_on", "no-op tasks/s, history on", True),
+    ("noop_history_off", "no-op tasks/s, history off", True),
     ("grpc_noop", "no-op tasks over gRPC, tasks/s", True),
     ("head_cpu_task_us", "head CPU per task (gRPC), us", False),
     ("driver_cpu_task_us", "driver CPU per task (gRPC), us", False),
@@ -280,8 +311,18 @@ def main() -> None:
     parser.add_argument("--actor-calls", type=int, default=2_000,
                         help="sync actor calls (fire-then-wait uses 5x as many)")
     parser.add_argument("--one", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--history-only", action="store_true",
+                        help="only the no-op burst with the run history on and off")
     parser.add_argument("--json", default="", help="also write the raw samples here")
     ns = parser.parse_args()
+    if ns.history_only:
+        figures = history_figures(ns.reps, ns.tasks)
+        for key, samples in figures.items():
+            print(f"{key:<20} {_fmt(samples)}  {[round(x) for x in samples]}")
+        on, off = (statistics.median(figures[k]) for k in ("noop_history_on",
+                                                           "noop_history_off"))
+        print(f"history on is {100 * (1 - on / off):+.1f}% slower (median of {ns.reps})")
+        return
     if ns.one:
         print(json.dumps(run_one(ns.one, ns)))
         return

@@ -21,3 +21,5 @@ fi
 # the machines we measure on) every daemon and worker otherwise recompiles each module it
 # imports at start (importing the worker: 0.09 -> 0.06 CPU-s). Stale files are ignored.
 .venv/bin/python -m compileall -q api cluster >/dev/null
+# A headless browser for the dashboard's tests (root only; quiet, idempotent).
+bash scripts/setup_browser.sh

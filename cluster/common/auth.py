@@ -89,3 +89,16 @@ def read_secret(secret_file: str = "") -> tuple[str, dict[str, str]]:
     if not secret:
         raise SystemExit(f"the cluster secret must be in ${ENV_VAR} or a --secret-file")
     return secret, extra
+
+
+def dashboard_token(secret: str) -> str:
+    """The dashboard's access token: derived from the cluster secret (HMAC-SHA256), so
+    whoever holds the token cannot recover the secret or call the cluster's RPCs.
+
+    >>> dashboard_token("s") == dashboard_token("s") != dashboard_token("t")
+    True
+    """
+    import hashlib
+    import hmac
+
+    return hmac.new(secret.encode(), b"shoal dashboard token v1", hashlib.sha256).hexdigest()[:40]

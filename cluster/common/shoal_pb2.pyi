@@ -214,7 +214,7 @@ class TaskSpec(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested")
+    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested", "worker_pid")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -226,6 +226,7 @@ class TaskResult(_message.Message):
     SIZE_FIELD_NUMBER: _ClassVar[int]
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     NESTED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_PID_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     status: Status
     data: bytes
@@ -237,7 +238,8 @@ class TaskResult(_message.Message):
     size: int
     holders: _containers.RepeatedScalarFieldContainer[int]
     nested: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ..., route: _Optional[str] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., nested: _Optional[_Iterable[int]] = ...) -> None: ...
+    worker_pid: int
+    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ..., route: _Optional[str] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., nested: _Optional[_Iterable[int]] = ..., worker_pid: _Optional[int] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task_id", "name", "node", "text", "stderr")

@@ -89,3 +89,19 @@ def demand(nodes: dict[int, Node], queues: Iterable[Iterable[Task]],
                 unmet = True
     running = sum(n.view.used.get("cpus", 0.0) for n in nodes.values() if n.alive)
     return queued, queued_cpus, running, unmet
+
+
+def drain_nodes(nodes: dict[int, Node], node_ids: list[int]) -> None:
+    """No new work for these nodes; what runs there finishes."""
+    for node_id in node_ids:
+        node = nodes.get(node_id)
+        if node is not None:
+            node.draining = True
+            node.view.schedulable = False
+
+
+def stop_daemon(nodes: dict[int, Node], node_id: int) -> None:
+    """Tell a node's daemon to exit."""
+    node = nodes.get(node_id)
+    if node is not None and node.alive:
+        node.conn.send(pb.HeadToNode(shutdown=True))

@@ -28,6 +28,7 @@ from cluster.common.protocol import fill, pb, to_dict
 from cluster.head.actors import ActorTable
 from cluster.head.directory import LOST, ObjectDirectory, Value
 from cluster.head.dispatch import Dispatcher
+from cluster.head.history import Recorder
 from cluster.head.invariants import check
 from cluster.head.lineage import Lineage
 from cluster.head.records import (
@@ -41,7 +42,7 @@ from cluster.head.records import (
     TaskState,
     allowed,
 )
-from cluster.head.report import demand, status_reply
+from cluster.head.report import demand, drain_nodes, status_reply, stop_daemon
 from cluster.policy import liveness, scheduler
 
 log = logging.getLogger("shoal.head")
@@ -83,6 +84,7 @@ class Head:
         self._shapes: dict[bytes, tuple[dict[str, float], str]] = {}
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.history: Recorder | None = None  # the run history (cluster.head.history)
 
     @property
     def block_shape(self) -> dict[str, float]:
@@ -103,6 +105,8 @@ class Head:
             raise InvalidTransition(f"task {task.task_id:#x} ({task.spec.name}): "
                                     f"{old.name} -> {state.name}")
         task.state = state
+        if self.history is not None:
+            self.history.state(task, old, state)
         if state in LIVE:
             self.tasks[task.task_id] = task
         elif old in LIVE and self.tasks.get(task.task_id) is task:
@@ -117,8 +121,8 @@ class Head:
 
     def _started(self, task: Task, node: Node) -> None:
         """Dispatch placed `task` on `node`."""
+        task.node_id = node.node_id  # first: the history records where it runs
         self.set_state(task, TaskState.RUNNING)
-        task.node_id = node.node_id
         node.running[task.task_id] = task
         node.idle_since = None
 
@@ -135,6 +139,8 @@ class Head:
         loop.call_later(1.0, self._check_nodes)
 
     def _broadcast_node(self, node: Node) -> None:
+        if self.history is not None:  # it joined, or was lost
+            self.history.node(node)
         info = node.info()
         for driver in self.drivers.values():
             driver.nodes.append(info)
@@ -210,6 +216,8 @@ class Head:
     def on_node_message(self, node: Node, message: pb.NodeToHead) -> None:
         """One batch from a daemon."""
         node.last_seen = time.monotonic()
+        if self.history is not None:
+            self.history.node_batch(node, message)
         if message.HasField("heartbeat"):
             node.heartbeat = message.heartbeat
         for result in message.results:
@@ -597,6 +605,8 @@ class Head:
             self.set_state(task, TaskState.FAILED)
             task_id = task.task_id
             self.failed += 1
+            if self.history is not None:
+                self.history.failed(task, result)
             value = Value(result.status, result.data, result.message)
             self.objects.finish(task_id, value)
             for dep in task.spec.deps:
@@ -661,10 +671,8 @@ class Head:
             if message is not None:
                 driver.conn.send(message)
 
-    # ---- for the autoscaler ---------------------------------------------------------------
     def demand(self) -> tuple[int, float, float, bool]:
-        """(queued tasks, their CPUs, CPUs assigned to nodes, whether a queued task fits
-        only a block node), for the autoscaler."""
+        """What the autoscaler needs (see :func:`cluster.head.report.demand`)."""
         return demand(self.nodes, [*self.ready.values(), self.gangs], self.block_shape)
 
     def blocks_info(self) -> list[pb.BlockInfo]:
@@ -673,22 +681,14 @@ class Head:
 
     def drain(self, node_ids: list[int]) -> None:
         """No new work for these nodes; what runs there finishes."""
-        for node_id in node_ids:
-            node = self.nodes.get(node_id)
-            if node is not None:
-                node.draining = True
-                node.view.schedulable = False
+        drain_nodes(self.nodes, node_ids)
 
     def stop_node(self, node_id: int) -> None:
         """Tell a node's daemon to exit."""
-        node = self.nodes.get(node_id)
-        if node is not None and node.alive:
-            node.conn.send(pb.HeadToNode(shutdown=True))
+        stop_daemon(self.nodes, node_id)
 
-    # ---- status and shutdown -------------------------------------------------------------
     def status(self, node_limit: int = 0) -> pb.StatusReply:
-        """A snapshot for `clusterctl status`: at most `node_limit` node records (0: all),
-        and totals over every node."""
+        """A snapshot for `clusterctl status` (see :func:`cluster.head.report.status_reply`)."""
         return status_reply(self, node_limit)
 
     def shutdown(self) -> None:

@@ -569,7 +569,7 @@ class Daemon:
                 self._report(task.spec, pb.WORKER_CRASHED, b"",
                              f"worker process {worker.pid} on {self.name} died "
                              f"(exit code {code}) while running the task",
-                             time.perf_counter() - task.started)
+                             time.perf_counter() - task.started, worker=worker)
         if not self.stopping:
             if len(self.workers) < self.num_workers:
                 asyncio.ensure_future(self._spawn())
@@ -580,7 +580,7 @@ class Daemon:
                 seconds: float, route: str = "", worker: WorkerHandle | None = None) -> None:
         result = pb.TaskResult(task_id=spec.task_id, status=status, node=self.name,
                                attempt=spec.attempt, run_seconds=seconds, message=message,
-                               route=route)
+                               route=route, worker_pid=worker.pid if worker is not None else 0)
         if isinstance(data, tuple):  # ("inline", bytes, refs) or ("stored", path, size, refs)
             if data[0] == "stored":
                 _, path, size, nested = data

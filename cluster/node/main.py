@@ -109,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="read the secret from this file (a cluster file or plain text)")
     parser.add_argument("--block-id", default="", help="the block this daemon belongs to")
     parser.add_argument("--tls", action="store_true", help="head: serve gRPC over TLS")
+    parser.add_argument("--dashboard", action="store_true", help="head: serve the dashboard")
+    parser.add_argument("--dashboard-host", default="127.0.0.1",
+                        help="head: the dashboard's address (default loopback)")
     parser.add_argument("--store-bytes", type=float,
                         default=float(os.environ.get(STORE_ENV) or 0) or None,
                         help=f"object store capacity in bytes (default ${STORE_ENV}, else 30%% "
@@ -176,6 +179,11 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
         head.attach_loop(loop)
         head.on_shutdown = finish
+        from cluster.head.history import make_recorder
+
+        head.history = make_recorder(log_dir, ns.cluster_id)
+        if head.history is not None:
+            head.history.attach(loop, head)
         unix_path = os.path.join(runtime, "driver.sock")
         server, port = await start_server(head, secret, ns.host, tls_pair)
         lane = await start_driver_lane(head, secret, unix_path)
@@ -207,6 +215,11 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         asyncio.ensure_future(link.run())
 
     address = f"{ns.host}:{port}" if port else ""
+    dashboard = None
+    if ns.dashboard and head is not None:
+        from cluster.head.dashboard import start_dashboard
+
+        dashboard = await start_dashboard(head, secret, ns.dashboard_host, log_dir)
     if ns.write_cluster_file and head is not None:
         clusterfile.write(clusterfile.ClusterFile(
             cluster_id=ns.cluster_id, address=address, secret=secret,
@@ -215,7 +228,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
             extra={**({"autoscale": True} if ns.autoscale else {}),
                    **({"tls_ca": ns.tls_ca, "tls_node_key": ns.tls_node_key,
-                       "tls_node_cert": ns.tls_node_cert} if ns.tls else {})}))
+                       "tls_node_cert": ns.tls_node_cert} if ns.tls else {}),
+                   **({"dashboard": dashboard.url} if dashboard is not None else {})}))
     manager = None
     if ns.autoscale and head is not None:
         from cluster.slurm import config
@@ -259,6 +273,10 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     if server is not None:
         lane.close()
         await server.stop(0)
+    if dashboard is not None:
+        await dashboard.stop()
+    if head is not None and head.history is not None:
+        head.history.close()
     shutil.rmtree(runtime, ignore_errors=True)
     if daemon is not None and daemon.store is not None:
         shutil.rmtree(daemon.store.spill_dir, ignore_errors=True)

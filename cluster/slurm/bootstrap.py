@@ -76,15 +76,28 @@ def status(cf: clusterfile.ClusterFile, timeout: float = 5.0, node_limit: int = 
             f"`clusterctl down --cluster {cf.cluster_id}` cleans up what is left") from None
 
 
+def cluster_log_dir(cluster_id: str, log_root: str | None = None) -> str:
+    """Where a cluster's logs and run history go: `log_root`/<id> (``up --log-dir``, say
+    on a shared file system; created 0700 when missing), else the private default."""
+    if not log_root:
+        return paths.log_dir(cluster_id)
+    path = os.path.join(os.path.abspath(os.path.expanduser(log_root)), cluster_id)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as err:
+        raise BootstrapError(f"--log-dir {log_root}: cannot create {path}: {err}") from None
+    return path
+
+
 def start_local(cluster_id: str | None, host: str, node_options: list[str],
-                timeout: float) -> clusterfile.ClusterFile:
+                timeout: float, log_root: str | None = None) -> clusterfile.ClusterFile:
     """A head and this host's daemon in one background process (`node_options` may hold
     --tls)."""
     """A head and this host's daemon in one background process."""
     cluster_id = cluster_id or clusterfile.new_local_id()
     _refuse_running(cluster_id)
     secret = auth.new_secret()
-    log_dir = paths.log_dir(cluster_id)
+    log_dir = cluster_log_dir(cluster_id, log_root)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id",
            cluster_id, "--write-cluster-file", "--host", host, "--log-dir", log_dir,
            *node_options]
@@ -96,16 +109,17 @@ def start_local(cluster_id: str | None, host: str, node_options: list[str],
 
 
 def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
-                      timeout: float, tls: bool = False) -> clusterfile.ClusterFile:
+                      timeout: float, tls: bool = False, head_options: list[str] | None = None,
+                      log_root: str | None = None) -> clusterfile.ClusterFile:
     """A head on this host (say a login node) with no nodes of its own: the autoscaler
     submits blocks (sbatch jobs) whose daemons join it."""
     cluster_id = cluster_id or clusterfile.new_local_id()
     _refuse_running(cluster_id)
     secret = auth.new_secret()
-    log_dir = paths.log_dir(cluster_id)
+    log_dir = cluster_log_dir(cluster_id, log_root)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--cluster-id", cluster_id,
            "--write-cluster-file", "--host", "auto", "--log-dir", log_dir,
-           "--autoscale", cfg_json]
+           "--autoscale", cfg_json, *(head_options or [])]
     if interface:
         cmd += ["--interface", interface]
     if tls:
@@ -127,7 +141,9 @@ def _refuse_running(cluster_id: str) -> None:
 
 def start_in_allocation(interface: str, head_timeout: float, timeout: float,
                         progress: Callable[[str], None],
-                        autoscale: str = "", tls: bool = False) -> clusterfile.ClusterFile:
+                        autoscale: str = "", tls: bool = False,
+                        head_options: list[str] | None = None,
+                        log_root: str | None = None) -> clusterfile.ClusterFile:
     """Head on the first node, one daemon per node (one srun step); returns once all
     nodes have joined."""
     alloc = slurm.current_allocation()
@@ -135,13 +151,13 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     _refuse_running(cluster_id)
     secret = auth.new_secret()
     env = child_env(secret)
-    log_dir = paths.log_dir(cluster_id)
+    log_dir = cluster_log_dir(cluster_id, log_root)
     python = slurm.python_executable()
     steps_before = set(slurm.job_steps(alloc.job_id))
     head_node = alloc.nodes[0]
     here = socket.gethostname()
     head_args = ["--head", "--cluster-id", cluster_id, "--write-cluster-file", "--log-dir",
-                 log_dir, "--host", "auto"]
+                 log_dir, "--host", "auto", *(head_options or [])]
     if interface:
         head_args += ["--interface", interface]
     if autoscale:
@@ -179,12 +195,15 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
                                  f"see {os.path.join(log_dir, 'daemons.out')}")
         try:
             reply = _status(cf, 2.0)
-            count = sum(1 for n in reply.nodes if n.state == "alive")
+            alive = [n.name for n in reply.nodes if n.state == "alive"]
         except Exception:  # noqa: BLE001
-            count = 0
+            alive = []
+        count = len(alive)
         if count != joined:
             joined = count
-            progress(f"{count}/{len(alloc.nodes)} nodes joined")
+            newest = ", ".join(alive[-3:]) + (" ..." if count > 3 else "")
+            progress(f"{count}/{len(alloc.nodes)} nodes joined" +
+                     (f" (latest: {newest})" if alive else ""))
         if count >= len(alloc.nodes):
             break
         if time.monotonic() > deadline:

@@ -39,6 +39,7 @@ PUBLIC = [
     "init",
     "is_initialized",
     "kill",
+    "progress",
     "put",
     "python_app",
     "shutdown",

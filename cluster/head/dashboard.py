@@ -1,0 +1,387 @@
+"""The web dashboard: served by the head (aiohttp, on the head's own event loop), or by
+``clusterctl dashboard --cluster ID`` from a finished run's history.
+
+Why aiohttp on the head's loop: the pages read the head's live state (nodes, actors,
+objects) between two of its loop turns, so every snapshot is consistent without locks;
+history queries (tasks, timeline) run on one thread of their own so a slow query never
+holds up dispatch. aiohttp is asyncio-native, maintained, and small next to a WSGI stack.
+
+Access: bound to loopback by default, on a port the OS picks. Every request needs the
+token (:func:`cluster.common.auth.dashboard_token`, an HMAC of the cluster secret, never
+the secret itself): once as ``?token=...``, which sets a cookie (HttpOnly, SameSite=Strict,
+named for the port, as cookies do not tell ports apart) and redirects to the same page
+without it; then the cookie. ``/api/*`` and ``/metrics`` also take ``?token=`` on every
+request, or ``Authorization: Bearer TOKEN`` (scrapers keep no cookies). Otherwise: 401.
+
+Pages (``/``, ``/tasks``, ``/task/<id>``, ``/actors``, ``/objects``, ``/blocks``,
+``/timeline``) are one HTML shell with the page's data embedded as JSON (so it renders
+at once, scripts or not) and ``dashboard/app.js``, which renders it and polls
+``/api/<page>`` every second. ``/metrics`` is Prometheus text (:mod:`cluster.head.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import html
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from cluster.common import historydb
+from cluster.common.auth import dashboard_token
+from cluster.common.protocol import pb, to_dict
+from cluster.head import metrics
+from cluster.head.directory import ObjectDirectory
+from cluster.head.records import Node
+
+log = logging.getLogger("shoal.dashboard")
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
+PAGES = ("overview", "tasks", "task", "actors", "objects", "blocks", "timeline")
+#: Rows per page of the tasks table.
+TASKS_PER_PAGE = 50
+#: Node rows on the overview of a live cluster (the totals count every node).
+OVERVIEW_NODES = 200
+#: The timeline page draws at most this many of the latest tasks (the trace file has all).
+TIMELINE_TASKS = 2000
+
+
+class LiveHead(Protocol):
+    """What the pages read of a live head."""
+
+    nodes: dict[int, Node]
+    objects: ObjectDirectory
+
+    @property
+    def actor_table(self) -> Any: ...
+
+    def status(self, node_limit: int = 0) -> pb.StatusReply: ...
+
+    def blocks_info(self) -> list[pb.BlockInfo]: ...
+
+
+class Source:
+    """What the pages show: the live head (`head`) and its history, or a history alone."""
+
+    def __init__(self, history_path: str, head: LiveHead | None = None) -> None:
+        self.head = head
+        self.history_path = history_path
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, "shoal-dashboard-db")
+        self._local = threading.local()
+
+    def _db(self) -> sqlite3.Connection | None:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = self._local.db = historydb.connect(self.history_path)
+            except historydb.HistoryError:
+                return None
+        return db
+
+    async def query(self, fn: Callable[[sqlite3.Connection], Any], default: Any) -> Any:
+        """`fn(db)` on the history's thread (`default` when there is no history)."""
+        def run() -> Any:
+            db = self._db()
+            return default if db is None else fn(db)
+
+        return await asyncio.get_running_loop().run_in_executor(self._pool, run)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    # ---- the pages' data ------------------------------------------------------------
+    async def overview(self, _: dict[str, str]) -> dict[str, Any]:
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            return {"counts": historydb.counts_by_state(db), "samples": historydb.samples(db),
+                    "meta": historydb.meta(db),
+                    "nodes": [] if self.head else historydb.nodes(db),
+                    "actors": [] if self.head else historydb.actors(db)}
+
+        out = await self.query(read, {"counts": {}, "samples": [], "meta": {}, "nodes": [],
+                                      "actors": []})
+        head = self.head
+        if head is not None:
+            # At most OVERVIEW_NODES records: all 5,000 took the head's loop 0.4 s, and the
+            # page asks every second.
+            reply = head.status(OVERVIEW_NODES)
+            out["nodes"] = [_node(n) for n in reply.nodes]
+            out["nodes_total"] = reply.nodes_total
+            out["nodes_alive"] = reply.nodes_alive
+            out["actors"] = [_actor(a) for a in reply.actors]
+            out["cluster_id"] = reply.cluster_id
+            out["uptime"] = reply.uptime
+            out["drivers"] = reply.drivers
+            out["objects"] = {"count": reply.objects, "bytes": reply.object_bytes}
+            out["counts"]["queued_now"] = reply.tasks_queued
+            out["counts"]["running_now"] = reply.tasks_running
+        else:
+            out["cluster_id"] = out["meta"].get("cluster_id", "")
+        out["live"] = head is not None
+        return out
+
+    async def tasks(self, q: dict[str, str]) -> dict[str, Any]:
+        state = q.get("state") or None
+        app = q.get("app") or None
+        page = max(0, int(q.get("page") or 0))
+
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            total = historydb.count(db, state, app)
+            rows = historydb.tasks(db, state, app, limit=TASKS_PER_PAGE,
+                                   offset=page * TASKS_PER_PAGE, newest_first=True)
+            return {"total": total, "rows": rows, "apps": historydb.app_names(db),
+                    "page": page, "per_page": TASKS_PER_PAGE, "state": state or "",
+                    "app": app or "", "states": list(historydb.STATES)}
+
+        return dict(await self.query(read, {"total": 0, "rows": [], "apps": []}),
+                    live=self.head is not None)
+
+    async def task(self, q: dict[str, str]) -> dict[str, Any]:
+        task_id = historydb.parse_task_id(q.get("id") or "0")
+
+        def read(db: sqlite3.Connection) -> dict[str, Any]:
+            try:
+                record = historydb.task(db, task_id)
+            except historydb.HistoryError as err:
+                return {"error": str(err)}
+            return {"task": record, "logs": historydb.logs(db, task_id)}
+
+        return dict(await self.query(read, {"error": "no history"}), live=self.head is not None)
+
+    async def actors(self, _: dict[str, str]) -> dict[str, Any]:
+        if self.head is not None:
+            return {"actors": [_actor(a) for a in self.head.actor_table.status()],
+                    "live": True}
+        return {"actors": await self.query(historydb.actors, []), "live": False}
+
+    async def objects(self, _: dict[str, str]) -> dict[str, Any]:
+        head = self.head
+        if head is None:
+            return {"live": False, "objects": [], "count": 0, "bytes": 0}
+        names = {n.node_id: n.name for n in head.nodes.values()}
+        values = head.objects.values
+        refs = head.objects.refs
+        biggest = sorted(values.items(), key=lambda kv: -(kv[1].size or len(kv[1].data)))[:200]
+        count, total = head.objects.stats()
+        return {"live": True, "count": count, "bytes": total, "objects": [
+            {"id": historydb.format_id(oid), "size": v.size or len(v.data),
+             "stored": bool(v.size), "holders": sorted(names.get(h, str(h)) for h in v.holders),
+             "refs": refs.get(oid, 0), "status": int(v.status)} for oid, v in biggest]}
+
+    async def blocks(self, _: dict[str, str]) -> dict[str, Any]:
+        if self.head is not None:
+            return {"live": True, "blocks": [
+                {"block_id": b.block_id, "job_id": b.job_id, "state": b.state,
+                 "nodes": b.nodes, "walltime_left": b.walltime_left, "age": b.age,
+                 "idle": b.idle, "reason": b.reason} for b in self.head.blocks_info()]}
+        return {"live": False, "blocks": await self.query(historydb.blocks, [])}
+
+    async def timeline(self, q: dict[str, str]) -> dict[str, Any]:
+        limit = int(q.get("limit") or TIMELINE_TASKS)
+        trace = await self.query(lambda db: historydb.timeline(db, limit), {"traceEvents": []})
+        return dict(trace, live=self.head is not None)
+
+    async def metrics_text(self) -> str:
+        counts = await self.query(historydb.counts_by_state, {})
+        if self.head is None:
+            return "\n".join(f'shoal_history_tasks{{state="{k}"}} {v}'
+                             for k, v in sorted(counts.items())) + "\n"
+        return metrics.render(self.head.status(0), counts)
+
+
+def _node(n: Any) -> dict[str, Any]:
+    return {"node_id": n.node_id, "name": n.name, "address": n.address, "state": n.state,
+            "total": to_dict(n.total), "used": to_dict(n.used), "running": n.running,
+            "done": n.done, "workers": n.workers, "block": n.block_id,
+            "draining": n.draining, "store": {"objects": n.store.objects,
+                                               "bytes": n.store.bytes,
+                                               "spilled": n.store.spilled,
+                                               "capacity": n.store.capacity}}
+
+
+def _actor(a: Any) -> dict[str, Any]:
+    return {"actor_id": a.actor_id, "id": historydb.format_id(a.actor_id),
+            "class_name": a.class_name, "name": a.name, "node": a.node, "state": a.state,
+            "restarts": a.restarts, "detached": a.detached, "message": a.message}
+
+
+def _shell(page: str, data: dict[str, Any], token_cookie: str) -> str:
+    title = {"overview": "Overview", "task": "Task"}.get(page, page.capitalize())
+    links = "".join(f'<a href="/{"" if p == "overview" else p}" class="{"on" if p == page else ""}"'
+                    f' id="nav-{p}">{p.capitalize()}</a>' for p in PAGES if p != "task")
+    blob = json.dumps(data, default=str).replace("</", "<\\/")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>shoal: {html.escape(title)}</title>
+<meta name="referrer" content="no-referrer">
+<link rel="stylesheet" href="/static/style.css"></head>
+<body data-page="{page}">
+<header><b>shoal</b> <span id="cluster"></span> <span id="live"></span><nav>{links}</nav></header>
+<main id="main"></main>
+<script id="initial" type="application/json">{blob}</script>
+<script src="/static/app.js"></script>
+</body></html>"""
+
+
+def make_app(source: Source, token: str) -> Any:
+    """The aiohttp application for `source`, guarded by `token`."""
+    from aiohttp import web
+
+    cookie = None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Callable[[web.Request],
+                                                            Awaitable[web.StreamResponse]]) \
+            -> web.StreamResponse:
+        nonlocal cookie
+        if cookie is None:
+            port = request.transport.get_extra_info("sockname")[1] if request.transport else 0
+            cookie = f"shoal_token_{port}"
+        given = request.query.get("token")
+        bearer = request.headers.get("Authorization", "")
+        if given is not None:
+            if not hmac.compare_digest(given.encode(), token.encode()):
+                return _denied(web)
+            if not request.path.startswith(("/api/", "/metrics")):
+                # A page: keep the token as a cookie and take it out of the address bar.
+                query = {k: v for k, v in request.query.items() if k != "token"}
+                target = request.rel_url.with_query(query)
+                response: web.StreamResponse = web.HTTPFound(str(target))
+                response.set_cookie(cookie, token, httponly=True, samesite="Strict", path="/")
+                return response
+        elif bearer.startswith("Bearer "):  # scrapers (Prometheus' `authorization:`)
+            if not hmac.compare_digest(bearer[7:].strip().encode(), token.encode()):
+                return _denied(web)
+        else:
+            held = request.cookies.get(cookie, "")
+            if not hmac.compare_digest(held.encode(), token.encode()):
+                return _denied(web)
+        response = await handler(request)
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def data_for(page: str) -> Callable[[dict[str, str]], Awaitable[dict[str, Any]]]:
+        return {"overview": source.overview, "tasks": source.tasks, "task": source.task,
+                "actors": source.actors, "objects": source.objects, "blocks": source.blocks,
+                "timeline": source.timeline}[page]
+
+    def page_handler(page: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handle(request: web.Request) -> web.Response:
+            query = dict(request.query)
+            if page == "task":
+                query["id"] = request.match_info["task_id"]
+            try:
+                data = await data_for(page)(query)
+            except (historydb.HistoryError, ValueError) as err:
+                data = {"error": str(err)}
+            return web.Response(text=_shell(page, data, cookie or ""),
+                                content_type="text/html")
+        return handle
+
+    async def api(request: web.Request) -> web.Response:
+        page = request.match_info["page"]
+        if page not in PAGES:
+            raise web.HTTPNotFound()
+        try:
+            data = await data_for(page)(dict(request.query))
+        except (historydb.HistoryError, ValueError) as err:
+            return web.json_response({"error": str(err)}, status=400)
+        if page == "timeline" and request.query.get("download"):
+            return web.Response(text=json.dumps(data), content_type="application/json",
+                                headers={"Content-Disposition":
+                                         'attachment; filename="trace.json"'})
+        return web.json_response(data, dumps=lambda d: json.dumps(d, default=str))
+
+    async def prometheus(request: web.Request) -> web.Response:
+        return web.Response(text=await source.metrics_text(),
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    app = web.Application(middlewares=[guard])
+    app.router.add_get("/", page_handler("overview"))
+    for page in PAGES:
+        if page not in ("overview", "task"):
+            app.router.add_get(f"/{page}", page_handler(page))
+    app.router.add_get("/task/{task_id}", page_handler("task"))
+    app.router.add_get("/api/{page}", api)
+    app.router.add_get("/metrics", prometheus)
+    app.router.add_static("/static", STATIC)
+    return app
+
+
+def _denied(web: Any) -> Any:
+    return web.Response(status=401, text="401: this dashboard needs its token. "
+                        "`clusterctl dashboard` prints the address with it.\n")
+
+
+class Dashboard:
+    """A running dashboard: its `url` (without the token) and how to stop it."""
+
+    def __init__(self, runner: Any, url: str, source: Source) -> None:
+        self.runner = runner
+        self.url = url
+        self.source = source
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        await self.runner.cleanup()
+        self.source.close()
+
+
+async def serve(source: Source, token: str, host: str, port: int = 0) -> Dashboard:
+    """Serve `source` on host:port (0: any free port) on the running loop."""
+    from aiohttp import web
+
+    runner = web.AppRunner(make_app(source, token), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=False)
+    await site.start()
+    # aiohttp has no public way to the port the OS picked.
+    sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
+    bound = sockets[0].getsockname()[1] if sockets else port
+    shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return Dashboard(runner, f"http://{shown}:{bound}/", source)
+
+
+async def start_dashboard(head: LiveHead, secret: str, host: str,
+                          log_dir: str) -> Dashboard | None:
+    """The head's dashboard (None, logged, when it cannot be served: the head runs on)."""
+    try:
+        dashboard = await serve(Source(historydb.path_in(log_dir), head),
+                                dashboard_token(secret), host)
+    except (ImportError, OSError) as err:
+        log.error("no dashboard: %s", err)
+        return None
+    log.info("dashboard at %s", dashboard.url)
+    return dashboard
+
+
+def serve_history(history_path: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve a finished run's history read-only until interrupted (``clusterctl
+    dashboard --cluster ID`` after ``down``); prints the URL with a fresh token."""
+    import secrets
+
+    token = secrets.token_hex(20)
+
+    async def main() -> None:
+        dashboard = await serve(Source(history_path), token, host, port)
+        print(f"{dashboard.url}?token={token}", flush=True)
+        print("serving this finished run's history read-only; Ctrl-C stops", flush=True)
+        try:
+            while True:
+                await asyncio.sleep(3600)
+        finally:
+            await dashboard.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,337 @@
+"""The run history: every task, node, actor and block of a cluster, in a SQLite file
+(the cluster's log directory, ``history.sqlite``; read by :mod:`cluster.common.historydb`).
+
+The head calls a :class:`Recorder` from its state machine: :meth:`Recorder.state` from
+``Head.set_state`` (every state change of every task), :meth:`Recorder.node_batch` once per
+batch a daemon sends (worker pids, run times and printed output of finished tasks),
+:meth:`Recorder.failed` when a task fails for good, :meth:`Recorder.node` when a node
+joins or is lost. Each call only appends a tuple to a list (O(1), no I/O, no formatting).
+Every 100 ms the loop turns the lists into plain tuples and ships them (marshal, a
+non-blocking pipe write) to the writer process
+(:mod:`cluster.head.historywriter`), which writes them with ``executemany`` in one
+transaction. Actors and blocks are snapshotted once a second (sent when they changed),
+so their owners need no hooks.
+
+The file is in WAL mode and committed every batch, so readers (``clusterctl history``,
+the dashboard) never block the writer, and a head that crashes loses at most what it
+gathered in its last 100 ms (or its first 0.5 s, before the writer has started).
+
+States in the history are the user's: ``queued`` (waiting for arguments or for a slot),
+``running``, ``done``, ``failed``, ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any, Protocol
+
+from cluster.common.protocol import pb, to_dict
+from cluster.head.historywriter import encode_frame
+from cluster.head.records import Node, Task, TaskState
+
+log = logging.getLogger("shoal.history")
+
+#: The history's file name inside a cluster's log directory.
+FILE_NAME = "history.sqlite"
+#: Seconds between batches (what a crash can lose; what readers lag behind).
+FLUSH_SECONDS = 0.1
+#: Seconds after the head's start before the writer process starts.
+WRITER_DELAY = 0.5
+#: Seconds between samples of the cluster's counters (the dashboard's chart).
+SAMPLE_SECONDS = 1.0
+#: The directory holding the `cluster` package (for the writer process's path).
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Set to "0" (or "off") to run a head without a history.
+ENV_VAR = "SHOAL_HISTORY"
+
+
+_now = time.time    # bound once: called three times a task
+_NEW = TaskState.NEW
+
+
+def path_in(log_dir: str) -> str:
+    """The history file of the cluster whose log directory is `log_dir`."""
+    return os.path.join(log_dir, FILE_NAME)
+
+
+def enabled() -> bool:
+    """Whether heads keep a history (``SHOAL_HISTORY=0`` turns it off)."""
+    return os.environ.get(ENV_VAR, "1").lower() not in ("0", "off", "no", "false")
+
+
+class _Observed(Protocol):
+    """What the once-a-second snapshot reads of the head (see cluster.head.report)."""
+
+    nodes: dict[int, Node]
+    tasks: dict[int, Task]
+    done: int
+    failed: int
+
+    @property
+    def actor_table(self) -> Any: ...
+
+    def blocks_info(self) -> list[pb.BlockInfo]: ...
+
+
+class Recorder:
+    """Records what the head does into the history file at `path` (see the module doc)."""
+
+    def __init__(self, path: str, cluster_id: str, log_dir: str = "") -> None:
+        self.path = path
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._fd = -1
+        now = time.time()
+        # What the head appended since the last flush (only its loop touches these).
+        self._new: list[tuple[pb.TaskSpec, bytes, float]] = []
+        self._events: list[tuple[int, str, float, int, int]] = []
+        self._batches: list[tuple[str, pb.NodeToHead, float]] = []
+        self._failures: list[tuple[int, float, pb.TaskResult]] = []
+        self._nodes: list[tuple[Any, ...]] = []
+        self._other: list[tuple[str, list[tuple[Any, ...]]]] = [
+            ("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
+                ("cluster_id", cluster_id), ("started", repr(now)), ("log_dir", log_dir),
+                ("head_host", os.uname().nodename), ("head_pid", str(os.getpid())),
+                ("ended", "")])]
+        # Frames not yet taken by the pipe (the writer is behind): written when it can.
+        self._pending = bytearray()
+        self._waiting = False
+        self._broken = False
+        self._resources: dict[bytes, str] = {}
+        self._actors: dict[int, tuple[Any, ...]] = {}
+        self._blocks: dict[str, tuple[Any, ...]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._head: _Observed | None = None
+        self._last_sample = 0.0
+        self._closed = False
+        self.sent = 0  # state changes shipped, for tests and benchmarks
+        self.flush()
+
+    # ---- called by the head (its loop thread): append only -------------------------------
+    def state(self, task: Task, old: TaskState, new: TaskState) -> None:
+        """`task` moved from `old` to `new`."""
+        now = _now()
+        spec = task.spec
+        if old is _NEW:
+            self._new.append((spec, task.shape, now))
+        # The member's name, not the member: hashing an Enum runs Python code (0.8 us a
+        # task where the writer looked it up).
+        self._events.append((spec.task_id, new._name_, now, task.node_id, task.attempts))
+
+    def node_batch(self, node: Node, message: pb.NodeToHead) -> None:
+        """A daemon's batch: its results (worker pids, run times) and printed output."""
+        if message.results or message.logs:
+            self._batches.append((node.name, message, time.time()))
+
+    def failed(self, task: Task, result: pb.TaskResult) -> None:
+        """`task` failed for good with `result`."""
+        self._failures.append((task.spec.task_id, time.time(), result))
+
+    def node(self, node: Node) -> None:
+        """`node` joined (it is alive) or was lost (the head's log says why)."""
+        if node.alive:
+            self._nodes.append((node.node_id, node.name, node.address, node.block_id,
+                                node.pid, time.time(), json.dumps(node.view.total)))
+        else:
+            self._nodes.append((node.node_id, None, None, None, None, time.time(), None))
+
+    def attach(self, loop: asyncio.AbstractEventLoop, head: _Observed) -> None:
+        """Start flushing every FLUSH_SECONDS on `loop`, sampling `head` once a second."""
+        self._loop = loop
+        self._head = head
+        loop.call_later(FLUSH_SECONDS, self._tick)
+        # The writer starts a moment after the head: its interpreter's start would
+        # otherwise compete with the first workers' (cold start to a first result).
+        loop.call_later(WRITER_DELAY, self._start_writer)
+
+    def _start_writer(self) -> None:
+        if self._proc is not None or self._broken:
+            return
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [PACKAGE_ROOT, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+        try:
+            # Its own session: a Ctrl-C meant for the head does not cut the history short;
+            # it ends when its input does (the head is gone), after writing what it got.
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "cluster.head.historywriter", self.path],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                start_new_session=True, close_fds=True)
+        except OSError as err:
+            log.error("no run history: cannot start its writer: %s", err)
+            self._broken = True
+            self._pending.clear()
+            return
+        assert self._proc.stdin is not None
+        self._fd = self._proc.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        self._send()
+
+    def _tick(self) -> None:
+        if self._closed:
+            return
+        now = time.time()
+        if self._head is not None and now - self._last_sample >= SAMPLE_SECONDS:
+            self._last_sample = now
+            try:
+                self._snapshot(self._head, now)
+            except Exception:  # noqa: BLE001 - a snapshot must never stop the head
+                log.exception("history snapshot failed")
+        self.flush()
+        if self._loop is not None:
+            self._loop.call_later(FLUSH_SECONDS, self._tick)
+
+    def flush(self) -> None:
+        """Ship what was recorded to the writer (on the loop: converting a batch costs
+        ~2.7 us a task, less than handing it to a thread that then competes for the GIL)."""
+        if not (self._new or self._events or self._batches or self._failures or
+                self._nodes or self._other):
+            return
+        frame = encode_frame(self._plain(self._nodes, self._new, self._events, self._batches,
+                                         self._failures, self._other))
+        self._nodes, self._new, self._events, self._batches = [], [], [], []
+        self._failures, self._other = [], []
+        self._send(frame)
+
+    def _send(self, frame: bytes = b"") -> None:
+        if self._broken:
+            return
+        self._pending += frame
+        if self._proc is None:  # not started yet: kept until it is
+            return
+        try:
+            while self._pending:
+                sent = os.write(self._fd, self._pending)
+                del self._pending[:sent]
+        except BlockingIOError:
+            pass
+        except OSError as err:
+            log.error("the history writer is gone (%s): no more history", err)
+            self._broken = True
+            self._pending.clear()
+        waiting = bool(self._pending) and self._loop is not None
+        if waiting != self._waiting and self._loop is not None:
+            if waiting:
+                self._loop.add_writer(self._fd, self._send)
+            else:
+                self._loop.remove_writer(self._fd)
+            self._waiting = waiting
+
+    def _snapshot(self, head: _Observed, now: float) -> None:
+        running = used = total = 0.0
+        alive = 0
+        for node in head.nodes.values():
+            if node.alive:
+                alive += 1
+                running += len(node.running)
+                used += node.view.used.get("cpus", 0.0)
+                total += node.view.total.get("cpus", 0.0)
+        actors = head.actor_table.status()
+        live = sum(1 for a in actors if a.state == "alive")
+        self._other.append(("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(
+            now, max(0, len(head.tasks) - int(running)), int(running), head.done,
+            head.failed, alive, used, total, live)]))
+        rows: list[tuple[Any, ...]] = []
+        for a in actors:
+            row = (a.actor_id, a.class_name, a.name, a.node, a.state, a.restarts,
+                   int(a.detached), a.message)
+            if self._actors.get(a.actor_id) != row:
+                self._actors[a.actor_id] = row
+                rows.append((*row, now))
+        if rows:
+            self._other.append(("INSERT OR REPLACE INTO actors VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
+                                "?)", rows))
+        blocks: list[tuple[Any, ...]] = []
+        for b in head.blocks_info():
+            key = (b.block_id, b.job_id, b.state, b.nodes, b.reason)
+            if self._blocks.get(b.block_id) != key:  # walltime left alone changes each time
+                self._blocks[b.block_id] = key
+                blocks.append((b.block_id, b.job_id, b.state, b.nodes, b.walltime_left,
+                               b.reason, now))
+        if blocks:
+            self._other.append(("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                blocks))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is left, mark the run ended, and wait for the writer to finish."""
+        if self._closed:
+            return
+        if self._head is not None:
+            try:
+                self._snapshot(self._head, time.time())
+            except Exception:  # noqa: BLE001
+                log.exception("history snapshot failed")
+        self._other.append(("UPDATE nodes SET state = 'stopped', left = ? WHERE left IS NULL",
+                            [(time.time(),)]))
+        self.flush()
+        self._closed = True
+        started = self._proc is not None
+        self._start_writer()
+        if self._proc is None:
+            return
+        if not started and self._loop is not None:
+            # A head that ran less than WRITER_DELAY: the writer finishes on its own.
+            timeout = 0.0
+        if self._waiting and self._loop is not None:
+            self._loop.remove_writer(self._fd)
+            self._waiting = False
+        stdin = self._proc.stdin
+        try:
+            assert stdin is not None
+            os.set_blocking(self._fd, True)
+            if not self._broken:
+                stdin.write(bytes(self._pending) + encode_frame("close"))
+            stdin.close()
+        except (OSError, ValueError) as err:
+            log.error("could not finish the history: %s", err)
+        if not timeout:
+            return
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the history writer did not finish within %gs", timeout)
+            self._proc.kill()
+
+    def _plain(self, nodes: list[tuple[Any, ...]], new: list[tuple[pb.TaskSpec, bytes, float]],
+               events: list[tuple[int, str, float, int, int]],
+               batches: list[tuple[str, pb.NodeToHead, float]],
+               failures: list[tuple[int, float, pb.TaskResult]],
+               other: list[tuple[str, list[tuple[Any, ...]]]]) -> tuple[Any, ...]:
+        """A batch as plain values (what marshal can send; no protobuf in the writer)."""
+        cache = self._resources
+        tasks = []
+        for spec, shape, t in new:
+            resources = cache.get(shape)
+            if resources is None:
+                if len(cache) > 4096:
+                    cache.clear()
+                resources = cache[shape] = json.dumps(to_dict(spec.resources))
+            tasks.append((spec.task_id, spec.name, int(spec.kind), resources, t, spec.stdout,
+                          spec.stderr, spec.actor_id))
+        results = []
+        lines = []
+        for node_name, message, t in batches:
+            for r in message.results:
+                results.append((r.task_id, r.worker_pid, r.run_seconds))
+            for line in message.logs:
+                lines.append((line.task_id, t, line.stderr, node_name, line.text))
+        fails = [(task_id, t, int(r.status), r.data, r.message) for task_id, t, r in failures]
+        self.sent += len(events)
+        return (nodes, tasks, events, results, lines, fails, other)
+
+
+def make_recorder(log_dir: str, cluster_id: str) -> Recorder | None:
+    """The head's recorder into `log_dir` (None when histories are off or the writer
+    cannot start: the head runs on, saying why in its log)."""
+    if not enabled():
+        return None
+    try:
+        return Recorder(path_in(log_dir), cluster_id, log_dir)
+    except OSError as err:
+        log.error("no run history: cannot start its writer for %s: %s", path_in(log_dir), err)
+        return None
