@@ -17,8 +17,10 @@ import cloudpickle
 
 from api import _errors, _session
 from api._futures import AppFuture
+from api._retry import RetryState
 from cluster.common import serialization
 from cluster.common.protocol import fill, pb
+from cluster.policy import priority as _priority
 from cluster.policy import scheduler
 
 
@@ -85,7 +87,8 @@ class App:
     def __init__(self, fn: Callable[..., Any], kind: int, *, num_cpus: float, num_gpus: float,
                  memory: float, resources: Mapping[str, float] | None, max_retries: int,
                  walltime: float | None, name: str | None, num_nodes: int = 1,
-                 ranks_per_node: int = 1) -> None:
+                 ranks_per_node: int = 1, priority: int = 0,
+                 retry_handler: Callable[[BaseException, int], Any] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"an app must wrap a function, got {type(fn).__name__}")
         label_of = f"app {name or getattr(fn, '__name__', 'app')!r}"
@@ -112,10 +115,16 @@ class App:
         for label, count in (("num_nodes", num_nodes), ("ranks_per_node", ranks_per_node)):
             if not isinstance(count, int) or count < 1:
                 raise ValueError(f"{label} must be a whole number >= 1, got {count!r}")
+        self.priority = _priority.check(priority, label_of)
+        if retry_handler is not None and not callable(retry_handler):
+            raise ValueError(f"{label_of}: retry_handler={retry_handler!r}; expected a "
+                             "function (exception, attempt) -> bool or cost, or None")
+        self.retry_handler = retry_handler
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory,
                          "resources": resources, "max_retries": max_retries,
                          "walltime": walltime, "name": name, "num_nodes": num_nodes,
-                         "ranks_per_node": ranks_per_node}
+                         "ranks_per_node": ranks_per_node, "priority": priority,
+                         "retry_handler": retry_handler}
         self.num_nodes = num_nodes
         self.ranks_per_node = ranks_per_node
         self.fn = fn
@@ -236,13 +245,16 @@ class App:
                            resources=self._resources, max_retries=self.max_retries,
                            walltime=self.walltime, kind=self.kind, cwd=client.cwd,
                            num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node,
-                           args_ref=args_ref)
+                           args_ref=args_ref, priority=self.priority,
+                           retry_handler=self.retry_handler is not None)
         if stdout:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
             spec.stderr, spec.stderr_mode = stderr
         future = AppFuture(task_id, self.name, client, stdout[0] if stdout else None,
                            stderr[0] if stderr else None)
+        if self.retry_handler is not None:
+            future.retry = RetryState(self.retry_handler, self.max_retries)
         client.submit(spec, blob, future)
         del keep  # the task holds its arguments now
         return future
@@ -297,7 +309,8 @@ def _decorator(kind: int, fn: Callable[..., Any] | None, options: dict[str, Any]
 def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
                num_gpus: float = 0, memory: float = 0,
                resources: Mapping[str, float] | None = None, max_retries: int = 0,
-               walltime: float | None = None, name: str | None = None) -> Any:
+               walltime: float | None = None, name: str | None = None, priority: int = 0,
+               retry_handler: Callable[[BaseException, int], Any] | None = None) -> Any:
     """Make a function an app: each call runs it on the cluster and returns an AppFuture.
 
     Use bare or with options::
@@ -315,18 +328,25 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
     Options: ``num_cpus`` (default 1), ``num_gpus`` (the app sees only its GPUs in
     ``CUDA_VISIBLE_DEVICES``), ``memory`` (bytes), ``resources`` (custom, e.g.
     ``{"licence": 1}``), ``max_retries`` (re-run after any failure), ``walltime``
-    (seconds; the app is killed and raises :class:`AppTimeout`).
+    (seconds; the app is killed and raises :class:`AppTimeout`), ``priority`` (an int:
+    higher runs first among ready tasks, FIFO within one; default 0), ``retry_handler``
+    (``fn(exception, attempt)`` run in the driver after each failure: ``True``/``False``
+    to retry or not, or a number, the failure's cost: retried while the costs add up to
+    less than ``max_retries``, as in Parsl).
     """
     return _decorator(pb.PYTHON, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                           resources=resources, max_retries=max_retries,
-                                          walltime=walltime, name=name))
+                                          walltime=walltime, name=name, priority=priority,
+                                          retry_handler=retry_handler))
 
 
 def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = None,
              num_gpus: float = 0,
              memory: float = 0, resources: Mapping[str, float] | None = None,
              max_retries: int = 0, walltime: float | None = None,
-             name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1) -> Any:
+             name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1,
+             priority: int = 0,
+             retry_handler: Callable[[BaseException, int], Any] | None = None) -> Any:
     """Make a function that returns a command line an app run with ``bash -c`` on a worker.
 
     ``stdout=``/``stderr=`` (as call keywords or parameter defaults) take a path, a
@@ -358,4 +378,5 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = N
     return _decorator(pb.BASH, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                         resources=resources, max_retries=max_retries,
                                         walltime=walltime, name=name, num_nodes=num_nodes,
-                                        ranks_per_node=ranks_per_node))
+                                        ranks_per_node=ranks_per_node, priority=priority,
+                                        retry_handler=retry_handler))

@@ -30,6 +30,7 @@ PUBLIC = [
     "actor",
     "as_completed",
     "bash_app",
+    "cancel",
     "get",
     "get_actor",
     "init",
