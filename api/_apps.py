@@ -245,15 +245,18 @@ class App:
                            resources=self._resources, max_retries=self.max_retries,
                            walltime=self.walltime, kind=self.kind, cwd=client.cwd,
                            num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node,
-                           args_ref=args_ref, priority=self.priority,
-                           retry_handler=self.retry_handler is not None)
+                           args_ref=args_ref)
+        if self.priority:
+            spec.priority = self.priority
+        if self.retry_handler is not None:
+            spec.retry_handler = True
         if stdout:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
             spec.stderr, spec.stderr_mode = stderr
         future = AppFuture(task_id, self.name, client, stdout[0] if stdout else None,
                            stderr[0] if stderr else None)
-        if self.retry_handler is not None:
+        if self.retry_handler is not None:  # (set before submit: a result may come at once)
             future.retry = RetryState(self.retry_handler, self.max_retries)
         client.submit(spec, blob, future)
         del keep  # the task holds its arguments now
