@@ -210,8 +210,8 @@ class Executor(concurrent.futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submissions; with ``wait``, block until submitted calls finish.
 
-        ``cancel_futures`` cancels the futures of calls not finished yet. Tasks already
-        sent to the cluster may still run; their results are dropped. A cluster this
+        ``cancel_futures`` cancels the futures of calls not finished yet: tasks not started
+        never run; running ones finish and their results are dropped. A cluster this
         executor started (no session before it) stops once the waiting is done."""
         state = self._state
         with state.lock:
