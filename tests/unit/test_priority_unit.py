@@ -273,3 +273,41 @@ def test_tasks_on_a_node_stopped_by_plan_rerun_without_using_retries():
         assert c.head.tasks[task].attempts == 0
 
     run(scenario, cpus=(1.0, 1.0))
+
+
+# ---- the driver: a task still in its send buffer ----------------------------------------
+
+
+class _HeldTransport:
+    """Keeps every batch (as a transport whose socket is busy): nothing is sent."""
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_task_still_in_the_send_buffer_is_taken_out_and_its_function_kept():
+    import concurrent.futures
+
+    from api import TaskCancelledError
+    from api._client import Client
+    from api._futures import AppFuture
+
+    client = Client(["unix:/nonexistent"], "secret")
+    client._transport = _HeldTransport()
+    futures = []
+    for n in range(3):
+        spec = pb.TaskSpec(task_id=client.new_id(), fn_id=b"f", name="t")
+        futures.append(AppFuture(spec.task_id, "t", client))
+        client.submit(spec, b"body", futures[-1])
+    first, second, third = futures
+    assert first.cancel() is True and first.cancelled()
+    with pytest.raises(TaskCancelledError) as info:
+        first.result(timeout=1)
+    assert isinstance(info.value, concurrent.futures.CancelledError)
+    assert concurrent.futures.wait([first], timeout=1).done == {first}
+    message = client._take()
+    assert message is not None
+    assert [s.task_id for s in message.submit] == [second.task_id, third.task_id]
+    assert message.submit[0].fn_blob == b"body", "the function body moved to the next task"
+    assert not message.cancel  # the head never hears of it
+    client.callbacks.stop()
