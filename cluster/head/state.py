@@ -49,6 +49,11 @@ from cluster.policy import liveness, priority, scheduler
 log = logging.getLogger("shoal.head")
 
 
+def priority_of_task(task: Task) -> int:
+    """A task's priority (higher runs first)."""
+    return task.spec.priority
+
+
 class Head:
     """Cluster state and the rules that move tasks through it."""
 
@@ -545,8 +550,8 @@ class Head:
             self.actor_table.ready(task)
             return
         self.dispatch.new_work = True
-        if task.spec.num_nodes > 1:
-            self.gangs.append(task)
+        if task.spec.num_nodes > 1:  # (rare: ordered by priority on the way in)
+            priority.insert(self.gangs, task, task.spec.priority, priority_of_task)
             return
         queue = self.ready.get(task.shape)
         if queue is None:

@@ -311,3 +311,20 @@ def test_a_task_still_in_the_send_buffer_is_taken_out_and_its_function_kept():
     assert message.submit[0].fn_blob == b"body", "the function body moved to the next task"
     assert not message.cancel  # the head never hears of it
     client.callbacks.stop()
+
+
+def test_multi_node_apps_queue_by_priority_too():
+    async def scenario(c: Cluster) -> None:
+        def gang(**fields: Any) -> int:
+            return c.submit(num_nodes=2, **fields)
+
+        first = gang()
+        await c.step()
+        low, high = gang(), gang(priority=4)
+        await c.step()
+        assert list(c.head.gangs) == [c.head.tasks[high], c.head.tasks[low]]
+        c.finish(first)
+        await c.step()
+        assert c.state(high) is TaskState.RUNNING and c.state(low) is TaskState.QUEUED
+
+    run(scenario, cpus=(1.0, 1.0))
