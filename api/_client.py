@@ -475,8 +475,12 @@ class Client:
         return not self._lost
 
     def take_unsent(self, task_id: int) -> bool:
-        """Take task `task_id` out of the send buffer (or its hold for direct-call results)
-        if it is still there; True if it was, and so never reaches the head."""
+        """Take task `task_id` out of the send buffer (or its hold for direct-call results,
+        or an actor call held behind the caller's earlier calls) if it is still there;
+        True if it was, and so never reaches the head."""
+        if self.direct.cancel_held(task_id):
+            return True
+        actor_call = False
         with self._lock:
             submits = self._submits
             for at, spec in enumerate(submits):
@@ -489,11 +493,16 @@ class Client:
                         else:
                             self._sent_functions.discard(spec.fn_id)
                     self._futures.pop(task_id, None)
-                    return True
-            if ("task", task_id) in self._deferred:
+                    actor_call = spec.kind == pb.ACTOR_CALL
+                    break
+            else:
+                if ("task", task_id) not in self._deferred:
+                    return False
                 self._futures.pop(task_id, None)
                 return True  # its send() sees the future cancelled and sends nothing
-        return False
+        if actor_call:  # it counted as outstanding through the head: the caller's later
+            self.direct.head_done(task_id)  # calls must not wait for it
+        return True
 
     def is_direct_call(self, task_id: int) -> bool:
         """True for an actor call that went (or goes) straight to its actor's worker."""

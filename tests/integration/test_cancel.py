@@ -213,14 +213,34 @@ def test_queued_actor_call_is_cancelled(one_slot, tmp_path):
     assert box.add("first").result(timeout=60) == 1
     blocker, gate = _blocked(tmp_path)
     call = box.add(blocker)          # waits at the head for its dependency
+    held = box.add("second")         # held in the driver: calls keep their order
+    assert held.cancel() is True
     assert call.cancel() is True
     with pytest.raises(api.TaskCancelledError):
         call.result(timeout=10)
+    with pytest.raises(api.TaskCancelledError):
+        held.result(timeout=10)
     _release(gate)
     assert blocker.result(timeout=60) == "released"
     assert box.add("third").result(timeout=60) == 2
     assert box.items_().result(timeout=60) == ["first", "third"]
     api.kill(box)
+
+
+def test_an_actor_call_behind_a_running_one_is_not_cancelled_by_its_worker(one_slot):
+    @api.actor(num_cpus=0)
+    class Slow:
+        def wait(self, seconds):
+            time.sleep(seconds)
+            return "waited"
+
+    slow = Slow()
+    assert slow.wait(0).result(timeout=60) == "waited"
+    first = slow.wait(1)
+    second = slow.wait(0)   # sent straight to the actor's worker: only it holds it
+    assert second.cancel() is False
+    assert first.result(timeout=60) == "waited" and second.result(timeout=60) == "waited"
+    api.kill(slow)
 
 
 def test_cancel_bad_input(one_slot):
