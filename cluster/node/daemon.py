@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -564,8 +565,9 @@ class Daemon:
             worker.task = None
             if task is not None:
                 self._release(task)
-                self._report(task.spec, message.status, message.data, message.message,
-                             message.seconds, worker=worker)
+                if not (self.stopping and message.status != pb.OK):  # (killed by the stop)
+                    self._report(task.spec, message.status, message.data, message.message,
+                                 message.seconds, worker=worker)
             self.done += 1
             if not worker.closing:
                 self.idle.append(worker)
@@ -608,10 +610,15 @@ class Daemon:
                              f"walltime of {task.spec.walltime:g}s exceeded; the app was killed",
                              time.perf_counter() - task.started)
             else:
-                self._report(task.spec, pb.WORKER_CRASHED, b"",
-                             f"worker process {worker.pid} on {self.name} died "
-                             f"(exit code {code}) while running the task",
-                             time.perf_counter() - task.started)
+                args = (task.spec, pb.WORKER_CRASHED, b"", f"worker process {worker.pid} on "
+                        f"{self.name} died (exit code {code}) while running the task",
+                        time.perf_counter() - task.started)
+                # SIGTERM from outside: Slurm ending the job step (walltime, scancel) signals
+                # every process, and our own stop may follow a moment later: the head then
+                # re-runs the task without using up a retry, so wait for that moment.
+                delay = 1.0 if code == -signal.SIGTERM else 0.0
+                (self._loop or asyncio.get_event_loop()).call_later(
+                    delay, lambda: self.stopping or self._report(*args))
         if not self.stopping:
             if len(self.workers) < self.num_workers:
                 asyncio.ensure_future(self._spawn())

@@ -188,14 +188,17 @@ def test_task_on_a_node_stopped_by_plan_reruns_without_using_retries(clusterctl,
         @api.python_app(max_retries=0)
         def long_job(path: str, gate: str) -> str:
             with open(path, "a") as f:
-                f.write("run\n")
+                f.write(f"run {os.getpid()}\n")
             while not os.path.exists(gate):
                 time.sleep(0.02)
             return "done"
 
         fut = long_job(str(marks), gate + "2")
         wait_until(lambda: marks.exists(), 60, "the job to start on the second node")
-        daemon.send_signal(signal.SIGTERM)   # what Slurm sends at the walltime
+        # What Slurm does at the walltime: SIGTERM to every process of the step, the
+        # task's worker (which dies of it) as well as the daemon.
+        os.kill(int(marks.read_text().split()[1]), signal.SIGTERM)
+        daemon.send_signal(signal.SIGTERM)
         daemon.wait(timeout=30)
         open(gate, "w").close()
         assert blocker.result(timeout=60) == "released"
