@@ -198,6 +198,8 @@ class Client:
                 else:
                     self._complete(fut, result.status, result.data, result.message,
                                    fut.name, result.task_id)
+            elif result.retry_pending:  # nobody waits for it any more: no retry
+                self.decide(result.task_id, False)
             # Here, on delivery: calls held behind this one must not wait for the
             # callback thread (a user's callback there may be waiting for them).
             self.direct.head_done(result.task_id)
