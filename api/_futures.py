@@ -176,11 +176,14 @@ class AppFuture(concurrent.futures.Future):
     def mark_cancelled(self) -> bool:
         """End this future as cancelled (the driver's client calls it once the task will
         not run): waiters and callbacks see it done. False if it was done already."""
-        with self._condition:
+        with self._condition:  # (Future.cancel, then set_running_or_notify_cancel, at once)
             if self._state != "PENDING":
                 return self.cancelled()
-            super().cancel()
-            self.set_running_or_notify_cancel()  # wakes concurrent.futures.wait/as_completed
+            self._state = "CANCELLED_AND_NOTIFIED"
+            for waiter in self._waiters:  # concurrent.futures.wait/as_completed
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # (outside the lock: hooks may take others)
         return True
 
     def _cancelled_error(self) -> _errors.TaskCancelledError:
