@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api import _actors, _cache, _errors, _session
+from api import _actors, _cache, _cancel, _errors, _session
 from api._actors import ActorClass, ActorHandle, actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
@@ -78,6 +78,7 @@ __all__ = [
     "actor",
     "as_completed",
     "bash_app",
+    "cancel",
     "checkpoint",
     "get",
     "get_actor",
@@ -432,6 +433,35 @@ def get(refs: Any, timeout: float | None = None) -> Any:
         return out
     raise TypeError(f"api.get() takes a future, a ref or a list of them, got "
                     f"{type(refs).__name__}")
+
+
+def cancel(futures: Any, force: bool = False) -> Any:
+    """Cancel a future's task, or a list of futures' (asked all at once); returns whether
+    it was cancelled (a list of bools for a list).
+
+    Without ``force``, as ``fut.cancel()``: a task that has not started is taken out
+    wherever it waits (this driver's send buffer, the head's queue, a node's backlog, an
+    actor's queue); a running one goes on. With ``force=True`` a running task is stopped
+    too: its worker and every process it started (a bash app's children included) are
+    killed, the worker is replaced and the node's resources are freed. A running actor
+    call is never stopped (that would kill the actor for every caller: use
+    :func:`kill`). A cancelled task is never retried; its dependents fail with
+    :class:`DependencyError`, and its ``result()`` raises :class:`TaskCancelledError`.
+
+    >>> api.cancel(fut)                       # doctest: +SKIP
+    True
+    >>> api.cancel([a, b], force=True)        # doctest: +SKIP
+    [True, False]
+    """
+    single = isinstance(futures, AppFuture)
+    items = [futures] if single else futures
+    if not isinstance(items, list | tuple) or not all(isinstance(f, AppFuture) for f in items):
+        raise TypeError("api.cancel() takes an app's future or a list of them, got "
+                        f"{type(futures).__name__}")
+    if not isinstance(force, bool):
+        raise TypeError(f"api.cancel(force={force!r}): expected True or False")
+    done = _cancel.cancel_futures(list(items), force)
+    return done[0] if single else done
 
 
 def wait(futures: Iterable[Any], num_returns: int = 1,

@@ -18,8 +18,10 @@ import cloudpickle
 from api import _cache, _errors, _memo, _session
 from api._files import output_futures
 from api._futures import AppFuture
+from api._retry import RetryState
 from cluster.common import serialization
 from cluster.common.protocol import fill, pb
+from cluster.policy import priority as _priority
 from cluster.policy import scheduler
 
 
@@ -91,7 +93,8 @@ class App:
                  memory: float, resources: Mapping[str, float] | None, max_retries: int,
                  walltime: float | None, name: str | None, num_nodes: int = 1,
                  ranks_per_node: int = 1, cache: bool = False,
-                 ignore_for_cache: list[str] | None = None) -> None:
+                 ignore_for_cache: list[str] | None = None, priority: int = 0,
+                 retry_handler: Callable[[BaseException, int], Any] | None = None) -> None:
         if not callable(fn):
             raise TypeError(f"an app must wrap a function, got {type(fn).__name__}")
         label_of = f"app {name or getattr(fn, '__name__', 'app')!r}"
@@ -118,11 +121,17 @@ class App:
         for label, count in (("num_nodes", num_nodes), ("ranks_per_node", ranks_per_node)):
             if not isinstance(count, int) or count < 1:
                 raise ValueError(f"{label} must be a whole number >= 1, got {count!r}")
+        self.priority = _priority.check(priority, label_of)
+        if retry_handler is not None and not callable(retry_handler):
+            raise ValueError(f"{label_of}: retry_handler={retry_handler!r}; expected a "
+                             "function (exception, attempt) -> bool or cost, or None")
+        self.retry_handler = retry_handler
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus, "memory": memory,
                          "resources": resources, "max_retries": max_retries,
                          "walltime": walltime, "name": name, "num_nodes": num_nodes,
                          "ranks_per_node": ranks_per_node, "cache": cache,
-                         "ignore_for_cache": ignore_for_cache}
+                         "ignore_for_cache": ignore_for_cache, "priority": priority,
+                         "retry_handler": retry_handler}
         self.num_nodes = num_nodes
         self.ranks_per_node = ranks_per_node
         self.fn = fn
@@ -266,6 +275,10 @@ class App:
                            walltime=self.walltime, kind=self.kind, cwd=client.cwd,
                            num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node,
                            args_ref=args_ref)
+        if self.priority:
+            spec.priority = self.priority
+        if self.retry_handler is not None:
+            spec.retry_handler = True
         if stdout:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
@@ -275,10 +288,14 @@ class App:
                                stderr[0] if stderr else None)
             if "outputs" in kwargs and kwargs["outputs"]:  # (one dict probe per call)
                 future.outputs = output_futures(future, kwargs["outputs"])
+            if self.retry_handler is not None:  # (set before submit: a result may come at once)
+                future.retry = RetryState(self.retry_handler, self.max_retries)
             client.submit(spec, blob, future)
         else:
             future.stdout = stdout[0] if stdout else None
             future.stderr = stderr[0] if stderr else None
+            if self.retry_handler is not None:
+                future.retry = RetryState(self.retry_handler, self.max_retries)
             client.submit(spec, blob, future, local=True)
         del keep  # the task holds its arguments now
         return future
@@ -334,7 +351,8 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
                num_gpus: float = 0, memory: float = 0,
                resources: Mapping[str, float] | None = None, max_retries: int = 0,
                walltime: float | None = None, name: str | None = None, cache: bool = False,
-               ignore_for_cache: list[str] | None = None) -> Any:
+               ignore_for_cache: list[str] | None = None, priority: int = 0,
+               retry_handler: Callable[[BaseException, int], Any] | None = None) -> Any:
     """Make a function an app: each call runs it on the cluster and returns an AppFuture.
 
     Use bare or with options::
@@ -352,7 +370,11 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
     Options: ``num_cpus`` (default 1), ``num_gpus`` (the app sees only its GPUs in
     ``CUDA_VISIBLE_DEVICES``), ``memory`` (bytes), ``resources`` (custom, e.g.
     ``{"licence": 1}``), ``max_retries`` (re-run after any failure), ``walltime``
-    (seconds; the app is killed and raises :class:`AppTimeout`).
+    (seconds; the app is killed and raises :class:`AppTimeout`), ``priority`` (an int:
+    higher runs first among ready tasks, FIFO within one; default 0), ``retry_handler``
+    (``fn(exception, attempt)`` run in the driver after each failure: ``True``/``False``
+    to retry or not, or a number, the failure's cost: retried while the costs add up to
+    less than ``max_retries``, as in Parsl).
 
     ``cache=True`` memoizes: a call whose function code and argument values hash to an
     earlier call's reuses that result instead of running (also across drivers, with
@@ -367,7 +389,8 @@ def python_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
     return _decorator(pb.PYTHON, fn, dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
                                           resources=resources, max_retries=max_retries,
                                           walltime=walltime, name=name, cache=cache,
-                                          ignore_for_cache=ignore_for_cache))
+                                          ignore_for_cache=ignore_for_cache, priority=priority,
+                                          retry_handler=retry_handler))
 
 
 def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = None,
@@ -375,7 +398,9 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = N
              memory: float = 0, resources: Mapping[str, float] | None = None,
              max_retries: int = 0, walltime: float | None = None,
              name: str | None = None, num_nodes: int = 1, ranks_per_node: int = 1,
-             cache: bool = False, ignore_for_cache: list[str] | None = None) -> Any:
+             cache: bool = False, ignore_for_cache: list[str] | None = None,
+             priority: int = 0,
+             retry_handler: Callable[[BaseException, int], Any] | None = None) -> Any:
     """Make a function that returns a command line an app run with ``bash -c`` on a worker.
 
     ``stdout=``/``stderr=`` (as call keywords or parameter defaults) take a path, a
@@ -424,4 +449,5 @@ def bash_app(fn: Callable[..., Any] | None = None, *, num_cpus: float | None = N
                                         resources=resources, max_retries=max_retries,
                                         walltime=walltime, name=name, num_nodes=num_nodes,
                                         ranks_per_node=ranks_per_node, cache=cache,
-                                        ignore_for_cache=ignore_for_cache))
+                                        ignore_for_cache=ignore_for_cache, priority=priority,
+                                        retry_handler=retry_handler))

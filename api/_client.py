@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from api import _errors
+from api import _cancel, _errors
 from api._direct import DirectCalls
 from api._futures import AppFuture, CallbackThread, Stored, format_id
 from api._objects import ObjectClient
@@ -80,6 +80,12 @@ class Client:
         self._deferred: dict[Any, deque[tuple[list[AppFuture], Callable[[], None],
                                               Callable[[BaseException], None]]]] = {}
         self._defer_lock = threading.RLock()
+        # Workflow control (api._cancel): cancel requests, retry_handler answers, and the
+        # tasks whose CANCELLED result ends them as cancelled futures.
+        self._cancels: list[pb.CancelRequest] = []
+        self._retry: list[int] = []
+        self._give_up: list[int] = []
+        self.cancelling: set[int] = set()
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -103,6 +109,7 @@ class Client:
             self.driver_id = welcome.driver_id
             self.cluster_id = welcome.cluster_id
             transport.start(self._on_message, self._fail_all)
+            self._reader_thread = 0  # (the welcome was handed over on this thread)
             return
         raise _errors.ConnectionError(
             "could not connect to a shoal cluster; tried " + "; ".join(tried)
@@ -111,13 +118,19 @@ class Client:
     def _take(self) -> pb.DriverToHead | None:
         with self._lock:
             if not (self._submits or self._puts or self._releases or self._gets or
-                    self._kills or self._lookups):
+                    self._kills or self._lookups or self._cancels or self._retry or
+                    self._give_up):
                 return None
             message = pb.DriverToHead(submit=self._submits, put=self._puts,
                                       release=self._releases, get=self._gets,
                                       kill_actor=self._kills, lookup=self._lookups)
             self._submits, self._puts, self._releases, self._gets = [], [], [], []
             self._kills, self._lookups = [], []
+            if self._cancels or self._retry or self._give_up:
+                message.cancel.extend(self._cancels)
+                message.retry.extend(self._retry)
+                message.give_up.extend(self._give_up)
+                self._cancels, self._retry, self._give_up = [], [], []
         return message
 
     def _on_message(self, message: pb.HeadToDriver) -> None:
@@ -139,6 +152,10 @@ class Client:
             waiter = self._get_waiters.pop(lookup.request_id, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(lookup)
+        for cancel in message.cancel_replies:
+            waiter = self._get_waiters.pop(cancel.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(cancel)
         if message.nodes:
             for node in message.nodes:
                 self.nodes[node.node_id] = node
@@ -176,9 +193,13 @@ class Client:
                 if result.status == pb.OK and (result.size or result.nested):
                     # Loaded when asked for (large values stay in the node's store).
                     fut.set_result(Stored(result))
+                elif result.status != pb.OK and _cancel.intercept(self, fut, result):
+                    pass  # cancelled by request, or its retry_handler is asked first
                 else:
                     self._complete(fut, result.status, result.data, result.message,
                                    fut.name, result.task_id)
+            elif result.retry_pending:  # nobody waits for it any more: no retry
+                self.decide(result.task_id, False)
             # Here, on delivery: calls held behind this one must not wait for the
             # callback thread (a user's callback there may be waiting for them).
             self.direct.head_done(result.task_id)
@@ -382,6 +403,8 @@ class Client:
                 self._futures[spec.task_id] = future
 
             def send() -> None:
+                if future.done():
+                    return  # cancelled while held
                 with self._lock:
                     if local:
                         self._actor_futures.pop(spec.task_id, None)
@@ -456,6 +479,80 @@ class Client:
             self._resources = (version, [to_dict(n.total) for n in self.nodes.values()
                                          if n.state == "alive"])
         return self._resources[1]
+
+    # ---- workflow control (see api._cancel) ----------------------------------------------
+    def cancel(self, futures: list[AppFuture], force: bool = False) -> list[bool]:
+        """Cancel `futures` (see :func:`api.cancel`); whether each was cancelled."""
+        return _cancel.cancel_many(self, futures, force)
+
+    @property
+    def connected(self) -> bool:
+        """False once the connection to the head is lost."""
+        return not self._lost
+
+    def take_unsent(self, task_id: int) -> bool:
+        """Take task `task_id` out of the send buffer (or its hold for direct-call results,
+        or an actor call held behind the caller's earlier calls) if it is still there;
+        True if it was, and so never reaches the head."""
+        if self.direct.cancel_held(task_id):
+            return True
+        actor_call = False
+        with self._lock:
+            submits = self._submits
+            for at, spec in enumerate(submits):
+                if spec.task_id == task_id:
+                    del submits[at]
+                    if spec.fn_blob:  # the function body travels with the first task only
+                        later = next((s for s in submits[at:] if s.fn_id == spec.fn_id), None)
+                        if later is not None:
+                            later.fn_blob = spec.fn_blob
+                        else:
+                            self._sent_functions.discard(spec.fn_id)
+                    self._futures.pop(task_id, None)
+                    actor_call = spec.kind == pb.ACTOR_CALL
+                    break
+            else:
+                if ("task", task_id) not in self._deferred:
+                    return False
+                self._futures.pop(task_id, None)
+                return True  # its send() sees the future cancelled and sends nothing
+        if actor_call:  # it counted as outstanding through the head: the caller's later
+            self.direct.head_done(task_id)  # calls must not wait for it
+        return True
+
+    def is_direct_call(self, task_id: int) -> bool:
+        """True for an actor call that went (or goes) straight to its actor's worker."""
+        return task_id in self._actor_futures
+
+    def on_reader_thread(self) -> bool:
+        """True on the thread that delivers results (it must never wait for one)."""
+        return threading.get_ident() == self._reader_thread
+
+    def ask_cancel(self, task_ids: list[int], force: bool) -> list[concurrent.futures.Future]:
+        """Ask the head to cancel `task_ids` (one batch); a future for each answer."""
+        waiters = []
+        with self._lock:
+            for task_id in task_ids:
+                waiter: concurrent.futures.Future = concurrent.futures.Future()
+                request_id = next(self._seq)
+                self._get_waiters[request_id] = waiter
+                self.cancelling.add(task_id)
+                self._cancels.append(pb.CancelRequest(request_id=request_id, task_id=task_id,
+                                                      force=force))
+                waiters.append(waiter)
+        self._transport.flush()
+        return waiters
+
+    def keep_future(self, fut: AppFuture) -> None:
+        """Keep waiting for `fut`'s result (its task may run again)."""
+        with self._lock:
+            self._futures[fut.task_id] = fut
+
+    def decide(self, task_id: int, retry: bool) -> None:
+        """Tell the head what the retry_handler decided for `task_id`."""
+        with self._lock:
+            (self._retry if retry else self._give_up).append(task_id)
+        self._transport.flush()
 
     # ---- shutdown --------------------------------------------------------------------------
     def close(self) -> None:

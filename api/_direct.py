@@ -233,6 +233,23 @@ class DirectCalls:
         while state.held and self._send(state, state.held[0], to_head):
             state.held.popleft()
 
+    def cancel_held(self, task_id: int) -> bool:
+        """Drop call `task_id` if it is still held here (behind the caller's earlier calls
+        on the other path); True if it was, and so is never sent."""
+        for state in list(self.routes.values()):
+            to_head: list[tuple] = []
+            with state.lock:
+                for call in state.held:
+                    if call[0] == task_id:
+                        state.held.remove(call)
+                        self._drain(state, to_head)
+                        break
+                else:
+                    continue
+            self._head(to_head)
+            return True
+        return False
+
     def head_done(self, task_id: int) -> None:
         """A call that went through the head has finished."""
         state = self._head_calls.pop(task_id, None)

@@ -102,6 +102,8 @@ class AppFuture(concurrent.futures.Future):
     #: (empty when the call had none).
     outputs: Any = ()
     _from_store = False  # (set once a stored value has been loaded)
+    #: The app's retry_handler state (api._retry.RetryState), if it has one.
+    retry: Any = None
 
     def __init__(self, task_id: int, name: str, client: Any,
                  stdout: str | None = None, stderr: str | None = None) -> None:
@@ -127,7 +129,12 @@ class AppFuture(concurrent.futures.Future):
         A large value is fetched from the node store holding it on the first call (mapped
         without a copy when that node is this host). A value that cannot be loaded here
         raises :class:`SerializationError` (the same one :meth:`exception` returns)."""
-        value = super().result(timeout)
+        try:
+            value = super().result(timeout)
+        except concurrent.futures.CancelledError as err:
+            if isinstance(err, _errors.TaskCancelledError):
+                raise
+            raise self._cancelled_error() from None
         if type(value) is Stored:
             value = self._load()
         return value
@@ -146,13 +153,52 @@ class AppFuture(concurrent.futures.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """What :meth:`result` would raise (None when it returns a value). A stored
         value is loaded (as :meth:`result` would) to tell."""
-        err = super().exception(timeout)
+        try:
+            err = super().exception(timeout)
+        except concurrent.futures.CancelledError as cancelled:
+            if isinstance(cancelled, _errors.TaskCancelledError):
+                raise
+            raise self._cancelled_error() from None
         if err is None and type(self._result) is Stored:
             try:
                 self._load()
             except Exception as failure:  # noqa: BLE001 - returned, as result() raises it
                 return failure
         return err
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started (standard ``Future.cancel`` semantics):
+        True if it will not run, False if it is running or done. Wherever it waits (this
+        driver's send buffer, the head's queue, a node's backlog) it is taken out; its
+        dependents fail with :class:`DependencyError`, and :meth:`result` raises
+        :class:`TaskCancelledError`. ``api.cancel(fut, force=True)`` also stops a running
+        task.
+
+        >>> fut = slow(60)            # doctest: +SKIP
+        >>> fut.cancel()              # doctest: +SKIP
+        True
+        """
+        client = self._client
+        if client is None or self.done():
+            return super().cancel() if client is None else self.cancelled()
+        return bool(client.cancel([self], False)[0])
+
+    def mark_cancelled(self) -> bool:
+        """End this future as cancelled (the driver's client calls it once the task will
+        not run): waiters and callbacks see it done. False if it was done already."""
+        with self._condition:  # (Future.cancel, then set_running_or_notify_cancel, at once)
+            if self._state != "PENDING":
+                return self.cancelled()
+            self._state = "CANCELLED_AND_NOTIFIED"
+            for waiter in self._waiters:  # concurrent.futures.wait/as_completed
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()  # (outside the lock: hooks may take others)
+        return True
+
+    def _cancelled_error(self) -> _errors.TaskCancelledError:
+        return _errors.TaskCancelledError(
+            f"app {self.name!r} (task {format_id(self._id)}) was cancelled")
 
     def _load(self) -> Any:
         with _load_lock:

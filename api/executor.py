@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from api import _session
+from api import _cancel, _session
 from api._apps import App, pickle_user_module_by_value
 from api._futures import AppFuture
 from cluster.common import serialization
@@ -45,13 +45,31 @@ def _run_chunk(blob: bytes, chunk: list[tuple[Any, ...]]) -> list[Any]:
 
 
 def cancel(future: concurrent.futures.Future) -> bool:
-    """Cancel a call's future in the driver (``concurrent.futures.wait`` sees it done).
-
-    The cluster is not told: a task already sent may still run; its result is dropped."""
+    """Cancel a call's future (``concurrent.futures.wait`` sees it done). An app's future
+    is cancelled in the cluster too (see ``AppFuture.cancel``): a task not started yet
+    never runs; one that has started finishes, and its result is dropped."""
+    if isinstance(future, AppFuture):
+        return future.cancel() or _drop(future)
     if future.cancel():
         future.set_running_or_notify_cancel()
         return True
     return False
+
+
+def cancel_all(futures: list[Any]) -> None:
+    """:func:`cancel` for many futures, asking the cluster once for all of them."""
+    apps = [f for f in futures if isinstance(f, AppFuture) and not f.done()]
+    for future, cancelled in zip(apps, _cancel.cancel_futures(apps), strict=True):
+        if not cancelled:
+            _drop(future)
+    for future in futures:
+        if not isinstance(future, AppFuture):
+            cancel(future)
+
+
+def _drop(future: AppFuture) -> bool:
+    """Cancel `future` in the driver only (its task has started): its result is dropped."""
+    return future.mark_cancelled()
 
 
 class _State:
@@ -185,24 +203,22 @@ class Executor(concurrent.futures.Executor):
                     else:
                         yield from value
             finally:
-                for future in futures:
-                    cancel(future)
+                cancel_all(futures)
 
         return results()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No more submissions; with ``wait``, block until submitted calls finish.
 
-        ``cancel_futures`` cancels the futures of calls not finished yet. Tasks already
-        sent to the cluster may still run; their results are dropped. A cluster this
+        ``cancel_futures`` cancels the futures of calls not finished yet: tasks not started
+        never run; running ones finish and their results are dropped. A cluster this
         executor started (no session before it) stops once the waiting is done."""
         state = self._state
         with state.lock:
             state.shutdown = True
             pending = [f for f in state.futures if not f.done()]
         if cancel_futures:
-            for future in pending:
-                cancel(future)
+            cancel_all(pending)
             pending = [f for f in pending if not f.cancelled()]
         if wait and pending:
             concurrent.futures.wait(pending)

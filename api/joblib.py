@@ -32,7 +32,7 @@ import api
 from api._apps import App, pickle_user_module_by_value
 from api._errors import TaskError
 from api._futures import AppFuture, Stored
-from api.executor import cancel
+from api.executor import cancel_all
 from cluster.common import serialization
 from cluster.common.protocol import pb
 
@@ -142,8 +142,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         """Cancel the batches not finished (tasks already running finish on their own)."""
         with self._lock:
             pending = [f for f in self._futures if not f.done()]
-        for future in pending:
-            cancel(future)
+        cancel_all(pending)
 
 
 def register(name: str = "shoal", make_default: bool = False) -> None:

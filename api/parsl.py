@@ -67,7 +67,7 @@ RESOURCE_KEYS = {
     "running_time_min": "walltime, minutes",
     "resources": "resources={name: amount} (custom resources, node:NAME pinning)",
     "max_retries": "shoal-side retries (Parsl's Config(retries=) also works)",
-    "priority": "accepted and ignored: shoal's scheduler has no priorities",
+    "priority": "priority, as in HTEX: lower runs first (shoal's priority=-value)",
     "launcher_options": "accepted and ignored: the MPI prefix is shoal's",
 }
 
@@ -104,6 +104,12 @@ def _app_options(spec: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[s
         ranks = int(merged["num_ranks"]) // nodes
     opts["num_nodes"] = nodes
     opts["ranks_per_node"] = int(ranks or 1)
+    if merged.get("priority") is not None:  # HTEX: lower first; shoal: higher first
+        value = merged["priority"]
+        if not isinstance(value, int | float) or isinstance(value, bool) or value != int(value):
+            raise InvalidResourceSpecification({"priority"}, f"priority={value!r} is not a "
+                                               "whole number")
+        opts["priority"] = max(-(2**31 - 1), min(2**31 - 1, -int(value)))
     return opts
 
 
@@ -317,7 +323,8 @@ class ShoalExecutor(ParslExecutor, RepresentationMixin):
                   num_gpus=opts.get("num_gpus", 0), memory=opts.get("memory", 0),
                   resources=opts.get("resources"), max_retries=opts.get("max_retries", 0),
                   walltime=opts.get("walltime"), name=str(name),
-                  num_nodes=opts["num_nodes"], ranks_per_node=opts["ranks_per_node"])
+                  num_nodes=opts["num_nodes"], ranks_per_node=opts["ranks_per_node"],
+                  priority=opts.get("priority", 0))
         with self._lock:
             self._apps[key] = app
             while len(self._apps) > 512:

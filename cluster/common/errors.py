@@ -9,6 +9,7 @@ workers load it (no gRPC, no protobuf).
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import json
 from typing import Any
 
@@ -164,8 +165,9 @@ class ResourceUnavailableError(ShoalError, ValueError):
     """No node of the cluster can ever satisfy a task's resource request."""
 
 
-class TaskCancelledError(ShoalError):
-    """The task was cancelled (the cluster shut down, or the driver disconnected)."""
+class TaskCancelledError(ShoalError, concurrent.futures.CancelledError):
+    """The task was cancelled (``fut.cancel()``/``api.cancel``, the cluster shut down, or
+    the driver disconnected); also a :class:`concurrent.futures.CancelledError`."""
 
 
 class SerializationError(ShoalError, TypeError):

@@ -153,7 +153,7 @@ class Value(_message.Message):
     def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., sources: _Optional[_Iterable[str]] = ..., nested: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref")
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref", "priority", "retry_handler")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,8 @@ class TaskSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     ARGS_REF_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    RETRY_HANDLER_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     fn_id: bytes
     fn_blob: bytes
@@ -211,10 +213,12 @@ class TaskSpec(_message.Message):
     method: str
     actor: ActorOptions
     args_ref: int
-    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ...) -> None: ...
+    priority: int
+    retry_handler: bool
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ..., priority: _Optional[int] = ..., retry_handler: _Optional[bool] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested", "worker_pid")
+    __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested", "worker_pid", "retry_pending")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +231,7 @@ class TaskResult(_message.Message):
     HOLDERS_FIELD_NUMBER: _ClassVar[int]
     NESTED_FIELD_NUMBER: _ClassVar[int]
     WORKER_PID_FIELD_NUMBER: _ClassVar[int]
+    RETRY_PENDING_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     status: Status
     data: bytes
@@ -239,7 +244,8 @@ class TaskResult(_message.Message):
     holders: _containers.RepeatedScalarFieldContainer[int]
     nested: _containers.RepeatedScalarFieldContainer[int]
     worker_pid: int
-    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ..., route: _Optional[str] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., nested: _Optional[_Iterable[int]] = ..., worker_pid: _Optional[int] = ...) -> None: ...
+    retry_pending: bool
+    def __init__(self, task_id: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., data: _Optional[bytes] = ..., node: _Optional[str] = ..., attempt: _Optional[int] = ..., run_seconds: _Optional[float] = ..., message: _Optional[str] = ..., route: _Optional[str] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., nested: _Optional[_Iterable[int]] = ..., worker_pid: _Optional[int] = ..., retry_pending: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("task_id", "name", "node", "text", "stderr")
@@ -343,6 +349,28 @@ class Welcome(_message.Message):
     block_shape: Resources
     def __init__(self, driver_id: _Optional[int] = ..., cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., block_shape: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
 
+class CancelRequest(_message.Message):
+    __slots__ = ("request_id", "task_id", "force")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    task_id: int
+    force: bool
+    def __init__(self, request_id: _Optional[int] = ..., task_id: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class CancelReply(_message.Message):
+    __slots__ = ("request_id", "task_id", "cancelled", "message")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_id: int
+    task_id: int
+    cancelled: bool
+    message: str
+    def __init__(self, request_id: _Optional[int] = ..., task_id: _Optional[int] = ..., cancelled: _Optional[bool] = ..., message: _Optional[str] = ...) -> None: ...
+
 class GetRequest(_message.Message):
     __slots__ = ("request_id", "ids")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
@@ -360,7 +388,7 @@ class GetReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., values: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
 
 class DriverToHead(_message.Message):
-    __slots__ = ("hello", "submit", "put", "release", "get", "kill_actor", "lookup")
+    __slots__ = ("hello", "submit", "put", "release", "get", "kill_actor", "lookup", "cancel", "retry", "give_up")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -368,6 +396,9 @@ class DriverToHead(_message.Message):
     GET_FIELD_NUMBER: _ClassVar[int]
     KILL_ACTOR_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    GIVE_UP_FIELD_NUMBER: _ClassVar[int]
     hello: DriverHello
     submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     put: _containers.RepeatedCompositeFieldContainer[Value]
@@ -375,23 +406,28 @@ class DriverToHead(_message.Message):
     get: _containers.RepeatedCompositeFieldContainer[GetRequest]
     kill_actor: _containers.RepeatedScalarFieldContainer[int]
     lookup: _containers.RepeatedCompositeFieldContainer[ActorLookup]
-    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ..., kill_actor: _Optional[_Iterable[int]] = ..., lookup: _Optional[_Iterable[_Union[ActorLookup, _Mapping]]] = ...) -> None: ...
+    cancel: _containers.RepeatedCompositeFieldContainer[CancelRequest]
+    retry: _containers.RepeatedScalarFieldContainer[int]
+    give_up: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ..., kill_actor: _Optional[_Iterable[int]] = ..., lookup: _Optional[_Iterable[_Union[ActorLookup, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelRequest, _Mapping]]] = ..., retry: _Optional[_Iterable[int]] = ..., give_up: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeadToDriver(_message.Message):
-    __slots__ = ("welcome", "results", "logs", "replies", "nodes", "lookups")
+    __slots__ = ("welcome", "results", "logs", "replies", "nodes", "lookups", "cancel_replies")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
     REPLIES_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     LOOKUPS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REPLIES_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
     replies: _containers.RepeatedCompositeFieldContainer[GetReply]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     lookups: _containers.RepeatedCompositeFieldContainer[ActorLookupReply]
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., lookups: _Optional[_Iterable[_Union[ActorLookupReply, _Mapping]]] = ...) -> None: ...
+    cancel_replies: _containers.RepeatedCompositeFieldContainer[CancelReply]
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., replies: _Optional[_Iterable[_Union[GetReply, _Mapping]]] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., lookups: _Optional[_Iterable[_Union[ActorLookupReply, _Mapping]]] = ..., cancel_replies: _Optional[_Iterable[_Union[CancelReply, _Mapping]]] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("name", "address", "total", "pid", "block_id", "store_address", "store_dir")
@@ -424,7 +460,7 @@ class Heartbeat(_message.Message):
     def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
-    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost")
+    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost", "cancel_replies", "leaving")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
@@ -433,6 +469,8 @@ class NodeToHead(_message.Message):
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_REPLIES_FIELD_NUMBER: _ClassVar[int]
+    LEAVING_FIELD_NUMBER: _ClassVar[int]
     register: Register
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
@@ -441,10 +479,12 @@ class NodeToHead(_message.Message):
     submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     copies: _containers.RepeatedScalarFieldContainer[int]
     lost: _containers.RepeatedCompositeFieldContainer[TaskResult]
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+    cancel_replies: _containers.RepeatedCompositeFieldContainer[CancelReply]
+    leaving: bool
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., cancel_replies: _Optional[_Iterable[_Union[CancelReply, _Mapping]]] = ..., leaving: _Optional[bool] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
-    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval")
+    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval", "cancel_queued")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -453,6 +493,7 @@ class HeadToNode(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_QUEUED_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     cancel: _containers.RepeatedScalarFieldContainer[int]
@@ -461,7 +502,8 @@ class HeadToNode(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     delete: _containers.RepeatedScalarFieldContainer[int]
     heartbeat_interval: float
-    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    cancel_queued: _containers.RepeatedCompositeFieldContainer[CancelRequest]
+    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ..., cancel_queued: _Optional[_Iterable[_Union[CancelRequest, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("node_limit",)

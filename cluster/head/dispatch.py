@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from cluster.common.protocol import pb
 from cluster.head.directory import ObjectDirectory
 from cluster.head.records import Node, Task
-from cluster.policy import scheduler
+from cluster.policy import priority, scheduler
 from cluster.slurm.commands import mpi_prefix
 
 
@@ -57,7 +57,7 @@ class Dispatcher:
             gangs.popleft()
             self._assign_gang(task, [nodes[i] for i in chosen])
         place = scheduler.place
-        for key in list(ready):
+        for key in priority.in_order(ready):  # highest priority first
             queue = ready[key]
             spread: Iterator[int] | None = None   # least-loaded order, for tasks without deps
             while queue:

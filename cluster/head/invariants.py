@@ -15,13 +15,15 @@ _EPS = 1e-6
 def check(tasks: dict[int, Task], ready: dict[bytes, deque[Task]], gangs: deque[Task],
           waiters: dict[int, list[Task]], nodes: dict[int, Node],
           queued_calls: Iterable[Task], inflight_calls: Iterable[Task],
-          refs: dict[int, int]) -> None:
+          refs: dict[int, int], deciding: Iterable[int] = ()) -> None:
     """Raise AssertionError naming the first broken invariant.
 
     Every task is where its state says (see :mod:`cluster.head.records`), each queued
     task in exactly one queue; a waiting task's ``pending`` equals its entries in
     ``waiters``; the resources in use on each node equal those reserved by the tasks
-    running or hosted there; reference counts are positive.
+    running or hosted there; reference counts are positive; the DECIDING tasks
+    (``deciding``: their ids, waiting for a retry_handler's answer) are exactly those filed
+    with the failures table, and hold nothing.
     """
     for task_id, task in tasks.items():
         assert task.task_id == task_id, f"{task_id:#x} filed under the wrong id"
@@ -72,5 +74,13 @@ def check(tasks: dict[int, Task], ready: dict[bytes, deque[Task]], gangs: deque[
             assert abs(node.view.used.get(key, 0.0) - held) < _EPS, \
                 f"node {node.name}: {key} in use {node.view.used.get(key, 0.0)}, " \
                 f"tasks hold {held}"
+    asking = set(deciding)
+    for task in tasks.values():
+        tid = task.task_id
+        assert (task.state is TaskState.DECIDING) == (tid in asking), \
+            f"{tid:#x} is {task.state.name} but {'' if tid in asking else 'not '}deciding"
+        if task.state is TaskState.DECIDING:
+            assert not task.reserved, f"{tid:#x} is DECIDING but holds {task.reserved}"
+    assert asking <= set(tasks), f"deciding tasks not live: {asking - set(tasks)}"
     for object_id, count in refs.items():
         assert count > 0, f"object {object_id:#x} has {count} references"

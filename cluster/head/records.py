@@ -10,11 +10,17 @@ it, and only along :data:`TRANSITIONS`. Where each state keeps the task (checked
   shape), ``head.gangs`` (multi-node apps) or its actor's queue (calls);
 - ``RUNNING``: in ``head.tasks`` and its node's ``running`` (actor calls: in their actor's
   ``inflight``), holding the resources it reserved;
-- ``CANCELLING``: as RUNNING, but its node was told to stop it (its driver left); whatever
-  result comes back ends it as cancelled, never retried;
+- ``CANCELLING``: as RUNNING, but its node was told to stop it (its driver left, or
+  ``api.cancel(force=True)``); whatever result comes back ends it as cancelled, never
+  retried;
+- ``DECIDING``: it failed and its driver's ``retry_handler`` is asked whether to run it
+  again: in ``head.tasks`` and ``head.failures.deciding``, holding nothing (dependents keep
+  waiting);
 - ``HOSTING``: an actor's creation that succeeded: out of ``head.tasks``, still in its
   node's ``running`` so the actor keeps its resources while it lives;
-- ``DONE``, ``FAILED``: nowhere (lineage may keep a done task's record to re-run it).
+- ``DONE``, ``FAILED``: nowhere (lineage may keep a done task's record to re-run it). A
+  cancelled task is FAILED with status CANCELLED: cancelling ends a task from every live
+  state, exactly as failing does, so a state of its own would only double those edges.
 
 >>> allowed(TaskState.QUEUED, TaskState.RUNNING)
 True
@@ -41,6 +47,7 @@ class TaskState(enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     CANCELLING = "cancelling"
+    DECIDING = "deciding"
     HOSTING = "hosting"
     DONE = "done"
     FAILED = "failed"
@@ -55,15 +62,17 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.QUEUED: frozenset({_S.RUNNING, _S.WAITING, _S.FAILED}),
     # RUNNING -> QUEUED: a retry; -> WAITING: an argument vanished and is being rebuilt.
     _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.QUEUED, _S.WAITING, _S.HOSTING,
-                           _S.CANCELLING}),
+                           _S.CANCELLING, _S.DECIDING}),
     _S.CANCELLING: frozenset({_S.FAILED}),
+    # The driver's retry_handler answers: run again, or the failure is final.
+    _S.DECIDING: frozenset({_S.QUEUED, _S.FAILED}),
     # An actor whose worker or node died is placed again (restart), or is gone.
     _S.HOSTING: frozenset({_S.QUEUED, _S.FAILED, _S.DONE}),
     _S.DONE: frozenset(),
     _S.FAILED: frozenset(),
 }
 #: States in which a task is in ``head.tasks``.
-LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.RUNNING, _S.CANCELLING})
+LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.RUNNING, _S.CANCELLING, _S.DECIDING})
 #: States in which a task holds resources on a node.
 HOLDING = frozenset({_S.RUNNING, _S.CANCELLING, _S.HOSTING})
 
@@ -131,6 +140,7 @@ class Node:
     store_dir: str = ""
     deletes: list[int] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
+    cancel_queued: list[pb.CancelRequest] = field(default_factory=list)  # if not started
 
     def finished(self, seconds: float) -> None:
         """A task ran here for `seconds`: count it, and let the queue allowance follow the
@@ -159,9 +169,12 @@ class Node:
     def take_batch(self) -> pb.HeadToNode | None:
         """The tasks, deletions and cancellations gathered since the last call, as one
         message."""
-        if not (self.outbox or self.deletes or self.cancels):
+        if not (self.outbox or self.deletes or self.cancels or self.cancel_queued):
             return None
         message = pb.HeadToNode(tasks=self.outbox, delete=self.deletes, cancel=self.cancels)
+        if self.cancel_queued:
+            message.cancel_queued.extend(self.cancel_queued)
+            self.cancel_queued = []
         self.outbox, self.deletes, self.cancels = [], [], []
         return message
 
@@ -181,13 +194,18 @@ class Driver:
     replies: list[pb.GetReply] = field(default_factory=list)
     nodes: list[pb.NodeInfo] = field(default_factory=list)
     lookups: list[pb.ActorLookupReply] = field(default_factory=list)
+    cancel_replies: list[pb.CancelReply] = field(default_factory=list)
 
     def take_batch(self) -> pb.HeadToDriver | None:
         """Everything gathered for the driver since the last call, as one message."""
-        if not (self.results or self.logs or self.replies or self.nodes or self.lookups):
+        if not (self.results or self.logs or self.replies or self.nodes or self.lookups
+                or self.cancel_replies):
             return None
         message = pb.HeadToDriver(results=self.results, logs=self.logs, replies=self.replies,
                                   nodes=self.nodes, lookups=self.lookups)
+        if self.cancel_replies:
+            message.cancel_replies.extend(self.cancel_replies)
+            self.cancel_replies = []
         self.results, self.logs, self.replies, self.nodes, self.lookups = [], [], [], [], []
         return message
 

@@ -26,8 +26,10 @@ from collections.abc import Callable
 from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
 from cluster.common.protocol import fill, pb, to_dict
 from cluster.head.actors import ActorTable
+from cluster.head.cancel import Cancellations
 from cluster.head.directory import LOST, ObjectDirectory, Value
 from cluster.head.dispatch import Dispatcher
+from cluster.head.failures import Failures
 from cluster.head.history import Recorder
 from cluster.head.invariants import check
 from cluster.head.lineage import Lineage
@@ -43,11 +45,14 @@ from cluster.head.records import (
     allowed,
 )
 from cluster.head.report import demand, drain_nodes, status_reply, stop_daemon
-from cluster.policy import liveness, scheduler
+from cluster.policy import liveness, priority, scheduler
 
 log = logging.getLogger("shoal.head")
 
-RETRIABLE = frozenset({pb.APP_ERROR, pb.WORKER_CRASHED, pb.TIMEOUT, pb.BASH_EXIT, pb.NODE_LOST})
+
+def priority_of_task(task: Task) -> int:
+    """A task's priority (higher runs first)."""
+    return task.spec.priority
 
 
 class Head:
@@ -65,7 +70,9 @@ class Head:
         self.gangs: deque[Task] = deque()  # queued multi-node apps
         self.waiters: dict[int, list[Task]] = {}
         self.objects = ObjectDirectory()
-        self.objects.on_drop = self._object_dropped
+        self.failures = Failures(self)
+        self.cancels = Cancellations(self)
+        self.objects.on_drop = self.failures.object_dropped
         self.functions: dict[bytes, bytes] = {}
         self.done = 0
         self.failed = 0
@@ -117,7 +124,7 @@ class Head:
         AssertionError naming the first one broken."""
         check(self.tasks, self.ready, self.gangs, self.waiters, self.nodes,
               self.actor_table.queued_calls(), self.actor_table.inflight_calls(),
-              self.objects.refs)
+              self.objects.refs, self.failures.deciding)
 
     def _started(self, task: Task, node: Node) -> None:
         """Dispatch placed `task` on `node`."""
@@ -200,7 +207,10 @@ class Head:
                 self.actor_table.creation_lost(task, f"node {node.name} was lost ({reason})")
                 continue
             if task.state is TaskState.CANCELLING:
-                self.fail(task, pb.CANCELLED, "cancelled: its driver disconnected")
+                self.fail(task, pb.CANCELLED, self.cancels.reason(task))
+                continue
+            if node.draining:  # a planned stop (drain, walltime): not the task's fault
+                self.failures.rerun_free(task, f"node {node.name} stopped ({reason})")
                 continue
             result = pb.TaskResult(task_id=task.task_id, status=pb.NODE_LOST,
                                    node=node.name, attempt=task.spec.attempt,
@@ -209,6 +219,7 @@ class Head:
         caller = self.drivers.get(NODE_CALLER_BASE + node.node_id)
         if caller is not None:
             self.driver_left(caller)
+        self.cancels.node_lost()
         self._broadcast_node(node)
         self._fail_unschedulable()
         self.soon()
@@ -231,7 +242,7 @@ class Head:
             self.dispatch.unreserve(task)
             node.finished(result.run_seconds)
             if task.state is TaskState.CANCELLING:
-                self.fail(task, pb.CANCELLED, "cancelled: its driver disconnected")
+                self.fail(task, pb.CANCELLED, self.cancels.reason(task))
                 continue
             if result.status == pb.OK:
                 self.task_done(task, result)
@@ -249,6 +260,10 @@ class Head:
                 value.holders.add(node.node_id)
             else:  # dropped while it travelled
                 self.dispatch.delete(node, object_id)
+        if message.cancel_replies:
+            self.cancels.answered(list(message.cancel_replies))
+        if message.leaving:  # SIGTERM (walltime, scancel): what runs here re-runs free
+            self.drain([node.node_id])
         for event in message.actor_events:
             self.actor_table.died(event.actor_id, event.message)
         if message.submit:
@@ -319,6 +334,7 @@ class Head:
         log.info("driver %d left", driver.driver_id)
         driver_id = driver.driver_id
         self.actor_table.owner_left(driver_id)
+        self.failures.driver_left(driver_id)
 
         def its(task: Task) -> bool:
             return task.task_id >> DRIVER_SHIFT == driver_id and \
@@ -378,6 +394,13 @@ class Head:
             self.objects.request(driver.replies, request, self.tasks.__contains__, driver.refs)
         for actor_id in message.kill_actor:
             self.actor_table.kill(actor_id)
+        for request in message.cancel:
+            self.cancels.request(driver, request)
+        if message.retry or message.give_up:
+            for task_id in message.retry:
+                self.failures.decided(driver, task_id, True)
+            for task_id in message.give_up:
+                self.failures.decided(driver, task_id, False)
         for lookup in message.lookup:
             info = self.actor_table.lookup(lookup.name)
             reply = pb.ActorLookupReply(request_id=lookup.request_id, found=info is not None)
@@ -401,6 +424,8 @@ class Head:
             known = self._shapes[shape] = (request, ", ".join(
                 k for k, v in request.items() if not 0 <= v < float("inf")))
         request, bad = known   # shared by every task of the shape: never mutated
+        if spec.priority:  # one ready queue per (shape, priority): see policy.priority
+            shape = priority.queue_key(shape, spec.priority)
         task = Task(spec, request, shape)
         self.objects.incref(task_id)
         driver.hold(task_id)
@@ -475,7 +500,7 @@ class Head:
                 for task in queue:
                     self.fail(task, pb.UNSCHEDULABLE, reason, queued=False)
 
-    def _dequeue(self, task: Task) -> None:
+    def dequeue(self, task: Task) -> None:
         """Take a QUEUED task out of its queue (rare: cancellation paths)."""
         if task.spec.num_nodes > 1:
             self.gangs.remove(task)
@@ -533,8 +558,8 @@ class Head:
             self.actor_table.ready(task)
             return
         self.dispatch.new_work = True
-        if task.spec.num_nodes > 1:
-            self.gangs.append(task)
+        if task.spec.num_nodes > 1:  # (rare: ordered by priority on the way in)
+            priority.insert(self.gangs, task, task.spec.priority, priority_of_task)
             return
         queue = self.ready.get(task.shape)
         if queue is None:
@@ -572,96 +597,25 @@ class Head:
                     self.make_ready(dependent)
 
     def _task_failed(self, task: Task, result: pb.TaskResult) -> None:
-        if result.status in RETRIABLE and task.attempts < task.spec.max_retries:
-            task.attempts += 1
-            task.spec.attempt = task.attempts
-            log.info("retrying task %#x (%s), attempt %d: %s", task.task_id,
-                     task.spec.name, task.attempts, result.message)
-            self.make_ready(task)
-            return
-        self.finish_failed(task, result)
+        self.failures.task_failed(task, result)
 
     def fail(self, task: Task, status: pb.Status, message: str, queued: bool = True) -> None:
         """End `task` with `status` and `message` (no retry); see :meth:`finish_failed`."""
-        result = pb.TaskResult(task_id=task.task_id, status=status, message=message,
-                               attempt=task.spec.attempt)
-        self.finish_failed(task, result, queued)
+        self.failures.fail(task, status, message, queued)
 
     def finish_failed(self, task: Task, result: pb.TaskResult, queued: bool = True) -> None:
-        """`task` failed for good: record the failure as its value, fail its dependents.
-        Its resources must have been given back already; a QUEUED task is taken out of
-        its queue unless the caller did (`queued` False). Idempotent."""
-        # A work list, not recursion: a 100,000-link chain fails link by link.
-        work = [(task, result, queued)]
-        while work:
-            task, result, queued = work.pop()
-            if task.state in (TaskState.DONE, TaskState.FAILED):
-                continue
-            if task.spec.kind == pb.ACTOR_CALL:
-                if task.state in (TaskState.WAITING, TaskState.QUEUED):
-                    self.actor_table.drop_call(task)
-            elif task.state is TaskState.QUEUED and queued:
-                self._dequeue(task)
-            self.set_state(task, TaskState.FAILED)
-            task_id = task.task_id
-            self.failed += 1
-            if self.history is not None:
-                self.history.failed(task, result)
-            value = Value(result.status, result.data, result.message)
-            self.objects.finish(task_id, value)
-            for dep in task.spec.deps:
-                self.objects.decref(dep)
-            driver = self.drivers.get(task_id >> DRIVER_SHIFT)
-            if driver is not None:
-                driver.results.append(result)
-            for dependent in self.waiters.pop(task_id, ()):
-                if dependent.state is TaskState.WAITING:
-                    work.append((dependent, self._dependency_failure(
-                        dependent, task_id, value, task.spec.name), True))
-            if task.spec.kind == pb.ACTOR_CREATE:
-                self.actor_table.creation_failed(task, result.message)
+        """`task` failed for good (see :meth:`cluster.head.failures.Failures.finish_failed`)."""
+        self.failures.finish_failed(task, result, queued)
 
     def end_hosting(self, task: Task) -> None:
-        """An actor's creation that held its node's resources ends (the actor is dead):
-        give them back and let go of its arguments."""
-        node = self.nodes.get(task.node_id)
-        if node is not None:
-            node.running.pop(task.task_id, None)
-        self.dispatch.unreserve(task)
-        self.set_state(task, TaskState.DONE)
-        for dep in task.spec.deps:
-            self.objects.decref(dep)
+        """An actor's creation that held its node's resources ends (the actor is dead)."""
+        self.failures.end_hosting(task)
 
     def _fail_dependency(self, task: Task, dep: int, value: Value, name: str = "",
                          queued: bool = True) -> None:
-        self.finish_failed(task, self._dependency_failure(task, dep, value, name), queued)
-
-    @staticmethod
-    def _dependency_failure(task: Task, dep: int, value: Value,
-                            name: str = "") -> pb.TaskResult:
-        """What `task` fails with because its argument `dep` failed with `value`. A failure
-        that was itself a dependency's passes on unchanged, naming the root cause once
-        (a 10,000-link chain used to carry 68 KB of nested messages)."""
-        if value.status == pb.DEPENDENCY_FAILED:
-            return pb.TaskResult(task_id=task.task_id, status=pb.DEPENDENCY_FAILED,
-                                 message=value.message, data=value.data)
-        label = f"{name} " if name else ""
-        status = pb.Status.Name(value.status)
-        message = (f"dependency {label}(task {dep:#x}) failed with {status}: "
-                   f"{value.message or 'see its future for details'}")
-        return pb.TaskResult(task_id=task.task_id, status=pb.DEPENDENCY_FAILED,
-                             message=message, data=value.data if value.status == pb.APP_ERROR
-                             else b"")
+        self.failures.fail_dependency(task, dep, value, name, queued)
 
     # ---- objects ----------------------------------------------------------------------
-    def _object_dropped(self, object_id: int, value: Value) -> None:
-        self.lineage.forget(object_id)
-        for node_id in value.holders:
-            node = self.nodes.get(node_id)
-            if node is not None and node.alive:
-                self.dispatch.delete(node, object_id)
-                self.soon()
-
     def _flush(self) -> None:
         self._flush_pending = False
         self.dispatch.schedule(self.ready, self.gangs)

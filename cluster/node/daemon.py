@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from cluster.common.messages import (
 )
 from cluster.common.protocol import pb, to_dict
 from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
+from cluster.policy import priority
 from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
@@ -129,6 +131,10 @@ class Daemon:
         self.puller: Any = None
         self.transfers: Any = None
         self._copies: list[int] = []
+        #: Tasks waiting for their arguments to arrive, by id (cancellable there too).
+        self._pulling: dict[int, pb.TaskSpec] = {}
+        self._cancel_replies: list[pb.CancelReply] = []
+        self._prioritized = False
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -164,6 +170,8 @@ class Daemon:
         if self.stopping:
             return
         self.stopping = True
+        if self.link is not None:  # a planned stop: what ran here is re-run, retries kept
+            self.link.send(pb.NodeToHead(leaving=True))
         for worker in self.workers:
             if worker.task is not None:
                 worker.kill()
@@ -215,12 +223,20 @@ class Daemon:
                 self._pump_actor(host)
         elif spec.kind == pb.ACTOR_CREATE:
             self._create_actor(_Task(spec, to_dict(spec.resources)))
+        elif spec.priority or self._prioritized:  # (once one has a priority: in order)
+            self._prioritized = True
+            priority.insert(self.queue, _Task(spec, to_dict(spec.resources)), spec.priority,
+                            _priority_of)
         else:
             self.queue.append(_Task(spec, to_dict(spec.resources)))
 
     def _after_head_message(self, message: pb.HeadToNode) -> None:
         for task_id in message.cancel:
             self._cancel(task_id)
+        if message.cancel_queued:
+            for request in message.cancel_queued:
+                self._cancel_queued(request.task_id)
+            self._schedule_flush()
         for actor_id in message.kill_actor:
             host = self.actors.pop(actor_id, None)
             if host is not None:
@@ -251,10 +267,11 @@ class Daemon:
             return False
         fetches = [self.puller.fetch(v.id, list(v.sources)) for v in missing]
         ids = [v.id for v in missing]
+        self._pulling[spec.task_id] = spec
 
         def arrived(done: asyncio.Future[Any]) -> None:
-            if self.stopping:
-                return
+            if self.stopping or self._pulling.pop(spec.task_id, None) is None:
+                return  # (cancelled while its arguments travelled)
             try:
                 done.result()
             except Exception as err:  # noqa: BLE001 - reported with the task
@@ -321,14 +338,38 @@ class Daemon:
                                self.node_id))
 
     def _cancel(self, task_id: int) -> None:
-        for task in list(self.queue):
-            if task.spec.task_id == task_id:
-                self.queue.remove(task)
-                self._report(task.spec, pb.CANCELLED, b"", "cancelled", 0.0)
-                return
+        if self._cancel_queued(task_id, reply=False):
+            return
         for worker in self.workers:
             if worker.task is not None and worker.task.spec.task_id == task_id:
                 worker.kill()
+
+    def _cancel_queued(self, task_id: int, reply: bool = True) -> bool:
+        """Drop `task_id` if it has not started here (in the backlog, waiting for its
+        arguments, or an actor call in its actor's queue), reporting it CANCELLED; with
+        `reply`, tell the head whether it was."""
+        spec = self._pulling.pop(task_id, None)
+        if spec is None:
+            for task in self.queue:
+                if task.spec.task_id == task_id:
+                    self.queue.remove(task)
+                    spec = task.spec
+                    break
+        if spec is None:
+            for host in self.actors.values():
+                for call in host.queue:
+                    if call.task_id == task_id:
+                        host.queue.remove(call)
+                        spec = call
+                        break
+        if spec is not None:
+            self._report(spec, pb.CANCELLED, b"",
+                         f"cancelled on {self.name} before it started", 0.0)
+        if reply:
+            self._cancel_replies.append(pb.CancelReply(
+                task_id=task_id, cancelled=spec is not None,
+                message="" if spec is not None else f"it has started on {self.name}"))
+        return spec is not None
 
     # ---- scheduling onto workers -------------------------------------------------------
     def _fits(self, request: dict[str, float]) -> bool:
@@ -524,8 +565,9 @@ class Daemon:
             worker.task = None
             if task is not None:
                 self._release(task)
-                self._report(task.spec, message.status, message.data, message.message,
-                             message.seconds, worker=worker)
+                if not (self.stopping and message.status != pb.OK):  # (killed by the stop)
+                    self._report(task.spec, message.status, message.data, message.message,
+                                 message.seconds, worker=worker)
             self.done += 1
             if not worker.closing:
                 self.idle.append(worker)
@@ -558,7 +600,9 @@ class Daemon:
             worker.allocs.clear()
         task = worker.task
         worker.task = None
-        if task is not None:
+        if task is not None and self.stopping:
+            self._release(task)  # (a planned stop: the head re-runs it elsewhere)
+        elif task is not None:
             self._release(task)
             code = worker.proc.returncode if worker.proc is not None else None
             if worker.timed_out:
@@ -566,10 +610,15 @@ class Daemon:
                              f"walltime of {task.spec.walltime:g}s exceeded; the app was killed",
                              time.perf_counter() - task.started)
             else:
-                self._report(task.spec, pb.WORKER_CRASHED, b"",
-                             f"worker process {worker.pid} on {self.name} died "
-                             f"(exit code {code}) while running the task",
-                             time.perf_counter() - task.started, worker=worker)
+                args = (task.spec, pb.WORKER_CRASHED, b"", f"worker process {worker.pid} on "
+                        f"{self.name} died (exit code {code}) while running the task",
+                        time.perf_counter() - task.started)
+                # SIGTERM from outside: Slurm ending the job step (walltime, scancel) signals
+                # every process, and our own stop may follow a moment later: the head then
+                # re-runs the task without using up a retry, so wait for that moment.
+                delay = 1.0 if code == -signal.SIGTERM else 0.0
+                (self._loop or asyncio.get_event_loop()).call_later(
+                    delay, lambda: self.stopping or self._report(*args, worker=worker))
         if not self.stopping:
             if len(self.workers) < self.num_workers:
                 asyncio.ensure_future(self._spawn())
@@ -617,11 +666,14 @@ class Daemon:
     def _flush(self) -> None:
         self._flush_pending = False
         if not (self._results or self._logs or self._events or self._submits or
-                self._copies) or self.link is None:
+                self._copies or self._cancel_replies) or self.link is None:
             return
         message = pb.NodeToHead(results=self._results, logs=self._logs,
                                 actor_events=self._events, submit=self._submits,
                                 copies=self._copies)
+        if self._cancel_replies:  # after the results: a dropped task's CANCELLED first
+            message.cancel_replies.extend(self._cancel_replies)
+            self._cancel_replies = []
         self._results, self._logs, self._events, self._submits = [], [], [], []
         self._copies = []
         self.link.send(message)
@@ -635,6 +687,10 @@ class Daemon:
             beat.store.objects, beat.store.bytes = stats["objects"], stats["bytes"]
             beat.store.spilled, beat.store.capacity = stats["spilled"], stats["capacity"]
         return beat
+
+
+def _priority_of(task: _Task) -> int:
+    return task.spec.priority
 
 
 async def _gather(futures: list[asyncio.Future[Any]]) -> None:

@@ -33,6 +33,7 @@ PUBLIC = [
     "actor",
     "as_completed",
     "bash_app",
+    "cancel",
     "checkpoint",
     "get",
     "get_actor",

@@ -13,7 +13,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-REQUIRED = ["cluster.policy.scheduler", "cluster.policy.autoscaler", "cluster.common.ids"]
+REQUIRED = ["cluster.policy.scheduler", "cluster.policy.autoscaler", "cluster.common.ids",
+            "cluster.policy.priority", "api._retry"]
 SCANNED = ["cluster/policy", "cluster/common"]
 
 
