@@ -17,6 +17,8 @@ import os
 import sqlite3
 from typing import Any
 
+from cluster.common.ids import from_db, to_db
+
 FILE_NAME = "history.sqlite"
 #: The states a task has in the history.
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -64,6 +66,9 @@ def connect(path: str) -> sqlite3.Connection:
 
 def _task_dict(row: sqlite3.Row) -> dict[str, Any]:
     out = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row
+    out["task_id"] = from_db(out["task_id"])
+    if out.get("actor_id"):
+        out["actor_id"] = from_db(out["actor_id"])
     if out.get("resources"):
         try:
             out["resources"] = json.loads(out["resources"])
@@ -91,6 +96,7 @@ def tasks(db: sqlite3.Connection, state: str | None = None, app: str | None = No
     out = []
     for row in cursor.execute(sql, params):
         record = dict(zip(TASK_COLUMNS, row, strict=True))
+        record["task_id"] = from_db(record["task_id"])
         text = record["resources"]
         if text:
             value = parsed.get(text)
@@ -146,7 +152,7 @@ def app_names(db: sqlite3.Connection) -> list[str]:
 
 def task(db: sqlite3.Connection, task_id: int) -> dict[str, Any]:
     """One task's whole record, with its state changes (``events``)."""
-    row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (task_id,)).fetchone()
+    row = db.execute("SELECT * FROM tasks WHERE task_id = ?", (to_db(task_id),)).fetchone()
     if row is None:
         raise HistoryError(f"no task {format_id(task_id)} in this cluster's history")
     out = _task_dict(row)
@@ -172,7 +178,8 @@ def events(record: dict[str, Any]) -> list[dict[str, Any]]:
 def logs(db: sqlite3.Connection, task_id: int) -> list[dict[str, Any]]:
     """The task's printed output, in order: [{stream, node, text, t}]."""
     return [dict(r) for r in db.execute(
-        "SELECT t, stream, node, text FROM logs WHERE task_id = ? ORDER BY rowid", (task_id,))]
+        "SELECT t, stream, node, text FROM logs WHERE task_id = ? ORDER BY rowid",
+        (to_db(task_id),))]
 
 
 def meta(db: sqlite3.Connection) -> dict[str, str]:
@@ -195,7 +202,12 @@ def nodes(db: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def actors(db: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every actor, as last seen."""
-    return [dict(r) for r in db.execute("SELECT * FROM actors ORDER BY actor_id")]
+    out = []
+    for r in db.execute("SELECT * FROM actors ORDER BY actor_id"):
+        d = dict(r)
+        d["actor_id"] = from_db(d["actor_id"])
+        out.append(d)
+    return out
 
 
 def blocks(db: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -235,7 +247,8 @@ def timeline(db: sqlite3.Connection, limit: int = 0) -> dict[str, Any]:
         events.append({"name": r["name"], "cat": r["kind"], "ph": "X",
                        "ts": round((start - origin) * 1e6, 1), "dur": round(run * 1e6, 1),
                        "pid": node_id, "tid": pid,
-                       "args": {"task_id": r["task_id"], "id": format_id(r["task_id"]),
+                       "args": {"task_id": from_db(r["task_id"]),
+                                "id": format_id(from_db(r["task_id"])),
                                 "state": r["state"], "attempts": r["attempts"]}})
     for node_id in sorted({n for n, _ in threads}):
         events.append({"name": "process_name", "ph": "M", "pid": node_id, "tid": 0,

@@ -26,3 +26,25 @@ def caller_of(task_id: int) -> int:
 def node_caller(node_id: int) -> int:
     """The caller id under which node `node_id` submits its apps' actor calls."""
     return NODE_CALLER_BASE + node_id
+
+
+#: SQLite's INTEGER is signed 64-bit; ids are unsigned 64-bit (a node caller's have the top bit).
+SIGNED_LIMIT = 1 << 63
+
+
+def to_db(task_id: int) -> int:
+    """`task_id` as SQLite can store it (its signed 64-bit equivalent); see :func:`from_db`.
+
+    >>> to_db(5), to_db(node_caller(1) << DRIVER_SHIFT) < 0
+    (5, True)
+    """
+    return task_id - (1 << 64) if task_id >= SIGNED_LIMIT else task_id
+
+
+def from_db(value: int) -> int:
+    """The id that :func:`to_db` stored as `value`.
+
+    >>> from_db(to_db(node_caller(1) << DRIVER_SHIFT | 9)) == node_caller(1) << DRIVER_SHIFT | 9
+    True
+    """
+    return value + (1 << 64) if value < 0 else value

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import sqlite3
 
 from cluster.common import status as st
+from cluster.common.ids import SIGNED_LIMIT, to_db
 
 log = logging.getLogger("shoal.history")
 #: Printed output kept per task in the history; the rest is in the task's log file.
@@ -121,6 +122,30 @@ def describe_error(status: int, data: bytes, message: str) -> tuple[str, str, st
 
 
 
+class Signed:
+    """A connection whose parameters are fitted to SQLite's signed 64-bit INTEGER: ids are
+    unsigned 64-bit (a task of a node caller, e.g. an actor calling another, has the top bit
+    set), and SQLite refuses those. :func:`cluster.common.ids.from_db` undoes it."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        return self.db.execute(sql, fit(params))
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        return self.db.executemany(sql, (fit(row) for row in rows))
+
+
+def fit(row: Any) -> tuple[Any, ...]:
+    """`row` with every integer of 2**63 or more stored as its signed 64-bit equivalent.
+
+    >>> fit((1, 2**64 - 1, "x"))
+    (1, -1, 'x')
+    """
+    return tuple(to_db(v) if type(v) is int and v >= SIGNED_LIMIT else v for v in row)
+
+
 class Writer:
     """Folds the head's batches into the history's rows."""
 
@@ -137,7 +162,7 @@ class Writer:
         db = self.db
         db.execute("BEGIN")
         try:
-            self._write(db, *frame)
+            self._write(Signed(db), *frame)  # type: ignore[arg-type]
         except BaseException:
             db.execute("ROLLBACK")
             raise

@@ -123,6 +123,26 @@ def test_the_live_table_forgets_finished_tasks(tmp_path):
     assert writer._live == {}  # noqa: SLF001 - memory must not grow with finished tasks
 
 
+def test_ids_with_the_top_bit_set_are_stored_and_read_back(tmp_path):
+    """A node caller's task (an actor calling an actor) has an id of 2**63 or more, which
+    SQLite's signed INTEGER refuses: the writer failed its whole batch on one."""
+    from cluster.common.ids import DRIVER_SHIFT, node_caller
+
+    tid = node_caller(1) << DRIVER_SHIFT | 3
+    assert tid >= 1 << 63
+    path = str(tmp_path / "h.sqlite")
+    writer = Writer(open_db(path))
+    writer.batch(([], [(tid, "call", pb.ACTOR_CALL, "{}", 1.0, "", "", tid - 1)],
+                  [(tid, "QUEUED", 1.0, 0, 0), (tid, "RUNNING", 2.0, 1, 0),
+                   (tid, "DONE", 3.0, 1, 0)], [(tid, 77, 0.5)],
+                  [(tid, 2.5, False, "nodeA", "hello\n")], [], []))
+    db = historydb.connect(path)
+    (record,) = historydb.tasks(db, kinds=("actor_call",))
+    assert (record["task_id"], record["state"], record["worker_pid"]) == (tid, "done", 77)
+    assert historydb.task(db, tid)["actor_id"] == tid - 1
+    assert [line["text"] for line in historydb.logs(db, tid)] == ["hello\n"]
+
+
 def test_error_envelopes_are_read_without_running_code():
     class Evil:
         def __reduce__(self):
