@@ -153,7 +153,7 @@ class Value(_message.Message):
     def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., sources: _Optional[_Iterable[str]] = ..., nested: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref")
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref", "parent_task")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +186,7 @@ class TaskSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     ARGS_REF_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     fn_id: bytes
     fn_blob: bytes
@@ -211,7 +212,8 @@ class TaskSpec(_message.Message):
     method: str
     actor: ActorOptions
     args_ref: int
-    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ...) -> None: ...
+    parent_task: int
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ..., parent_task: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested")
@@ -422,7 +424,7 @@ class Heartbeat(_message.Message):
     def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
-    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost")
+    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost", "nested", "blocked", "unblocked")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
@@ -431,6 +433,9 @@ class NodeToHead(_message.Message):
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     COPIES_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
+    NESTED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCKED_FIELD_NUMBER: _ClassVar[int]
     register: Register
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
@@ -439,10 +444,13 @@ class NodeToHead(_message.Message):
     submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     copies: _containers.RepeatedScalarFieldContainer[int]
     lost: _containers.RepeatedCompositeFieldContainer[TaskResult]
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
+    nested: _containers.RepeatedCompositeFieldContainer[NestedFrame]
+    blocked: _containers.RepeatedScalarFieldContainer[int]
+    unblocked: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., nested: _Optional[_Iterable[_Union[NestedFrame, _Mapping]]] = ..., blocked: _Optional[_Iterable[int]] = ..., unblocked: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
-    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval")
+    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval", "nested")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -451,6 +459,7 @@ class HeadToNode(_message.Message):
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     DELETE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    NESTED_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     cancel: _containers.RepeatedScalarFieldContainer[int]
@@ -459,7 +468,8 @@ class HeadToNode(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     delete: _containers.RepeatedScalarFieldContainer[int]
     heartbeat_interval: float
-    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ...) -> None: ...
+    nested: _containers.RepeatedCompositeFieldContainer[NestedFrame]
+    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ..., nested: _Optional[_Iterable[_Union[NestedFrame, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("node_limit",)
@@ -538,3 +548,17 @@ class SealRequest(_message.Message):
 class SealReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class NestedFrame(_message.Message):
+    __slots__ = ("channel", "payload", "closed", "ended", "failed")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    payload: bytes
+    closed: bool
+    ended: int
+    failed: bool
+    def __init__(self, channel: _Optional[int] = ..., payload: _Optional[bytes] = ..., closed: _Optional[bool] = ..., ended: _Optional[int] = ..., failed: _Optional[bool] = ...) -> None: ...

@@ -37,6 +37,7 @@ from cluster.common.messages import (
     Run,
 )
 from cluster.common.protocol import pb, to_dict
+from cluster.node.nested import NESTED_TYPES, NestedRelay
 from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.store.objectstore import ObjectStore
 
@@ -129,6 +130,7 @@ class Daemon:
         self.puller: Any = None
         self.transfers: Any = None
         self._copies: list[int] = []
+        self.nested = NestedRelay(self)  # apps' nested clients, blocked tasks
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -215,10 +217,14 @@ class Daemon:
                 self._pump_actor(host)
         elif spec.kind == pb.ACTOR_CREATE:
             self._create_actor(_Task(spec, to_dict(spec.resources)))
+        elif spec.parent_task:  # submitted inside a task: newest first (depth-first)
+            self.queue.appendleft(_Task(spec, to_dict(spec.resources)))
         else:
             self.queue.append(_Task(spec, to_dict(spec.resources)))
 
     def _after_head_message(self, message: pb.HeadToNode) -> None:
+        if message.nested:
+            self.nested.deliver(message.nested)
         for task_id in message.cancel:
             self._cancel(task_id)
         for actor_id in message.kill_actor:
@@ -327,7 +333,8 @@ class Daemon:
                 self._report(task.spec, pb.CANCELLED, b"", "cancelled", 0.0)
                 return
         for worker in self.workers:
-            if worker.task is not None and worker.task.spec.task_id == task_id:
+            if worker.task is not None and (worker.task.spec.task_id == task_id or (
+                    worker.stack and self.nested.holds(worker, task_id))):
                 worker.kill()
 
     # ---- scheduling onto workers -------------------------------------------------------
@@ -347,7 +354,15 @@ class Daemon:
             if not self._fits(task.request):
                 return
             if not idle:
-                # All workers busy but resources free (fractional or zero-cpu tasks): grow.
+                # All workers busy but resources free (fractional or zero-cpu tasks, or
+                # tasks blocked in a wait): a worker blocked in a wait runs it meanwhile,
+                # else grow up to the cap (see cluster.node.nested).
+                waiting = self.nested.take_waiting(
+                    task, len(self.workers) >= self.max_workers) if self.nested.waiting else None
+                if waiting is not None:
+                    queue.popleft()
+                    self._start(waiting, task)
+                    continue
                 if self._starting == 0 and len(self.workers) < self.max_workers:
                     asyncio.ensure_future(self._spawn())
                 return
@@ -520,14 +535,17 @@ class Daemon:
     def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
         kind = type(message)
         if kind is Done:
-            task = worker.task
-            worker.task = None
+            if worker.stack:  # a task it ran while another one waited
+                task = self.nested.finished(worker, message.task_id)
+            else:
+                task = worker.task
+                worker.task = None
             if task is not None:
                 self._release(task)
                 self._report(task.spec, message.status, message.data, message.message,
                              message.seconds, worker=worker)
             self.done += 1
-            if not worker.closing:
+            if not worker.closing and worker.task is None:
                 self.idle.append(worker)
             self._pump()
         elif kind is Log:
@@ -544,6 +562,8 @@ class Daemon:
             self._worker_call(worker, message)
         elif kind is Alloc:
             self._on_alloc(worker, message)
+        elif kind in NESTED_TYPES:
+            self.nested.on_worker_message(worker, message)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         if worker in self.workers:
@@ -556,6 +576,12 @@ class Daemon:
             for path in worker.allocs:
                 self.store.abort(path)  # a result it was writing
             worker.allocs.clear()
+        stacked = self.nested.lost(worker) if worker.stack or worker.channel else []
+        for under in stacked:  # tasks that waited in it, under the one it ran
+            self._release(under)
+            self._report(under.spec, pb.WORKER_CRASHED, b"",
+                         f"worker process {worker.pid} on {self.name} died while the task "
+                         "waited for others", time.perf_counter() - under.started)
         task = worker.task
         worker.task = None
         if task is not None:
@@ -617,11 +643,14 @@ class Daemon:
     def _flush(self) -> None:
         self._flush_pending = False
         if not (self._results or self._logs or self._events or self._submits or
-                self._copies) or self.link is None:
+                self._copies or self.nested.pending()) or self.link is None:
             return
         message = pb.NodeToHead(results=self._results, logs=self._logs,
                                 actor_events=self._events, submit=self._submits,
                                 copies=self._copies)
+        if self.nested.pending():
+            for key, items in self.nested.take().items():
+                getattr(message, key).extend(items)
         self._results, self._logs, self._events, self._submits = [], [], [], []
         self._copies = []
         self.link.send(message)

@@ -120,6 +120,10 @@ class Worker:
         self._inbuf = bytearray()
         self.server: Any = None              # ActorServer, once this worker holds an actor
         self._eof = False
+        #: Dynamic workflows (cluster.worker.nested): the link under an app's nested
+        #: client, and the inbox its reader thread fills once it owns the socket.
+        self.nested: Any = None
+        self.inbox: Any = None
 
     def send(self, message: tuple) -> None:
         """Send one message to the daemon (from any thread: async actors reply from their
@@ -136,6 +140,12 @@ class Worker:
         return self._backlog.pop(0)
 
     def _fill(self) -> bool:
+        if self.inbox is not None:  # a nested client's reader thread owns the socket
+            message = self.inbox.get()
+            if message is None:
+                return False
+            self._backlog.append(message)
+            return True
         data = self.sock.recv(wire.RECV_SIZE)
         if not data:
             return False
@@ -246,6 +256,8 @@ class Worker:
                                m.stdout, m.stderr, m.cwd, m.env, store=True)
         self.end_children()  # before Done: no dependent task ever sees the leftovers
         self.send(Done(m.task_id, *outcome))
+        if self.nested is not None:
+            self.nested.after_task(m.task_id, outcome[0] != OK)
 
     def end_children(self) -> None:
         """Kill and reap every process below this worker: what the last task started
@@ -328,6 +340,8 @@ class Worker:
                 else:  # no refs inside: plain pickle is enough (and faster)
                     args, kwargs = wire.pickle.loads(args_blob)
                 value = fn(*args, **kwargs)
+                if self.nested is not None:
+                    self.nested.holding = True  # see NestedLink.holding
                 if kind == 1:
                     status, data, message = self._run_bash(name, value, stdout, stderr)
                 elif store:
@@ -353,10 +367,14 @@ class Worker:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = old
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+            self.close_log()
         return status, data, time.perf_counter() - start, message
+
+    def close_log(self) -> None:
+        """Close the current task's log file (reopened, appending, on its next print)."""
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def _encode_result(self, value: Any) -> Any:
         enc = objectformat.encode(value)

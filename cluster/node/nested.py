@@ -1,0 +1,179 @@
+"""Dynamic workflows, the daemon's side: relaying apps' nested clients, and blocked tasks.
+
+- **Relay**: a worker's nested client (``api._nested``) sends serialized DriverToHead
+  batches as :class:`NestedOut` frames; they go to the head inside this daemon's own
+  stream as :class:`pb.NestedFrame` s, under a channel number naming the worker. The
+  head's answers come back the same way (:class:`NestedIn`).
+- **Blocked tasks give their CPUs back** (:class:`Blocked` / :class:`Unblocked`): only
+  CPUs, never GPUs or memory. The freed slots take more tasks: on an idle worker, else on
+  a new worker while the node has fewer than ``Daemon.max_workers`` (the per-node cap,
+  ``4 x CPUs`` and at least the initial workers), else on a *waiting* worker, which runs
+  the task inside its wait and then waits on (its stack grows by one task; it is the
+  worker's own child most often, since tasks submitted inside tasks go newest first). So
+  past the cap tasks queue and run on the blocked workers rather than deadlock, and a deep
+  recursion cannot fork-bomb the node.
+
+A worker's ``task`` is the task it runs now; ``stack`` holds the tasks under it, blocked in
+a wait (an empty list for every ordinary worker: the hot path only checks it is empty).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cluster.common.messages import Blocked, NestedEnd, NestedIn, NestedOut, Unblocked
+from cluster.common.protocol import pb
+from cluster.node.workerpool import WorkerHandle
+
+NESTED_TYPES = (NestedOut, NestedEnd, Blocked, Unblocked)
+
+
+class NestedRelay:
+    """The nested channels and blocked tasks of one daemon."""
+
+    def __init__(self, daemon: Any) -> None:
+        self.daemon = daemon
+        self.channels: dict[int, WorkerHandle] = {}
+        self._next_channel = 1
+        #: Workers blocked in a wait that can run one queued task meanwhile, by the id of
+        #: the task that waits.
+        self.waiting: dict[int, WorkerHandle] = {}
+        #: Blocked task id -> the CPUs it gave back.
+        self.blocked: dict[int, float] = {}
+        self.frames: list[pb.NestedFrame] = []
+        #: Task id -> blocked, for the head: only a task's last state in a batch counts
+        #: (the head applies blocked before unblocked, so order must not matter).
+        self.cpu_out: dict[int, bool] = {}
+
+    def pending(self) -> bool:
+        """Anything to send to the head."""
+        return bool(self.frames or self.cpu_out)
+
+    def take(self) -> dict[str, list[Any]]:
+        """The NodeToHead fields to send (and forget)."""
+        states = self.cpu_out
+        out = {"nested": self.frames, "blocked": [t for t, b in states.items() if b],
+               "unblocked": [t for t, b in states.items() if not b]}
+        self.frames, self.cpu_out = [], {}
+        return out
+
+    def _channel(self, worker: WorkerHandle) -> int:
+        if not worker.channel:
+            worker.channel = self._next_channel
+            self._next_channel += 1
+            self.channels[worker.channel] = worker
+        return worker.channel
+
+    # ---- from workers ------------------------------------------------------------------
+    def on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
+        """One of :data:`NESTED_TYPES` from `worker`."""
+        kind = type(message)
+        daemon = self.daemon
+        if kind is NestedOut:
+            self.frames.append(pb.NestedFrame(channel=self._channel(worker),
+                                              payload=message.payload))
+        elif kind is NestedEnd:
+            self.frames.append(pb.NestedFrame(channel=self._channel(worker),
+                                              ended=message.task_id, failed=message.failed))
+        elif kind is Blocked:
+            task = self._find(worker, message.task_id)
+            if task is not None:
+                if message.task_id not in self.blocked:
+                    cpus = task.request.get("cpus", 0.0)
+                    self.blocked[message.task_id] = cpus
+                    daemon.free["cpus"] = daemon.free.get("cpus", 0.0) + cpus
+                    self.cpu_out[message.task_id] = True
+                if task is worker.task and not worker.waiting:
+                    worker.waiting = True
+                    self.waiting[message.task_id] = worker
+                daemon._pump()
+        elif kind is Unblocked:
+            self._unblock(worker, message.task_id)
+            daemon._pump()
+        daemon._schedule_flush()
+
+    def _unblock(self, worker: WorkerHandle, task_id: int) -> None:
+        cpus = self.blocked.pop(task_id, None)
+        if cpus is not None:
+            daemon = self.daemon
+            daemon.free["cpus"] = daemon.free.get("cpus", 0.0) - cpus
+            self.cpu_out[task_id] = False
+        self._not_waiting(worker)
+
+    def _not_waiting(self, worker: WorkerHandle) -> None:
+        if worker.waiting:
+            worker.waiting = False
+            for task_id, other in list(self.waiting.items()):
+                if other is worker:
+                    del self.waiting[task_id]
+
+    @staticmethod
+    def _find(worker: WorkerHandle, task_id: int) -> Any:
+        for task in (worker.task, *worker.stack):
+            if task is not None and task.spec.task_id == task_id:
+                return task
+        return None
+
+    # ---- running tasks on waiting workers ------------------------------------------------
+    def take_waiting(self, task: Any, any_worker: bool) -> WorkerHandle | None:
+        """A waiting worker to run `task` on, inside the wait (the waiting task goes on
+        its stack): the one whose task waits for this one, its parent (it cannot go on
+        without it anyway, and the stack stays as deep as the recursion), or with
+        `any_worker` (the node is at its worker cap) any waiting worker."""
+        worker = self.waiting.pop(task.spec.parent_task, None) if task.spec.parent_task \
+            else None
+        if worker is None and any_worker and self.waiting:
+            worker = self.waiting.pop(next(iter(self.waiting)))
+        if worker is None:
+            return None
+        worker.waiting = False
+        if worker.task is None or worker.closing:
+            return None
+        worker.stack.append(worker.task)
+        worker.task = None
+        return worker
+
+    def finished(self, worker: WorkerHandle, task_id: int) -> Any:
+        """`worker` with a stack sent Done for `task_id`: that task (its CPUs back on the
+        books if it had blocked); the worker's current task is the next one down."""
+        task = self._find(worker, task_id)
+        if task is None:
+            return None
+        if task is worker.task:
+            worker.task = worker.stack.pop() if worker.stack else None
+        else:
+            worker.stack.remove(task)
+        self._forget(task_id)
+        return task
+
+    def _forget(self, task_id: int) -> None:
+        cpus = self.blocked.pop(task_id, None)
+        if cpus is not None:  # _release gives back its whole request: take the CPUs first
+            daemon = self.daemon
+            daemon.free["cpus"] = daemon.free.get("cpus", 0.0) - cpus
+
+    def lost(self, worker: WorkerHandle) -> list[Any]:
+        """`worker` died: close its channel; the tasks on its stack (the caller reports
+        them as crashed with its current one)."""
+        self._not_waiting(worker)
+        if worker.channel:
+            self.channels.pop(worker.channel, None)
+            self.frames.append(pb.NestedFrame(channel=worker.channel, closed=True))
+            self.daemon._schedule_flush()
+        stacked, worker.stack = worker.stack, []
+        for task in (worker.task, *stacked):
+            if task is not None:
+                self._forget(task.spec.task_id)
+        return stacked
+
+    def holds(self, worker: WorkerHandle, task_id: int) -> bool:
+        """Whether `task_id` runs (or waits) on `worker`."""
+        return self._find(worker, task_id) is not None
+
+    # ---- from the head -----------------------------------------------------------------
+    def deliver(self, frames: Any) -> None:
+        """HeadToDriver frames for workers' nested clients."""
+        for frame in frames:
+            worker = self.channels.get(frame.channel)
+            if worker is not None:
+                worker.send(NestedIn(frame.payload))
