@@ -40,6 +40,7 @@ from api._errors import (
     WorkerCrashedError,
 )
 from api._futures import AppFuture, format_id
+from api._join import join_app
 from api._session import ClusterInfo
 from api.executor import Executor
 from cluster.common import auth, clusterfile, paths
@@ -76,6 +77,7 @@ __all__ = [
     "get_actor",
     "init",
     "is_initialized",
+    "join_app",
     "kill",
     "put",
     "python_app",

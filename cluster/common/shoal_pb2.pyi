@@ -478,7 +478,7 @@ class StatusRequest(_message.Message):
     def __init__(self, node_limit: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used", "nested_records")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -496,6 +496,7 @@ class StatusReply(_message.Message):
     NODES_ALIVE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
+    NESTED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -513,7 +514,8 @@ class StatusReply(_message.Message):
     nodes_alive: int
     total: Resources
     used: Resources
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    nested_records: int
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., nested_records: _Optional[int] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -70,8 +70,9 @@ class NestedDrivers:
         self._nested_ids: set[int] = set()
 
     def live_records(self) -> int:
-        """How many entries these tables hold (a leak check for tests and status)."""
-        return len(self.channels) + len(self.root) + sum(map(len, self.children.values()))
+        """How many nested tasks these tables hold (a leak check for tests and status):
+        0 once every nested task has ended and been reported."""
+        return len(self.root) + sum(map(len, self.children.values()))
 
     # ---- from daemons ----------------------------------------------------------------------
     def on_node_message(self, node: Node, message: pb.NodeToHead) -> None:
@@ -118,8 +119,16 @@ class NestedDrivers:
 
     # ---- lifetime ----------------------------------------------------------------------
     def _left(self, driver: Driver) -> None:
-        self._nested_ids.discard(driver.driver_id)
-        self.head.driver_left(driver)
+        driver_id = driver.driver_id
+        self._nested_ids.discard(driver_id)
+        self.head.driver_left(driver)  # cancels what it submitted
+        # Its tasks' results go nowhere now: forget them (a scan, but workers die rarely).
+        for task_id in [t for t in self.root if t >> DRIVER_SHIFT == driver_id]:
+            del self.root[task_id]
+        for parent, kids in list(self.children.items()):
+            kids.difference_update([k for k in kids if k >> DRIVER_SHIFT == driver_id])
+            if not kids:
+                del self.children[parent]
 
     def _ended(self, parent: int, failed: bool) -> None:
         kids = self.children.pop(parent, set())

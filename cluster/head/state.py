@@ -247,6 +247,8 @@ class Head:
                 self.dispatch.delete(node, object_id)
         for event in message.actor_events:
             self.actor_table.died(event.actor_id, event.message)
+        if message.nested or message.blocked or message.unblocked:  # (before calls: an
+            self.nested.on_node_message(node, message)  # app creates an actor, calls it)
         if message.submit:
             caller_id = NODE_CALLER_BASE + node.node_id
             caller = self.drivers.get(caller_id)
@@ -254,8 +256,6 @@ class Head:
                 caller = self.drivers[caller_id] = Driver(caller_id, NodeCallerConn(node))
             for spec in message.submit:
                 self._submit(caller, spec)
-        if message.nested or message.blocked or message.unblocked:
-            self.nested.on_node_message(node, message)
         if message.logs:
             drivers = self.drivers
             for line in message.logs:
@@ -657,7 +657,9 @@ class Head:
     def status(self, node_limit: int = 0) -> pb.StatusReply:
         """A snapshot for `clusterctl status`: at most `node_limit` node records (0: all),
         and totals over every node."""
-        return status_reply(self, node_limit)
+        reply = status_reply(self, node_limit)
+        reply.nested_records = self.nested.live_records()
+        return reply
 
     def shutdown(self) -> None:
         """Tell every daemon to stop, then whoever owns the head."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import queue
 import select
+import selectors
 import sys
 import threading
 import time
@@ -28,7 +29,17 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.common import wire
-from cluster.common.messages import Blocked, Done, Fn, NestedEnd, NestedIn, Run, Unblocked
+from cluster.common.messages import (
+    AllocReply,
+    Blocked,
+    CallResult,
+    Done,
+    Fn,
+    NestedEnd,
+    NestedIn,
+    Run,
+    Unblocked,
+)
 from cluster.common.status import OK
 
 #: Seconds between flushes of the nested client when nothing else happens (releases of
@@ -36,6 +47,10 @@ from cluster.common.status import OK
 IDLE_FLUSH_SECONDS = 0.2
 #: Put in the inbox when a future a wait watches is done.
 WAKE = object()
+#: Seconds a synchronous actor call made inside a task or actor waits before a warning is
+#: printed (it reaches the driver): a cycle of actors calling each other synchronously
+#: never finishes, since each waits for the other to be free.
+CYCLE_WARNING_SECONDS = 10.0
 
 
 class NestedLink:
@@ -56,6 +71,14 @@ class NestedLink:
         #: Tasks running here that submitted tasks (their end is reported to the head).
         self.parents: set[int] = set()
         worker.inbox = self.inbox
+        self._wake_w = -1
+        if worker.server is not None:
+            # An actor's loop waits on its direct callers' sockets and the daemon's: the
+            # reader thread owns the latter now, so it wakes the loop through a pipe.
+            wake_r, self._wake_w = os.pipe()
+            worker.server.selector.unregister(worker.sock)
+            worker.server.selector.register(wake_r, selectors.EVENT_READ,
+                                            lambda: self._drain(wake_r))
         threading.Thread(target=self._reader, name="shoal-nested-reader", daemon=True).start()
 
     def send(self, message: tuple) -> None:
@@ -84,10 +107,28 @@ class NestedLink:
                         self.on_payload(message.payload)
                     else:
                         self.inbox.put(message)
+                        if self._wake_w >= 0:
+                            os.write(self._wake_w, b"\0")
         except OSError as err:
             why = f"lost the daemon: {err}"
         self.inbox.put(None)
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"\0")
         self.on_lost(why)
+
+    def _drain(self, wake_r: int) -> None:
+        """An actor's loop was woken: move what the reader got to the worker's backlog."""
+        os.read(wake_r, 65536)
+        worker = self.worker
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                worker._eof = True
+                return
+            worker._backlog.append(item)
 
     # ---- the task's end ------------------------------------------------------------------
     def after_task(self, task_id: int, failed: bool) -> None:
@@ -118,7 +159,11 @@ class NestedLink:
             self.inbox.put(WAKE)  # (a wait nested in this one may take it: it looks again)
 
         for fut in pending:
-            fut.add_done_callback(wake)
+            # AppFuture.when_done runs on the delivering thread; add_done_callback would
+            # go through the callback thread, which keeps the last future it saw alive.
+            hook = getattr(fut, "when_done", None) or fut.add_done_callback
+            hook(wake)
+        del fut
         deadline = None if timeout is None else time.monotonic() + timeout
         worker.send(Blocked(task_id))
         try:
@@ -179,3 +224,59 @@ class NestedLink:
         worker.send(Done(m.task_id, *outcome))
         self.after_task(m.task_id, outcome[0] != OK)
         self.holding = holding
+
+
+def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
+    """The answer to request `ref` of `worker` (an actor call made inside a task or an
+    actor), as :meth:`Worker.wait_result`, but raising TimeoutError after `timeout`
+    seconds, and printing a warning on the task's stderr every
+    :data:`CYCLE_WARNING_SECONDS` while it waits (see there)."""
+    results = worker._results
+    deadline = None if timeout is None else time.monotonic() + timeout
+    warn_at = time.monotonic() + CYCLE_WARNING_SECONDS
+    kept: list[Any] = []
+    try:
+        while ref not in results:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"{what} did not answer within {timeout:g}s")
+            if now >= warn_at:
+                print(f"shoal: still waiting for {what} after {CYCLE_WARNING_SECONDS:g}s; "
+                      "actors that call each other synchronously (A waits for B, which "
+                      "waits for A) never finish: pass result(timeout=...) or make one "
+                      "of the calls without waiting", file=sys.stderr, flush=True)
+                warn_at = now + CYCLE_WARNING_SECONDS
+            step = min(warn_at, deadline if deadline is not None else warn_at) - now
+            message = _read_for(worker, max(step, 0.0))
+            if message is _NOTHING:
+                continue
+            if message is None:
+                raise ConnectionError("lost the daemon while waiting for an answer")
+            if type(message) is CallResult or type(message) is AllocReply:
+                results[message.ref] = message
+            else:
+                kept.append(message)
+    finally:
+        worker._backlog[:0] = kept  # handled by the serve loop afterwards, in order
+    return results.pop(ref)
+
+
+_NOTHING = object()
+
+
+def _read_for(worker: Any, seconds: float) -> Any:
+    """The worker's next frame, waiting at most `seconds` (:data:`_NOTHING` if none came;
+    None at EOF)."""
+    if worker._backlog:
+        return worker._backlog.pop(0)
+    if worker.inbox is not None:
+        try:
+            return worker.inbox.get(timeout=seconds)
+        except queue.Empty:
+            return _NOTHING
+    readable, _, _ = select.select([worker.sock], [], [], seconds)
+    if not readable:
+        return _NOTHING
+    if not worker._fill():
+        return None
+    return worker._backlog.pop(0) if worker._backlog else _NOTHING

@@ -48,6 +48,7 @@ from cluster.common.proctree import kill_tree
 from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
 from cluster.store import objectformat
 from cluster.store.objectstore import StoreFullError, WriteMappings
+from cluster.worker import nested
 
 FLUSH_SECONDS = 0.2
 #: How many of a failed bash app's last stderr lines its BashExitFailure carries.
@@ -120,8 +121,7 @@ class Worker:
         self._inbuf = bytearray()
         self.server: Any = None              # ActorServer, once this worker holds an actor
         self._eof = False
-        #: Dynamic workflows (cluster.worker.nested): the link under an app's nested
-        #: client, and the inbox its reader thread fills once it owns the socket.
+        #: cluster.worker.nested: the link of apps' nested client; its reader's inbox.
         self.nested: Any = None
         self.inbox: Any = None
 
@@ -142,10 +142,8 @@ class Worker:
     def _fill(self) -> bool:
         if self.inbox is not None:  # a nested client's reader thread owns the socket
             message = self.inbox.get()
-            if message is None:
-                return False
-            self._backlog.append(message)
-            return True
+            self._backlog.extend(() if message is None else (message,))
+            return message is not None
         data = self.sock.recv(wire.RECV_SIZE)
         if not data:
             return False
@@ -483,7 +481,10 @@ class Worker:
         if self.actor_loop is not None and inspect.iscoroutinefunction(bound):
             self._call_async(bound, args_blob, deps, reply)
             return
-        reply(*self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound, store=True))
+        outcome = self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound, store=True)
+        reply(*outcome)
+        if self.nested is not None:
+            self.nested.after_task(task_id, outcome[0] != OK)
 
     def _call_async(self, bound: Any, args_blob: bytes, deps: dict[int, Any],
                     reply: Any) -> None:
@@ -605,7 +606,8 @@ class CallFuture:
         """The call's value; raises what a driver would (errors.error_for): a
         TaskError that is also the method's exception type, ActorDiedError, ..."""
         if not self._done:
-            reply = self._worker.wait_result(self._ref)
+            reply = nested.wait_reply(self._worker, self._ref, f"actor method {self._method!r}",
+                                      timeout)
             assert isinstance(reply, CallResult)
             if reply.status == OK:
                 self._value = serialization.loads(reply.data)

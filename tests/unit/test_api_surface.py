@@ -34,6 +34,7 @@ PUBLIC = [
     "get_actor",
     "init",
     "is_initialized",
+    "join_app",
     "kill",
     "put",
     "python_app",

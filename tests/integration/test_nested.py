@@ -1,0 +1,316 @@
+"""Dynamic workflows on a real embedded cluster (2 CPUs): apps and actors that call apps,
+join apps, CPUs given back while tasks wait, ownership of what tasks submit."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import psutil
+import pytest
+
+import api
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@api.python_app
+def add(a, b=0):
+    return a + b
+
+
+@api.python_app
+def fib(n):
+    if n < 2:
+        return n
+    a, b = fib(n - 1), fib(n - 2)
+    return a.result() + b.result()
+
+
+@api.python_app
+def fail(message="inner boom"):
+    raise ValueError(message)
+
+
+@api.python_app
+def sleeper(path, seconds=60):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "woke"
+
+
+def _status():
+    import grpc
+
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
+    from cluster.common.protocol import pb
+
+    client = api._session._state["client"]
+    with grpc.insecure_channel(client.targets[-1]) as channel:
+        return shoal_pb2_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=call_metadata(client.secret), timeout=10)
+
+
+def _wait_for(predicate, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _gone(pid):
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_recursive_fib_16_finishes_on_two_cpus(cluster):
+    # 3,193 tasks, 16 deep, on 2 CPUs: blocked parents give their CPUs back.
+    assert fib(16).result() == 987
+
+
+def test_fan_out_inside_a_task_with_get_wait_and_as_completed(cluster):
+    @api.python_app
+    def fan(n):
+        futs = [add(i, 1) for i in range(n)]
+        done, pending = api.wait(futs, num_returns=n)
+        assert not pending and len(done) == n
+        seen = sorted(f.result() for f in api.as_completed(futs))
+        return sum(api.get(futs)), seen == list(range(1, n + 1))
+
+    assert fan(200).result() == (sum(range(1, 201)), True)
+
+
+def test_put_and_get_inside_a_task(cluster):
+    @api.python_app
+    def lookup(table, key):
+        return table[key]
+
+    @api.python_app
+    def parent():
+        ref = api.put({"a": 1, "b": 2})
+        return api.get(ref)["b"] + api.get(lookup(ref, "a"))
+
+    assert parent().result() == 3
+
+
+def test_a_future_made_inside_a_task_can_be_returned_and_passed_on(cluster):
+    @api.python_app
+    def make():
+        return [add(20, 1), add(1, 1)]  # futures inside the result stay valid
+
+    inner = make().result()  # (a future inside a value arrives as a ref, as in drivers)
+    assert api.get(inner) == [21, 2]
+    assert add(inner[0], inner[1]).result() == 23
+
+
+def test_join_app_of_one_future_and_of_a_list(cluster):
+    @api.join_app
+    def one(x):
+        return add(x, 1)
+
+    @api.join_app
+    def many(n):
+        return [add(i, i) for i in range(n)]
+
+    @api.join_app
+    def jfib(n):
+        if n < 2:
+            return add(n)
+        return add(jfib(n - 1), jfib(n - 2))
+
+    assert one(41).result() == 42
+    assert many(5).result() == [0, 2, 4, 6, 8]
+    assert jfib(8).result() == 21
+
+
+def test_join_app_inner_failure_names_the_inner_task(cluster):
+    @api.join_app
+    def joined():
+        return [add(1), fail("inner boom")]
+
+    with pytest.raises(api.DependencyError, match="inner app 'fail'.*inner boom"):
+        joined().result()
+
+
+def test_child_failure_reaches_the_parent_which_may_catch_it(cluster):
+    @api.python_app
+    def catches():
+        try:
+            fail("caught it").result()
+        except ValueError as err:  # the child's own type, as in a driver
+            return f"parent saw: {err}".split("\n")[0]
+
+    @api.python_app
+    def lets_it_through():
+        return fail("not caught").result()
+
+    assert "caught it" in catches().result()
+    with pytest.raises(api.TaskError, match="not caught"):
+        lets_it_through().result()
+
+
+def test_unpicklable_nested_argument_raises_serialization_error_in_parent(cluster):
+    @api.python_app
+    def parent():
+        try:
+            add(threading.Lock())
+        except api.SerializationError as err:
+            return f"caught: {err}"
+        return "no error"
+
+    out = parent().result()
+    assert out.startswith("caught:") and "argument 0" in out
+
+
+def test_failed_parent_cancels_its_running_children(cluster, tmp_path):
+    marker = tmp_path / "child.pid"
+
+    @api.python_app
+    def parent(path):
+        sleeper(path)  # dropped: the parent fails while it runs
+        while not os.path.exists(path) or not open(path).read():
+            time.sleep(0.02)
+        raise RuntimeError("parent fails")
+
+    with pytest.raises(api.TaskError, match="parent fails"):
+        parent(str(marker)).result()
+    child_pid = int(marker.read_text())
+    _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
+
+
+def test_killed_parent_worker_cancels_children(cluster, tmp_path):
+    parent_file, child_file = tmp_path / "parent.pid", tmp_path / "child.pid"
+
+    @api.python_app
+    def parent(mine, theirs):
+        with open(mine, "w") as f:
+            f.write(str(os.getpid()))
+        return sleeper(theirs).result()
+
+    fut = parent(str(parent_file), str(child_file))
+    _wait_for(lambda: child_file.exists() and child_file.read_text(), "the child to start")
+    child_pid, parent_pid = int(child_file.read_text()), int(parent_file.read_text())
+    assert child_pid != parent_pid
+    psutil.Process(parent_pid).kill()
+    with pytest.raises(api.WorkerCrashedError):
+        fut.result()
+    _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
+
+
+def test_print_from_nested_tasks_reaches_the_driver(cluster, capsys):
+    @api.python_app
+    def leaf(i):
+        print(f"hello from nested leaf {i}")
+        return i
+
+    @api.python_app
+    def middle():
+        return sum(api.get([leaf(i) for i in range(3)]))
+
+    assert middle().result() == 3
+    text = ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "nested leaf 2" not in text:
+        time.sleep(0.1)
+        text += capsys.readouterr().out
+    for i in range(3):
+        assert f"hello from nested leaf {i}" in text
+
+
+def test_actors_inside_tasks(cluster):
+    @api.actor
+    class Acc:
+        def __init__(self):
+            self.n = 0
+
+        def add(self, k):
+            self.n += k
+            return self.n
+
+    @api.python_app
+    def uses_actor():
+        acc = Acc()
+        for k in range(5):
+            acc.add(k).result()
+        return acc.add(0).result()
+
+    assert uses_actor().result() == 10
+
+
+def test_actor_method_calls_an_app(cluster):
+    @api.actor
+    class Caller:
+        def twice(self, x):
+            return add(x, x).result()
+
+    c = Caller()
+    assert c.twice(21).result() == 42
+
+
+def test_synchronous_actor_cycle_is_not_a_silent_hang(cluster):
+    @api.actor
+    class Ping:
+        def __init__(self):
+            self.peer = None
+
+        def set_peer(self, peer):
+            self.peer = peer
+
+        def ping(self):
+            # Waits for the peer, which waits for us: a cycle. The timeout ends it.
+            return self.peer.pong().result(timeout=2)
+
+        def pong(self):
+            return self.peer.back().result(timeout=10)
+
+        def back(self):
+            return "back"
+
+    a, b = Ping(), Ping()
+    a.set_peer(b).result()
+    b.set_peer(a).result()
+    with pytest.raises(api.TaskError, match="did not answer within 2s"):
+        a.ping().result()
+
+
+def test_no_leak_after_1000_nested_tasks(cluster):
+    @api.python_app
+    def many(n):
+        futs = [add(i) for i in range(n)]
+        return sum(api.get(futs))
+
+    def quiet():  # earlier tests' leftovers (cancelled children, actor calls) are gone
+        now = _status()
+        return now.tasks_running == 0 and now.tasks_queued == 0
+
+    _wait_for(quiet, "the cluster to be idle")
+    before = _status()
+    assert many(1000).result() == sum(range(1000))
+
+    def settled():
+        now = _status()
+        store = sum(n.store.objects for n in now.nodes)
+        return (now.nested_records == 0 and now.objects <= before.objects
+                and store <= sum(n.store.objects for n in before.nodes))
+
+    last = []
+
+    def describe():
+        now = _status()
+        last[:] = [now]
+        return settled()
+
+    try:
+        _wait_for(describe, "the head's tables and the store to drop the nested tasks")
+    except AssertionError:
+        now = last[0]
+        raise AssertionError(
+            f"objects {before.objects} -> {now.objects}, nested records "
+            f"{now.nested_records}, store {[n.store.objects for n in before.nodes]} -> "
+            f"{[n.store.objects for n in now.nodes]}") from None
