@@ -16,7 +16,7 @@ from typing import Any
 
 from api import _errors
 from api._apps import App, pickle_user_module_by_value
-from api._futures import AppFuture, format_id
+from api._futures import AppFuture, block, format_id
 from cluster.common.protocol import pb
 
 
@@ -39,10 +39,9 @@ class Joined:
 
 
 def _inner(futures: list[AppFuture]) -> list[Any]:
-    from api import get  # (the package imports this module)
-
+    block(futures, len(futures), None)  # (inside a worker: CPUs given back meanwhile)
     try:
-        return get(futures)
+        return [f.result() for f in futures]
     except Exception:
         pass
     for fut in futures:  # name the first inner task that failed
