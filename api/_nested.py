@@ -25,6 +25,7 @@ from typing import Any
 
 from api import _errors, _futures
 from api._client import Client
+from api._objects import ObjectClient
 from cluster.common.messages import NestedOut
 from cluster.common.protocol import pb
 from cluster.worker.nested import NestedLink
@@ -113,12 +114,35 @@ class NestedTransport:
         self.flush()
 
 
+class NestedObjects(ObjectClient):
+    """Object bytes of a nested client: large puts (and arguments) are written into this
+    node's store through the worker's daemon (the worker holds no cluster secret)."""
+
+    def __init__(self, client: Any, worker: Any) -> None:
+        super().__init__(client)
+        self._worker = worker
+
+    def store(self, object_id: int, enc: Any) -> pb.Value:
+        from cluster.store.objectstore import StoreFullError
+        from cluster.worker.worker import WRITES
+
+        worker = self._worker
+        try:
+            path = worker.alloc(enc.size)
+        except StoreFullError as err:
+            raise _errors.ObjectStoreFullError(str(err)) from None
+        WRITES.write(path, enc.size, enc.write_into)
+        node_id = worker.seal(object_id, path)
+        return pb.Value(id=object_id, size=enc.size, holders=[node_id], nested=enc.refs)
+
+
 class NestedClient(Client):
     """A driver client inside a worker: tasks it submits belong to the running task."""
 
     def __init__(self, link: NestedLink) -> None:
         super().__init__([], "", log_to_driver=False)
         self.link = link
+        self.objects = NestedObjects(self, link.worker)
 
     def submit(self, spec: pb.TaskSpec, fn_blob: bytes, future: Any) -> None:
         parent = self.link.worker.task_id

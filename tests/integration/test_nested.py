@@ -314,3 +314,76 @@ def test_no_leak_after_1000_nested_tasks(cluster):
             f"objects {before.objects} -> {now.objects}, nested records "
             f"{now.nested_records}, store {[n.store.objects for n in before.nodes]} -> "
             f"{[n.store.objects for n in now.nodes]}") from None
+
+
+def test_large_values_inside_a_task(cluster):
+    np = pytest.importorskip("numpy")
+
+    @api.python_app
+    def make(n):
+        return np.ones(n)
+
+    @api.python_app
+    def total(a):
+        return float(a.sum())
+
+    @api.python_app
+    def parent():
+        big = make(1_000_000).result()          # a stored result, mapped from the store
+        ref = api.put(np.arange(500_000))      # a stored put, through the daemon
+        arg = total(np.ones(300_000)).result()  # arguments too large for a message
+        return float(big.sum() + api.get(ref).sum()) + arg
+
+    assert parent().result() == 1_000_000 + sum(range(500_000)) + 300_000
+
+
+def test_retries_work_for_nested_tasks(cluster, tmp_path):
+    marker = tmp_path / "tried"
+
+    @api.python_app(max_retries=1)
+    def flaky(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            raise RuntimeError("first attempt fails")
+        return "second attempt"
+
+    @api.python_app
+    def parent(path):
+        return flaky(path).result()
+
+    assert parent(str(marker)).result() == "second attempt"
+
+
+def test_children_are_cancelled_when_the_driver_leaves(cluster, tmp_path):
+    import subprocess
+    import sys
+
+    child_file = tmp_path / "child.pid"
+    script = tmp_path / "driver.py"
+    script.write_text(f"""
+import os, sys, time
+sys.path.insert(0, {os.path.dirname(os.path.dirname(os.path.dirname(__file__)))!r})
+import api
+api.init(sys.argv[1])   # the test's cluster: it outlives this driver
+
+@api.python_app
+def sleeper(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+@api.python_app
+def parent(path):
+    return sleeper(path).result()
+
+fut = parent({str(child_file)!r})
+while not os.path.exists({str(child_file)!r}) or not open({str(child_file)!r}).read():
+    time.sleep(0.05)
+print("child started", flush=True)
+os._exit(0)   # the driver leaves without shutting down
+""")
+    client = api._session._state["client"]
+    subprocess.run([sys.executable, str(script), client.targets[-1]], timeout=90, check=True,
+                   capture_output=True, env={**os.environ, "SHOAL_SECRET": client.secret})
+    child_pid = int(child_file.read_text())
+    _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
