@@ -197,6 +197,7 @@ def test_killed_parent_worker_cancels_children(cluster, tmp_path):
     _wait_for(lambda: child_file.exists() and child_file.read_text(), "the child to start")
     child_pid, parent_pid = int(child_file.read_text()), int(parent_file.read_text())
     assert child_pid != parent_pid
+    assert _status().tasks_running >= 2  # status counts nested tasks with the rest
     psutil.Process(parent_pid).kill()
     with pytest.raises(api.WorkerCrashedError):
         fut.result()
