@@ -403,6 +403,9 @@ class Daemon:
         if worker.task is task:
             worker.timed_out = True
             worker.kill()
+        elif task in worker.stack:  # it waits, running another task (cluster.node.nested)
+            self.nested.expired.add(task.spec.task_id)
+            worker.kill()
 
     def _take(self, task: _Task) -> str | None:
         """Take the task's resources from the node's free ones, GPUs by id; returns its
@@ -579,9 +582,8 @@ class Daemon:
         stacked = self.nested.lost(worker) if worker.stack or worker.channel else []
         for under in stacked:  # tasks that waited in it, under the one it ran
             self._release(under)
-            self._report(under.spec, pb.WORKER_CRASHED, b"",
-                         f"worker process {worker.pid} on {self.name} died while the task "
-                         "waited for others", time.perf_counter() - under.started)
+            self._report(under.spec, *self.nested.lost_status(under, worker, self.name),
+                         time.perf_counter() - under.started)
         task = worker.task
         worker.task = None
         if task is not None:

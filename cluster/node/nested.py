@@ -44,6 +44,8 @@ class NestedRelay:
         #: Task id -> blocked, for the head: only a task's last state in a batch counts
         #: (the head applies blocked before unblocked, so order must not matter).
         self.cpu_out: dict[int, bool] = {}
+        #: Waiting tasks whose walltime passed (their worker was killed for it).
+        self.expired: set[int] = set()
 
     def pending(self) -> bool:
         """Anything to send to the head."""
@@ -165,6 +167,15 @@ class NestedRelay:
             if task is not None:
                 self._forget(task.spec.task_id)
         return stacked
+
+    def lost_status(self, task: Any, worker: WorkerHandle, node: str) -> tuple[int, bytes, str]:
+        """(status, data, message) of a task that waited in a worker that died."""
+        if task.spec.task_id in self.expired:
+            self.expired.discard(task.spec.task_id)
+            return (pb.TIMEOUT, b"", f"walltime of {task.spec.walltime:g}s exceeded; the "
+                    "app was killed")
+        return (pb.WORKER_CRASHED, b"", f"worker process {worker.pid} on {node} died while "
+                "the task waited for others")
 
     def holds(self, worker: WorkerHandle, task_id: int) -> bool:
         """Whether `task_id` runs (or waits) on `worker`."""

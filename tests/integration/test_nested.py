@@ -388,3 +388,12 @@ os._exit(0)   # the driver leaves without shutting down
                    capture_output=True, env={**os.environ, "SHOAL_SECRET": client.secret})
     child_pid = int(child_file.read_text())
     _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
+
+
+def test_walltime_of_a_waiting_parent_still_applies(cluster, tmp_path):
+    @api.python_app(walltime=2)
+    def parent(path):
+        return sleeper(path, 30).result()  # the child may run inside this wait
+
+    with pytest.raises(api.AppTimeout):
+        parent(str(tmp_path / "child.pid")).result()
