@@ -397,3 +397,26 @@ def test_walltime_of_a_waiting_parent_still_applies(cluster, tmp_path):
 
     with pytest.raises(api.AppTimeout):
         parent(str(tmp_path / "child.pid")).result()
+
+
+def test_nested_tasks_across_two_daemons(no_session, clusterctl):
+    from helpers import head_and_second_daemon
+
+    np = pytest.importorskip("numpy")
+
+    @api.python_app
+    def make(n):
+        return np.ones(n)
+
+    @api.python_app
+    def parent(n):  # its child runs on the other node: the value comes over
+        return float(make.options(resources={"node:second": 0.01})(n).result().sum())
+
+    with head_and_second_daemon(clusterctl, "nested-multi"):
+        assert fib(12).result(timeout=120) == 144
+        first = next(n.name for n in api._session.client().nodes.values()
+                     if n.name != "second")
+        pinned = parent.options(resources={f"node:{first}": 0.01})
+        assert pinned(10).result(timeout=60) == 10.0          # inline value
+        assert pinned(1_000_000).result(timeout=60) == 1e6    # stored on "second" (mapped
+        # from its store: same host; another host's large values are not reachable yet)
