@@ -18,6 +18,7 @@ waits.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import os
 import socket
 import threading
@@ -26,7 +27,7 @@ from typing import Any
 from api import _errors, _futures
 from api._client import Client
 from api._objects import ObjectClient
-from cluster.common.messages import NestedOut
+from cluster.common.messages import AllocReply, NestedOut, Pull
 from cluster.common.protocol import pb
 from cluster.worker.nested import NestedLink
 
@@ -134,6 +135,28 @@ class NestedObjects(ObjectClient):
         WRITES.write(path, enc.size, enc.write_into)
         node_id = worker.seal(object_id, path)
         return pb.Value(id=object_id, size=enc.size, holders=[node_id], nested=enc.refs)
+
+    def fetch(self, object_id: int, size: int, holders: list[int]) -> Any:
+        """As a driver's, but a value only other hosts hold is brought into this node's
+        store by the daemon (transfers need the cluster secret, which workers lack)."""
+        from cluster.store import objectformat
+
+        nodes = [self._client.nodes.get(h) for h in holders]
+        alive = [n for n in nodes if n is not None and n.state == "alive"]
+        if not alive or any(self._is_local(n) for n in alive):
+            return super().fetch(object_id, size, holders)
+        ref = next(_pull_refs)
+        self._worker.send(Pull(ref, object_id, [n.store_address for n in alive]))
+        reply = self._worker.wait_result(ref)
+        assert isinstance(reply, AllocReply)
+        if not reply.path:
+            raise _errors.ObjectLostError(f"object {object_id:#x} ({size} bytes) could not "
+                                          f"be fetched: {reply.error}")
+        return objectformat.read(reply.path, self._client.owned_ref)
+
+
+#: Request numbers of pulls (apart from the worker's own, which count from 1).
+_pull_refs = itertools.count(1 << 48)
 
 
 class NestedClient(Client):

@@ -221,6 +221,19 @@ class NestedEnd(NamedTuple):
     TAG = "n_end"
 
 
+class Pull(NamedTuple):
+    """Worker -> daemon: bring stored object `object_id` into this node's store from one of
+    `sources` (object servers) for the worker's nested client (which holds no secret to
+    fetch it itself); answered by :class:`AllocReply` (the file, or ``path == ""`` and
+    why)."""
+
+    ref: int
+    object_id: int
+    sources: list[str]
+
+    TAG = "pull"
+
+
 class Blocked(NamedTuple):
     """Worker -> daemon: task `task_id` waits for other tasks. Its CPUs are free while it
     waits, and the worker can run one queued task meanwhile (a :class:`Run` may come)."""
@@ -275,14 +288,14 @@ TYPES: dict[str, type[Any]] = {cls.TAG: cls for cls in (
     Fn, Run, ActorCreate, ActorCall, CallResult, AllocReply, Exit,
     Ready, Done, Created, Log, Call, Alloc,
     DirectCall, DirectReply, Denied,
-    NestedOut, NestedIn, NestedEnd, Blocked, Unblocked,
+    NestedOut, NestedIn, NestedEnd, Pull, Blocked, Unblocked,
 )}
-assert len(TYPES) == 21, "two message types share a tag"
+assert len(TYPES) == 22, "two message types share a tag"
 
 #: Any one message.
 Message = (Fn | Run | ActorCreate | ActorCall | CallResult | AllocReply | Exit | Ready | Done
            | Created | Log | Call | Alloc | DirectCall | DirectReply | Denied | NestedOut
-           | NestedIn | NestedEnd | Blocked | Unblocked)
+           | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
 
 _new = tuple.__new__
 

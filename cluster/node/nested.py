@@ -21,11 +21,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.common.messages import Blocked, NestedEnd, NestedIn, NestedOut, Unblocked
+from cluster.common.messages import (
+    AllocReply,
+    Blocked,
+    NestedEnd,
+    NestedIn,
+    NestedOut,
+    Pull,
+    Unblocked,
+)
 from cluster.common.protocol import pb
 from cluster.node.workerpool import WorkerHandle
 
-NESTED_TYPES = (NestedOut, NestedEnd, Blocked, Unblocked)
+NESTED_TYPES = (NestedOut, NestedEnd, Pull, Blocked, Unblocked)
 
 
 class NestedRelay:
@@ -92,7 +100,40 @@ class NestedRelay:
         elif kind is Unblocked:
             self._unblock(worker, message.task_id)
             daemon._pump()
+        elif kind is Pull:
+            self._pull(worker, message)
         daemon._schedule_flush()
+
+    def _pull(self, worker: WorkerHandle, message: Pull) -> None:
+        """Bring an object another node holds into this node's store for a nested client
+        (the way a task's arguments come), then tell the worker its file."""
+        daemon, ref, object_id = self.daemon, message.ref, message.object_id
+        store = daemon.store
+        if store is None or daemon.puller is None:
+            worker.send(AllocReply(ref, "", f"{daemon.name} has no object store"))
+            return
+
+        def answer() -> None:
+            try:
+                worker.send(AllocReply(ref, store.path(object_id), "", daemon.node_id))
+            except (KeyError, MemoryError) as err:
+                worker.send(AllocReply(ref, "", f"{daemon.name}: {err}"))
+
+        if object_id in store:
+            answer()
+            return
+
+        def arrived(done: Any) -> None:
+            try:
+                done.result()
+            except Exception as err:  # noqa: BLE001 - the worker hears why
+                worker.send(AllocReply(ref, "", f"could not bring it to {daemon.name}: {err}"))
+                return
+            daemon._copies.append(object_id)  # the head learns this node holds a copy
+            daemon._schedule_flush()
+            answer()
+
+        daemon.puller.fetch(object_id, list(message.sources)).add_done_callback(arrived)
 
     def _unblock(self, worker: WorkerHandle, task_id: int) -> None:
         cpus = self.blocked.pop(task_id, None)

@@ -409,8 +409,13 @@ def test_nested_tasks_across_two_daemons(no_session, clusterctl):
         return np.ones(n)
 
     @api.python_app
-    def parent(n):  # its child runs on the other node: the value comes over
-        return float(make.options(resources={"node:second": 0.01})(n).result().sum())
+    def parent(n, network=False):  # its child runs on the other node: the value comes over
+        if network:  # as from another host: the daemon brings it over the network
+            os.environ["SHOAL_OBJECTS_VIA_NETWORK"] = "1"
+        try:
+            return float(make.options(resources={"node:second": 0.01})(n).result().sum())
+        finally:
+            os.environ.pop("SHOAL_OBJECTS_VIA_NETWORK", None)
 
     with head_and_second_daemon(clusterctl, "nested-multi"):
         assert fib(12).result(timeout=120) == 144
@@ -418,5 +423,5 @@ def test_nested_tasks_across_two_daemons(no_session, clusterctl):
                      if n.name != "second")
         pinned = parent.options(resources={f"node:{first}": 0.01})
         assert pinned(10).result(timeout=60) == 10.0          # inline value
-        assert pinned(1_000_000).result(timeout=60) == 1e6    # stored on "second" (mapped
-        # from its store: same host; another host's large values are not reachable yet)
+        assert pinned(1_000_000).result(timeout=60) == 1e6    # stored on "second"
+        assert pinned(1_000_000, network=True).result(timeout=60) == 1e6

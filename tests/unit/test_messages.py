@@ -30,6 +30,7 @@ from cluster.common.messages import (  # dynamic workflows (cluster/*/nested.py)
     NestedEnd,
     NestedIn,
     NestedOut,
+    Pull,
     Ready,
     Run,
     Unblocked,
@@ -59,6 +60,7 @@ SAMPLES = [
     NestedOut(b"driver batch"),
     NestedIn(b"head batch"),
     NestedEnd(16, True),
+    Pull(18, 19, ["127.0.0.1:5000"]),
     Blocked(17),
     Unblocked(17),
 ]
