@@ -150,10 +150,16 @@ class Daemon:
         self.spawn_initial()
         await asyncio.gather(*(w.attach() for w in self.workers))
 
-    async def _spawn(self) -> None:
+    def _spawn(self) -> None:
+        # Counted at once, not when the coroutine first runs: _pump may run several times
+        # before it does, and each saw room for one more (the cap was passed by tasks
+        # blocked in waits, which pump often).
         worker = WorkerHandle(len(self.workers), self._on_worker_message, self._on_worker_lost)
         self.workers.append(worker)
         self._starting += 1
+        asyncio.ensure_future(self._start_worker(worker))
+
+    async def _start_worker(self, worker: WorkerHandle) -> None:
         try:
             await worker.start(self._env)
         except Exception:
@@ -364,7 +370,7 @@ class Daemon:
                     self._start(waiting, task)
                     continue
                 if self._starting == 0 and len(self.workers) < self.max_workers:
-                    asyncio.ensure_future(self._spawn())
+                    self._spawn()
                 return
             worker = idle.popleft()
             queue.popleft()
@@ -550,6 +556,8 @@ class Daemon:
             self.done += 1
             if not worker.closing and worker.task is None:
                 self.idle.append(worker)
+                if len(self.workers) > self.num_workers:  # an extra one (cluster.node.nested)
+                    self.nested.retire_later(worker)
             self._pump()
         elif kind is Log:
             self._logs.append(pb.LogLine(task_id=message.task_id, name=message.name,
@@ -600,7 +608,7 @@ class Daemon:
                              time.perf_counter() - task.started)
         if not self.stopping:
             if len(self.workers) < self.num_workers:
-                asyncio.ensure_future(self._spawn())
+                self._spawn()
             self._pump()
 
     # ---- to the head -----------------------------------------------------------------

@@ -19,6 +19,7 @@ a wait (an empty list for every ordinary worker: the hot path only checks it is 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from cluster.common.messages import (
@@ -34,6 +35,9 @@ from cluster.common.protocol import pb
 from cluster.node.workerpool import WorkerHandle
 
 NESTED_TYPES = (NestedOut, NestedEnd, Pull, Blocked, Unblocked)
+#: Seconds an extra worker (beyond the node's initial ones, started while tasks waited)
+#: may stay idle before it exits.
+EXTRA_IDLE_SECONDS = 10.0
 
 
 class NestedRelay:
@@ -52,6 +56,7 @@ class NestedRelay:
         #: Task id -> blocked, for the head: only a task's last state in a batch counts
         #: (the head applies blocked before unblocked, so order must not matter).
         self.cpu_out: dict[int, bool] = {}
+        self._idle_since: dict[WorkerHandle, object] = {}
         #: Waiting tasks whose walltime passed (their worker was killed for it).
         self.expired: set[int] = set()
 
@@ -156,6 +161,23 @@ class NestedRelay:
             if task is not None and task.spec.task_id == task_id:
                 return task
         return None
+
+    def retire_later(self, worker: WorkerHandle) -> None:
+        """Stop `worker`, an extra one, if it is still idle in :data:`EXTRA_IDLE_SECONDS`."""
+        daemon = self.daemon
+        token = self._idle_since[worker] = object()  # a later idle spell replaces it
+
+        def retire() -> None:
+            if self._idle_since.get(worker) is not token:
+                return
+            del self._idle_since[worker]
+            if daemon.stopping or worker.closing or worker not in daemon.idle or \
+                    len(daemon.workers) <= daemon.num_workers:
+                return
+            daemon.idle.remove(worker)
+            worker.stop()
+
+        (daemon._loop or asyncio.get_event_loop()).call_later(EXTRA_IDLE_SECONDS, retire)
 
     # ---- running tasks on waiting workers ------------------------------------------------
     def take_waiting(self, task: Any, any_worker: bool) -> WorkerHandle | None:

@@ -425,3 +425,29 @@ def test_nested_tasks_across_two_daemons(no_session, clusterctl):
         assert pinned(10).result(timeout=60) == 10.0          # inline value
         assert pinned(1_000_000).result(timeout=60) == 1e6    # stored on "second"
         assert pinned(1_000_000, network=True).result(timeout=60) == 1e6
+
+
+def test_extra_workers_are_bounded_and_retire_when_idle(cluster):
+    import cluster.node.nested as relay
+
+    @api.python_app
+    def pids(n):
+        # Children that wait (a grandchild each): blocked tasks free their CPUs, and the
+        # node starts extra workers for the tasks that are not their own child.
+        return sorted({p for p in api.get([where_waits() for _ in range(n)])})
+
+    @api.python_app
+    def where_waits():
+        add(1).result()
+        time.sleep(0.2)
+        return os.getpid()
+
+    cap = 4 * 2  # 4 workers per CPU on the fixture's 2-CPU node
+
+    def workers():  # the node's task workers (its heartbeat's count; actors apart)
+        return _status().nodes[0].workers
+
+    assert len(pids(12).result()) <= cap
+    assert workers() <= cap
+    _wait_for(lambda: workers() <= 2, "the extra workers to exit",
+              timeout=relay.EXTRA_IDLE_SECONDS + 30)
