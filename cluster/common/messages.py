@@ -236,9 +236,11 @@ class Pull(NamedTuple):
 
 class Blocked(NamedTuple):
     """Worker -> daemon: task `task_id` waits for other tasks. Its CPUs are free while it
-    waits, and the worker can run one queued task meanwhile (a :class:`Run` may come)."""
+    waits, and with `inline` the worker can run one queued task meanwhile (a :class:`Run`
+    may come; not while it waits for an actor call's answer)."""
 
     task_id: int
+    inline: bool = True
 
     TAG = "blocked"
 

@@ -98,7 +98,7 @@ class NestedRelay:
                     self.blocked[message.task_id] = cpus
                     daemon.free["cpus"] = daemon.free.get("cpus", 0.0) + cpus
                     self.cpu_out[message.task_id] = True
-                if task is worker.task and not worker.waiting:
+                if task is worker.task and not worker.waiting and message.inline:
                     worker.waiting = True
                     self.waiting[message.task_id] = worker
                 daemon._pump()

@@ -232,6 +232,12 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
     seconds, and printing a warning on the task's stderr every
     :data:`CYCLE_WARNING_SECONDS` while it waits (see there)."""
     results = worker._results
+    if ref in results:
+        return results.pop(ref)
+    # A task (not an actor) gives its CPUs back while it waits, as for app futures.
+    blocked = worker.server is None and worker.task_id
+    if blocked:
+        worker.send(Blocked(worker.task_id, False))
     deadline = None if timeout is None else time.monotonic() + timeout
     warn_at = time.monotonic() + CYCLE_WARNING_SECONDS
     kept: list[Any] = []
@@ -258,6 +264,8 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
                 kept.append(message)
     finally:
         worker._backlog[:0] = kept  # handled by the serve loop afterwards, in order
+        if blocked:
+            worker.send(Unblocked(worker.task_id))
     return results.pop(ref)
 
 

@@ -451,3 +451,40 @@ def test_extra_workers_are_bounded_and_retire_when_idle(cluster):
     assert workers() <= cap
     _wait_for(lambda: workers() <= 2, "the extra workers to exit",
               timeout=relay.EXTRA_IDLE_SECONDS + 30)
+
+
+def test_waiting_for_an_actor_call_gives_the_cpu_back(cluster, tmp_path):
+    flag = str(tmp_path / "flag")
+
+    @api.actor
+    class Waiter:
+        def wait_for(self, path):
+            deadline = time.monotonic() + 60
+            while not os.path.exists(path):
+                assert time.monotonic() < deadline, "the flag never came"
+                time.sleep(0.05)
+            return "seen"
+
+    @api.python_app
+    def filler(path):  # holds the other CPU until the flag exists
+        deadline = time.monotonic() + 60
+        while not os.path.exists(path):
+            assert time.monotonic() < deadline, "the flag never came"
+            time.sleep(0.05)
+        return "filled"
+
+    @api.python_app
+    def asks(waiter, path):
+        return waiter.wait_for(path).result()
+
+    @api.python_app
+    def raise_flag(path):
+        open(path, "w").close()
+        return "raised"
+
+    waiter = Waiter()
+    f, a = filler(flag), asks(waiter, flag)
+    # Both CPUs are taken: the flag can only be raised once `asks`, waiting for its actor
+    # call, gives its CPU back.
+    assert raise_flag(flag).result() == "raised"
+    assert (f.result(), a.result()) == ("filled", "seen")

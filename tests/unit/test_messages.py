@@ -62,6 +62,7 @@ SAMPLES = [
     NestedEnd(16, True),
     Pull(18, 19, ["127.0.0.1:5000"]),
     Blocked(17),
+    Blocked(17, False),
     Unblocked(17),
 ]
 
