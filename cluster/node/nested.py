@@ -5,13 +5,15 @@
   stream as :class:`pb.NestedFrame` s, under a channel number naming the worker. The
   head's answers come back the same way (:class:`NestedIn`).
 - **Blocked tasks give their CPUs back** (:class:`Blocked` / :class:`Unblocked`): only
-  CPUs, never GPUs or memory. The freed slots take more tasks: on an idle worker, else on
-  a new worker while the node has fewer than ``Daemon.max_workers`` (the per-node cap,
-  ``4 x CPUs`` and at least the initial workers), else on a *waiting* worker, which runs
-  the task inside its wait and then waits on (its stack grows by one task; it is the
-  worker's own child most often, since tasks submitted inside tasks go newest first). So
-  past the cap tasks queue and run on the blocked workers rather than deadlock, and a deep
-  recursion cannot fork-bomb the node.
+  CPUs, never GPUs or memory, here and on the head's books. The freed slots take more
+  tasks: an idle worker; else a *waiting* worker whose task is the queued task's parent
+  (it runs its child inside its wait, then waits on: the stack grows by one task, as deep
+  as the recursion, and the parent could not go on without it anyway); else a new worker
+  while the node has fewer than ``Daemon.max_workers`` (the per-node cap: ``4 x CPUs``
+  and at least the initial workers; extra ones exit after :data:`EXTRA_IDLE_SECONDS`
+  idle); else, past the cap, any waiting worker. So tasks queue and run rather than
+  deadlock, and a deep recursion cannot fork-bomb the node. Tasks submitted inside tasks
+  go newest first (depth first), here and in the head's queues.
 
 A worker's ``task`` is the task it runs now; ``stack`` holds the tasks under it, blocked in
 a wait (an empty list for every ordinary worker: the hot path only checks it is empty).
