@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api import _actors, _cache, _cancel, _errors, _session
+from api import _actors, _cache, _cancel, _errors, _futures, _session
 from api._actors import ActorClass, ActorHandle, actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
@@ -41,6 +41,7 @@ from api._errors import (
 )
 from api._files import DataFuture, File
 from api._futures import AppFuture, format_id
+from api._join import join_app
 from api._memo import CacheKeyError
 from api._progress import progress
 from api._session import ClusterInfo
@@ -84,6 +85,7 @@ __all__ = [
     "get_actor",
     "init",
     "is_initialized",
+    "join_app",
     "kill",
     "progress",
     "put",
@@ -420,6 +422,9 @@ def get(refs: Any, timeout: float | None = None) -> Any:
     if isinstance(refs, ObjectRef):
         return _get_refs([refs], timeout)[0]
     if isinstance(refs, list | tuple):
+        waiting = [r for r in refs if isinstance(r, AppFuture) and not r.done()]
+        if waiting:  # inside an app: one wait for all (CPUs given back); else a no-op
+            timeout = _futures.block(waiting, len(waiting), timeout)
         plain = [r for r in refs if isinstance(r, ObjectRef)]
         fetched = iter(_get_refs(plain, timeout)) if plain else iter(())
         out = []
@@ -480,6 +485,7 @@ def wait(futures: Iterable[Any], num_returns: int = 1,
         pending = [f for f in waitable if not f.done()]
         already = len(waitable) - len(pending)
         if already < needed:
+            timeout = _futures.block(pending, needed - already, timeout)
             for _ in concurrent.futures.as_completed(pending, timeout=timeout):
                 already += 1
                 if already >= needed:
@@ -492,4 +498,7 @@ def wait(futures: Iterable[Any], num_returns: int = 1,
 def as_completed(futures: Iterable[AppFuture],
                  timeout: float | None = None) -> Iterator[AppFuture]:
     """Yield futures as they finish (like :func:`concurrent.futures.as_completed`)."""
-    return concurrent.futures.as_completed(list(futures), timeout=timeout)
+    items = list(futures)
+    if _futures.in_worker():
+        return _futures.as_completed_in_worker(items, timeout)
+    return concurrent.futures.as_completed(items, timeout=timeout)

@@ -7,7 +7,6 @@ import hashlib
 import inspect
 import math
 import os
-import pickle
 import sys
 import threading
 from collections.abc import Callable, Mapping
@@ -312,16 +311,17 @@ class App:
         return App(self.fn, self.kind, **{**self._options, **overrides})
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # An app called inside another app runs the plain function there.
-        return (_plain, (cloudpickle.dumps(self.fn),))
+        # An app called inside another app submits a task there (api._nested). The
+        # function goes in the same pickle, so a recursive app refers to itself.
+        return (_rebuild, (self.fn, self.kind, self._options))
 
     def __repr__(self) -> str:
         kind = "bash_app" if self.kind == pb.BASH else "python_app"
         return f"<{kind} {self.name}>"
 
 
-def _plain(blob: bytes) -> Callable[..., Any]:
-    return pickle.loads(blob)
+def _rebuild(fn: Callable[..., Any], kind: int, options: dict[str, Any]) -> App:
+    return App(fn, kind, **options)
 
 
 def _normalize_target(target: Any, stream: str, name: str) -> tuple[str, str] | None:

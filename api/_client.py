@@ -101,19 +101,23 @@ class Client:
 
                 transport = GrpcTransport(target, self.secret, self._take, self.tls_ca)
             try:
-                welcome = transport.connect(hello, timeout)
+                self.attach(transport, hello, timeout)
             except OSError as err:
                 tried.append(str(err))
                 continue
-            self._transport, self.address = transport, target
-            self.driver_id = welcome.driver_id
-            self.cluster_id = welcome.cluster_id
-            transport.start(self._on_message, self._fail_all)
-            self._reader_thread = 0  # (the welcome was handed over on this thread)
             return
         raise _errors.ConnectionError(
             "could not connect to a shoal cluster; tried " + "; ".join(tried)
             + ". Is it up? (`clusterctl status`, or api.init() with no address for a local one)")
+
+    def attach(self, transport: Any, hello: pb.DriverToHead, timeout: float) -> None:
+        """Say hello over `transport` and use it (OSError when it cannot connect)."""
+        welcome = transport.connect(hello, timeout)
+        self._transport, self.address = transport, transport.target
+        self.driver_id = welcome.driver_id
+        self.cluster_id = welcome.cluster_id
+        transport.start(self._on_message, self._fail_all)
+        self._reader_thread = 0  # (the welcome was handed over on this thread)
 
     def _take(self) -> pb.DriverToHead | None:
         with self._lock:

@@ -6,6 +6,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,45 @@ from api import _errors
 
 _load_lock = threading.Lock()
 _log = logging.getLogger("api.futures")
+#: Inside a worker with a nested client (api._nested): waits go through this, which gives
+#: the task's CPUs back while it waits. Empty in drivers.
+_block: list[Callable[[list[Any], int, float | None], None]] = []
+
+
+def set_block_hook(hook: Callable[[list[Any], int, float | None], None]) -> None:
+    """Make waits on futures call ``hook(futures, needed, timeout)`` first (api._nested)."""
+    _block[:] = [hook]
+
+
+def in_worker() -> bool:
+    """True inside a worker whose apps call apps (waits give CPUs back)."""
+    return bool(_block)
+
+
+def block(futures: list[Any], needed: int, timeout: float | None) -> float | None:
+    """Wait (CPUs given back) until `needed` of `futures` are done, inside a worker; a
+    no-op in drivers. Returns the timeout left for the caller's own wait (0 once
+    `timeout` has passed with too few done)."""
+    if not _block:
+        return timeout
+    _block[0](futures, needed, timeout)
+    if timeout is not None and sum(1 for f in futures if f.done()) < needed:
+        return 0
+    return timeout
+
+
+def as_completed_in_worker(futures: list[Any], timeout: float | None) -> Any:
+    """:func:`api.as_completed` inside a worker: each wait gives the task's CPUs back."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = list(futures)
+    while pending:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        block(pending, 1, left)
+        done = [f for f in pending if f.done()]
+        if not done:
+            raise TimeoutError(f"{len(pending)} (of {len(futures)}) futures unfinished")
+        pending = [f for f in pending if not f.done()]
+        yield from done
 
 
 def format_id(object_id: int) -> str:
@@ -129,6 +169,8 @@ class AppFuture(concurrent.futures.Future):
         A large value is fetched from the node store holding it on the first call (mapped
         without a copy when that node is this host). A value that cannot be loaded here
         raises :class:`SerializationError` (the same one :meth:`exception` returns)."""
+        if _block and not self.done():
+            timeout = block([self], 1, timeout)
         try:
             value = super().result(timeout)
         except concurrent.futures.CancelledError as err:
@@ -153,6 +195,8 @@ class AppFuture(concurrent.futures.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """What :meth:`result` would raise (None when it returns a value). A stored
         value is loaded (as :meth:`result` would) to tell."""
+        if _block and not self.done():
+            timeout = block([self], 1, timeout)
         try:
             err = super().exception(timeout)
         except concurrent.futures.CancelledError as cancelled:

@@ -110,7 +110,12 @@ def client() -> Any:
     """The connected client, or a clear error when init() was not called."""
     current = _state["client"]
     if current is None or current.closed:
-        raise _errors.ShoalError("not connected: call api.init() first")
+        worker = sys.modules.get("cluster.worker.worker")
+        if worker is None or worker.CURRENT is None:
+            raise _errors.ShoalError("not connected: call api.init() first")
+        from api import _nested  # inside an app: its node's daemon reaches the head
+
+        current = _nested.worker_client(worker.CURRENT)
     current.check_connected()
     return current
 

@@ -18,6 +18,9 @@ ratio to shoal measured in the same run. Workloads:
 - idle RSS: memory of the idle cluster's processes beside the driver (MB)
 - history on / off: the no-op burst with the run history written (the default) and with
   ``SHOAL_HISTORY=0``, alternating A/B in fresh clusters (``--history-only`` runs just this)
+- tasks that submit tasks (scripts/bench_nested.py, shoal and Ray): recursive fib(16) on
+  2 CPUs (s), 5,000 no-ops submitted and waited for inside one task vs. by the driver
+  (tasks/s), a ``join_app`` fan-out of 1,000 (s; Ray: a task getting 1,000 it submitted)
 - the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task over
   gRPC (``head_cpu_task_us``, ``driver_cpu_task_us``), that burst's tasks/s, and the CPU
   seconds to boot one daemon and its first worker (``boot_cpu_s``)
@@ -175,6 +178,17 @@ def history_figures(reps: int, tasks: int) -> dict[str, list[float]]:
     return out
 
 
+def nested_figures(name: str, reps: int) -> dict[str, list[float]]:
+    """Tasks that submit tasks (scripts/bench_nested.py, its own cluster; shoal and Ray)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, HERE])}
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "bench_nested.py"), name,
+                           str(reps)], capture_output=True, text=True, env=env, timeout=1800)
+    if proc.returncode != 0:
+        print(f"nested workloads failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return {}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def _peer(name: str) -> Any:
     if name == "shoal":
         return ShoalPeer()
@@ -221,6 +235,8 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
         if i:
             cold.append(time.perf_counter() - start)
     results["cold"] = cold
+    if name in ("shoal", "ray"):
+        results.update(nested_figures(name, ns.reps))
     if name == "shoal":
         results.update(history_figures(ns.reps, ns.tasks))
         results.update(object_figures(ns.reps))
@@ -280,6 +296,10 @@ ROWS = [
     ("obj_tcp", "raw TCP same addresses, GB/s", True),
     ("obj_remote_put", "remote driver put, GB/s", True),
     ("obj_remote_get", "remote driver get, GB/s", True),
+    ("nested_fib", "nested fib(16), 2 CPUs, s", False),
+    ("nested_submit", "5,000 submitted in a task, /s", True),
+    ("driver_submit", "same 5,000 from the driver, /s", True),
+    ("join_fanout", "join_app fan-out of 1,000, s", False),
     ("rss", "idle cluster RSS, MB", False),
     ("noop_history_on", "no-op tasks/s, history on", True),
     ("noop_history_off", "no-op tasks/s, history off", True),

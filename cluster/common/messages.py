@@ -191,6 +191,68 @@ class Alloc(NamedTuple):
     TAG = "alloc"
 
 
+# ---- dynamic workflows: an app's nested client (cluster/worker/nested.py) ----------------
+
+
+class NestedOut(NamedTuple):
+    """Worker -> daemon: one serialized DriverToHead of the worker's nested client, which
+    the daemon forwards to the head on its own stream."""
+
+    payload: bytes
+
+    TAG = "n_out"
+
+
+class NestedIn(NamedTuple):
+    """Daemon -> worker: one serialized HeadToDriver for the worker's nested client."""
+
+    payload: bytes
+
+    TAG = "n_in"
+
+
+class NestedEnd(NamedTuple):
+    """Worker -> daemon: task `task_id`, which submitted tasks, has ended (sent after its
+    :class:`Done`); with `failed`, the children it started are cancelled."""
+
+    task_id: int
+    failed: bool
+
+    TAG = "n_end"
+
+
+class Pull(NamedTuple):
+    """Worker -> daemon: bring stored object `object_id` into this node's store from one of
+    `sources` (object servers) for the worker's nested client (which holds no secret to
+    fetch it itself); answered by :class:`AllocReply` (the file, or ``path == ""`` and
+    why)."""
+
+    ref: int
+    object_id: int
+    sources: list[str]
+
+    TAG = "pull"
+
+
+class Blocked(NamedTuple):
+    """Worker -> daemon: task `task_id` waits for other tasks. Its CPUs are free while it
+    waits, and with `inline` the worker can run one queued task meanwhile (a :class:`Run`
+    may come; not while it waits for an actor call's answer)."""
+
+    task_id: int
+    inline: bool = True
+
+    TAG = "blocked"
+
+
+class Unblocked(NamedTuple):
+    """Worker -> daemon: task `task_id` runs again and takes its CPUs back."""
+
+    task_id: int
+
+    TAG = "unblocked"
+
+
 # ---- direct actor calls: caller <-> actor worker ------------------------------------------
 
 
@@ -228,12 +290,14 @@ TYPES: dict[str, type[Any]] = {cls.TAG: cls for cls in (
     Fn, Run, ActorCreate, ActorCall, CallResult, AllocReply, Exit,
     Ready, Done, Created, Log, Call, Alloc,
     DirectCall, DirectReply, Denied,
+    NestedOut, NestedIn, NestedEnd, Pull, Blocked, Unblocked,
 )}
-assert len(TYPES) == 16, "two message types share a tag"
+assert len(TYPES) == 22, "two message types share a tag"
 
 #: Any one message.
 Message = (Fn | Run | ActorCreate | ActorCall | CallResult | AllocReply | Exit | Ready | Done
-           | Created | Log | Call | Alloc | DirectCall | DirectReply | Denied)
+           | Created | Log | Call | Alloc | DirectCall | DirectReply | Denied | NestedOut
+           | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
 
 _new = tuple.__new__
 

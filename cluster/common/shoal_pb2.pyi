@@ -153,7 +153,7 @@ class Value(_message.Message):
     def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., sources: _Optional[_Iterable[str]] = ..., nested: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref", "priority", "retry_handler")
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref", "priority", "retry_handler", "parent_task")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +188,7 @@ class TaskSpec(_message.Message):
     ARGS_REF_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RETRY_HANDLER_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_FIELD_NUMBER: _ClassVar[int]
     task_id: int
     fn_id: bytes
     fn_blob: bytes
@@ -215,7 +216,8 @@ class TaskSpec(_message.Message):
     args_ref: int
     priority: int
     retry_handler: bool
-    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ..., priority: _Optional[int] = ..., retry_handler: _Optional[bool] = ...) -> None: ...
+    parent_task: int
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ..., priority: _Optional[int] = ..., retry_handler: _Optional[bool] = ..., parent_task: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested", "worker_pid", "retry_pending")
@@ -460,7 +462,7 @@ class Heartbeat(_message.Message):
     def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
-    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost", "cancel_replies", "leaving")
+    __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost", "cancel_replies", "leaving", "nested", "blocked", "unblocked")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     LOGS_FIELD_NUMBER: _ClassVar[int]
@@ -471,6 +473,9 @@ class NodeToHead(_message.Message):
     LOST_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REPLIES_FIELD_NUMBER: _ClassVar[int]
     LEAVING_FIELD_NUMBER: _ClassVar[int]
+    NESTED_FIELD_NUMBER: _ClassVar[int]
+    BLOCKED_FIELD_NUMBER: _ClassVar[int]
+    UNBLOCKED_FIELD_NUMBER: _ClassVar[int]
     register: Register
     results: _containers.RepeatedCompositeFieldContainer[TaskResult]
     logs: _containers.RepeatedCompositeFieldContainer[LogLine]
@@ -481,10 +486,13 @@ class NodeToHead(_message.Message):
     lost: _containers.RepeatedCompositeFieldContainer[TaskResult]
     cancel_replies: _containers.RepeatedCompositeFieldContainer[CancelReply]
     leaving: bool
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., cancel_replies: _Optional[_Iterable[_Union[CancelReply, _Mapping]]] = ..., leaving: _Optional[bool] = ...) -> None: ...
+    nested: _containers.RepeatedCompositeFieldContainer[NestedFrame]
+    blocked: _containers.RepeatedScalarFieldContainer[int]
+    unblocked: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., logs: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., actor_events: _Optional[_Iterable[_Union[ActorEvent, _Mapping]]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., copies: _Optional[_Iterable[int]] = ..., lost: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., cancel_replies: _Optional[_Iterable[_Union[CancelReply, _Mapping]]] = ..., leaving: _Optional[bool] = ..., nested: _Optional[_Iterable[_Union[NestedFrame, _Mapping]]] = ..., blocked: _Optional[_Iterable[int]] = ..., unblocked: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class HeadToNode(_message.Message):
-    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval", "cancel_queued")
+    __slots__ = ("node_id", "tasks", "cancel", "shutdown", "kill_actor", "results", "delete", "heartbeat_interval", "cancel_queued", "nested")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -494,6 +502,7 @@ class HeadToNode(_message.Message):
     DELETE_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_FIELD_NUMBER: _ClassVar[int]
     CANCEL_QUEUED_FIELD_NUMBER: _ClassVar[int]
+    NESTED_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     cancel: _containers.RepeatedScalarFieldContainer[int]
@@ -503,7 +512,8 @@ class HeadToNode(_message.Message):
     delete: _containers.RepeatedScalarFieldContainer[int]
     heartbeat_interval: float
     cancel_queued: _containers.RepeatedCompositeFieldContainer[CancelRequest]
-    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ..., cancel_queued: _Optional[_Iterable[_Union[CancelRequest, _Mapping]]] = ...) -> None: ...
+    nested: _containers.RepeatedCompositeFieldContainer[NestedFrame]
+    def __init__(self, node_id: _Optional[int] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., cancel: _Optional[_Iterable[int]] = ..., shutdown: _Optional[bool] = ..., kill_actor: _Optional[_Iterable[int]] = ..., results: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ..., delete: _Optional[_Iterable[int]] = ..., heartbeat_interval: _Optional[float] = ..., cancel_queued: _Optional[_Iterable[_Union[CancelRequest, _Mapping]]] = ..., nested: _Optional[_Iterable[_Union[NestedFrame, _Mapping]]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("node_limit",)
@@ -512,7 +522,7 @@ class StatusRequest(_message.Message):
     def __init__(self, node_limit: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used", "nested_records")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -530,6 +540,7 @@ class StatusReply(_message.Message):
     NODES_ALIVE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
+    NESTED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -547,7 +558,8 @@ class StatusReply(_message.Message):
     nodes_alive: int
     total: Resources
     used: Resources
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    nested_records: int
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., nested_records: _Optional[int] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()
@@ -582,3 +594,17 @@ class SealRequest(_message.Message):
 class SealReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class NestedFrame(_message.Message):
+    __slots__ = ("channel", "payload", "closed", "ended", "failed")
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    ENDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    channel: int
+    payload: bytes
+    closed: bool
+    ended: int
+    failed: bool
+    def __init__(self, channel: _Optional[int] = ..., payload: _Optional[bytes] = ..., closed: _Optional[bool] = ..., ended: _Optional[int] = ..., failed: _Optional[bool] = ...) -> None: ...

@@ -29,10 +29,12 @@ from cluster.head.actors import ActorTable
 from cluster.head.cancel import Cancellations
 from cluster.head.directory import LOST, ObjectDirectory, Value
 from cluster.head.dispatch import Dispatcher
+from cluster.head.drivers import driver_left
 from cluster.head.failures import Failures
 from cluster.head.history import Recorder
 from cluster.head.invariants import check
 from cluster.head.lineage import Lineage
+from cluster.head.nested import NestedDrivers
 from cluster.head.records import (
     LIVE,
     Conn,
@@ -82,6 +84,7 @@ class Head:
         self.dispatch = Dispatcher(self.nodes, self.objects, self.functions, self._started)
         self.actor_table = ActorTable(self)
         self.lineage = Lineage(self)
+        self.nested = NestedDrivers(self)  # apps' nested clients (dynamic workflows)
         self._next_node = 1
         self._next_driver = 1
         self.alive_nodes = 0
@@ -220,6 +223,7 @@ class Head:
         if caller is not None:
             self.driver_left(caller)
         self.cancels.node_lost()
+        self.nested.node_lost(node)
         self._broadcast_node(node)
         self._fail_unschedulable()
         self.soon()
@@ -266,6 +270,8 @@ class Head:
             self.drain([node.node_id])
         for event in message.actor_events:
             self.actor_table.died(event.actor_id, event.message)
+        if message.nested or message.blocked or message.unblocked:  # (before calls: an
+            self.nested.on_node_message(node, message)  # app creates an actor, calls it)
         if message.submit:
             caller_id = NODE_CALLER_BASE + node.node_id
             caller = self.drivers.get(caller_id)
@@ -329,49 +335,7 @@ class Head:
 
     def driver_left(self, driver: Driver) -> None:
         """A driver disconnected: drop its queued tasks and its references."""
-        if self.drivers.pop(driver.driver_id, None) is None:
-            return
-        log.info("driver %d left", driver.driver_id)
-        driver_id = driver.driver_id
-        self.actor_table.owner_left(driver_id)
-        self.failures.driver_left(driver_id)
-
-        def its(task: Task) -> bool:
-            return task.task_id >> DRIVER_SHIFT == driver_id and \
-                task.spec.kind in (pb.PYTHON, pb.BASH)
-
-        # Its queued tasks and those waiting for dependencies (some of which it just
-        # dropped, so they would wait forever) end as cancelled, releasing what they hold.
-        # Queues are filtered in one pass: removing 100,000 tasks one by one is quadratic.
-        dropped: list[Task] = []
-        for key, queue in list(self.ready.items()):
-            kept = deque(t for t in queue if not its(t))
-            if len(kept) != len(queue):
-                dropped.extend(t for t in queue if its(t))
-                if kept:
-                    self.ready[key] = kept
-                else:
-                    del self.ready[key]
-        for task in [t for t in self.gangs if its(t)]:
-            self.gangs.remove(task)
-            dropped.append(task)
-        dropped.extend(t for t in self.tasks.values()
-                       if its(t) and t.state is TaskState.WAITING)
-        for task in dropped:
-            self.fail(task, pb.CANCELLED, "its driver disconnected", queued=False)
-        # Its running tasks are stopped (their workers killed and replaced), so they do not
-        # hold the cluster for other drivers; their results end them as cancelled.
-        for task in [t for t in self.tasks.values()
-                     if its(t) and t.state is TaskState.RUNNING]:
-            node = self.nodes.get(task.node_id)
-            self.set_state(task, TaskState.CANCELLING)
-            if node is not None and node.alive:
-                self.dispatch.cancel(node, task.task_id)
-        self.soon()
-        for object_id, count in driver.refs.items():
-            for _ in range(count):
-                self.objects.decref(object_id)
-        driver.refs.clear()
+        driver_left(self, driver)
 
     def on_driver_message(self, driver: Driver, message: pb.DriverToHead) -> None:
         """One batch from a driver: puts, submissions, releases, gets (in that order)."""
@@ -564,7 +528,10 @@ class Head:
         queue = self.ready.get(task.shape)
         if queue is None:
             queue = self.ready[task.shape] = deque()
-        queue.append(task)
+        if task.spec.parent_task:  # submitted inside a task: newest first (depth-first)
+            queue.appendleft(task)
+        else:
+            queue.append(task)
 
     def task_done(self, task: Task, result: pb.TaskResult) -> None:
         """`task` succeeded with `result`: keep its value, wake what waits for it."""
@@ -643,7 +610,9 @@ class Head:
 
     def status(self, node_limit: int = 0) -> pb.StatusReply:
         """A snapshot for `clusterctl status` (see :func:`cluster.head.report.status_reply`)."""
-        return status_reply(self, node_limit)
+        reply = status_reply(self, node_limit)
+        reply.nested_records = self.nested.live_records()
+        return reply
 
     def shutdown(self) -> None:
         """Tell every daemon to stop, then whoever owns the head."""

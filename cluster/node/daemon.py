@@ -22,15 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
 from cluster.common.messages import (
-    ActorCall,
-    ActorCreate,
     Alloc,
     AllocReply,
     Call,
     CallResult,
-    Created,
     Done,
     Fn,
     Log,
@@ -38,6 +34,8 @@ from cluster.common.messages import (
     Run,
 )
 from cluster.common.protocol import pb, to_dict
+from cluster.node.actorhost import ActorHost, ActorHosting
+from cluster.node.nested import NESTED_TYPES, NestedRelay
 from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.policy import priority
 from cluster.store.objectstore import ObjectStore
@@ -64,21 +62,7 @@ class _Task:
     pinned: list[int] = field(default_factory=list)
 
 
-@dataclass
-class _ActorHost:
-    """An actor living in a dedicated worker of this daemon."""
-
-    actor_id: int
-    create: _Task
-    worker: WorkerHandle
-    max_concurrency: int
-    queue: deque[pb.TaskSpec] = field(default_factory=deque)
-    inflight: dict[int, pb.TaskSpec] = field(default_factory=dict)
-    ready: bool = False
-    killed: bool = False
-
-
-class Daemon:
+class Daemon(ActorHosting):
     """Runs tasks on one node's worker processes."""
 
     def __init__(
@@ -116,7 +100,7 @@ class Daemon:
         self._starting = 0
         self._env = worker_env(log_dir)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.actors: dict[int, _ActorHost] = {}
+        self.actors: dict[int, ActorHost] = {}
         #: For actors' direct-call servers: the cluster secret, this node's runtime
         #: directory and address (set by the node process).
         self.secret = b""
@@ -135,6 +119,7 @@ class Daemon:
         self._pulling: dict[int, pb.TaskSpec] = {}
         self._cancel_replies: list[pb.CancelReply] = []
         self._prioritized = False
+        self.nested = NestedRelay(self)  # apps' nested clients, blocked tasks
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -154,10 +139,16 @@ class Daemon:
         self.spawn_initial()
         await asyncio.gather(*(w.attach() for w in self.workers))
 
-    async def _spawn(self) -> None:
+    def _spawn(self) -> None:
+        # Counted at once, not when the coroutine first runs: _pump may run several times
+        # before it does, and each saw room for one more (the cap was passed by tasks
+        # blocked in waits, which pump often).
         worker = WorkerHandle(len(self.workers), self._on_worker_message, self._on_worker_lost)
         self.workers.append(worker)
         self._starting += 1
+        asyncio.ensure_future(self._start_worker(worker))
+
+    async def _start_worker(self, worker: WorkerHandle) -> None:
         try:
             await worker.start(self._env)
         except Exception:
@@ -227,10 +218,14 @@ class Daemon:
             self._prioritized = True
             priority.insert(self.queue, _Task(spec, to_dict(spec.resources)), spec.priority,
                             _priority_of)
+        elif spec.parent_task:  # submitted inside a task: newest first (depth-first)
+            self.queue.appendleft(_Task(spec, to_dict(spec.resources)))
         else:
             self.queue.append(_Task(spec, to_dict(spec.resources)))
 
     def _after_head_message(self, message: pb.HeadToNode) -> None:
+        if message.nested:
+            self.nested.deliver(message.nested)
         for task_id in message.cancel:
             self._cancel(task_id)
         if message.cancel_queued:
@@ -341,7 +336,8 @@ class Daemon:
         if self._cancel_queued(task_id, reply=False):
             return
         for worker in self.workers:
-            if worker.task is not None and worker.task.spec.task_id == task_id:
+            if worker.task is not None and (worker.task.spec.task_id == task_id or (
+                    worker.stack and self.nested.holds(worker, task_id))):
                 worker.kill()
 
     def _cancel_queued(self, task_id: int, reply: bool = True) -> bool:
@@ -388,9 +384,17 @@ class Daemon:
             if not self._fits(task.request):
                 return
             if not idle:
-                # All workers busy but resources free (fractional or zero-cpu tasks): grow.
+                # All workers busy but resources free (fractional or zero-cpu tasks, or
+                # tasks blocked in a wait): a worker blocked in a wait runs it meanwhile,
+                # else grow up to the cap (see cluster.node.nested).
+                waiting = self.nested.take_waiting(
+                    task, len(self.workers) >= self.max_workers) if self.nested.waiting else None
+                if waiting is not None:
+                    queue.popleft()
+                    self._start(waiting, task)
+                    continue
                 if self._starting == 0 and len(self.workers) < self.max_workers:
-                    asyncio.ensure_future(self._spawn())
+                    self._spawn()
                 return
             worker = idle.popleft()
             queue.popleft()
@@ -429,6 +433,9 @@ class Daemon:
         if worker.task is task:
             worker.timed_out = True
             worker.kill()
+        elif task in worker.stack:  # it waits, running another task (cluster.node.nested)
+            self.nested.expired.add(task.spec.task_id)
+            worker.kill()
 
     def _take(self, task: _Task) -> str | None:
         """Take the task's resources from the node's free ones, GPUs by id; returns its
@@ -459,118 +466,25 @@ class Daemon:
                 self.store.unpin(object_id)
             task.pinned = []
 
-    # ---- actors ------------------------------------------------------------------------
-    def _create_actor(self, task: _Task) -> None:
-        spec = task.spec
-        self._take(task)
-        task.started = time.perf_counter()
-        host: _ActorHost | None = None
-
-        def on_message(worker: WorkerHandle, message: Any) -> None:
-            assert host is not None
-            self._on_actor_message(host, message)
-
-        def on_lost(worker: WorkerHandle) -> None:
-            assert host is not None
-            self._on_actor_lost(host)
-
-        worker = WorkerHandle(-1, on_message, on_lost)
-        host = _ActorHost(spec.task_id, task, worker, max(1, spec.actor.max_concurrency or 1))
-        self.actors[spec.task_id] = host
-        asyncio.ensure_future(self._start_actor_worker(host))
-
-    async def _start_actor_worker(self, host: _ActorHost) -> None:
-        try:
-            await host.worker.start(self._env)
-        except Exception as err:  # noqa: BLE001
-            self.actors.pop(host.actor_id, None)
-            self._release(host.create)
-            self._report(host.create.spec, pb.WORKER_CRASHED, b"",
-                         f"could not start the actor's worker: {err}", 0.0)
-
-    def _pump_actor(self, host: _ActorHost) -> None:
-        if not host.ready or host.killed:
-            return
-        while host.queue and len(host.inflight) < host.max_concurrency:
-            spec = host.queue.popleft()
-            host.inflight[spec.task_id] = spec
-            deps = self._deps_for_worker(spec) if spec.dep_values else {}
-            host.worker.send(ActorCall(spec.task_id, spec.method, spec.args, deps))
-
-    def _on_actor_message(self, host: _ActorHost, message: Any) -> None:
-        kind = type(message)
-        if kind is Ready:
-            spec = host.create.spec
-            gpus = ",".join(host.create.gpu_ids) if host.create.gpu_ids else None
-            host.worker.send(Fn(spec.fn_id, self.functions.get(spec.fn_id, b"")))
-            deps = self._deps_for_worker(spec) if spec.dep_values else {}
-            host.worker.send(ActorCreate(spec.task_id, spec.fn_id, spec.name, spec.args,
-                                         deps, gpus, spec.cwd,
-                                         dict(spec.env) if spec.env else None,
-                                         host.max_concurrency, self.secret, self.runtime_dir,
-                                         self.address))
-        elif kind is Created:
-            self._report(host.create.spec, message.status, message.data, message.message,
-                         message.seconds, message.route)
-            if message.status == pb.OK:
-                host.ready = True
-                self._pump_actor(host)
-            else:
-                self.actors.pop(host.actor_id, None)
-                host.killed = True
-                host.worker.stop()
-                self._release(host.create)
-        elif kind is Done:
-            spec = host.inflight.pop(message.task_id, None)
-            if spec is not None:  # (a stored result is sealed like a task's)
-                self._report(spec, message.status, message.data, message.message,
-                             message.seconds, worker=host.worker)
-            self._pump_actor(host)
-        else:
-            self._on_worker_message(host.worker, message)
-
-    def _on_actor_lost(self, host: _ActorHost) -> None:
-        if self.store is not None and not self.stopping:
-            for path in host.worker.allocs:
-                self.store.abort(path)  # a large result it was writing
-            host.worker.allocs.clear()
-        if host.killed or self.stopping:
-            return
-        self.actors.pop(host.actor_id, None)
-        self._release(host.create)
-        code = host.worker.proc.returncode if host.worker.proc is not None else None
-        message = f"its worker process {host.worker.pid} on {self.name} died (exit code {code})"
-        if not host.ready:
-            self._report(host.create.spec, pb.WORKER_CRASHED, b"", message, 0.0)
-            return
-        self._events.append(pb.ActorEvent(actor_id=host.actor_id, died=True, message=message))
-        self._schedule_flush()
-
-    def _worker_call(self, worker: WorkerHandle, message: Call) -> None:
-        """An app on this node called an actor: forward the call to the head."""
-        self._call_seq += 1
-        task_id = ((NODE_CALLER_BASE + self.node_id) << DRIVER_SHIFT) | self._call_seq
-        self._call_waiters[task_id] = (worker, message.ref)
-        self._submits.append(pb.TaskSpec(task_id=task_id, kind=pb.ACTOR_CALL,
-                                         actor_id=message.actor_id, method=message.method,
-                                         name=message.method, args=message.args,
-                                         deps=message.deps))
-        self._schedule_flush()
-
     # ---- from workers ----------------------------------------------------------------
     def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
         kind = type(message)
         if kind is Done:
-            task = worker.task
-            worker.task = None
+            if worker.stack:  # a task it ran while another one waited
+                task = self.nested.finished(worker, message.task_id)
+            else:
+                task = worker.task
+                worker.task = None
             if task is not None:
                 self._release(task)
                 if not (self.stopping and message.status != pb.OK):  # (killed by the stop)
                     self._report(task.spec, message.status, message.data, message.message,
                                  message.seconds, worker=worker)
             self.done += 1
-            if not worker.closing:
+            if not worker.closing and worker.task is None:
                 self.idle.append(worker)
+                if len(self.workers) > self.num_workers:  # an extra one (cluster.node.nested)
+                    self.nested.retire_later(worker)
             self._pump()
         elif kind is Log:
             self._logs.append(pb.LogLine(task_id=message.task_id, name=message.name,
@@ -586,6 +500,8 @@ class Daemon:
             self._worker_call(worker, message)
         elif kind is Alloc:
             self._on_alloc(worker, message)
+        elif kind in NESTED_TYPES:
+            self.nested.on_worker_message(worker, message)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         if worker in self.workers:
@@ -598,6 +514,11 @@ class Daemon:
             for path in worker.allocs:
                 self.store.abort(path)  # a result it was writing
             worker.allocs.clear()
+        stacked = self.nested.lost(worker) if worker.stack or worker.channel else []
+        for under in stacked:  # tasks that waited in it, under the one it ran
+            self._release(under)
+            self._report(under.spec, *self.nested.lost_status(under, worker, self.name),
+                         time.perf_counter() - under.started)
         task = worker.task
         worker.task = None
         if task is not None and self.stopping:
@@ -621,7 +542,7 @@ class Daemon:
                     delay, lambda: self.stopping or self._report(*args, worker=worker))
         if not self.stopping:
             if len(self.workers) < self.num_workers:
-                asyncio.ensure_future(self._spawn())
+                self._spawn()
             self._pump()
 
     # ---- to the head -----------------------------------------------------------------
@@ -666,7 +587,8 @@ class Daemon:
     def _flush(self) -> None:
         self._flush_pending = False
         if not (self._results or self._logs or self._events or self._submits or
-                self._copies or self._cancel_replies) or self.link is None:
+                self._copies or self._cancel_replies or self.nested.pending()) or \
+                self.link is None:
             return
         message = pb.NodeToHead(results=self._results, logs=self._logs,
                                 actor_events=self._events, submit=self._submits,
@@ -674,6 +596,9 @@ class Daemon:
         if self._cancel_replies:  # after the results: a dropped task's CANCELLED first
             message.cancel_replies.extend(self._cancel_replies)
             self._cancel_replies = []
+        if self.nested.pending():
+            for key, items in self.nested.take().items():
+                getattr(message, key).extend(items)
         self._results, self._logs, self._events, self._submits = [], [], [], []
         self._copies = []
         self.link.send(message)

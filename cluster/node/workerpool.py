@@ -104,6 +104,9 @@ class WorkerHandle:
         self.task: Any = None                 # the running task record, if any
         self.timed_out = False
         self.closing = False
+        self.stack: list[Any] = []            # tasks blocked under `task` (cluster.node.nested)
+        self.waiting = False                  # blocked in a wait: may run one more task
+        self.channel = 0                      # its nested client's channel (0: none)
         self._on_message = on_message
         self._on_lost = on_lost
         self._protocol: FrameProtocol | None = None

@@ -48,6 +48,7 @@ from cluster.common.proctree import kill_tree
 from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
 from cluster.store import objectformat
 from cluster.store.objectstore import StoreFullError, WriteMappings
+from cluster.worker import nested
 
 FLUSH_SECONDS = 0.2
 #: How many of a failed bash app's last stderr lines its BashExitFailure carries.
@@ -120,6 +121,9 @@ class Worker:
         self._inbuf = bytearray()
         self.server: Any = None              # ActorServer, once this worker holds an actor
         self._eof = False
+        #: cluster.worker.nested: the link of apps' nested client; its reader's inbox.
+        self.nested: Any = None
+        self.inbox: Any = None
 
     def send(self, message: tuple) -> None:
         """Send one message to the daemon (from any thread: async actors reply from their
@@ -136,6 +140,10 @@ class Worker:
         return self._backlog.pop(0)
 
     def _fill(self) -> bool:
+        if self.inbox is not None:  # a nested client's reader thread owns the socket
+            message = self.inbox.get()
+            self._backlog.extend(() if message is None else (message,))
+            return message is not None
         data = self.sock.recv(wire.RECV_SIZE)
         if not data:
             return False
@@ -246,6 +254,8 @@ class Worker:
                                m.stdout, m.stderr, m.cwd, m.env, store=True)
         self.end_children()  # before Done: no dependent task ever sees the leftovers
         self.send(Done(m.task_id, *outcome))
+        if self.nested is not None:
+            self.nested.after_task(m.task_id, outcome[0] != OK)
 
     def end_children(self) -> None:
         """Kill and reap every process below this worker: what the last task started
@@ -328,6 +338,8 @@ class Worker:
                 else:  # no refs inside: plain pickle is enough (and faster)
                     args, kwargs = wire.pickle.loads(args_blob)
                 value = fn(*args, **kwargs)
+                if self.nested is not None:
+                    self.nested.holding = True  # see NestedLink.holding
                 if kind == 1:
                     status, data, message = self._run_bash(name, value, stdout, stderr)
                 elif store:
@@ -353,10 +365,14 @@ class Worker:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = old
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
+            self.close_log()
         return status, data, time.perf_counter() - start, message
+
+    def close_log(self) -> None:
+        """Close the current task's log file (reopened, appending, on its next print)."""
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
 
     def _encode_result(self, value: Any) -> Any:
         enc = objectformat.encode(value)
@@ -465,7 +481,10 @@ class Worker:
         if self.actor_loop is not None and inspect.iscoroutinefunction(bound):
             self._call_async(bound, args_blob, deps, reply)
             return
-        reply(*self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound, store=True))
+        outcome = self.execute(task_id, b"", 0, method, args_blob, deps, fn=bound, store=True)
+        reply(*outcome)
+        if self.nested is not None:
+            self.nested.after_task(task_id, outcome[0] != OK)
 
     def _call_async(self, bound: Any, args_blob: bytes, deps: dict[int, Any],
                     reply: Any) -> None:
@@ -587,7 +606,8 @@ class CallFuture:
         """The call's value; raises what a driver would (errors.error_for): a
         TaskError that is also the method's exception type, ActorDiedError, ..."""
         if not self._done:
-            reply = self._worker.wait_result(self._ref)
+            reply = nested.wait_reply(self._worker, self._ref, f"actor method {self._method!r}",
+                                      timeout)
             assert isinstance(reply, CallResult)
             if reply.status == OK:
                 self._value = serialization.loads(reply.data)

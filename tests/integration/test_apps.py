@@ -288,12 +288,12 @@ def test_many_tasks_all_complete(cluster):
     assert sum(f.result(timeout=120) for f in futs) == sum(range(1, 3001))
 
 
-def test_app_called_inside_app_runs_plain_function(cluster):
+def test_app_called_inside_app_submits_a_task(cluster):
     @api.python_app
     def outer(x):
-        inner = add(x, 1)  # inside a worker an app is its plain function
-        assert not isinstance(inner, api.AppFuture)
-        return inner * 2
+        inner = add(x, 1)  # inside a worker an app call is a task too (dynamic workflows)
+        assert isinstance(inner, api.AppFuture)
+        return inner.result() * 2
 
     assert outer(4).result(timeout=30) == 10
 

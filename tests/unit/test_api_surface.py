@@ -39,6 +39,7 @@ PUBLIC = [
     "get_actor",
     "init",
     "is_initialized",
+    "join_app",
     "kill",
     "progress",
     "put",

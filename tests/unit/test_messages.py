@@ -11,11 +11,12 @@ import typing
 import pytest
 
 from cluster.common import messages, wire
-from cluster.common.messages import (
+from cluster.common.messages import (  # dynamic workflows (cluster/*/nested.py)
     ActorCall,
     ActorCreate,
     Alloc,
     AllocReply,
+    Blocked,
     Call,
     CallResult,
     Created,
@@ -26,8 +27,13 @@ from cluster.common.messages import (
     Exit,
     Fn,
     Log,
+    NestedEnd,
+    NestedIn,
+    NestedOut,
+    Pull,
     Ready,
     Run,
+    Unblocked,
 )
 
 SAMPLES = [
@@ -51,6 +57,13 @@ SAMPLES = [
     DirectCall(15, "add", b"args"),
     DirectReply(15, 0, b"value", ""),
     Denied(),
+    NestedOut(b"driver batch"),
+    NestedIn(b"head batch"),
+    NestedEnd(16, True),
+    Pull(18, 19, ["127.0.0.1:5000"]),
+    Blocked(17),
+    Blocked(17, False),
+    Unblocked(17),
 ]
 
 

@@ -1,0 +1,290 @@
+"""Dynamic workflows, the worker's side: the link under an app's nested client, and waits
+that give the task's CPUs back.
+
+Made the first time an app on this worker calls an app (or ``api.put``, ``api.get``...),
+by ``api._nested``, which puts the driver's own client on top of it. From then on a reader
+thread owns the daemon socket: :class:`NestedIn` frames go to the client, every other
+frame to an inbox the worker's loop reads (:meth:`Worker._fill`). Workers that never nest
+keep reading their socket directly (no thread, no queue: the hot path is unchanged).
+
+A task that waits for other tasks (:meth:`NestedLink.block`) tells the daemon
+(:class:`Blocked`): its CPUs are free while it waits, and the daemon may hand this worker
+one queued task (a :class:`Run`), which runs right here, inside the wait, and reports its
+:class:`Done` as usual; the wait then goes on. Before the task continues, it takes its CPUs
+back (:class:`Unblocked`). See :mod:`cluster.node.nested` for the daemon's side.
+
+Imports nothing beyond the standard library and the worker's own modules (no protobuf).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import selectors
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from cluster.common import wire
+from cluster.common.messages import (
+    AllocReply,
+    Blocked,
+    CallResult,
+    Done,
+    Fn,
+    NestedEnd,
+    NestedIn,
+    Run,
+    Unblocked,
+)
+from cluster.common.status import OK
+
+#: Seconds between flushes of the nested client when nothing else happens (releases of
+#: dropped futures are sent lazily, as a driver's are).
+IDLE_FLUSH_SECONDS = 0.2
+#: Put in the inbox when a future a wait watches is done.
+WAKE = object()
+#: Seconds a synchronous actor call made inside a task or actor waits before a warning is
+#: printed (it reaches the driver): a cycle of actors calling each other synchronously
+#: never finishes, since each waits for the other to be free.
+CYCLE_WARNING_SECONDS = 10.0
+
+
+class NestedLink:
+    """The nested channel of one worker process (see the module docstring)."""
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        #: Set by the client: called with each HeadToDriver payload (on the reader thread).
+        self.on_payload: Callable[[bytes], None] = lambda payload: None
+        self.on_idle: Callable[[], None] = lambda: None
+        self.on_lost: Callable[[str], None] = lambda why: None
+        #: After the task's function returned and until its Done is sent, the client
+        #: holds back releases: the result may hold those futures (the head must see the
+        #: Done, which keeps them, first).
+        self.holding = False
+        self.release_held: Callable[[], None] = lambda: None
+        #: Tasks running here that submitted tasks (their end is reported to the head).
+        self.parents: set[int] = set()
+        worker.inbox = self.inbox
+        self._wake_w = -1
+        if worker.server is not None:
+            # An actor's loop waits on its direct callers' sockets and the daemon's: the
+            # reader thread owns the latter now, so it wakes the loop through a pipe.
+            wake_r, self._wake_w = os.pipe()
+            worker.server.selector.unregister(worker.sock)
+            worker.server.selector.register(wake_r, selectors.EVENT_READ,
+                                            lambda: self._drain(wake_r))
+        threading.Thread(target=self._reader, name="shoal-nested-reader", daemon=True).start()
+
+    def send(self, message: tuple) -> None:
+        """One frame to the daemon (any thread)."""
+        self.worker.send(message)
+
+    def _reader(self) -> None:
+        worker = self.worker
+        sock, buf = worker.sock, worker._inbuf
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
+        why = "the daemon closed the worker's connection"
+        try:
+            while True:
+                if not poller.poll(idle_ms):
+                    self.on_idle()
+                    continue
+                data = sock.recv(wire.RECV_SIZE)
+                if not data:
+                    break
+                buf += data
+                for body in wire.split(buf):
+                    message = wire.decode(body)
+                    if type(message) is NestedIn:
+                        self.on_payload(message.payload)
+                    else:
+                        self.inbox.put(message)
+                        if self._wake_w >= 0:
+                            os.write(self._wake_w, b"\0")
+        except OSError as err:
+            why = f"lost the daemon: {err}"
+        self.inbox.put(None)
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"\0")
+        self.on_lost(why)
+
+    def _drain(self, wake_r: int) -> None:
+        """An actor's loop was woken: move what the reader got to the worker's backlog."""
+        os.read(wake_r, 65536)
+        worker = self.worker
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                worker._eof = True
+                return
+            worker._backlog.append(item)
+
+    # ---- the task's end ------------------------------------------------------------------
+    def after_task(self, task_id: int, failed: bool) -> None:
+        """Called once the task's Done is sent: send the releases held back, and tell the
+        head the task ended if it started children."""
+        if self.holding:
+            self.holding = False
+            self.release_held()
+        if task_id in self.parents:
+            self.parents.discard(task_id)
+            self.send(NestedEnd(task_id, failed))
+
+    # ---- waiting -------------------------------------------------------------------------
+    def block(self, futures: list[Any], needed: int, timeout: float | None) -> None:
+        """Wait until `needed` of `futures` (concurrent futures) are done, or `timeout`,
+        with the task's CPUs given back meanwhile and queued tasks run here if the daemon
+        sends them. Returns without raising on a timeout (the caller's own wait raises)."""
+        worker = self.worker
+        task_id = worker.task_id
+        pending = [f for f in futures if not f.done()]
+        missing = needed - (len(futures) - len(pending))
+        if missing <= 0 or not task_id:
+            return
+        finished: list[None] = []  # one entry per future done (list.append is atomic)
+
+        def wake(_future: Any) -> None:
+            finished.append(None)
+            self.inbox.put(WAKE)  # (a wait nested in this one may take it: it looks again)
+
+        for fut in pending:
+            # AppFuture.when_done runs on the delivering thread; add_done_callback would
+            # go through the callback thread, which keeps the last future it saw alive.
+            hook = getattr(fut, "when_done", None) or fut.add_done_callback
+            hook(wake)
+        del fut
+        deadline = None if timeout is None else time.monotonic() + timeout
+        worker.send(Blocked(task_id))
+        try:
+            while len(finished) < missing:
+                item = self._next_run()
+                if item is None:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        return
+                    try:
+                        item = self.inbox.get(timeout=left)
+                    except queue.Empty:
+                        return
+                if item is WAKE:
+                    continue
+                if type(item) is Run:
+                    self._inline(item)
+                    if len(finished) < missing:
+                        worker.send(Blocked(task_id))  # ready for one more meanwhile
+                elif type(item) is Fn:
+                    worker.functions[item.fn_id] = item.blob
+                elif item is None:  # the daemon is gone: nothing will answer
+                    worker._backlog.append(None)
+                    return
+                else:
+                    worker._backlog.append(item)
+        finally:
+            worker.send(Unblocked(task_id))
+
+    def _next_run(self) -> Any:
+        """A Run frame the worker's loop has not handled yet (it came after an earlier
+        wait had ended), to run now."""
+        backlog = self.worker._backlog
+        for i, item in enumerate(backlog):
+            if type(item) is Run:
+                return backlog.pop(i)
+        return None
+
+    def _inline(self, m: Run) -> None:
+        """Run a task inside the current one's wait, then restore the waiting task's
+        output capture, working directory and identity."""
+        worker = self.worker
+        outer = (worker.task_id, worker.task_name)
+        worker.out.flush()
+        worker.err.flush()
+        worker.close_log()
+        cwd = os.getcwd()
+        holding, self.holding = self.holding, False
+        outcome = worker.execute(m.task_id, m.fn_id, m.kind, m.name, m.args, m.deps, m.gpus,
+                                 m.stdout, m.stderr, m.cwd, m.env, store=True)
+        worker.task_id, worker.task_name = outer
+        sys.stdout, sys.stderr = worker.out, worker.err
+        if os.getcwd() != cwd:
+            try:
+                os.chdir(cwd)
+            except OSError:
+                pass
+        worker.send(Done(m.task_id, *outcome))
+        self.after_task(m.task_id, outcome[0] != OK)
+        self.holding = holding
+
+
+def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
+    """The answer to request `ref` of `worker` (an actor call made inside a task or an
+    actor), as :meth:`Worker.wait_result`, but raising TimeoutError after `timeout`
+    seconds, and printing a warning on the task's stderr every
+    :data:`CYCLE_WARNING_SECONDS` while it waits (see there)."""
+    results = worker._results
+    if ref in results:
+        return results.pop(ref)
+    # A task (not an actor) gives its CPUs back while it waits, as for app futures.
+    blocked = worker.server is None and worker.task_id
+    if blocked:
+        worker.send(Blocked(worker.task_id, False))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    warn_at = time.monotonic() + CYCLE_WARNING_SECONDS
+    kept: list[Any] = []
+    try:
+        while ref not in results:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError(f"{what} did not answer within {timeout:g}s")
+            if now >= warn_at:
+                print(f"shoal: still waiting for {what} after {CYCLE_WARNING_SECONDS:g}s; "
+                      "actors that call each other synchronously (A waits for B, which "
+                      "waits for A) never finish: pass result(timeout=...) or make one "
+                      "of the calls without waiting", file=sys.stderr, flush=True)
+                warn_at = now + CYCLE_WARNING_SECONDS
+            step = min(warn_at, deadline if deadline is not None else warn_at) - now
+            message = _read_for(worker, max(step, 0.0))
+            if message is _NOTHING:
+                continue
+            if message is None:
+                raise ConnectionError("lost the daemon while waiting for an answer")
+            if type(message) is CallResult or type(message) is AllocReply:
+                results[message.ref] = message
+            else:
+                kept.append(message)
+    finally:
+        worker._backlog[:0] = kept  # handled by the serve loop afterwards, in order
+        if blocked:
+            worker.send(Unblocked(worker.task_id))
+    return results.pop(ref)
+
+
+_NOTHING = object()
+
+
+def _read_for(worker: Any, seconds: float) -> Any:
+    """The worker's next frame, waiting at most `seconds` (:data:`_NOTHING` if none came;
+    None at EOF)."""
+    if worker._backlog:
+        return worker._backlog.pop(0)
+    if worker.inbox is not None:
+        try:
+            return worker.inbox.get(timeout=seconds)
+        except queue.Empty:
+            return _NOTHING
+    readable, _, _ = select.select([worker.sock], [], [], seconds)
+    if not readable:
+        return _NOTHING
+    if not worker._fill():
+        return None
+    return worker._backlog.pop(0) if worker._backlog else _NOTHING
