@@ -204,6 +204,27 @@ def test_killed_parent_worker_cancels_children(cluster, tmp_path):
     _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
 
 
+def test_force_cancelled_parent_cancels_its_children(cluster, tmp_path):
+    """api.cancel(parent, force=True) (issue 13) ends the subtree it started too."""
+    parent_file, child_file = tmp_path / "parent.pid", tmp_path / "child.pid"
+
+    @api.python_app
+    def parent(mine, theirs):
+        with open(mine, "w") as f:
+            f.write(str(os.getpid()))
+        return sleeper(theirs).result()
+
+    fut = parent(str(parent_file), str(child_file))
+    _wait_for(lambda: child_file.exists() and child_file.read_text(), "the child to start")
+    child_pid, parent_pid = int(child_file.read_text()), int(parent_file.read_text())
+    assert child_pid != parent_pid  # the child runs in a worker of its own
+    assert api.cancel(fut, force=True) is True
+    with pytest.raises(api.TaskCancelledError):
+        fut.result(timeout=60)
+    _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
+    _wait_for(lambda: _status().tasks_running == 0, "nothing left running")
+
+
 def test_print_from_nested_tasks_reaches_the_driver(cluster, capsys):
     @api.python_app
     def leaf(i):
