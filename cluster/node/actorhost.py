@@ -138,7 +138,7 @@ class ActorHosting:
             self._report(host.create.spec, pb.WORKER_CRASHED, b"", message, 0.0)
             return
         self._events.append(pb.ActorEvent(actor_id=host.actor_id, died=True, message=message))
-        self._schedule_flush()
+        self.schedule_flush()
 
     def _worker_call(self, worker: WorkerHandle, message: Call) -> None:
         """An app on this node called an actor: forward the call to the head."""
@@ -149,4 +149,4 @@ class ActorHosting:
                                          actor_id=message.actor_id, method=message.method,
                                          name=message.method, args=message.args,
                                          deps=message.deps))
-        self._schedule_flush()
+        self.schedule_flush()

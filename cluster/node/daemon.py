@@ -41,7 +41,7 @@ from cluster.policy import priority
 from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
-#: How long a busy daemon gathers results before sending them (see _schedule_flush).
+#: How long a busy daemon gathers results before sending them (see schedule_flush).
 RESULT_BATCH_SECONDS = 0.002
 _EPS = 1e-9
 
@@ -99,7 +99,7 @@ class Daemon(ActorHosting):
         self._flush_pending = False
         self._starting = 0
         self._env = worker_env(log_dir)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.actors: dict[int, ActorHost] = {}
         #: For actors' direct-call servers: the cluster secret, this node's runtime
         #: directory and address (set by the node process).
@@ -114,7 +114,7 @@ class Daemon(ActorHosting):
         self.store: ObjectStore | None = None
         self.puller: Any = None
         self.transfers: Any = None
-        self._copies: list[int] = []
+        self.copies: list[int] = []
         #: Tasks waiting for their arguments to arrive, by id (cancellable there too).
         self._pulling: dict[int, pb.TaskSpec] = {}
         self._cancel_replies: list[pb.CancelReply] = []
@@ -135,12 +135,12 @@ class Daemon(ActorHosting):
 
     async def start(self) -> None:
         """Attach the initial workers to the loop (spawning them if not done yet)."""
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self.spawn_initial()
         await asyncio.gather(*(w.attach() for w in self.workers))
 
     def _spawn(self) -> None:
-        # Counted at once, not when the coroutine first runs: _pump may run several times
+        # Counted at once, not when the coroutine first runs: pump may run several times
         # before it does, and each saw room for one more (the cap was passed by tasks
         # blocked in waits, which pump often).
         worker = WorkerHandle(len(self.workers), self._on_worker_message, self._on_worker_lost)
@@ -171,7 +171,7 @@ class Daemon(ActorHosting):
         for host in self.actors.values():
             host.killed = True
             host.worker.kill()
-        loop = self._loop or asyncio.get_event_loop()
+        loop = self.loop or asyncio.get_event_loop()
         loop.call_later(1.0, self._kill_all)
         if self.store is not None:
             self.store.close()
@@ -231,7 +231,7 @@ class Daemon(ActorHosting):
         if message.cancel_queued:
             for request in message.cancel_queued:
                 self._cancel_queued(request.task_id)
-            self._schedule_flush()
+            self.schedule_flush()
         for actor_id in message.kill_actor:
             host = self.actors.pop(actor_id, None)
             if host is not None:
@@ -246,7 +246,7 @@ class Daemon(ActorHosting):
         if message.shutdown:
             self.stop()
             return
-        self._pump()
+        self.pump()
 
     # ---- objects ---------------------------------------------------------------------------
     def _local(self, spec: pb.TaskSpec) -> bool:
@@ -272,11 +272,11 @@ class Daemon(ActorHosting):
             except Exception as err:  # noqa: BLE001 - reported with the task
                 self._report(spec, pb.OBJECT_LOST, b"",
                              f"an argument could not be brought to {self.name}: {err}", 0.0)
-                self._pump()
+                self.pump()
                 return
-            self._copies.extend(i for i in ids if i in store)
+            self.copies.extend(i for i in ids if i in store)
             self._accept(spec)
-            self._pump()
+            self.pump()
 
         asyncio.ensure_future(_gather(fetches)).add_done_callback(arrived)
         return False
@@ -375,7 +375,7 @@ class Daemon(ActorHosting):
                 return False
         return True
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         if self.stopping:
             return
         queue, idle = self.queue, self.idle
@@ -426,7 +426,7 @@ class Daemon(ActorHosting):
         worker.send(Run(spec.task_id, spec.fn_id, spec.kind, spec.name,
                         spec.args_ref or spec.args, deps, gpus, stdout, stderr, spec.cwd, env))
         if spec.walltime > 0:
-            loop = self._loop or asyncio.get_event_loop()
+            loop = self.loop or asyncio.get_event_loop()
             task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)
 
     def _walltime(self, worker: WorkerHandle, task: _Task) -> None:
@@ -485,17 +485,17 @@ class Daemon(ActorHosting):
                 self.idle.append(worker)
                 if len(self.workers) > self.num_workers:  # an extra one (cluster.node.nested)
                     self.nested.retire_later(worker)
-            self._pump()
+            self.pump()
         elif kind is Log:
             self._logs.append(pb.LogLine(task_id=message.task_id, name=message.name,
                                          node=self.name, text=message.text,
                                          stderr=message.is_stderr))
-            self._schedule_flush()
+            self.schedule_flush()
         elif kind is Ready:
             self._starting -= 1
             worker.ready = True
             self.idle.append(worker)
-            self._pump()
+            self.pump()
         elif kind is Call:
             self._worker_call(worker, message)
         elif kind is Alloc:
@@ -538,12 +538,12 @@ class Daemon(ActorHosting):
                 # every process, and our own stop may follow a moment later: the head then
                 # re-runs the task without using up a retry, so wait for that moment.
                 delay = 1.0 if code == -signal.SIGTERM else 0.0
-                (self._loop or asyncio.get_event_loop()).call_later(
+                (self.loop or asyncio.get_event_loop()).call_later(
                     delay, lambda: self.stopping or self._report(*args, worker=worker))
         if not self.stopping:
             if len(self.workers) < self.num_workers:
                 self._spawn()
-            self._pump()
+            self.pump()
 
     # ---- to the head -----------------------------------------------------------------
     def _report(self, spec: pb.TaskSpec, status: int, data: Any, message: str,
@@ -569,12 +569,12 @@ class Daemon(ActorHosting):
         else:
             result.data = data
         self._results.append(result)
-        self._schedule_flush()
+        self.schedule_flush()
 
-    def _schedule_flush(self) -> None:
+    def schedule_flush(self) -> None:
         if not self._flush_pending:
             self._flush_pending = True
-            loop = self._loop or asyncio.get_event_loop()
+            loop = self.loop or asyncio.get_event_loop()
             if self.queue:
                 # Work is waiting here, so nothing the head could send changes what runs
                 # next: gather the results of the next moment into one message. Sent at
@@ -587,12 +587,12 @@ class Daemon(ActorHosting):
     def _flush(self) -> None:
         self._flush_pending = False
         if not (self._results or self._logs or self._events or self._submits or
-                self._copies or self._cancel_replies or self.nested.pending()) or \
+                self.copies or self._cancel_replies or self.nested.pending()) or \
                 self.link is None:
             return
         message = pb.NodeToHead(results=self._results, logs=self._logs,
                                 actor_events=self._events, submit=self._submits,
-                                copies=self._copies)
+                                copies=self.copies)
         if self._cancel_replies:  # after the results: a dropped task's CANCELLED first
             message.cancel_replies.extend(self._cancel_replies)
             self._cancel_replies = []
@@ -600,7 +600,7 @@ class Daemon(ActorHosting):
             for key, items in self.nested.take().items():
                 getattr(message, key).extend(items)
         self._results, self._logs, self._events, self._submits = [], [], [], []
-        self._copies = []
+        self.copies = []
         self.link.send(message)
 
     def heartbeat(self) -> pb.Heartbeat:

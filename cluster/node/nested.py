@@ -103,13 +103,13 @@ class NestedRelay:
                 if task is worker.task and not worker.waiting and message.inline:
                     worker.waiting = True
                     self.waiting[message.task_id] = worker
-                daemon._pump()
+                daemon.pump()
         elif kind is Unblocked:
             self._unblock(worker, message.task_id)
-            daemon._pump()
+            daemon.pump()
         elif kind is Pull:
             self._pull(worker, message)
-        daemon._schedule_flush()
+        daemon.schedule_flush()
 
     def _pull(self, worker: WorkerHandle, message: Pull) -> None:
         """Bring an object another node holds into this node's store for a nested client
@@ -136,8 +136,8 @@ class NestedRelay:
             except Exception as err:  # noqa: BLE001 - the worker hears why
                 worker.send(AllocReply(ref, "", f"could not bring it to {daemon.name}: {err}"))
                 return
-            daemon._copies.append(object_id)  # the head learns this node holds a copy
-            daemon._schedule_flush()
+            daemon.copies.append(object_id)  # the head learns this node holds a copy
+            daemon.schedule_flush()
             answer()
 
         daemon.puller.fetch(object_id, list(message.sources)).add_done_callback(arrived)
@@ -179,7 +179,7 @@ class NestedRelay:
             daemon.idle.remove(worker)
             worker.stop()
 
-        (daemon._loop or asyncio.get_event_loop()).call_later(EXTRA_IDLE_SECONDS, retire)
+        (daemon.loop or asyncio.get_event_loop()).call_later(EXTRA_IDLE_SECONDS, retire)
 
     # ---- running tasks on waiting workers ------------------------------------------------
     def take_waiting(self, task: Any, any_worker: bool) -> WorkerHandle | None:
@@ -226,7 +226,7 @@ class NestedRelay:
         if worker.channel:
             self.channels.pop(worker.channel, None)
             self.frames.append(pb.NestedFrame(channel=worker.channel, closed=True))
-            self.daemon._schedule_flush()
+            self.daemon.schedule_flush()
         stacked, worker.stack = worker.stack, []
         for task in (worker.task, *stacked):
             if task is not None:

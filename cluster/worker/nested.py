@@ -87,7 +87,7 @@ class NestedLink:
 
     def _reader(self) -> None:
         worker = self.worker
-        sock, buf = worker.sock, worker._inbuf
+        sock, buf = worker.sock, worker.inbuf
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
@@ -126,9 +126,9 @@ class NestedLink:
             except queue.Empty:
                 return
             if item is None:
-                worker._eof = True
+                worker.eof = True
                 return
-            worker._backlog.append(item)
+            worker.backlog.append(item)
 
     # ---- the task's end ------------------------------------------------------------------
     def after_task(self, task_id: int, failed: bool) -> None:
@@ -186,17 +186,17 @@ class NestedLink:
                 elif type(item) is Fn:
                     worker.functions[item.fn_id] = item.blob
                 elif item is None:  # the daemon is gone: nothing will answer
-                    worker._backlog.append(None)
+                    worker.backlog.append(None)
                     return
                 else:
-                    worker._backlog.append(item)
+                    worker.backlog.append(item)
         finally:
             worker.send(Unblocked(task_id))
 
     def _next_run(self) -> Any:
         """A Run frame the worker's loop has not handled yet (it came after an earlier
         wait had ended), to run now."""
-        backlog = self.worker._backlog
+        backlog = self.worker.backlog
         for i, item in enumerate(backlog):
             if type(item) is Run:
                 return backlog.pop(i)
@@ -231,7 +231,7 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
     actor), as :meth:`Worker.wait_result`, but raising TimeoutError after `timeout`
     seconds, and printing a warning on the task's stderr every
     :data:`CYCLE_WARNING_SECONDS` while it waits (see there)."""
-    results = worker._results
+    results = worker.results
     if ref in results:
         return results.pop(ref)
     # A task (not an actor) gives its CPUs back while it waits, as for app futures.
@@ -263,7 +263,7 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
             else:
                 kept.append(message)
     finally:
-        worker._backlog[:0] = kept  # handled by the serve loop afterwards, in order
+        worker.backlog[:0] = kept  # handled by the serve loop afterwards, in order
         if blocked:
             worker.send(Unblocked(worker.task_id))
     return results.pop(ref)
@@ -275,8 +275,8 @@ _NOTHING = object()
 def _read_for(worker: Any, seconds: float) -> Any:
     """The worker's next frame, waiting at most `seconds` (:data:`_NOTHING` if none came;
     None at EOF)."""
-    if worker._backlog:
-        return worker._backlog.pop(0)
+    if worker.backlog:
+        return worker.backlog.pop(0)
     if worker.inbox is not None:
         try:
             return worker.inbox.get(timeout=seconds)
@@ -287,4 +287,4 @@ def _read_for(worker: Any, seconds: float) -> Any:
         return _NOTHING
     if not worker._fill():
         return None
-    return worker._backlog.pop(0) if worker._backlog else _NOTHING
+    return worker.backlog.pop(0) if worker.backlog else _NOTHING

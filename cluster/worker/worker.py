@@ -115,12 +115,12 @@ class Worker:
         self.actor_loop: Any = None          # asyncio loop thread for async actors
         self.actor_limit: Any = None         # its semaphore (max_concurrency)
         self._send_lock = threading.Lock()
-        self._backlog: list[Any] = []        # frames read while waiting for a call result
-        self._results: dict[int, CallResult | AllocReply] = {}
+        self.backlog: list[Any] = []        # frames read while waiting for a call result
+        self.results: dict[int, CallResult | AllocReply] = {}
         self._call_refs = 0
-        self._inbuf = bytearray()
+        self.inbuf = bytearray()
         self.server: Any = None              # ActorServer, once this worker holds an actor
-        self._eof = False
+        self.eof = False
         #: cluster.worker.nested: the link of apps' nested client; its reader's inbox.
         self.nested: Any = None
         self.inbox: Any = None
@@ -134,22 +134,22 @@ class Worker:
 
     def _read(self) -> Any:
         """The next frame from the daemon (blocking); None at EOF."""
-        while not self._backlog:
+        while not self.backlog:
             if not self._fill():
                 return None
-        return self._backlog.pop(0)
+        return self.backlog.pop(0)
 
     def _fill(self) -> bool:
         if self.inbox is not None:  # a nested client's reader thread owns the socket
             message = self.inbox.get()
-            self._backlog.extend(() if message is None else (message,))
+            self.backlog.extend(() if message is None else (message,))
             return message is not None
         data = self.sock.recv(wire.RECV_SIZE)
         if not data:
             return False
-        self._inbuf += data
-        for body in wire.split(self._inbuf):
-            self._backlog.append(wire.decode(body))
+        self.inbuf += data
+        for body in wire.split(self.inbuf):
+            self.backlog.append(wire.decode(body))
         return True
 
     def call_actor(self, actor_id: int, method: str, args: tuple, kwargs: dict) -> CallFuture:
@@ -188,16 +188,16 @@ class Worker:
         """Read frames until the answer to request `ref` arrives (others are kept for
         later): an actor call's result, or a store allocation."""
         kept: list[Any] = []
-        while ref not in self._results:
+        while ref not in self.results:
             message = self._read()
             if message is None:
                 raise ConnectionError("lost the daemon while waiting for an answer")
             if type(message) is CallResult or type(message) is AllocReply:
-                self._results[message.ref] = message
+                self.results[message.ref] = message
             else:
                 kept.append(message)
-        self._backlog[:0] = kept  # handled by the serve loop afterwards, in order
-        return self._results.pop(ref)
+        self.backlog[:0] = kept  # handled by the serve loop afterwards, in order
+        return self.results.pop(ref)
 
     def log_to_file(self, text: str) -> None:
         if self._log_file is None:
@@ -216,12 +216,12 @@ class Worker:
         CURRENT = self
         self.send(Ready(os.getpid()))
         while True:
-            if self.server is not None and not self._backlog:
+            if self.server is not None and not self.backlog:
                 # An actor: serve direct callers and the daemon alike.
                 self.server.poll(self._direct_call)
-                if self._eof:
+                if self.eof:
                     return
-                if not self._backlog:
+                if not self.backlog:
                     continue
             message = self._read()
             if message is None:
@@ -416,7 +416,7 @@ class Worker:
 
     def _daemon_readable(self) -> None:
         if not self._fill():
-            self._eof = True
+            self.eof = True
 
     def _direct_call(self, conn: Any, message: DirectCall) -> None:
         call_id = message.call_id
