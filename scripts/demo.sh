@@ -13,3 +13,8 @@ root=$PWD
 (cd "$SHOAL_HOME" && "$root/.venv/bin/python" "$root/scripts/demo/argsum.py" "$SHOAL_HOME/clusters/$id.json")
 (cd "$SHOAL_HOME" && "$root/.venv/bin/python" "$root/scripts/demo/pipeline.py" "$SHOAL_HOME/clusters/$id.json")
 .venv/bin/clusterctl status --cluster "$id"
+# What the run history recorded (it outlives the cluster: try it again after the demo),
+# and where the dashboard is (open it while the cluster is up).
+.venv/bin/clusterctl history --cluster "$id" --state failed --limit 5
+.venv/bin/clusterctl history --cluster "$id" --limit 5
+.venv/bin/clusterctl dashboard --cluster "$id"
