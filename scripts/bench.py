@@ -43,7 +43,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, ROOT)
 
 
-from bench_peers import Counter, inc, noop  # noqa: E402 - the same functions for every peer
+from bench_peers import Counter, inc, noop, timed  # noqa: E402 - the same functions for every peer
 
 
 class ShoalPeer:
@@ -200,16 +200,6 @@ def _peer(name: str) -> Any:
     return peers[name]()
 
 
-def _timed(fn: Any, reps: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
-
-
 def _rss_mb(pids: list[int]) -> float:
     import psutil
 
@@ -249,7 +239,7 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
         children = [p.pid for p in psutil.Process().children(recursive=True)]
         results["rss"] = [_rss_mb(children)]
         n, m, chain = ns.tasks, ns.sync, ns.chain
-        results["noop"] = [n / t for t in _timed(lambda: peer.noop_burst(n), ns.reps)]
+        results["noop"] = [n / t for t in timed(lambda: peer.noop_burst(n), ns.reps)]
         subs = []
         for _ in range(ns.reps):
             start = time.perf_counter()
@@ -257,9 +247,9 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             subs.append(n / (time.perf_counter() - start))
             peer.wait_all(futs)
         results["submit"] = subs
-        results["sync"] = [t / m * 1e6 for t in _timed(lambda: peer.sync_round_trips(m),
+        results["sync"] = [t / m * 1e6 for t in timed(lambda: peer.sync_round_trips(m),
                                                        ns.reps)]
-        results["chain"] = [t / chain * 1e3 for t in _timed(lambda: peer.chain(chain),
+        results["chain"] = [t / chain * 1e3 for t in timed(lambda: peer.chain(chain),
                                                             ns.reps)]
         if hasattr(peer, "memo_calls"):
             memo = [peer.memo_calls(n, r) for r in range(ns.reps)]
@@ -269,9 +259,9 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
             results.update(peer.object_workloads(ns.reps))
         if hasattr(peer, "actor_sync"):
             a = ns.actor_calls
-            results["actor_sync"] = [a / t for t in _timed(lambda: peer.actor_sync(a), ns.reps)]
+            results["actor_sync"] = [a / t for t in timed(lambda: peer.actor_sync(a), ns.reps)]
             results["actor_async"] = [a * 5 / t for t in
-                                      _timed(lambda: peer.actor_async(a * 5), ns.reps)]
+                                      timed(lambda: peer.actor_async(a * 5), ns.reps)]
     finally:
         peer.stop()
     return results

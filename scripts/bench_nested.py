@@ -21,8 +21,9 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from typing import Any
+
+from bench_peers import timed  # (this script's folder is on sys.path when it runs)
 
 FIB = 16
 NESTED = 5_000
@@ -31,16 +32,6 @@ FANOUT = 1_000
 
 def noop() -> None:
     return None
-
-
-def _timed(fn: Any, reps: int) -> list[float]:
-    fn()  # warm-up
-    out = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - start)
-    return out
 
 
 def shoal_samples(reps: int) -> dict[str, list[float]]:
@@ -107,10 +98,10 @@ def ray_samples(reps: int) -> dict[str, list[float]]:
 def _run(fib: Any, nested: Any, driver: Any, fanout: Any, reps: int) -> dict[str, list[float]]:
     assert fib() == 987
     return {
-        "nested_fib": _timed(fib, reps),
-        "nested_submit": [NESTED / t for t in _timed(nested, reps)],
-        "driver_submit": [NESTED / t for t in _timed(driver, reps)],
-        "join_fanout": _timed(fanout, reps),
+        "nested_fib": timed(fib, reps),
+        "nested_submit": [NESTED / t for t in timed(nested, reps)],
+        "driver_submit": [NESTED / t for t in timed(driver, reps)],
+        "join_fanout": timed(fanout, reps),
     }
 
 

@@ -49,6 +49,17 @@ RAY_ENV = {
 # ---------------------------------------------------------------------------
 
 
+def timed(fn: Any, reps: int) -> list[float]:
+    """Seconds of each of `reps` calls of `fn`, after one warm-up call."""
+    fn()
+    out = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
 def noop() -> None:
     """Do nothing: the no-op task."""
 

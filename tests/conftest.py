@@ -29,6 +29,15 @@ def cluster(tmp_path_factory):
     assert api.is_initialized(), "a test shut the shared cluster down without saying so"
 
 
+@pytest.fixture(scope="module")
+def one_slot(tmp_path_factory):
+    """A local cluster with one CPU slot (so one task blocks it), for the module using it."""
+    api.shutdown()
+    api.init(num_cpus=1, run_dir=str(tmp_path_factory.mktemp("runinfo")))
+    yield api
+    api.shutdown()
+
+
 @pytest.fixture
 def no_session():
     """No cluster connected while the test runs."""

@@ -18,15 +18,6 @@ from cluster.common.protocol import pb
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def one_slot(tmp_path_factory):
-    """A local cluster with one CPU slot (so one task blocks it), for this module."""
-    api.shutdown()
-    api.init(num_cpus=1, run_dir=str(tmp_path_factory.mktemp("runinfo")))
-    yield api
-    api.shutdown()
-
-
 @api.python_app
 def hold(gate: str, started: str = "") -> str:
     """Run until the file `gate` exists (creating `started` first)."""

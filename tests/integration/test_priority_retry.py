@@ -17,15 +17,6 @@ import api
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def one_slot(tmp_path_factory):
-    """A local cluster with one CPU slot, for this module."""
-    api.shutdown()
-    api.init(num_cpus=1, run_dir=str(tmp_path_factory.mktemp("runinfo")))
-    yield api
-    api.shutdown()
-
-
 @api.python_app
 def hold(gate: str, started: str) -> str:
     open(started, "w").close()
