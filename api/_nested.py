@@ -27,6 +27,7 @@ from typing import Any
 from api import _errors, _futures
 from api._client import Client
 from api._objects import ObjectClient
+from api._transport import SendsOnOneThread
 from cluster.common.messages import AllocReply, NestedOut, Pull
 from cluster.common.protocol import pb
 from cluster.worker.nested import NestedLink
@@ -38,7 +39,7 @@ _lock = threading.Lock()
 _client: list[NestedClient] = []
 
 
-class NestedTransport:
+class NestedTransport(SendsOnOneThread):
     """Driver batches over the worker's socket (see the module docstring)."""
 
     target = "nested:daemon"
@@ -76,28 +77,15 @@ class NestedTransport:
         assert self._first is not None
         on_message(self._first)
 
-    def flush(self) -> None:
-        """Send what the client has pending (the calling thread writes)."""
-        if not self._send_lock.acquire(blocking=False):
-            self._pending = True
-            return
-        try:
-            while True:
-                self._pending = False
-                message = self._take()
-                if message is None:
-                    break
-                if self._link.holding and message.release:
-                    self._held.extend(message.release)
-                    del message.release[:]
-                if message.ByteSize():
-                    self._link.send(NestedOut(message.SerializeToString()))
-        except OSError:
-            pass  # the daemon is gone: the reader fails every pending future
-        finally:
-            self._send_lock.release()
-        if self._pending:
-            self.flush()
+    def write(self, message: pb.DriverToHead) -> None:
+        if self._link.holding and message.release:
+            self._held.extend(message.release)
+            del message.release[:]
+        if message.ByteSize():
+            self._link.send(NestedOut(message.SerializeToString()))
+
+    # (write_failed: nothing to do; the daemon is gone and the reader fails every
+    # pending future)
 
     def release_held(self) -> None:
         """Send the releases held back while the task's result was being reported."""

@@ -50,7 +50,44 @@ class Transport(Protocol):
         ...
 
 
-class LaneTransport:
+class SendsOnOneThread:
+    """The send side shared by transports that write on the caller's thread: whoever
+    calls :meth:`flush` writes what ``take()`` has, unless another thread is writing, in
+    which case that one goes round again. Subclasses set ``_take``, ``_send_lock`` and
+    ``_pending`` and define :meth:`write` and :meth:`write_failed`."""
+
+    _take: Callable[[], pb.DriverToHead | None]
+    _send_lock: threading.Lock
+    _pending: bool
+
+    def write(self, message: pb.DriverToHead) -> None:
+        """Send one batch (raises OSError when the connection is gone)."""
+        raise NotImplementedError
+
+    def write_failed(self) -> None:
+        """A write raised OSError: make the reader notice."""
+
+    def flush(self) -> None:
+        """Send whatever is pending; the calling thread writes unless another one is."""
+        if not self._send_lock.acquire(blocking=False):
+            self._pending = True
+            return
+        try:
+            while True:
+                self._pending = False
+                message = self._take()
+                if message is None:
+                    break
+                self.write(message)
+        except OSError:
+            self.write_failed()
+        finally:
+            self._send_lock.release()
+        if self._pending:
+            self.flush()
+
+
+class LaneTransport(SendsOnOneThread):
     """Framed protobuf over the head's local Unix socket."""
 
     def __init__(self, path: str, secret: str, take: Take) -> None:
@@ -131,31 +168,18 @@ class LaneTransport:
         if not self._closed:
             on_lost(reason)
 
-    def flush(self) -> None:
-        """Send whatever is pending; the calling thread writes unless another one is."""
-        if not self._send_lock.acquire(blocking=False):
-            self._pending = True
-            return
-        try:
-            while True:
-                self._pending = False
-                message = self._take()
-                if message is None:
-                    break
-                if self._sock is not None and not self._closed:
-                    self._sock.sendall(wire.frame(message.SerializeToString()))
-        except OSError:
-            # The batch is gone with the connection: close it, so the reader fails every
-            # pending future at once instead of some never being answered.
-            if self._sock is not None:
-                try:
-                    self._sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        finally:
-            self._send_lock.release()
-        if self._pending:
-            self.flush()
+    def write(self, message: pb.DriverToHead) -> None:
+        if self._sock is not None and not self._closed:
+            self._sock.sendall(wire.frame(message.SerializeToString()))
+
+    def write_failed(self) -> None:
+        # The batch is gone with the connection: close it, so the reader fails every
+        # pending future at once instead of some never being answered.
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.flush()
