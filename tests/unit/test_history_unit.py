@@ -143,6 +143,19 @@ def test_ids_with_the_top_bit_set_are_stored_and_read_back(tmp_path):
     assert [line["text"] for line in historydb.logs(db, tid)] == ["hello\n"]
 
 
+def test_every_task_state_has_a_history_name(tmp_path):
+    """A state the writer does not know failed its whole batch (KeyError): DECIDING, the
+    retry_handler's state, did. Each state is folded as the writer would see it."""
+    from cluster.head.historywriter import STATE_NAMES
+
+    assert set(STATE_NAMES) == {s.name for s in TaskState}
+    writer = Writer(open_db(str(tmp_path / "h.sqlite")))
+    tid = (1 << 40) | 1
+    events = [(tid, s.name, 1.0 + i, 1, 0) for i, s in enumerate(TaskState)]
+    writer.batch(([], [(tid, "a", 0, "{}", 1.0, "", "", 0)], events, [], [], [], []))
+    assert historydb.tasks(historydb.connect(str(tmp_path / "h.sqlite")))[0]["task_id"] == tid
+
+
 def test_error_envelopes_are_read_without_running_code():
     class Evil:
         def __reduce__(self):
