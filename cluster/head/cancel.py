@@ -85,11 +85,10 @@ class Cancellations:
             node = head.nodes.get(task.node_id)
             if node is None or not node.alive:
                 self._reply(driver, request, False, "its node is gone")
-            elif request.force and task.spec.kind != pb.ACTOR_CALL:
-                head.set_state(task, TaskState.CANCELLING)
-                self.reasons[task_id] = CANCELLED_MESSAGE + ", stopped while it ran"
-                node.cancels.append(task_id)
-                self._touch(node)
+            elif request.force and task.spec.kind in (pb.PYTHON, pb.BASH):
+                # (Not an actor's creation or call: stopping those would kill the actor
+                # for every caller, and a creation's result must still make it HOSTING.)
+                self.stop_running(task, CANCELLED_MESSAGE + ", stopped while it ran")
                 log.info("task %#x (%s) being stopped on %s (force-cancelled)", task_id,
                          task.spec.name, node.name)
                 self._reply(driver, request, True)
@@ -99,6 +98,18 @@ class Cancellations:
                 self.asked.setdefault(task_id, []).append((driver, request))
         else:
             self._reply(driver, request, False, f"it is {state.name.lower()}")
+
+    def stop_running(self, task: Task, reason: str | None = None) -> None:
+        """Stop the RUNNING app task `task`: its worker is killed and its result ends it as
+        cancelled, for `reason` (None: its driver left)."""
+        head = self.head
+        head.set_state(task, TaskState.CANCELLING)
+        if reason is not None:
+            self.reasons[task.task_id] = reason
+        node = head.nodes.get(task.node_id)
+        if node is not None and node.alive:
+            head.dispatch.cancel(node, task.task_id)
+        head.soon()
 
     def answered(self, replies: list[pb.CancelReply]) -> None:
         """A daemon's answers to ``cancel_queued`` (a dropped task's CANCELLED result came

@@ -54,10 +54,7 @@ def driver_left(self: Any, driver: Driver) -> None:
     # hold the cluster for other drivers; their results end them as cancelled.
     for task in [t for t in self.tasks.values()
                  if its(t) and t.state is TaskState.RUNNING]:
-        node = self.nodes.get(task.node_id)
-        self.set_state(task, TaskState.CANCELLING)
-        if node is not None and node.alive:
-            self.dispatch.cancel(node, task.task_id)
+        self.cancels.stop_running(task)
     self.soon()
     for object_id, count in driver.refs.items():
         for _ in range(count):

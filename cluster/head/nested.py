@@ -143,10 +143,7 @@ class NestedDrivers:
             if task is None or task.spec.kind not in (pb.PYTHON, pb.BASH):
                 continue
             if task.state is TaskState.RUNNING:
-                node = head.nodes.get(task.node_id)
-                head.set_state(task, TaskState.CANCELLING)
-                if node is not None and node.alive:
-                    head.dispatch.cancel(node, task_id)
+                head.cancels.stop_running(task, reason)
             elif task.state in (TaskState.QUEUED, TaskState.WAITING):
                 head.fail(task, pb.CANCELLED, reason)
         head.soon()

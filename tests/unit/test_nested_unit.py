@@ -87,6 +87,11 @@ def test_failed_parent_cancels_queued_and_running_children():
                 assert c.value(child).status == pb.CANCELLED
             else:
                 assert any(child in getattr(m, "cancel", []) for m in node.conn.sent)
+                c.head.on_node_message(node, pb.NodeToHead(results=[pb.TaskResult(
+                    task_id=child, status=pb.WORKER_CRASHED, message="killed")]))
+                await c.step()
+            value = c.value(child)
+            assert value.status == pb.CANCELLED and "submitted it failed" in value.message
 
     run(scenario, cpus=(1.0,))
 

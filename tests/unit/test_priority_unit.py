@@ -185,6 +185,30 @@ def test_cancel_in_each_state_and_dependents_fail():
     run(scenario)
 
 
+def test_force_cancel_of_an_actor_creation_is_refused_and_the_actor_lives():
+    """force=True stops app tasks only: a running creation moved to CANCELLING met its OK
+    result (CANCELLING -> HOSTING is not a move) and raised InvalidTransition in the head."""
+    async def scenario(c: Cluster) -> None:
+        c.seq += 1
+        task_id = c.driver.driver_id << DRIVER_SHIFT | c.seq
+        spec = pb.TaskSpec(task_id=task_id, fn_id=b"f", fn_blob=b"fn", name="Actor",
+                           kind=pb.ACTOR_CREATE, actor=pb.ActorOptions(max_concurrency=1))
+        fill(spec.resources, {"cpus": 1.0})
+        c.head.on_driver_message(c.driver, pb.DriverToHead(submit=[spec]))
+        await c.step()
+        assert c.state(task_id) is TaskState.RUNNING
+        c.cancel(task_id, force=True)
+        await c.step()
+        assert c.state(task_id) is TaskState.RUNNING
+        assert task_id not in c.nodes[0].conn.field("cancel")
+        c.finish(task_id)
+        await c.step()
+        assert c.results()[task_id].status == pb.OK
+        assert c.nodes[0].running[task_id].state is TaskState.HOSTING  # it holds its node
+
+    run(scenario)
+
+
 def test_a_backlogged_task_dropped_by_its_daemon_ends_cancelled():
     async def scenario(c: Cluster) -> None:
         c.nodes[0].view.factor = 2.0
