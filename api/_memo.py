@@ -112,9 +112,11 @@ class Hasher:
                 self._tag(kind.__name__.encode(), repr(value).encode())
         elif isinstance(value, AppFuture):
             self._future(value, where)
-        elif isinstance(value, DataFuture):
+        elif isinstance(value, DataFuture):  # (the file's path, once its producer succeeded)
             if not value.parent.done():
                 self._wait_for(value.parent, where)
+            elif concurrent.futures.Future.exception(value.parent, 0) is not None:
+                raise DependencyFailed
             self._tag(b"File", value.file_obj.path.encode())
         elif isinstance(value, File):
             self._tag(b"File", value.path.encode())

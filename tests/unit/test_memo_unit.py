@@ -186,6 +186,24 @@ def test_ignore_for_cache_names_are_checked():
         api.python_app(f, cache="yes")
 
 
+def test_an_output_of_a_failed_producer_is_a_failed_dependency_not_a_key(tmp_path):
+    """As for an app future: a cached consumer must fail with DependencyError, not hit."""
+    from api._files import DataFuture
+    from api._futures import AppFuture
+
+    producer = AppFuture(1, "produce", None)
+    out = DataFuture(producer, api.File(str(tmp_path / "out.txt")))
+    producer.set_exception(ValueError("boom"))
+    with pytest.raises(_memo.DependencyFailed):
+        _memo.Hasher().feed(out, "argument 'inputs'[0]")
+    ok = AppFuture(2, "produce", None)
+    done = DataFuture(ok, api.File(str(tmp_path / "out.txt")))
+    ok.set_result(0)
+    h = _memo.Hasher()
+    h.feed(done, "argument 'inputs'[0]")
+    assert h.digest()
+
+
 def test_call_key_binds_arguments_and_ignores():
     def f(a, b=0, note=""):
         return a + b
