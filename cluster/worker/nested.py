@@ -76,6 +76,10 @@ class NestedLink:
             # An actor's loop waits on its direct callers' sockets and the daemon's: the
             # reader thread owns the latter now, so it wakes the loop through a pipe.
             wake_r, self._wake_w = os.pipe()
+            # Non-blocking: the loop drains it only between calls, and a reader blocked on
+            # a full pipe could not deliver the reply a waiting method needs. One pending
+            # byte wakes the loop; the inbox holds the frames.
+            os.set_blocking(self._wake_w, False)
             worker.server.selector.unregister(worker.sock)
             worker.server.selector.register(wake_r, selectors.EVENT_READ,
                                             lambda: self._drain(wake_r))
@@ -107,14 +111,19 @@ class NestedLink:
                         self.on_payload(message.payload)
                     else:
                         self.inbox.put(message)
-                        if self._wake_w >= 0:
-                            os.write(self._wake_w, b"\0")
+                        self._wake()
         except OSError as err:
             why = f"lost the daemon: {err}"
         self.inbox.put(None)
-        if self._wake_w >= 0:
-            os.write(self._wake_w, b"\0")
+        self._wake()
         self.on_lost(why)
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # (full: the loop has a wake-up pending already)
 
     def _drain(self, wake_r: int) -> None:
         """An actor's loop was woken: move what the reader got to the worker's backlog."""
@@ -150,8 +159,8 @@ class NestedLink:
         task_id = worker.task_id
         pending = [f for f in futures if not f.done()]
         missing = needed - (len(futures) - len(pending))
-        if missing <= 0 or not task_id:
-            return
+        if missing <= 0 or not task_id or (timeout is not None and timeout <= 0):
+            return  # (a poll: no round trip to give the CPUs back and take them again)
         finished: list[None] = []  # one entry per future done (list.append is atomic)
 
         def wake(_future: Any) -> None:
