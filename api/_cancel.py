@@ -14,6 +14,7 @@ is a non-OK result that must not simply fail its future.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from cluster.common.protocol import pb
@@ -59,9 +60,10 @@ def cancel_many(client: Any, futures: list[Any], force: bool = False) -> list[bo
     waiters = client.ask_cancel([fut.task_id for _, fut in ask], force)
     if client.on_reader_thread():
         return out  # (a completion hook on the reader: no answer could arrive; asked anyway)
+    deadline = time.monotonic() + REPLY_TIMEOUT  # (one bound for the whole list)
     for (i, fut), waiter in zip(ask, waiters, strict=True):
         try:
-            reply = waiter.result(REPLY_TIMEOUT)
+            reply = waiter.result(max(0.0, deadline - time.monotonic()))
         except Exception:  # noqa: BLE001 - no answer (timeout, connection lost): not cancelled
             reply = None
         if reply is not None and reply.cancelled:

@@ -129,7 +129,7 @@ class ShoalBackend(AutoBatchingMixin, ParallelBackendBase):
         concurrent.futures.wait([out], timeout)
         stored = type(out._result) is Stored   # large: mapped read-only from the store
         try:
-            value = out.result(timeout)
+            value = out.result(0)  # (waited above: TimeoutError now if it is not done)
         except TaskError as err:
             cause = err.cause
             if isinstance(cause, BaseException):

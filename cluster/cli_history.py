@@ -33,7 +33,7 @@ def find(cluster_id: str | None) -> tuple[str, clusterfile.ClusterFile | None]:
             except ValueError as err:
                 raise HistoryError(str(err)) from None
         log_dir = cf.log_dir if cf is not None and cf.log_dir else _default_log_dir(cluster_id)
-        history = historydb.path_in(log_dir)
+        history = paths.history_file(log_dir)
         if not os.path.exists(history):
             raise HistoryError(f"cluster {cluster_id!r} left no run history (looked for "
                                f"{history})")
@@ -48,7 +48,7 @@ def find(cluster_id: str | None) -> tuple[str, clusterfile.ClusterFile | None]:
                            "--cluster ID")
     candidates = running or clusterfile.all_clusters()
     for cf in candidates:
-        history = historydb.path_in(cf.log_dir or _default_log_dir(cf.cluster_id))
+        history = paths.history_file(cf.log_dir or _default_log_dir(cf.cluster_id))
         if os.path.exists(history):
             return history, cf
     raise HistoryError("no cluster of yours left a run history (start one with "

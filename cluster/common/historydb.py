@@ -19,7 +19,6 @@ from typing import Any
 
 from cluster.common.ids import from_db, to_db
 
-FILE_NAME = "history.sqlite"
 #: The states a task has in the history.
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TASK_COLUMNS = ("task_id", "name", "kind", "state", "node", "worker_pid", "block", "attempts",
@@ -44,11 +43,6 @@ def parse_task_id(text: str) -> int:
     except ValueError:
         raise HistoryError(f"{text!r} is not a task id (write it as shown, e.g. "
                            "0x10000000007, or as the number fut.task_id gives)") from None
-
-
-def path_in(log_dir: str) -> str:
-    """The history file of the cluster whose log directory is `log_dir`."""
-    return os.path.join(log_dir, FILE_NAME)
 
 
 def connect(path: str) -> sqlite3.Connection:

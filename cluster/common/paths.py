@@ -90,7 +90,7 @@ def pid_alive(pid: int) -> bool:
 
 def sweep_stale() -> list[str]:
     """Remove runtime directories whose owning process is gone; returns what was removed."""
-    removed = []
+    removed: list[str] = []
     try:
         root = runtime_root()
         names = os.listdir(root)
@@ -109,3 +109,13 @@ def sweep_stale() -> list[str]:
                 shutil.rmtree(os.path.join(spill_root(), leftover), ignore_errors=True)
             removed.append(path)
     return removed
+
+
+#: The run history's file name inside a cluster's log directory.
+HISTORY_FILE = "history.sqlite"
+
+
+def history_file(log_dir: str) -> str:
+    """The run history of the cluster whose log directory is `log_dir` (written by the
+    head's history writer, read by ``clusterctl history`` and the dashboard)."""
+    return os.path.join(log_dir, HISTORY_FILE)

@@ -34,7 +34,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from cluster.common import historydb
+from cluster.common import historydb, paths
 from cluster.common.auth import dashboard_token
 from cluster.common.protocol import pb, to_dict
 from cluster.head import metrics
@@ -355,7 +355,7 @@ async def start_dashboard(head: LiveHead, secret: str, host: str,
                           log_dir: str) -> Dashboard | None:
     """The head's dashboard (None, logged, when it cannot be served: the head runs on)."""
     try:
-        dashboard = await serve(Source(historydb.path_in(log_dir), head),
+        dashboard = await serve(Source(paths.history_file(log_dir), head),
                                 dashboard_token(secret), host)
     except (ImportError, OSError) as err:
         log.error("no dashboard: %s", err)

@@ -31,14 +31,13 @@ import sys
 import time
 from typing import Any, Protocol
 
+from cluster.common import paths
 from cluster.common.protocol import pb, to_dict
 from cluster.head.historywriter import encode_frame
 from cluster.head.records import Node, Task, TaskState
 
 log = logging.getLogger("shoal.history")
 
-#: The history's file name inside a cluster's log directory.
-FILE_NAME = "history.sqlite"
 #: Seconds between batches (what a crash can lose; what readers lag behind).
 FLUSH_SECONDS = 0.1
 #: Seconds after the head's start before the writer process starts.
@@ -53,11 +52,6 @@ ENV_VAR = "SHOAL_HISTORY"
 
 _now = time.time    # bound once: called three times a task
 _NEW = TaskState.NEW
-
-
-def path_in(log_dir: str) -> str:
-    """The history file of the cluster whose log directory is `log_dir`."""
-    return os.path.join(log_dir, FILE_NAME)
 
 
 def enabled() -> bool:
@@ -326,12 +320,8 @@ class Recorder:
 
 
 def make_recorder(log_dir: str, cluster_id: str) -> Recorder | None:
-    """The head's recorder into `log_dir` (None when histories are off or the writer
-    cannot start: the head runs on, saying why in its log)."""
+    """The head's recorder into `log_dir` (None when histories are off). A writer that
+    cannot start later is logged by :meth:`Recorder._start_writer`; the head runs on."""
     if not enabled():
         return None
-    try:
-        return Recorder(path_in(log_dir), cluster_id, log_dir)
-    except OSError as err:
-        log.error("no run history: cannot start its writer for %s: %s", path_in(log_dir), err)
-        return None
+    return Recorder(paths.history_file(log_dir), cluster_id, log_dir)

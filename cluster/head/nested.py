@@ -67,7 +67,6 @@ class NestedDrivers:
         self.root: dict[int, int] = {}
         #: Parent task -> its children that may still be live.
         self.children: dict[int, set[int]] = {}
-        self._nested_ids: set[int] = set()
 
     def live_records(self) -> int:
         """How many nested tasks these tables hold (a leak check for tests and status):
@@ -99,7 +98,6 @@ class NestedDrivers:
                 driver = self.head.driver_joined(NestedConn(self, node, frame.channel),
                                                  batch.hello)
                 self.channels[key] = driver
-                self._nested_ids.add(driver.driver_id)
                 continue
             driver = self.channels.get(key)
             if driver is None:
@@ -120,7 +118,6 @@ class NestedDrivers:
     # ---- lifetime ----------------------------------------------------------------------
     def _left(self, driver: Driver) -> None:
         driver_id = driver.driver_id
-        self._nested_ids.discard(driver_id)
         self.head.driver_left(driver)  # cancels what it submitted
         # Its tasks' results go nowhere now: forget them (a scan, but workers die rarely).
         for task_id in [t for t in self.root if t >> DRIVER_SHIFT == driver_id]:
