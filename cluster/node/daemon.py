@@ -265,18 +265,26 @@ class Daemon(ActorHosting):
         self._pulling[spec.task_id] = spec
 
         def arrived(done: asyncio.Future[Any]) -> None:
-            if self.stopping or self._pulling.pop(spec.task_id, None) is None:
-                return  # (cancelled while its arguments travelled)
+            if self.stopping:
+                return
+            wanted = self._pulling.pop(spec.task_id, None) is not None
             try:
                 done.result()
             except Exception as err:  # noqa: BLE001 - reported with the task
-                self._report(spec, pb.OBJECT_LOST, b"",
-                             f"an argument could not be brought to {self.name}: {err}", 0.0)
-                self.pump()
+                if wanted:
+                    self._report(spec, pb.OBJECT_LOST, b"",
+                                 f"an argument could not be brought to {self.name}: {err}",
+                                 0.0)
+                    self.pump()
                 return
+            # The head learns of the copies even when the task was cancelled while they
+            # travelled: it alone deletes them (else they stay in this store for good).
             self.copies.extend(i for i in ids if i in store)
-            self._accept(spec)
-            self.pump()
+            if wanted:
+                self._accept(spec)
+                self.pump()
+            else:
+                self.schedule_flush()
 
         asyncio.ensure_future(_gather(fetches)).add_done_callback(arrived)
         return False
