@@ -226,9 +226,10 @@ def timeline(db: sqlite3.Connection, limit: int = 0) -> dict[str, Any]:
     sql = ("SELECT task_id, name, kind, state, node_id, worker_pid, started, finished, "
            "run_seconds, attempts FROM tasks WHERE worker_pid IS NOT NULL AND finished "
            "IS NOT NULL AND kind != 'actor' ORDER BY task_id")
-    rows = list(db.execute(sql))
-    if limit:
-        rows = rows[-limit:]
+    if limit > 0:  # the newest, from the end of the index (the live page polls this)
+        rows = list(db.execute(sql + f" DESC LIMIT {int(limit)}"))[::-1]
+    else:
+        rows = list(db.execute(sql))
     events: list[dict[str, Any]] = []
     threads: set[tuple[int, int]] = set()
     for r in rows:

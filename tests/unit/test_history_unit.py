@@ -194,6 +194,8 @@ def test_timeline_has_one_row_per_worker(tmp_path):
     meta = {(e["name"], e["tid"]): e["args"]["name"] for e in trace["traceEvents"]
             if e["ph"] == "M"}
     assert meta[("process_name", 0)] == "nodeA" and meta[("thread_name", 11)] == "worker 11"
+    newest = historydb.timeline(historydb.connect(path), limit=2)["traceEvents"]
+    assert [e["args"]["task_id"] & 0xFF for e in newest if e["ph"] == "X"] == [2, 3]
 
 
 def test_metrics_text_format():
