@@ -196,10 +196,14 @@ class CheckpointStore:
             inline = objectformat.inline_bytes(enc, record.value)
             file = None
             if inline is None:
-                written += self._commit(rows)
-                rows = []
                 file = f"{record.key}.obj"
-                self._write_file(file, enc)
+                try:
+                    written += self._commit(rows)
+                    rows = []
+                    self._write_file(file, enc)
+                except (OSError, sqlite3.Error) as err:  # (disk full, quota): only this one
+                    _log.warning("result of %s not checkpointed: %s", record.app, err)
+                    continue
             rows.append((record.key, record.app, inline, file,
                          enc.size if file else len(inline or b""), record.stdout,
                          record.stderr, time.time()))

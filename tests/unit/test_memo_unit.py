@@ -231,6 +231,26 @@ def test_file_urls_and_paths():
 
 
 # ---- the store ---------------------------------------------------------------------------
+def test_a_large_result_that_cannot_be_written_loses_only_itself(tmp_path, monkeypatch):
+    """A full disk on one result's file: the rest of the batch is still written."""
+    store = CheckpointStore(str(tmp_path / "ck"))
+    real = store._write_file  # noqa: SLF001 - the one write that fails
+
+    def full(file, enc):
+        if file.startswith("bad"):
+            raise OSError(28, "No space left on device")
+        real(file, enc)
+
+    monkeypatch.setattr(store, "_write_file", full)
+    big = np.arange(1 << 18, dtype=np.float64)
+    records = [Record("a", "app", 1), Record("bad", "app", big), Record("b", "app", 2),
+               Record("c", "app", big)]
+    assert store.write_many(records) == 3
+    assert store.get("bad") is None
+    assert (store.get("a").value, store.get("b").value) == (1, 2)
+    assert np.array_equal(store.get("c").value, big)
+
+
 def test_store_round_trips_small_and_large_results(tmp_path):
     store = CheckpointStore(str(tmp_path / "ck"))
     big = np.arange(1 << 18, dtype=np.float64)
