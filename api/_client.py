@@ -26,7 +26,7 @@ from typing import Any
 
 from api import _cancel, _errors
 from api._direct import DirectCalls
-from api._futures import AppFuture, CallbackThread, Stored, format_id
+from api._futures import AppFuture, CallbackThread, Stored, block, format_id
 from api._objects import ObjectClient
 from api._transport import LaneTransport, Transport
 from cluster.common import serialization
@@ -452,8 +452,9 @@ class Client:
             self._get_waiters[request_id] = waiter
             queue.append(make(request_id))
         self._transport.flush()
+        left = block([waiter], 1, timeout)  # (inside a worker: CPUs given back meanwhile)
         try:
-            return waiter.result(timeout)
+            return waiter.result(left)
         except concurrent.futures.TimeoutError:
             self._get_waiters.pop(request_id, None)
             raise TimeoutError(f"{what} within {timeout}s") from None

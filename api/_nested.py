@@ -17,7 +17,6 @@ waits.
 
 from __future__ import annotations
 
-import concurrent.futures
 import itertools
 import os
 import socket
@@ -160,22 +159,6 @@ class NestedClient(Client):
         spec.parent_task = parent
         self.link.parents.add(parent)
         super().submit(spec, fn_blob, future)
-
-    def _ask(self, queue: list[Any], make: Any, timeout: float | None, what: str) -> Any:
-        # As a driver's, but the wait gives the task's CPUs back.
-        waiter: concurrent.futures.Future = concurrent.futures.Future()
-        request_id = next(self._seq)
-        with self._lock:
-            self.check_connected()
-            self._get_waiters[request_id] = waiter
-            queue.append(make(request_id))
-        self._transport.flush()
-        self.link.block([waiter], 1, timeout)
-        try:
-            return waiter.result(0 if timeout is not None else None)
-        except concurrent.futures.TimeoutError:
-            self._get_waiters.pop(request_id, None)
-            raise TimeoutError(f"{what} within {timeout}s") from None
 
 
 def worker_client(worker: Any) -> NestedClient:
