@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from cluster.common import paths
 from cluster.common.protocol import pb, to_dict
-from cluster.head.historywriter import encode_frame
+from cluster.head.historywriter import STATE_NAMES, encode_frame
 from cluster.head.records import Node, Task, TaskState
 
 log = logging.getLogger("shoal.history")
@@ -50,8 +50,10 @@ PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 ENV_VAR = "SHOAL_HISTORY"
 
 
-_now = time.time    # bound once: called three times a task
+_now = time.time    # bound once: called for every state change
 _NEW = TaskState.NEW
+_DONE = TaskState.DONE
+_NAMES = STATE_NAMES  # keyed by the member's name: hashing an Enum runs Python code
 
 
 def enabled() -> bool:
@@ -109,13 +111,21 @@ class Recorder:
     # ---- called by the head (its loop thread): append only -------------------------------
     def state(self, task: Task, old: TaskState, new: TaskState) -> None:
         """`task` moved from `old` to `new`."""
-        now = _now()
-        spec = task.spec
+        # Only the changes the history can tell apart: a new task's record says it is
+        # queued, and RUNNING -> CANCELLING or WAITING -> QUEUED change no history state
+        # (a no-op task: 2 changes shipped and folded, not 3). DONE always: an actor's
+        # HOSTING -> DONE ends its creation's record.
+        name = _NAMES[new._name_]
         if old is _NEW:
-            self._new.append((spec, task.shape, now))
-        # The member's name, not the member: hashing an Enum runs Python code (0.8 us a
-        # task where the writer looked it up).
-        self._events.append((spec.task_id, new._name_, now, task.node_id, task.attempts))
+            now = _now()
+            self._new.append((task.spec, task.shape, now))
+            if name == "queued":
+                return
+        elif name == _NAMES[old._name_] and new is not _DONE:
+            return
+        else:
+            now = _now()
+        self._events.append((task.spec.task_id, new._name_, now, task.node_id, task.attempts))
 
     def node_batch(self, node: Node, message: pb.NodeToHead) -> None:
         """A daemon's batch: its results (worker pids, run times) and printed output."""
