@@ -20,7 +20,7 @@ import socket
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from api import _actors, _cache, _cancel, _errors, _futures, _session
+from api import _actors, _cache, _cancel, _errors, _futures, _progress, _session
 from api._actors import ActorClass, ActorHandle, actor, kill
 from api._apps import AUTO_LOGNAME, App, bash_app, python_app
 from api._client import Client
@@ -470,10 +470,15 @@ def cancel(futures: Any, force: bool = False) -> Any:
 
 
 def wait(futures: Iterable[Any], num_returns: int = 1,
-         timeout: float | None = None) -> tuple[list[Any], list[Any]]:
+         timeout: float | None = None, progress: bool = False) -> tuple[list[Any], list[Any]]:
     """Wait until `num_returns` of `futures` are done (or `timeout`); returns (done, pending).
 
     Order within each list follows the input. Refs made by :func:`put` count as done.
+    ``progress=True`` shows a bar of the `num_returns` awaited while it waits (as
+    :func:`progress` does).
+
+    >>> done, pending = api.wait(futs, num_returns=len(futs), progress=True)  # doctest: +SKIP
+    tasks: 100%|██████████| 1000/1000 [00:12<00:00, 81.3task/s]
     """
     items = list(futures)
     if not 0 <= num_returns <= len(items):
@@ -486,10 +491,17 @@ def wait(futures: Iterable[Any], num_returns: int = 1,
         already = len(waitable) - len(pending)
         if already < needed:
             timeout = _futures.block(pending, needed - already, timeout)
-            for _ in concurrent.futures.as_completed(pending, timeout=timeout):
-                already += 1
-                if already >= needed:
-                    break
+            bar = _progress.Bar(num_returns, done=ready_now + already) if progress else None
+            try:
+                for fut in concurrent.futures.as_completed(pending, timeout=timeout):
+                    already += 1
+                    if bar is not None:
+                        bar.step(fut)
+                    if already >= needed:
+                        break
+            finally:
+                if bar is not None:
+                    bar.close()
     done = [f for f in items if not isinstance(f, concurrent.futures.Future) or f.done()]
     not_done = [f for f in items if isinstance(f, concurrent.futures.Future) and not f.done()]
     return done, not_done

@@ -211,6 +211,14 @@ def test_progress_of_real_futures(run):
     assert "8/8" in out.getvalue()
 
 
+def test_wait_with_progress_on_real_futures(run, monkeypatch, capsys):
+    futs = [add(i, 2) for i in range(6)]
+    done, pending = api.wait(futs, num_returns=len(futs), progress=True)
+    assert (len(done), pending) == (6, [])
+    assert api.get(done) == [i + 2 for i in range(6)]
+    assert "6/6" in capsys.readouterr().err
+
+
 def test_history_outlives_down_and_a_head_crash(run, tmp_path):
     # Down (the last test of the module on this cluster): everything is still readable.
     assert ctl("down", "--cluster", "hist-a").returncode == 0

@@ -279,3 +279,29 @@ def test_progress_without_tqdm(monkeypatch):
     assert all(f.done() for f in futs)
     assert out.getvalue().splitlines()[-1].startswith("sims: 20/20 done, 2 failed")
     assert api.progress([], file=out) == []
+
+
+@pytest.mark.parametrize("with_tqdm", [True, False])
+def test_wait_with_progress_draws_the_awaited_count(monkeypatch, with_tqdm):
+    """``api.wait(..., progress=True)`` (the issue's spelling): a bar of the num_returns
+    awaited, moved as futures finish, and the same (done, pending) as without it."""
+    import sys
+
+    import api
+
+    if with_tqdm:
+        pytest.importorskip("tqdm")
+    else:
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    futs = _finishing(20, fail={4})
+    done, pending = api.wait(futs, num_returns=15, progress=True)
+    assert len(done) >= 15 and len(done) + len(pending) == 20
+    text = out.getvalue()
+    assert "15/15" in text, text
+    if not with_tqdm:
+        assert text.splitlines()[-1].startswith("tasks: 15/15 done, 1 failed")
+    out.truncate(0)
+    api.wait(futs, num_returns=20)            # no bar unless asked
+    assert out.getvalue() == ""
