@@ -1,0 +1,117 @@
+"""What keeps the run history cheap, checked for behaviour (never timed): the head ships
+only the state changes the history can tell apart, and the writer holds a new task's row
+until it ends (one INSERT) without changing what the history says."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from cluster.common import historydb, status
+from cluster.common.protocol import fill, pb
+from cluster.head.history import Recorder
+from cluster.head.historywriter import Writer, open_db
+from cluster.head.records import Task, TaskState
+
+pytestmark = pytest.mark.timeout(60)
+S = TaskState
+A = 1 << 40
+
+
+def _task(seq: int, kind: int = pb.PYTHON) -> Task:
+    spec = pb.TaskSpec(task_id=A | seq, name="work", kind=kind)
+    fill(spec.resources, {"cpus": 1.0})
+    return Task(spec, {"cpus": 1.0}, spec.resources.SerializeToString())
+
+
+def _move(rec: Recorder, task: Task, *states: TaskState) -> None:
+    for state in states:
+        old, task.state = task.state, state
+        rec.state(task, old, state)
+
+
+def test_a_task_ships_only_the_changes_the_history_tells_apart(tmp_path):
+    rec = Recorder(str(tmp_path / "h.sqlite"), "c")
+    rec._broken = True  # noqa: SLF001 - no writer: look at what would be shipped
+    plain = _task(1)
+    _move(rec, plain, S.QUEUED, S.RUNNING, S.DONE)
+    cancelled = _task(2)
+    _move(rec, cancelled, S.WAITING, S.QUEUED, S.RUNNING, S.CANCELLING, S.FAILED)
+    retried = _task(3)
+    _move(rec, retried, S.QUEUED, S.RUNNING, S.DECIDING, S.QUEUED, S.RUNNING, S.DONE)
+    actor = _task(4, pb.ACTOR_CREATE)
+    _move(rec, actor, S.QUEUED, S.RUNNING, S.HOSTING, S.DONE)
+    shipped = [(tid & 0xFF, state) for tid, state, *_ in rec._events]  # noqa: SLF001
+    assert [t[0].task_id & 0xFF for t in rec._new] == [1, 2, 3, 4]  # noqa: SLF001
+    assert shipped == [(1, "RUNNING"), (1, "DONE"),
+                       (2, "RUNNING"), (2, "FAILED"),
+                       (3, "RUNNING"), (3, "QUEUED"), (3, "RUNNING"), (3, "DONE"),
+                       (4, "RUNNING"), (4, "HOSTING"), (4, "DONE")]
+
+
+def _frames() -> list[tuple[float, tuple]]:
+    """Batches as a head sends them, with when each came: a task ending at once, one
+    retried, one failing with its error a batch later, one still running past the hold,
+    one that never ends, and results arriving apart from their state changes."""
+    new = [(A | i, "work", 0, '{"cpus": 1.0}', 1.0, "", "", 0) for i in range(1, 6)]
+    b0 = ([(1, "nodeA", "10.0.0.1", "", 11, 1.0, '{"cpus": 2}')], new,
+          [(A | 1, "RUNNING", 1.1, 1, 0), (A | 2, "RUNNING", 1.1, 1, 0),
+           (A | 3, "RUNNING", 1.1, 1, 0), (A | 4, "RUNNING", 1.2, 1, 0)],
+          [], [(A | 1, 1.15, False, "nodeA", "hi\n")], [], [])
+    b1 = ([], [], [(A | 1, "DONE", 1.3, 1, 0), (A | 2, "QUEUED", 1.3, 0, 1),
+                   (A | 2, "RUNNING", 1.4, 1, 1), (A | 3, "FAILED", 1.5, 1, 0)],
+          [(A | 1, 101, 0.2)], [], [], [])
+    b2 = ([], [], [(A | 2, "DONE", 1.6, 1, 1)], [(A | 2, 102, 0.2), (A | 3, 103, 0.4)], [],
+          [(A | 3, 1.5, status.APP_ERROR, b"", "ValueError: no")], [])
+    b3 = ([], [], [(A | 4, "DONE", 9.0, 1, 0)], [(A | 4, 104, 7.8)], [], [], [])
+    b4 = ([(1, None, None, None, None, 9.5, None, "heartbeats stopped")], [], [], [], [],
+          [], [])
+    return [(1.0, b0), (1.3, b1), (1.6, b2), (9.0, b3), (9.5, b4)]
+
+
+def _replay(path: str, hold: float) -> list[tuple]:
+    writer = Writer(open_db(path), hold)
+    now = [0.0]
+    writer.clock = lambda: now[0]
+    for t, frame in _frames():
+        now[0] = t
+        writer.batch(frame)
+    writer.finish()
+    with sqlite3.connect(path) as db:
+        rows = db.execute("SELECT * FROM tasks ORDER BY task_id").fetchall()
+        rows += db.execute("SELECT * FROM nodes").fetchall()
+    return [tuple(v if v != "" else None for v in r) for r in rows]
+
+
+def test_holding_rows_writes_what_writing_at_once_writes(tmp_path):
+    """Held until they end (or 5 s), written once: the same rows as written at once (an
+    INSERT, then UPDATEs), whether a task's row waited or was written still running."""
+    at_once = _replay(str(tmp_path / "a.sqlite"), 0.0)
+    held = _replay(str(tmp_path / "b.sqlite"), 5.0)
+    short = _replay(str(tmp_path / "c.sqlite"), 0.2)   # task 4 written running, then updated
+    assert held == at_once == short
+    db = historydb.connect(str(tmp_path / "b.sqlite"))
+    records = {r["task_id"] & 0xFF: r for r in historydb.tasks(db)}
+    assert {k: r["state"] for k, r in records.items()} == {
+        1: "done", 2: "done", 3: "failed", 4: "done", 5: "queued"}
+    assert records[2]["attempts"] == 2 and records[4]["worker_pid"] == 104
+    assert records[3]["error"] == "ValueError: no" and records[3]["worker_pid"] == 103
+    assert [e["state"] for e in historydb.task(db, A | 2)["events"]] == [
+        "queued", "running", "queued", "running", "done"]   # the retry is kept
+    assert historydb.nodes(db)[0]["reason"] == "heartbeats stopped"
+
+
+def test_rows_held_are_bounded_and_written_at_the_end(tmp_path, monkeypatch):
+    from cluster.head import historywriter
+
+    monkeypatch.setattr(historywriter, "HOLD_ROWS", 10)
+    path = str(tmp_path / "h.sqlite")
+    writer = Writer(open_db(path), 1000.0)
+    for batch in range(5):
+        writer.batch(([], [(A | (batch * 5 + i), "w", 0, "{}", 1.0, "", "", 0)
+                           for i in range(5)], [], [], [], [], []))
+        assert len(writer._held) <= 10  # noqa: SLF001
+    assert historydb.count(historydb.connect(path)) == 15
+    writer.finish()
+    assert historydb.count(historydb.connect(path)) == 25
