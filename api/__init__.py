@@ -17,6 +17,7 @@ import math
 import os
 import re
 import socket
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -281,12 +282,14 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         process = None
         embedded = not targets
         log_dir = cf.log_dir if cf else ""
+        dashboard = cf.extra.get("dashboard", "") if cf else ""
         if embedded:
             process, started = _session.start_embedded(num_cpus, num_gpus, resources, timeout,
                                                         object_store_memory)
             targets = [f"unix:{started['unix_socket']}", started["address"]]
             secret = started["secret"]
             log_dir = started.get("log_dir", "")
+            dashboard = started.get("dashboard", "")
         tls_ca = (cf.extra.get("tls_ca", "") if cf else "") or os.environ.get("SHOAL_TLS_CA", "")
         try:
             if not embedded:
@@ -313,7 +316,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         info = ClusterInfo(address=client.address.removeprefix("unix:") if not embedded
                            else targets[-1], cluster_id=client.cluster_id, embedded=embedded,
                            nodes=[{"name": n.name, **to_dict(n.total)}
-                                  for n in client.nodes.values()], log_dir=log_dir)
+                                  for n in client.nodes.values()], log_dir=log_dir,
+                           dashboard_url=f"{dashboard}?token={auth.dashboard_token(secret)}"
+                           if dashboard else "")
+        if embedded and dashboard and log_to_driver:
+            print(f"shoal: local cluster {client.cluster_id}; dashboard at "
+                  f"{info.dashboard_url}", file=sys.stderr, flush=True)
         _cache.configure(client, store, checkpoint_mode, checkpoint_period)
         _session.set_session(client, process, info, run_dir)
         return info

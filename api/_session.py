@@ -45,6 +45,8 @@ class ClusterInfo:
     embedded: bool
     nodes: list[dict[str, Any]] = field(default_factory=list)
     log_dir: str = ""
+    #: The dashboard's address with its token ("" when the cluster serves none).
+    dashboard_url: str = ""
 
 
 class RunDir:
@@ -196,7 +198,7 @@ def start_embedded(num_cpus: int | None, num_gpus: int | None,
     if PACKAGE_ROOT not in parts:
         env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *parts])
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id", cluster_id,
-           "--watch-stdin"]
+           "--watch-stdin", "--dashboard"]   # (started on its first request: costs no start)
     if num_cpus is not None:
         cmd += ["--num-cpus", str(int(num_cpus))]
     if num_gpus is not None:

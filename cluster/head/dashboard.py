@@ -31,12 +31,13 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from cluster.common import historydb, paths
 from cluster.common.auth import dashboard_token
-from cluster.common.protocol import pb, to_dict
+from cluster.common.protocol import pb
 from cluster.head import metrics
 from cluster.head.directory import ObjectDirectory
 from cluster.head.records import Node
@@ -46,8 +47,8 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
 PAGES = ("overview", "tasks", "task", "actors", "objects", "blocks", "timeline")
 #: Rows per page of the tasks table.
 TASKS_PER_PAGE = 50
-#: Node rows on the overview of a live cluster (the totals count every node).
-OVERVIEW_NODES = 200
+#: Seconds the overview's node records are reused: every open page polls each second.
+NODE_RECORDS_SECONDS = 1.0
 #: The timeline page draws at most this many of the latest tasks (the trace file has all).
 TIMELINE_TASKS = 2000
 
@@ -74,6 +75,7 @@ class Source:
         self.history_path = history_path
         self._pool = concurrent.futures.ThreadPoolExecutor(1, "shoal-dashboard-db")
         self._local = threading.local()
+        self.node_records = NodeRecords()
 
     def _db(self) -> sqlite3.Connection | None:
         db = getattr(self._local, "db", None)
@@ -107,10 +109,10 @@ class Source:
                                       "actors": []})
         head = self.head
         if head is not None:
-            # At most OVERVIEW_NODES records: all 5,000 took the head's loop 0.4 s, and the
-            # page asks every second.
-            reply = head.status(OVERVIEW_NODES)
-            out["nodes"] = [_node(n) for n in reply.nodes]
+            # Every node, from the cache (see NodeRecords); the rest of the snapshot with
+            # one node record only (the totals count them all).
+            reply = head.status(1)
+            out["nodes"] = self.node_records.get(head.nodes, reply.nodes_alive)
             out["nodes_total"] = reply.nodes_total
             out["nodes_alive"] = reply.nodes_alive
             out["actors"] = [_actor(a) for a in reply.actors]
@@ -194,14 +196,54 @@ class Source:
         return metrics.render(self.head.status(0), counts)
 
 
-def _node(n: Any) -> dict[str, Any]:
-    return {"node_id": n.node_id, "name": n.name, "address": n.address, "state": n.state,
-            "total": to_dict(n.total), "used": to_dict(n.used), "running": n.running,
-            "done": n.done, "workers": n.workers, "block": n.block_id,
-            "draining": n.draining, "store": {"objects": n.store.objects,
-                                               "bytes": n.store.bytes,
-                                               "spilled": n.store.spilled,
-                                               "capacity": n.store.capacity}}
+class NodeRecords:
+    """Every node's record for the overview, built from the head's nodes at most once a
+    NODE_RECORDS_SECONDS (however many pages poll), at once when a node joined or was
+    lost; and then only for the nodes whose heartbeat, running or done tasks changed. At
+    5,000 nodes, building every record as a status reply took the head's loop 0.4 s (so
+    the page used to show the first 200)."""
+
+    def __init__(self) -> None:
+        self._at = -1e9
+        self._shape = (-1, -1)
+        self._rows: dict[int, tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self.records: list[dict[str, Any]] = []
+        self.built = 0  # node records built (tests)
+
+    def get(self, nodes: dict[int, Node], alive: int) -> list[dict[str, Any]]:
+        """The records of `nodes` (`alive` of them alive), in the order they joined."""
+        now = time.monotonic()
+        shape = (len(nodes), alive)
+        if shape == self._shape and now - self._at < NODE_RECORDS_SECONDS:
+            return self.records
+        self._at, self._shape = now, shape
+        rows = self._rows
+        out = []
+        for node_id, node in nodes.items():
+            key = (len(node.running), node.done, node.alive, node.draining)
+            seen = rows.get(node_id)
+            if seen is None or seen[0][0] is not node.heartbeat or seen[0][1:] != key:
+                seen = rows[node_id] = ((node.heartbeat, *key), _node(node))
+                self.built += 1
+            out.append(seen[1])
+        if len(rows) > len(nodes):
+            for gone in set(rows) - set(nodes):
+                del rows[gone]
+        self.records = out
+        return out
+
+
+def _node(n: Node) -> dict[str, Any]:
+    beat = n.heartbeat
+    store = beat.store
+    return {"node_id": n.node_id, "name": n.name, "address": n.address,
+            "state": "alive" if n.alive else "lost", "reason": n.lost_reason,
+            "total": {k: v for k, v in n.view.total.items() if v},
+            "used": {k: v for k, v in n.view.used.items() if v > 1e-9},
+            "running": len(n.running), "done": n.done, "workers": beat.workers,
+            "block": n.block_id, "draining": n.draining,
+            "store": {"objects": store.objects, "bytes": store.bytes, "spilled": store.spilled,
+                      "capacity": store.capacity}}
 
 
 def _actor(a: Any) -> dict[str, Any]:
@@ -345,21 +387,89 @@ async def serve(source: Source, token: str, host: str, port: int = 0) -> Dashboa
     # aiohttp has no public way to the port the OS picked.
     sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
     bound = sockets[0].getsockname()[1] if sockets else port
+    return Dashboard(runner, _url(host, bound), source)
+
+
+def _url(host: str, port: int) -> str:
     shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
     if ":" in shown:
         shown = f"[{shown}]"
-    return Dashboard(runner, f"http://{shown}:{bound}/", source)
+    return f"http://{shown}:{port}/"
+
+
+class LazyDashboard:
+    """The head's dashboard: its socket is bound at once (so its URL is known when the head
+    starts), aiohttp is imported and started when the first request arrives. Importing
+    aiohttp.web costs the head 0.3-1.2 s of CPU (alone / on a loaded 2-core machine): a
+    local cluster's start (``api.init()``) should not pay it for a page nobody opens."""
+
+    def __init__(self, sock: socket.socket, url: str, source: Source, token: str) -> None:
+        self.sock = sock
+        self.url = url
+        self.source = source
+        self.token = token
+        self.runner: Any = None
+        self._loop = asyncio.get_running_loop()
+        self._starting: asyncio.Future[None] | None = None
+        self._loop.add_reader(sock.fileno(), self._first_request)
+
+    def _first_request(self) -> None:
+        self._loop.remove_reader(self.sock.fileno())
+        self._starting = asyncio.ensure_future(self._start())
+
+    async def _start(self) -> None:
+        import importlib
+
+        try:
+            # (in a thread: the head's loop goes on while the modules load)
+            await self._loop.run_in_executor(None, importlib.import_module, "aiohttp.web")
+            from aiohttp import web
+
+            runner = web.AppRunner(make_app(self.source, self.token), access_log=None)
+            await runner.setup()
+            await web.SockSite(runner, self.sock).start()
+            self.runner = runner
+        except Exception:  # noqa: BLE001 - the head runs on without its dashboard
+            log.exception("the dashboard could not start")
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._starting is None:
+            self._loop.remove_reader(self.sock.fileno())
+        else:
+            await self._starting
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.sock.close()
+        self.source.close()
 
 
 async def start_dashboard(head: LiveHead, secret: str, host: str,
-                          log_dir: str) -> Dashboard | None:
+                          log_dir: str) -> LazyDashboard | None:
     """The head's dashboard (None, logged, when it cannot be served: the head runs on)."""
+    import importlib.util
+
+    if importlib.util.find_spec("aiohttp") is None:
+        log.error("no dashboard: aiohttp is not installed (pip install aiohttp)")
+        return None
     try:
-        dashboard = await serve(Source(paths.history_file(log_dir), head),
-                                dashboard_token(secret), host)
-    except (ImportError, OSError) as err:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # (not SO_REUSEPORT)
+            sock.bind(address)
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as err:
         log.error("no dashboard: %s", err)
         return None
+    dashboard = LazyDashboard(sock, _url(host, sock.getsockname()[1]),
+                              Source(paths.history_file(log_dir), head),
+                              dashboard_token(secret))
     log.info("dashboard at %s", dashboard.url)
     return dashboard
 

@@ -23,6 +23,7 @@ States in the history are the user's: ``queued`` (waiting for arguments or for a
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -46,6 +47,13 @@ WRITER_DELAY = 0.5
 SAMPLE_SECONDS = 1.0
 #: The directory holding the `cluster` package (for the writer process's path).
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+#: Bytes of frames the head keeps for a writer that lags (it runs at nice 19: a burst of
+#: short tasks that saturates the CPUs does not wait for it); past it the head waits.
+#: ~150 bytes a task: ~200,000 tasks (what a head crash can lose while the writer lags).
+PENDING_LIMIT = 32 << 20
+#: The pipe's size asked of the kernel (Linux allows up to 1 MB unprivileged).
+PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 #: Set to "0" (or "off") to run a head without a history.
 ENV_VAR = "SHOAL_HISTORY"
 
@@ -98,6 +106,7 @@ class Recorder:
         self._pending = bytearray()
         self._waiting = False
         self._broken = False
+        self._warned = False
         self._resources: dict[bytes, str] = {}
         self._actors: dict[int, tuple[Any, ...]] = {}
         self._blocks: dict[str, tuple[Any, ...]] = {}
@@ -137,12 +146,13 @@ class Recorder:
         self._failures.append((task.spec.task_id, time.time(), result))
 
     def node(self, node: Node) -> None:
-        """`node` joined (it is alive) or was lost (the head's log says why)."""
+        """`node` joined (it is alive) or was lost (``node.lost_reason`` says why)."""
         if node.alive:
             self._nodes.append((node.node_id, node.name, node.address, node.block_id,
                                 node.pid, time.time(), json.dumps(node.view.total)))
         else:
-            self._nodes.append((node.node_id, None, None, None, None, time.time(), None))
+            self._nodes.append((node.node_id, None, None, None, None, time.time(), None,
+                                node.lost_reason))
 
     def attach(self, loop: asyncio.AbstractEventLoop, head: _Observed) -> None:
         """Start flushing every FLUSH_SECONDS on `loop`, sampling `head` once a second."""
@@ -173,6 +183,10 @@ class Recorder:
             return
         assert self._proc.stdin is not None
         self._fd = self._proc.stdin.fileno()
+        try:  # what the kernel keeps for a writer that lags (and that a head crash keeps)
+            fcntl.fcntl(self._fd, F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
         os.set_blocking(self._fd, False)
         self._send()
 
@@ -213,7 +227,8 @@ class Recorder:
                 sent = os.write(self._fd, self._pending)
                 del self._pending[:sent]
         except BlockingIOError:
-            pass
+            if len(self._pending) > PENDING_LIMIT:
+                self._catch_up()
         except OSError as err:
             log.error("the history writer is gone (%s): no more history", err)
             self._broken = True
@@ -225,6 +240,22 @@ class Recorder:
             else:
                 self._loop.remove_writer(self._fd)
             self._waiting = waiting
+
+    def _catch_up(self) -> None:
+        """The writer is PENDING_LIMIT behind: wait for it (the head's memory stays bounded
+        and nothing is dropped; the writer runs at nice 19, so this waits only while the
+        CPUs are saturated for long)."""
+        if not self._warned:
+            self._warned = True
+            log.warning("the history writer is %d MB behind: the head waits for it",
+                        len(self._pending) >> 20)
+        os.set_blocking(self._fd, True)
+        try:
+            while len(self._pending) > PENDING_LIMIT // 2:
+                sent = os.write(self._fd, self._pending[:1 << 20])
+                del self._pending[:sent]
+        finally:
+            os.set_blocking(self._fd, False)
 
     def _snapshot(self, head: _Observed, now: float) -> None:
         running = used = total = 0.0

@@ -433,16 +433,28 @@ def run(path: str, stream: Any) -> bool:
     return closed
 
 
+def lower_priority() -> None:
+    """Run below the head, its workers and drivers: while they keep the CPUs busy (a burst
+    of short tasks) the history waits, its input buffered in the pipe and the head's
+    sender (bounded: see cluster.head.history.PENDING_LIMIT), and catches up when they
+    idle. Nice 19 and SCHED_BATCH (no wakeup preemption of the head), not SCHED_IDLE: on
+    a node other work keeps busy for good, an idle-class writer might never run, and the
+    head would then wait for it at its buffer's limit; nice 19 always gets a little."""
+    try:
+        os.nice(19 - os.nice(0))
+    except OSError:
+        pass
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except (OSError, AttributeError):
+        pass
+
+
 def main() -> None:
     """``python -m cluster.head.historywriter FILE``: frames on stdin."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s history %(levelname)s "
                         "%(message)s")
-    try:
-        # Below the head, its workers and drivers: on a busy node the history waits (its
-        # input buffers in the pipe and the head's sender) rather than slow the tasks.
-        os.nice(10)
-    except OSError:
-        pass
+    lower_priority()
     import sqlite3
 
     try:

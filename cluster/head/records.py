@@ -141,6 +141,7 @@ class Node:
     deletes: list[int] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     cancel_queued: list[pb.CancelRequest] = field(default_factory=list)  # if not started
+    lost_reason: str = ""  # why it was lost (the history and the dashboard show it)
 
     def finished(self, seconds: float) -> None:
         """A task ran here for `seconds`: count it, and let the queue allowance follow the

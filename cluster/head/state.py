@@ -185,6 +185,7 @@ class Head:
         if not node.alive:
             return
         node.alive = False
+        node.lost_reason = reason
         node.view.schedulable = False
         self._feasible.clear()
         self.alive_nodes -= 1

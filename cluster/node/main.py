@@ -244,7 +244,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         manager = BlockManager(head, cfg, provider, ns.cluster_id)
         scaling = asyncio.ensure_future(manager.run())
     print(json.dumps({"address": address, "unix_socket": unix_path, "pid": os.getpid(),
-                      "log_dir": log_dir}), flush=True)
+                      "log_dir": log_dir,
+                      "dashboard": dashboard.url if dashboard is not None else ""}), flush=True)
     if ns.watch_stdin:
         def on_stdin() -> None:
             try:

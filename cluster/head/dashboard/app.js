@@ -54,7 +54,7 @@ const render = {
     const c = d.counts || {};
     const counts = STATES.map(s => `<div class="count ${s}" id="count-${s}"><b>${c[s] || 0}</b> ${s}</div>`).join("");
     const nodes = (d.nodes || []).map(n => `<tr class="node ${esc(n.state)}"><td class="name">${esc(n.name)}</td>` +
-      `<td>${esc(n.state)}${n.draining ? " (draining)" : ""}</td>` +
+      `<td class="state">${esc(n.state)}${n.draining ? " (draining)" : ""}${n.reason ? `: <span class="reason">${esc(n.reason)}</span>` : ""}</td>` +
       `<td>${res(n.total, n.used, "cpus")}</td><td>${res(n.total, n.used, "gpus")}</td>` +
       `<td>${res(n.total, n.used, "memory", bytes)}</td><td>${n.running === undefined ? "-" : n.running}</td>` +
       `<td>${n.done === undefined ? "-" : n.done}</td>` +
