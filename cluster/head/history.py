@@ -47,7 +47,7 @@ WRITER_DELAY = 0.5
 SAMPLE_SECONDS = 1.0
 #: The directory holding the `cluster` package (for the writer process's path).
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-#: Bytes of frames the head keeps for a writer that lags (it runs at nice 19: a burst of
+#: Bytes of frames the head keeps for a writer that lags (it runs at nice 10: a burst of
 #: short tasks that saturates the CPUs does not wait for it); past it the head waits.
 #: ~150 bytes a task: ~200,000 tasks (what a head crash can lose while the writer lags).
 PENDING_LIMIT = 32 << 20
@@ -243,7 +243,7 @@ class Recorder:
 
     def _catch_up(self) -> None:
         """The writer is PENDING_LIMIT behind: wait for it (the head's memory stays bounded
-        and nothing is dropped; the writer runs at nice 19, so this waits only while the
+        and nothing is dropped; the writer runs at nice 10, so this waits only while the
         CPUs are saturated for long)."""
         if not self._warned:
             self._warned = True
@@ -365,4 +365,30 @@ def make_recorder(log_dir: str, cluster_id: str) -> Recorder | None:
     cannot start later is logged by :meth:`Recorder._start_writer`; the head runs on."""
     if not enabled():
         return None
-    return Recorder(paths.history_file(log_dir), cluster_id, log_dir)
+    path = paths.history_file(log_dir)
+    set_aside(path)
+    return Recorder(path, cluster_id, log_dir)
+
+
+def set_aside(path: str) -> str:
+    """Rename an earlier run's history at `path` (a cluster id used again, e.g. `up` after
+    `down` in the same Slurm job) to ``history-<its last write>.sqlite``, so the new run
+    starts its own: the old rows' task ids are the new run's, and the writer's INSERT OR
+    IGNORE kept the old ones (the new run's tasks were missing). Returns the new name."""
+    if not os.path.exists(path):
+        return ""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(os.path.getmtime(path)))
+    root, ext = os.path.splitext(path)
+    target = f"{root}-{stamp}{ext}"
+    n = 1
+    while os.path.exists(target):
+        n += 1
+        target = f"{root}-{stamp}-{n}{ext}"
+    for suffix in ("-wal", "-shm", ""):   # (the file itself last: readers look for it)
+        if os.path.exists(path + suffix):
+            try:
+                os.replace(path + suffix, target + suffix)
+            except OSError as err:
+                log.error("could not set the earlier history %s aside: %s", path, err)
+    log.info("an earlier run's history is now %s", target)
+    return target

@@ -435,13 +435,13 @@ def run(path: str, stream: Any) -> bool:
 
 def lower_priority() -> None:
     """Run below the head, its workers and drivers: while they keep the CPUs busy (a burst
-    of short tasks) the history waits, its input buffered in the pipe and the head's
-    sender (bounded: see cluster.head.history.PENDING_LIMIT), and catches up when they
-    idle. Nice 19 and SCHED_BATCH (no wakeup preemption of the head), not SCHED_IDLE: on
-    a node other work keeps busy for good, an idle-class writer might never run, and the
-    head would then wait for it at its buffer's limit; nice 19 always gets a little."""
+    of short tasks) the history takes a small share and lags, its input buffered in the
+    pipe and the head's sender (bounded: cluster.head.history.PENDING_LIMIT). Nice 10,
+    with SCHED_BATCH (a frame's arrival does not preempt the head). Not nice 19 or
+    SCHED_IDLE: on a machine others kept busy (load 9 on 2 cores), a nice-19 writer took
+    over a minute to start and write 25 tasks, and the live pages lagged as long."""
     try:
-        os.nice(19 - os.nice(0))
+        os.nice(10)
     except OSError:
         pass
     try:

@@ -115,3 +115,23 @@ def test_rows_held_are_bounded_and_written_at_the_end(tmp_path, monkeypatch):
     assert historydb.count(historydb.connect(path)) == 15
     writer.finish()
     assert historydb.count(historydb.connect(path)) == 25
+
+
+def test_a_cluster_id_used_again_starts_a_history_of_its_own(tmp_path):
+    """`up` after `down` with the same cluster id (the same Slurm job): the old rows had
+    the new run's task ids, so INSERT OR IGNORE dropped the new run's tasks."""
+    from cluster.head.history import set_aside
+
+    path = str(tmp_path / "history.sqlite")
+    first = Writer(open_db(path))
+    first.batch(([], [(A | 1, "old", 0, "{}", 1.0, "", "", 0)],
+                 [(A | 1, "DONE", 2.0, 0, 0)], [], [], [], []))
+    first.db.close()
+    moved = set_aside(path)
+    assert moved.startswith(str(tmp_path / "history-")) and moved.endswith(".sqlite")
+    second = Writer(open_db(path))
+    second.batch(([], [(A | 1, "new", 0, "{}", 3.0, "", "", 0)],
+                  [(A | 1, "DONE", 4.0, 0, 0)], [], [], [], []))
+    assert [r["name"] for r in historydb.tasks(historydb.connect(path))] == ["new"]
+    assert [r["name"] for r in historydb.tasks(historydb.connect(moved))] == ["old"]
+    assert set_aside(str(tmp_path / "none.sqlite")) == ""
