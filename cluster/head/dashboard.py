@@ -122,6 +122,10 @@ class Source:
             out["objects"] = {"count": reply.objects, "bytes": reply.object_bytes}
             out["counts"]["queued_now"] = reply.tasks_queued
             out["counts"]["running_now"] = reply.tasks_running
+            # Live: queued and running as the head has them now (the history writes a
+            # task's row when it ends, or HOLD_SECONDS after it came; actor calls count).
+            out["counts"]["queued"] = reply.tasks_queued
+            out["counts"]["running"] = reply.tasks_running
         else:
             out["cluster_id"] = out["meta"].get("cluster_id", "")
         out["live"] = head is not None
