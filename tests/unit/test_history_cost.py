@@ -135,3 +135,37 @@ def test_a_cluster_id_used_again_starts_a_history_of_its_own(tmp_path):
     assert [r["name"] for r in historydb.tasks(historydb.connect(path))] == ["new"]
     assert [r["name"] for r in historydb.tasks(historydb.connect(moved))] == ["old"]
     assert set_aside(str(tmp_path / "none.sqlite")) == ""
+
+
+def test_a_writer_that_lags_costs_bounded_head_memory_and_loses_nothing(tmp_path,
+                                                                         monkeypatch):
+    """The writer runs below the head and may lag (a saturated burst): the head keeps at
+    most PENDING_LIMIT for it, then waits for it; every task still reaches the file."""
+    import os
+    import signal
+    import threading
+
+    from cluster.head import history
+
+    monkeypatch.setattr(history, "PENDING_LIMIT", 256 << 10)
+    path = str(tmp_path / "h.sqlite")
+    rec = Recorder(path, "c")
+    rec._start_writer()  # noqa: SLF001 - as attach() does a moment after the head starts
+    assert rec._proc is not None  # noqa: SLF001
+    os.kill(rec._proc.pid, signal.SIGSTOP)  # noqa: SLF001 - a writer that gets no CPU
+    resume = threading.Timer(1.0, os.kill, (rec._proc.pid, signal.SIGCONT))  # noqa: SLF001
+    resume.start()
+    try:
+        most = 0
+        for batch in range(40):
+            for i in range(500):
+                _move(rec, _task(batch * 500 + i + 1), S.QUEUED, S.RUNNING, S.DONE)
+            rec.flush()
+            most = max(most, len(rec._pending))  # noqa: SLF001
+        assert most <= history.PENDING_LIMIT and rec._warned  # noqa: SLF001 - it waited
+    finally:
+        resume.join()
+        os.kill(rec._proc.pid, signal.SIGCONT)  # noqa: SLF001
+    rec.close()
+    db = historydb.connect(path)
+    assert historydb.counts_by_state(db)["done"] == 20_000
