@@ -216,6 +216,23 @@ class Writer:
             raise
         db.execute("COMMIT")
 
+    def batches(self, frames: list[tuple[Any, ...]]) -> None:
+        """Write `frames`, oldest first, in one transaction (frames kept while the CPUs
+        were busy: one commit, and tasks that ended meanwhile written once)."""
+        if len(frames) == 1:
+            self.batch(frames[0])
+            return
+        db = self.db
+        db.execute("BEGIN")
+        try:
+            for frame in frames:
+                self._write(Signed(db) if needs_fitting(frame) else db,  # type: ignore[arg-type]
+                            *frame)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
     def finish(self) -> None:
         """Write every row still held (the end of the input)."""
         if self._held:
@@ -405,27 +422,42 @@ def _read_exactly(stream: Any, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def run(path: str, stream: Any) -> bool:
+def run(path: str, stream: Any, pace: bool = False) -> bool:
     """Write frames from `stream` into the history at `path` until a closing frame
-    (returns True) or end of input (the head died: False)."""
+    (returns True) or end of input (the head died: False). `pace`: while the CPUs are
+    busy, write every few seconds (:mod:`cluster.head.historypace`; `stream` must then be
+    the raw input, read by its file descriptor)."""
     db = open_db(path)
     writer = Writer(db, HOLD_SECONDS)
-    closed = False
-    while True:
-        head = _read_exactly(stream, 4)
-        if not head:
-            break
-        data = _read_exactly(stream, struct.unpack("<I", head)[0])
-        if not data:
-            break
-        frame = marshal.loads(data)
-        if frame == "close":
-            closed = True
-            break
+
+    def write(frames: list[Any]) -> None:
         try:
-            writer.batch(frame)
+            writer.batches(frames)
         except Exception:  # noqa: BLE001 - one bad batch must not end the history
-            log.exception("could not write a batch of the history to %s", path)
+            for frame in frames:  # (each alone: the others are kept)
+                try:
+                    writer.batch(frame)
+                except Exception:  # noqa: BLE001
+                    log.exception("could not write a batch of the history to %s", path)
+
+    if pace:
+        from cluster.head.historypace import paced
+
+        closed = paced(stream.fileno(), write)
+    else:
+        closed = False
+        while True:
+            head = _read_exactly(stream, 4)
+            if not head:
+                break
+            data = _read_exactly(stream, struct.unpack("<I", head)[0])
+            if not data:
+                break
+            frame = marshal.loads(data)
+            if frame == "close":
+                closed = True
+                break
+            write([frame])
     writer.finish()
     if closed:
         db.execute("UPDATE meta SET value = ? WHERE key = 'ended'", (repr(time.time()),))
@@ -458,7 +490,7 @@ def main() -> None:
     import sqlite3
 
     try:
-        run(sys.argv[1], sys.stdin.buffer)
+        run(sys.argv[1], sys.stdin.buffer, pace=True)
     except sqlite3.Error as err:
         log.error("the run history %s cannot be written: %s", sys.argv[1], err)
         sys.exit(1)

@@ -5,6 +5,7 @@ until it ends (one INSERT) without changing what the history says."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
@@ -169,3 +170,73 @@ def test_a_writer_that_lags_costs_bounded_head_memory_and_loses_nothing(tmp_path
     rec.close()
     db = historydb.connect(path)
     assert historydb.counts_by_state(db)["done"] == 20_000
+
+
+class _Watch:
+    def __init__(self, busy: bool) -> None:
+        self.answer = busy
+
+    def busy(self) -> bool:
+        return self.answer
+
+
+def _paced_run(busy: bool, defer: float, wait: float, monkeypatch) -> tuple[list, bool]:
+    """What `paced` hands its writer while the input stays open (up to `wait` seconds for
+    a first write), and after the input ends; and whether it wrote before the end."""
+    import os
+    import threading
+
+    from cluster.head import historypace
+    from cluster.head.historywriter import encode_frame
+
+    monkeypatch.setattr(historypace, "DEFER_SECONDS", defer)
+    r, w = os.pipe()
+    written: list = []
+    wrote = threading.Event()
+
+    def write(batch):
+        written.extend(batch)
+        wrote.set()
+
+    def send():
+        for frame in FRAMES:
+            os.write(w, encode_frame(frame))
+        early[0] = wrote.wait(wait)
+        os.close(w)   # the head is gone: no closing frame
+
+    early = [False]
+    sender = threading.Thread(target=send)
+    sender.start()
+    assert historypace.paced(r, write, _Watch(busy)) is False
+    sender.join()
+    os.close(r)
+    return written, early[0]
+
+
+FRAMES = [([], [], [], [], [], [], [("SELECT ?", [(i,)])]) for i in range(3)]
+
+
+def test_the_writer_waits_while_the_cpus_are_busy_but_not_longer_than_its_limit(
+        monkeypatch):
+    # CPUs not busy: written at once.
+    assert _paced_run(False, 1000.0, 30.0, monkeypatch) == (FRAMES, True)
+    # Busy: kept (here until the input ends; nothing is lost then)...
+    assert _paced_run(True, 1000.0, 1.0, monkeypatch) == (FRAMES, False)
+    # ...but never longer than DEFER_SECONDS.
+    assert _paced_run(True, 0.3, 30.0, monkeypatch) == (FRAMES, True)
+
+
+def test_cpu_watch_counts_other_processes_only(tmp_path):
+    from cluster.head.historypace import WINDOW, CpuWatch
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3\n")
+    watch = CpuWatch(str(stat))
+    assert watch.busy() is False
+    time.sleep(WINDOW + 0.05)
+    stat.write_text("cpu  1000 0 100 810 0 0 0 0 0 0\n")   # 900 of 910 ticks busy
+    assert watch.busy() is True
+    time.sleep(WINDOW + 0.05)
+    stat.write_text("cpu  1000 0 100 1710 0 0 0 0 0 0\n")  # all idle since
+    assert watch.busy() is False
+    assert CpuWatch(str(tmp_path / "missing")).busy() is False
