@@ -8,7 +8,8 @@ alternates), warms it up, then times `--bursts` bursts of `--tasks` no-op tasks 
 at once, then waited for) and keeps the best. CPU time is read from /proc (user + system)
 for the head's process and for the writer's, across all bursts, the writer's after it
 caught up (its CPU time stopped growing): CPU time is far less sensitive than wall time to
-the other processes sharing the machine.
+the other processes sharing the machine. Run it from a checkout to measure that checkout
+(it imports `api` from its own directory's parent).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
         head1 = _cpu(head)
         writer1 = writer0
         if writer:
+            time.sleep(2.5)  # it may keep frames up to 2 s (cluster.head.historypace)
             while True:  # until the writer caught up
                 time.sleep(0.3)
                 now = _cpu(writer)
