@@ -6,7 +6,8 @@ alternating, and the CPU time the head and the history's writer spend per task.
 Each round starts one embedded cluster with the history on and one with it off (the order
 alternates), warms it up, then times `--bursts` bursts of `--tasks` no-op tasks (submitted
 at once, then waited for) and keeps the best. CPU time is read from /proc (user + system)
-for the head's process and for the writer's, across all bursts, the writer's after it
+for the head's process, for the writer's, and for everything but the writer (this driver,
+the head, its workers), across all bursts, the writer's after it
 caught up (its CPU time stopped growing): CPU time is far less sensitive than wall time to
 the other processes sharing the machine. Run it from a checkout to measure that checkout
 (it imports `api` from its own directory's parent).
@@ -52,6 +53,22 @@ def _writer_pid(head_pid: int) -> int:
     return 0
 
 
+def _all_cpu(head: int, writer: int) -> float:
+    """CPU seconds of this driver, the head and its workers (not the writer)."""
+    import psutil
+
+    own = os.times()
+    total = own.user + own.system
+    try:
+        procs = [psutil.Process(head), *psutil.Process(head).children(recursive=True)]
+    except psutil.Error:
+        return total
+    for p in procs:
+        if p.pid != writer:
+            total += _cpu(p.pid)
+    return total
+
+
 def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
     import api
     from api import _session
@@ -66,6 +83,7 @@ def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
         time.sleep(0.7)  # the writer has started (WRITER_DELAY) and caught up
         writer = _writer_pid(head)
         head0, writer0 = _cpu(head), _cpu(writer) if writer else 0.0
+        all0 = _all_cpu(head, writer)
         rates = []
         for _ in range(bursts):
             start = time.perf_counter()
@@ -73,6 +91,7 @@ def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
             api.wait(futs, num_returns=len(futs))
             rates.append(tasks / (time.perf_counter() - start))
         head1 = _cpu(head)
+        all1 = _all_cpu(head, writer)
         writer1 = writer0
         if writer:
             time.sleep(2.5)  # it may keep frames up to 2 s (cluster.head.historypace)
@@ -84,6 +103,7 @@ def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
                 writer1 = now
         n = tasks * bursts
         return {"rate": max(rates), "head_us": (head1 - head0) / n * 1e6,
+                "all_us": (all1 - all0) / n * 1e6,
                 "writer_us": (writer1 - writer0) / n * 1e6}
     finally:
         api.shutdown()
@@ -101,7 +121,8 @@ def main() -> None:
             row = one(on, ns.tasks, ns.bursts)
             rows["on" if on else "off"].append(row)
             print(f"round {r} history {'on ' if on else 'off'}: {row['rate']:7.0f} tasks/s, "
-                  f"head {row['head_us']:5.1f} us/task, writer {row['writer_us']:5.1f} us/task",
+                  f"head {row['head_us']:5.1f} us/task, writer {row['writer_us']:5.1f} us/task, "
+                  f"all but the writer {row['all_us']:5.1f} us/task",
                   flush=True)
     out = {}
     for key, values in rows.items():
@@ -109,7 +130,8 @@ def main() -> None:
     on, off = out["on"], out["off"]
     print(f"median on {on['rate']:.0f} / off {off['rate']:.0f} tasks/s: "
           f"{(1 - on['rate'] / off['rate']) * 100:.1f}% slower; head "
-          f"+{on['head_us'] - off['head_us']:.1f} us/task, writer {on['writer_us']:.1f} us/task")
+          f"+{on['head_us'] - off['head_us']:.1f} us/task, writer {on['writer_us']:.1f} us/task; "
+          f"CPU of everything +{(on['all_us'] + on['writer_us']) / off['all_us'] * 100 - 100:.1f}%")
     print(json.dumps(out))
 
 

@@ -61,6 +61,7 @@ ENV_VAR = "SHOAL_HISTORY"
 _now = time.time    # bound once: called for every state change
 _NEW = TaskState.NEW
 _DONE = TaskState.DONE
+_PYTHON = pb.PYTHON
 _NAMES = STATE_NAMES  # keyed by the member's name: hashing an Enum runs Python code
 
 
@@ -346,8 +347,12 @@ class Recorder:
                 if len(cache) > 4096:
                     cache.clear()
                 resources = cache[shape] = json.dumps(to_dict(spec.resources))
-            tasks.append((spec.task_id, spec.name, int(spec.kind), resources, t, spec.stdout,
-                          spec.stderr, spec.actor_id))
+            kind = spec.kind
+            if kind == _PYTHON:  # (no output files, no actor: three reads fewer)
+                tasks.append((spec.task_id, spec.name, 0, resources, t, "", "", 0))
+            else:
+                tasks.append((spec.task_id, spec.name, int(kind), resources, t, spec.stdout,
+                              spec.stderr, spec.actor_id))
         results = []
         lines = []
         for node_name, message, t in batches:

@@ -138,6 +138,8 @@ def test_one_loaded_page_follows_the_cluster(pair, clusterctl, tmp_path):
     finish, and a node killed meanwhile shows as lost with its reason, in the same
     document (a marker set in it survives; it was never navigated)."""
     cf, daemon, url = pair
+    # A driver of a `clusterctl up` cluster is told the same address init() returns.
+    assert api.init(ignore_reinit_error=True).dashboard_url == url
     page = Page(url, tmp_path)
     try:
         page.wait_for("document.querySelector('#count-done') !== null", "the overview")

@@ -45,3 +45,15 @@ def test_five_thousand_nodes_are_built_once_then_only_what_changed(monkeypatch):
     lost = cache.get(nodes, 4999)
     assert (lost[2]["state"], lost[2]["reason"]) == ("lost", "no heartbeat for 30 s")
     assert cache.built == 5003
+
+
+def test_the_overview_json_takes_the_node_records_text_once():
+    import json
+
+    cache = NodeRecords()
+    records = cache.get(_nodes(3), 3)
+    data = {"live": True, "counts": {"done": 2}, "nodes": records}
+    assert json.loads(dashboard.dumps(data)) == json.loads(json.dumps(data))
+    assert records.json is records.json                       # encoded once
+    assert json.loads(dashboard.dumps({"nodes": records}))["nodes"][1]["name"] == "node0002"
+    assert dashboard.dumps({"nodes": []}) == '{"nodes": []}'
