@@ -1,11 +1,11 @@
 """When the history's writer writes (see :mod:`cluster.head.historywriter`): it reads the
 head's frames as they come (cheap: a read and ``marshal.loads``, ~0.5 us a task), and
-while every CPU is busy with other work (a burst of short tasks: the head, its workers and
-the driver) it keeps them for up to :data:`DEFER_SECONDS` before folding and writing them
-(~7 us a task). A short burst then does not share its CPUs with the history; a long one,
-or a machine others keep busy, has it written every DEFER_SECONDS all the same, so the
-history never lags more than that (plus the rows held until their tasks end). Frames read
-are the writer's: a head that crashes meanwhile loses none of them.
+while other work leaves less than one CPU free (a burst of short tasks: the head, its
+workers and the driver) it keeps them for up to :data:`DEFER_SECONDS` before folding and
+writing them (~7 us a task). A short burst then does not share its CPUs with the history;
+a long one, or a machine others keep busy, has it written every DEFER_SECONDS all the
+same, so the history never lags more than that (plus the rows held until their tasks
+end). Frames read are the writer's: a head that crashes meanwhile loses none of them.
 
 This is what SCHED_IDLE would do, bounded: an idle-class (or nice 19) writer on a machine
 others kept busy (load 9 on 2 cores) took over a minute to write 25 tasks.
@@ -24,19 +24,28 @@ from typing import Any
 DEFER_SECONDS = 2.0
 #: Or at most this many frames (the head sends ~10 a second, of up to a few thousand tasks).
 DEFER_FRAMES = 50
-#: Other processes' share of all CPUs above which the writer waits.
-BUSY_SHARE = 0.85
+#: The CPUs are busy when other processes leave less than this many CPUs free: a no-op
+#: burst on 2 CPUs keeps ~1.05 of them busy in bursts of its own (driver, head, workers),
+#: and a writer in the gaps still collides with them.
+FREE_CPUS = 1.0
 #: The shortest window the CPUs' use is measured over.
 WINDOW = 0.1
 
 
 class CpuWatch:
-    """Whether the other processes keep every CPU busy (from /proc/stat, less this
-    process's own CPU time); never busy where /proc/stat cannot be read."""
+    """Whether the other processes leave less than FREE_CPUS free (from /proc/stat,
+    less this process's own CPU time); never busy where /proc/stat cannot be read."""
 
     def __init__(self, stat: str = "/proc/stat") -> None:
         self.stat = stat
         self._tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        self._cpus = 1
+        try:
+            with open(stat, "rb") as f:
+                self._cpus = max(1, sum(1 for line in f if line[:3] == b"cpu"
+                                        and line[3:4].isdigit()))
+        except OSError:
+            pass
         self._last = self._sample()
         self._busy = False
 
@@ -49,14 +58,14 @@ class CpuWatch:
             return None
         if len(fields) < 5 or fields[0] != b"cpu":
             return None
-        ticks = [int(v) for v in fields[1:9]]
+        ticks = [int(v) for v in fields[1:9]] + [0] * max(0, 9 - len(fields))
         own = os.times()
         return (time.monotonic(), sum(ticks) / self._tick,
                 (ticks[3] + ticks[4]) / self._tick, own.user + own.system)
 
     def busy(self) -> bool:
-        """Whether others used more than BUSY_SHARE of the CPUs since the last look (at
-        least WINDOW ago; within it, the last answer)."""
+        """Whether others left less than FREE_CPUS free since the last look (at least
+        WINDOW ago; within it, the last answer)."""
         if self._last is None or time.monotonic() - self._last[0] < WINDOW:
             return self._busy
         now = self._sample()
@@ -65,7 +74,7 @@ class CpuWatch:
         total = now[1] - self._last[1]
         if total > 0:
             others = total - (now[2] - self._last[2]) - (now[3] - self._last[3])
-            self._busy = others > BUSY_SHARE * total
+            self._busy = total - others < FREE_CPUS * total / self._cpus
         self._last = now
         return self._busy
 

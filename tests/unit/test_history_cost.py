@@ -230,13 +230,17 @@ def test_cpu_watch_counts_other_processes_only(tmp_path):
     from cluster.head.historypace import WINDOW, CpuWatch
 
     stat = tmp_path / "stat"
-    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3\n")
+    cpus = "cpu0 1 2 3\ncpu1 1 2 3\n"                      # two CPUs
+    stat.write_text("cpu  100 0 100 800 0 0 0 0 0 0\n" + cpus)
     watch = CpuWatch(str(stat))
     assert watch.busy() is False
     time.sleep(WINDOW + 0.05)
-    stat.write_text("cpu  1000 0 100 810 0 0 0 0 0 0\n")   # 900 of 910 ticks busy
+    stat.write_text("cpu  220 0 100 880 0 0 0 0 0 0\n" + cpus)   # 1.2 of 2 CPUs in use
     assert watch.busy() is True
     time.sleep(WINDOW + 0.05)
-    stat.write_text("cpu  1000 0 100 1710 0 0 0 0 0 0\n")  # all idle since
+    stat.write_text("cpu  280 0 100 1020 0 0 0 0 0 0\n" + cpus)  # 0.6 of 2
+    assert watch.busy() is False
+    time.sleep(WINDOW + 0.05)
+    stat.write_text("cpu  280 0 100 1220 0 0 0 0 0 0\n" + cpus)  # all idle since
     assert watch.busy() is False
     assert CpuWatch(str(tmp_path / "missing")).busy() is False
