@@ -92,6 +92,7 @@ def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
             rates.append(tasks / (time.perf_counter() - start))
         head1 = _cpu(head)
         all1 = _all_cpu(head, writer)
+        during = (_cpu(writer) if writer else 0.0) - writer0
         writer1 = writer0
         if writer:
             time.sleep(2.5)  # it may keep frames up to 2 s (cluster.head.historypace)
@@ -104,7 +105,8 @@ def one(on: bool, tasks: int, bursts: int) -> dict[str, float]:
         n = tasks * bursts
         return {"rate": max(rates), "head_us": (head1 - head0) / n * 1e6,
                 "all_us": (all1 - all0) / n * 1e6,
-                "writer_us": (writer1 - writer0) / n * 1e6}
+                "writer_us": (writer1 - writer0) / n * 1e6,
+                "writer_during_us": during / n * 1e6}
     finally:
         api.shutdown()
 
@@ -122,7 +124,8 @@ def main() -> None:
             rows["on" if on else "off"].append(row)
             print(f"round {r} history {'on ' if on else 'off'}: {row['rate']:7.0f} tasks/s, "
                   f"head {row['head_us']:5.1f} us/task, writer {row['writer_us']:5.1f} us/task, "
-                  f"all but the writer {row['all_us']:5.1f} us/task",
+                  f"all but the writer {row['all_us']:5.1f} us/task (writer during the "
+                  f"bursts {row['writer_during_us']:4.1f})",
                   flush=True)
     out = {}
     for key, values in rows.items():
