@@ -2,19 +2,22 @@
 (the cluster's log directory, ``history.sqlite``; read by :mod:`cluster.common.historydb`).
 
 The head calls a :class:`Recorder` from its state machine: :meth:`Recorder.state` from
-``Head.set_state`` (every state change of every task), :meth:`Recorder.node_batch` once per
+``Head.set_state`` (every state change; those the history cannot tell apart are dropped at
+once, see :meth:`Recorder.state`), :meth:`Recorder.node_batch` once per
 batch a daemon sends (worker pids, run times and printed output of finished tasks),
 :meth:`Recorder.failed` when a task fails for good, :meth:`Recorder.node` when a node
 joins or is lost. Each call only appends a tuple to a list (O(1), no I/O, no formatting).
 Every 100 ms the loop turns the lists into plain tuples and ships them (marshal, a
 non-blocking pipe write) to the writer process
 (:mod:`cluster.head.historywriter`), which writes them with ``executemany`` in one
-transaction. Actors and blocks are snapshotted once a second (sent when they changed),
-so their owners need no hooks.
+transaction, a task's row once when it ended (or 5 s after it came). Actors and blocks
+are snapshotted once a second (sent when they changed), so their owners need no hooks.
 
 The file is in WAL mode and committed every batch, so readers (``clusterctl history``,
 the dashboard) never block the writer, and a head that crashes loses at most what it
-gathered in its last 100 ms (or its first 0.5 s, before the writer has started).
+gathered in its last 100 ms (or its first 0.5 s, before the writer has started), or, when
+the writer lagged behind a burst, what was still in the head's buffer (PENDING_LIMIT at
+most; what the pipe and the writer hold is written).
 
 States in the history are the user's: ``queued`` (waiting for arguments or for a slot),
 ``running``, ``done``, ``failed``, ``cancelled``.
