@@ -164,7 +164,8 @@ def ssh_tunnel(url: str, head_host: str) -> str:
 
 def cmd_dashboard(ns: argparse.Namespace) -> int:
     """``clusterctl dashboard``: print the running cluster's dashboard URL (with its
-    token); for a cluster that is down, serve its history read-only until Ctrl-C."""
+    token; an ``api.init()`` local cluster's from its head's note); for a cluster that is
+    down, serve its history read-only until Ctrl-C."""
     from cluster.common import auth
 
     cf = None
@@ -180,18 +181,46 @@ def cmd_dashboard(ns: argparse.Namespace) -> int:
         base = cf.extra.get("dashboard")
         if not base:
             raise HistoryError(f"cluster {cf.cluster_id} runs without a dashboard (it was "
-                               "started with --no-dashboard, or by api.init())")
+                               "started with --no-dashboard)")
         url = f"{base}?token={auth.dashboard_token(cf.secret)}"
         print(url)
         if cf.slurm_job_id or os.environ.get("SLURM_JOB_ID"):
             print(f"from a login node: {ssh_tunnel(url, cf.host)}   then open the URL above",
                   file=sys.stderr)
         return 0
+    running = local_dashboards(ns.cluster)
+    if len(running) > 1 and not ns.cluster:
+        raise HistoryError("several local clusters serve a dashboard ("
+                           f"{', '.join(sorted(running))}); name one with --cluster ID")
+    if running:
+        print(next(iter(running.values())))
+        return 0
     history, cf = find(ns.cluster)
     from cluster.head.dashboard import serve_history
 
     serve_history(history, ns.dashboard_host, ns.port)
     return 0
+
+
+def local_dashboards(cluster_id: str | None = None) -> dict[str, str]:
+    """{cluster id: dashboard URL with its token} of the running heads that left a note in
+    their log directory under the temp directory (an ``api.init()`` local cluster has no
+    cluster file; see cluster.head.dashboard.write_note); only `cluster_id`'s if given."""
+    base = os.path.dirname(_default_log_dir("x"))
+    try:
+        names = [cluster_id] if cluster_id else os.listdir(base)
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        try:
+            with open(os.path.join(base, name, "dashboard.json")) as f:
+                note = json.load(f)
+            if paths.pid_alive(int(note["pid"])):
+                found[name] = f"{note['url']}?token={note['token']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 def _nodes(db: Any, as_json: bool) -> int:

@@ -435,6 +435,7 @@ class LazyDashboard:
         self.source = source
         self.token = token
         self.runner: Any = None
+        self.note = ""  # the NOTE_FILE written for it
         self._loop = asyncio.get_running_loop()
         self._starting: asyncio.Future[None] | None = None
         self._loop.add_reader(sock.fileno(), self._first_request)
@@ -468,6 +469,11 @@ class LazyDashboard:
             await self.runner.cleanup()
         self.sock.close()
         self.source.close()
+        if self.note:
+            try:
+                os.unlink(self.note)
+            except OSError:
+                pass
 
 
 async def start_dashboard(head: LiveHead, secret: str, host: str,
@@ -496,8 +502,29 @@ async def start_dashboard(head: LiveHead, secret: str, host: str,
     dashboard = LazyDashboard(sock, _url(host, sock.getsockname()[1]),
                               Source(paths.history_file(log_dir), head),
                               dashboard_token(secret))
+    dashboard.note = write_note(log_dir, dashboard.url, dashboard.token)
     log.info("dashboard at %s", dashboard.url)
     return dashboard
+
+
+#: In a running head's log directory: its dashboard's address and token, for
+#: ``clusterctl dashboard`` (an ``api.init()`` local cluster has no cluster file).
+NOTE_FILE = "dashboard.json"
+
+
+def write_note(log_dir: str, url: str, token: str) -> str:
+    """Write NOTE_FILE (0600, in the 0700 log directory; the token, never the secret);
+    its path, or "" when it cannot be written."""
+    path = os.path.join(log_dir, NOTE_FILE)
+    try:
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": url, "token": token, "pid": os.getpid()}, f)
+        os.replace(path + ".tmp", path)
+    except OSError as err:
+        log.warning("could not write %s: %s", path, err)
+        return ""
+    return path
 
 
 def serve_history(history_path: str, host: str = "127.0.0.1", port: int = 0) -> None:

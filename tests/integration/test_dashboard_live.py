@@ -1,7 +1,8 @@
 """The dashboard live, end to end: one page loaded in a real headless browser (Debian's
 chromium, driven over its DevTools protocol) sees task counts change and a lost node's
 reason appear without reloading; the reason in `clusterctl history --nodes`; and the
-dashboard of an `api.init()` local cluster, whose URL init() prints and returns."""
+dashboard of an `api.init()` local cluster, whose URL init() prints and returns and
+`clusterctl dashboard --cluster ID` finds."""
 
 from __future__ import annotations
 
@@ -192,7 +193,7 @@ def _get(url: str, opener: Any = None) -> tuple[int, str]:
         return err.code, ""
 
 
-def test_api_init_serves_a_dashboard_and_says_where(no_session, capfd):
+def test_api_init_serves_a_dashboard_and_says_where(no_session, capfd, clusterctl):
     """Ray prints its dashboard's address at init() and returns it; so does api.init() for
     the local cluster it starts: the URL (with its token) answers, without it: 401."""
     info = api.init(num_cpus=1)
@@ -216,5 +217,13 @@ def test_api_init_serves_a_dashboard_and_says_where(no_session, capfd):
         assert overview["live"] and overview["cluster_id"] == info.cluster_id
         assert [n["state"] for n in overview["nodes"]] == ["alive"]
         assert info.log_dir and os.path.exists(os.path.join(info.log_dir, "history.sqlite"))
+        # `clusterctl dashboard` finds it too (it has no cluster file: its head's note).
+        found = clusterctl("dashboard", "--cluster", info.cluster_id)
+        assert found.returncode == 0 and found.stdout.strip() == url, found.stderr
     finally:
         api.shutdown()
+    note = os.path.join(info.log_dir, "dashboard.json")
+    deadline = time.monotonic() + 30
+    while os.path.exists(note):                  # removed when the cluster stops
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
