@@ -87,7 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head", action="store_true")
     parser.add_argument("--daemon", action="store_true")
     parser.add_argument("--cluster-id", required=True)
-    parser.add_argument("--head-address", default="")
+    parser.add_argument("--head-address", default="",
+                        help="HOST:PORT of the head; '-': read it from stdin (one line)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind and advertise; 'auto': --interface's address, "
                              "else the address this host's name resolves to")
@@ -208,6 +209,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     elif daemon is not None:
         from cluster.node.headlink import GrpcHeadLink
 
+        if ns.head_address == "-":  # `clusterctl up` writes it once the head is up
+            ns.head_address = await _address_from_stdin()
         register = pb.Register(name=node_name, address=ns.host, pid=os.getpid(),
                                block_id=ns.block_id, store_address=store_address,
                                store_dir=store_dir)
@@ -291,6 +294,17 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
                 clusterfile.mark_down(cf)  # keeps the record, scrubs the secret
         except ValueError:
             pass
+
+
+async def _address_from_stdin() -> str:
+    """The head's ``host:port``, one line on stdin (``--head-address -``): in an
+    allocation, the daemons' step starts with the head's, so they boot while it does."""
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    address = line.strip()
+    if not address:
+        log.error("--head-address -: stdin closed before the head's address came")
+        raise SystemExit("--head-address -: no head address on stdin (the head did not start)")
+    return address
 
 
 async def _start_store(ns: argparse.Namespace, secret: str,
