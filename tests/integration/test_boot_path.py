@@ -86,3 +86,37 @@ def test_up_returns_with_the_dashboard_address_in_the_cluster_file(clusterctl):
         assert cf.address and cf.secret   # the head's own fields are still there
     finally:
         clusterctl("down", "--cluster", "boot-dash")
+
+
+def test_a_daemon_alone_imports_no_module_of_the_head(clusterctl, no_session):
+    up = clusterctl("up", "--num-cpus", "0", "--cluster-id", "boot-imports")
+    assert up.returncode == 0, up.stderr
+    cf = clusterfile.read(clusterfile.path_for("boot-imports"))
+    daemon = subprocess.Popen(
+        [sys.executable, "-X", "importtime", "-m", "cluster.node", "--daemon", "--cluster-id",
+         cf.cluster_id, "--head-address", cf.address, "--node-name", "imports",
+         "--num-cpus", "1"],
+        env={**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}, cwd=ROOT,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        api.init(cf.path)
+        pinned = api.python_app(num_cpus=0, resources={"node:imports": 0.01})(_where)
+        deadline = time.monotonic() + 60
+        while True:   # registered, and its worker ran a task: past every start-up import
+            try:
+                assert pinned().result(timeout=60)
+                break
+            except api.ResourceUnavailableError:
+                assert time.monotonic() < deadline, "the daemon never joined"
+                time.sleep(0.1)
+    finally:
+        api.shutdown()
+        clusterctl("down", "--cluster", "boot-imports")
+        if daemon.poll() is None:
+            daemon.kill()
+        _, err = daemon.communicate(timeout=60)
+    imported = [line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()
+                if line.startswith("import time:")]
+    assert "grpc" in imported and "cluster.node.daemon" in imported
+    assert [m for m in imported if m.startswith("cluster.head")] == []
