@@ -47,6 +47,8 @@ from typing import Any
 #: Linux prctl option (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+#: The cluster secret's variable (cluster.common.auth.ENV_VAR; not imported: no hmac here).
+SECRET_ENV = "SHOAL_SECRET"
 #: Largest request (an environment) the zygote accepts.
 MAX_MESSAGE = 1 << 20
 
@@ -75,6 +77,7 @@ def serve(sock: socket.socket, daemon_pid: int) -> None:
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)  # not the driver's pipe: the zygote never reads stdin
     os.close(null)
+    _forget_secret()
     import importlib.util
 
     import cluster.worker.worker  # noqa: F401 - imported once, here, for every fork
@@ -113,6 +116,29 @@ def serve(sock: socket.socket, daemon_pid: int) -> None:
             sock.send(marshal.dumps(("pid", int.from_bytes(raw, "little") if raw else 0)))
         except OSError:
             os._exit(0)
+
+
+def _forget_secret() -> None:
+    """Drop the cluster secret the daemon had in its environment when it forked us, from
+    ``os.environ`` and from the environment block ``/proc/PID/environ`` shows (forks copy
+    it; an exec'd worker never had it: workers never call the cluster's RPCs)."""
+    os.environ.pop(SECRET_ENV, None)
+    try:
+        import ctypes
+
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50, 51)
+        block = ctypes.string_at(start, end - start)
+        key = SECRET_ENV.encode() + b"="
+        at = 0 if block.startswith(key) else block.find(b"\0" + key) + 1
+        if at > 0 or block.startswith(key):
+            stop = block.find(b"\0", at)
+            stop = len(block) if stop < 0 else stop
+            ctypes.memset(start + at, ord("_"), stop - at)  # an entry with no "=": no value
+    except (OSError, ValueError, IndexError, AttributeError):
+        pass
 
 
 def _set_name(name: bytes) -> None:

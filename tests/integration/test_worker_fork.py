@@ -48,6 +48,7 @@ def describe() -> dict:
         "pdeathsig": value.value, "subreaper": subreaper.value,
         "rpc": sorted(m for m in s.modules if m.split(".")[0] in ("grpc", "google")),
         "forked": "cluster.worker.zygote" in s.modules, "random": random.random(),
+        "secret": b"SHOAL_SECRET" in open("/proc/self/environ", "rb").read(),  # noqa: SIM115
     }
 
 
@@ -128,6 +129,7 @@ def test_a_forked_worker_is_as_clean_as_an_exec_d_one(no_session):
         assert f["ppid"] == node.pid            # the daemon's child, as before
         assert f["pgid"] == f["sid"] == f["pid"]  # its own session and process group
         assert f["rpc"] == [], f"a forked worker holds {f['rpc']}"
+    assert not any(w["secret"] for w in forked + execd), "the secret reached a worker"
     assert all(e["ppid"] == exec_node.pid for e in execd)
     # a task's worker against a task's, an actor's against an actor's (which also holds
     # its direct-call sockets: their connections come and go with callers)
