@@ -4,7 +4,10 @@
   daemon share an event loop and talk without serialization), used by ``api.init()`` and
   ``clusterctl up`` outside Slurm;
 - ``--head``: the head alone (Slurm: on the allocation's first node);
-- ``--daemon --head-address HOST:PORT``: one node's daemon joining a head.
+- ``--daemon --head-address HOST:PORT``: one node's daemon joining a head (``-``: read
+  ``HOST:PORT`` from stdin, so `clusterctl up` can start the daemons beside the head);
+- with ``--daemon``, ``python -m cluster.node`` first forks the zygote that forks this
+  node's workers (:mod:`cluster.node.forkserver`).
 
 The cluster secret comes from the ``SHOAL_SECRET`` environment variable, never argv. Once
 serving, the process prints one JSON line on stdout (address, port, pid) and, with
