@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from cluster.common import auth, clusterfile, paths
+from cluster.common import auth, paths
 
 log = logging.getLogger("shoal.node")
 #: Object store capacity in bytes, inherited by every daemon of a cluster (srun, sbatch).
@@ -178,7 +178,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         store_server, store_address, store_dir = await _start_store(ns, secret, daemon)
     if ns.head:
         # Imported only here: a daemon alone never loads the head (0.03 CPU-s of imports,
-        # `python -X importtime`, of a boot of ~0.15).
+        # `python -X importtime`, of a boot of ~0.15), nor the cluster file (1-2 ms).
+        from cluster.common import clusterfile
         from cluster.common.streams import LocalConn
         from cluster.head.server import start_driver_lane, start_server
         from cluster.head.state import Head
