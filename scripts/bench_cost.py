@@ -12,7 +12,11 @@ TASKS no-op tasks:
 - ``grpc_noop``: the burst's tasks per second.
 
 And ``boot_cpu_s``: CPU seconds spent by a fresh daemon process and its first worker from
-its start until it has registered and its worker has run a first (pinned) task.
+its start until it has registered and its worker has run a first (pinned) task: the daemon,
+its zygote (which forks workers, see cluster/node/forkserver.py), the worker, and whatever
+they started and reaped meanwhile.
+
+    python scripts/bench_cost.py --boot REPS      # only the boot figure, REPS daemons
 """
 
 from __future__ import annotations
@@ -38,12 +42,16 @@ CLI = [sys.executable, "-m", "cluster.cli"]
 
 
 def _cpu(proc: psutil.Process, children: bool = False) -> float:
+    """CPU seconds of `proc` (with `children`: and of every process below it, including
+    those that already exited and were reaped, such as the zygote's short-lived forks)."""
     procs = [proc, *(proc.children(recursive=True) if children else [])]
     total = 0.0
     for p in procs:
         try:
             t = p.cpu_times()
             total += t.user + t.system
+            if children:
+                total += t.children_user + t.children_system
         except psutil.Error:
             pass
     return total
@@ -54,12 +62,15 @@ def _daemon(cf: clusterfile.ClusterFile, name: str, cpus: int) -> subprocess.Pop
     return subprocess.Popen(
         [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", cf.cluster_id,
          "--head-address", cf.address, "--node-name", name, "--num-cpus", str(cpus)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT)  # (not the caller's directory: its `cluster` would come first on sys.path)
 
 
 def main() -> None:
-    reps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
-    tasks = int(sys.argv[2]) if len(sys.argv) > 2 else 20_000
+    boot_only = sys.argv[1:2] == ["--boot"]
+    args = sys.argv[2:] if boot_only else sys.argv[1:]
+    reps = int(args[0]) if args else 3
+    tasks = int(args[1]) if len(args) > 1 else 20_000
     cluster_id = f"cost-{os.getpid()}"
     subprocess.run([*CLI, "up", "--num-cpus", "0", "--cluster-id", cluster_id], check=True,
                    cwd=ROOT, capture_output=True)
@@ -84,9 +95,9 @@ def main() -> None:
                     raise
                 time.sleep(0.1)
         head, me = psutil.Process(cf.head_pid), psutil.Process()
-        for f in [noop() for _ in range(tasks // 4)]:   # warm-up
+        for f in [noop() for _ in range(0 if boot_only else tasks // 4)]:   # warm-up
             f.result()
-        for _ in range(reps):
+        for _ in range(0 if boot_only else reps):
             h0, d0, t0 = _cpu(head), _cpu(me), time.perf_counter()
             futs = [noop() for _ in range(tasks)]
             for f in futs:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -172,6 +171,8 @@ def load(path: str | None, overrides: Mapping[str, Any] | None = None) -> Scalin
     """Read a TOML file (if given), then apply `overrides` (flags)."""
     values: dict[str, Any] = {}
     if path:
+        import tomllib  # only here: every `clusterctl` command imports this module (~2 ms)
+
         try:
             with open(path, "rb") as f:
                 data = tomllib.load(f)
