@@ -37,21 +37,44 @@ class Dispatcher:
         #: every finished task would otherwise cost a walk over every node.
         self.new_work = True
         self.gained: set[Node] = set()
+        #: Nodes that may have a free slot, lowest id first (packing placement), and the
+        #: placement view of every node that ever joined, by id.
+        self.free = scheduler.FreeSlots()
+        self.views: dict[int, scheduler.NodeView] = {}
 
     def schedule(self, ready: dict[bytes, deque[Task]], gangs: deque[Task]) -> None:
-        """Place as many queued tasks as the nodes can take now, in queue order."""
+        """Place as many queued tasks as the nodes can take now, in queue order.
+
+        A task whose stored arguments are on some nodes goes where most of their bytes are
+        (:func:`~cluster.policy.scheduler.place`); any other task is *packed*: the lowest-id
+        node with a really free slot (:class:`~cluster.policy.scheduler.FreeSlots`),
+        O(log n). Only when no node has a free slot do the daemons' queue allowances come
+        in, least loaded first (:func:`~cluster.policy.scheduler.least_loaded`).
+        """
         if not (ready or gangs) or not (self.new_work or self.gained):
             return
-        candidates = self.nodes.values() if self.new_work or gangs else self.gained
-        views = [n.view for n in candidates if n.alive]
+        all_nodes = self.new_work or bool(gangs)
+        gained = self.gained
         self.new_work = False
         self.gained = set()
-        if not views:
-            return
+        free, views_by_id = self.free, self.views
+        for node in gained:
+            if node.alive:
+                views_by_id[node.node_id] = node.view
+                free.add(node.node_id)
+        views: list[scheduler.NodeView] | None = None  # built only when a pass needs them
+
+        def candidates() -> list[scheduler.NodeView]:
+            nonlocal views
+            if views is None:
+                pool = self.nodes.values() if all_nodes else gained
+                views = [n.view for n in pool if n.alive]
+            return views
+
         nodes = self.nodes
         while gangs:
             task = gangs[0]
-            chosen = scheduler.place_gang(task.request, views, task.spec.num_nodes)
+            chosen = scheduler.place_gang(task.request, candidates(), task.spec.num_nodes)
             if chosen is None:
                 break
             gangs.popleft()
@@ -59,22 +82,40 @@ class Dispatcher:
         place = scheduler.place
         for key in priority.in_order(ready):  # highest priority first
             queue = ready[key]
-            spread: Iterator[int] | None = None   # least-loaded order, for tasks without deps
-            while queue:
-                task = queue[0]
-                if task.spec.deps:
-                    spread = None  # placed by place(): the heap's loads would be stale
-                    node_id = place(task.request, views, self._local_bytes(task))
-                else:
-                    if spread is None:
-                        spread = scheduler.least_loaded(task.request, views)
-                    node_id = next(spread, None)
-                if node_id is None:
-                    break
-                queue.popleft()
-                self._assign(task, nodes[node_id])
+            spread: Iterator[int] | None = None   # queue allowances, least loaded first
+            try:
+                while queue:
+                    task = queue[0]
+                    local = self._local_bytes(task) if task.spec.deps else None
+                    if local:
+                        spread = None  # the heap's loads would be stale after place()
+                        node_id = place(task.request, candidates(), local)
+                    else:
+                        node_id = free.take(task.request, views_by_id)
+                        if node_id is None:
+                            if spread is None:
+                                spread = scheduler.least_loaded(task.request, candidates())
+                            node_id = next(spread, None)
+                    if node_id is None:
+                        break
+                    queue.popleft()
+                    self._assign(task, nodes[node_id])
+            finally:
+                free.end_queue()
             if not queue:
                 del ready[key]
+
+    def check(self) -> None:
+        """Invariant of the packing index (for ``Head.validate``): every alive,
+        schedulable node with a free cpu is indexed, or waits in ``gained`` to be."""
+        for node in self.nodes.values():
+            view = node.view
+            if node.alive and view.schedulable and not scheduler.cpus_full(view):
+                assert node.node_id in self.free or node in self.gained, \
+                    f"node {node.node_id} has free cpus but is not in the packing index"
+                if node.node_id in self.free:
+                    assert self.views.get(node.node_id) is view, \
+                        f"node {node.node_id}: stale placement view"
 
     def _local_bytes(self, task: Task) -> dict[int, int] | None:
         """Bytes of the task's stored arguments on each node (for locality)."""

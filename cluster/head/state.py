@@ -128,6 +128,7 @@ class Head:
         check(self.tasks, self.ready, self.gangs, self.waiters, self.nodes,
               self.actor_table.queued_calls(), self.actor_table.inflight_calls(),
               self.objects.refs, self.failures.deciding)
+        self.dispatch.check()
 
     def _started(self, task: Task, node: Node) -> None:
         """Dispatch placed `task` on `node`."""
