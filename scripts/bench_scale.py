@@ -336,6 +336,43 @@ def run_row(ns: argparse.Namespace, nodes: int) -> dict[str, Any]:
     return row
 
 
+def run_queued(ns: argparse.Namespace) -> dict[str, Any]:
+    """Memory with --queued no-op tasks waiting: a head with no nodes (so nothing runs and
+    nothing is refused), one driver submitting them all; the row has the head's and the
+    driver's RSS before and once the head's status counts every task queued."""
+    cluster_id = f"queued-{os.getpid()}"
+    head, cf = start_head(cluster_id, ns.node_timeout)
+    head_ps, me = psutil.Process(head.pid), psutil.Process()
+    row: dict[str, Any] = {"queued": ns.queued}
+    try:
+        api.init(cf.path, log_to_driver=False)
+        app = api.python_app(noop)
+        time.sleep(0.5)
+        row["head_rss_before_mb"] = head_ps.memory_info().rss / 2**20
+        row["driver_rss_before_mb"] = me.memory_info().rss / 2**20
+        start = time.monotonic()
+        futs = [app() for _ in range(ns.queued)]
+        while bootstrap.status(cf, 60.0).tasks_queued < ns.queued:
+            if time.monotonic() - start > 600:
+                raise SystemExit("the head did not queue every task in 600 s")
+            time.sleep(0.5)
+        row["submit_s"] = time.monotonic() - start
+        time.sleep(1.0)
+        head_rss = head_ps.memory_info().rss
+        row["head_rss_mb"] = head_rss / 2**20
+        row["driver_rss_mb"] = me.memory_info().rss / 2**20
+        row["head_bytes_per_task"] = (head_rss / 2**20 - row["head_rss_before_mb"]) \
+            * 2**20 / ns.queued
+        del futs
+    finally:
+        api.shutdown()
+        bootstrap.teardown(clusterfile.read(cf.path), 10.0)
+        if head.poll() is None:
+            head.kill()
+        head.wait()
+    return row
+
+
 def collect(sims: list[subprocess.Popen]) -> list[dict[str, Any]]:
     """Each simulation process's JSON summary (they stop when the head says shutdown)."""
     summaries = []
@@ -374,7 +411,20 @@ def main() -> None:
     parser.add_argument("--join-timeout", type=float, default=300.0)
     parser.add_argument("--profile", default="", help="py-spy profiles into this directory")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--queued", type=int, default=0,
+                        help="instead of the node rows: head (and driver) memory with this "
+                             "many tasks queued")
     ns = parser.parse_args()
+    if ns.queued:
+        try:
+            row = run_queued(ns)
+        finally:
+            shutil.rmtree(HOME, ignore_errors=True)
+        print(json.dumps(row), flush=True)
+        if ns.json:
+            with open(ns.json, "w") as f:
+                json.dump([row], f, indent=1)
+        return
     if ns.profile:
         os.makedirs(ns.profile, exist_ok=True)
     counts = [int(n) for n in ns.nodes.split(",") if n.strip()]

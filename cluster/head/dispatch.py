@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 from cluster.common.protocol import pb
 from cluster.head.directory import ObjectDirectory
-from cluster.head.records import Node, Task
+from cluster.head.records import NOTHING_RESERVED, Node, Task
 from cluster.policy import priority, scheduler
 from cluster.slurm.commands import mpi_prefix
 
@@ -46,10 +46,11 @@ class Dispatcher:
         """Place as many queued tasks as the nodes can take now, in queue order.
 
         A task whose stored arguments are on some nodes goes where most of their bytes are
-        (:func:`~cluster.policy.scheduler.place`); any other task is *packed*: the lowest-id
-        node with a really free slot (:class:`~cluster.policy.scheduler.FreeSlots`),
-        O(log n). Only when no node has a free slot do the daemons' queue allowances come
-        in, least loaded first (:func:`~cluster.policy.scheduler.least_loaded`).
+        (:func:`~cluster.policy.scheduler.place`); any other task asking for cpus is
+        *packed*: the lowest-id node with a really free slot
+        (:class:`~cluster.policy.scheduler.FreeSlots`), O(log n). Only when no node has a
+        free slot do the daemons' queue allowances come in, least loaded first
+        (:func:`~cluster.policy.scheduler.least_loaded`), as for tasks taking no cpu.
         """
         if not (ready or gangs) or not (self.new_work or self.gained):
             return
@@ -91,7 +92,11 @@ class Dispatcher:
                         spread = None  # the heap's loads would be stale after place()
                         node_id = place(task.request, candidates(), local)
                     else:
-                        node_id = free.take(task.request, views_by_id)
+                        # Packing is by slots: a task taking no cpu fills none, and stacking
+                        # every such task (0-cpu actors) on the first node would have no
+                        # bound. Those are spread least loaded, as before.
+                        node_id = free.take(task.request, views_by_id) \
+                            if task.request.get("cpus", 0.0) > 0 else None
                         if node_id is None:
                             if spread is None:
                                 spread = scheduler.least_loaded(task.request, candidates())
@@ -133,7 +138,10 @@ class Dispatcher:
         used = node.view.used
         for key, amount in amounts.items():
             used[key] = used.get(key, 0.0) + amount
-        task.reserved[node.node_id] = amounts
+        if task.reserved is NOTHING_RESERVED:
+            task.reserved = {node.node_id: amounts}
+        else:
+            task.reserved[node.node_id] = amounts
 
     def unreserve(self, task: Task) -> None:
         """Give back everything the task holds, on every node."""
@@ -144,7 +152,7 @@ class Dispatcher:
                 used = node.view.used
                 for key, amount in amounts.items():
                     used[key] = used.get(key, 0.0) - amount
-        task.reserved = {}
+        task.reserved = NOTHING_RESERVED
 
     def _assign_gang(self, task: Task, gang: list[Node]) -> None:
         """A multi-node app holds every slot of its nodes and runs on the first one, with

@@ -178,3 +178,45 @@ def test_many_nodes_many_tasks_every_task_placed_once_and_accounting_adds_up():
         for node in c.nodes:
             assert all(abs(v) < 1e-6 for v in node.view.used.values())
     run(scenario, cpus=tuple(float(c) for c in (2, 4, 8, 1, 2, 4, 16, 2)))
+
+
+def test_tasks_taking_no_cpu_go_to_the_least_loaded_node_not_the_first():
+    async def scenario(c: Cluster) -> None:
+        n1, n2 = c.nodes
+        busy = c.submit(cpus=1.0)
+        await c.step()
+        assert busy in n1.running, "packed"
+        free = c.submit(cpus=0)  # e.g. a 0-cpu actor: to the idler node
+        await c.step()
+        assert free in n2.running
+        for task_id in (busy, free):
+            c.finish(task_id)
+        await c.step()
+        assert c.head.done == 2
+    run(scenario, cpus=(2.0, 2.0))
+
+
+def test_compacted_queued_tasks_run_with_their_specs_intact(monkeypatch):
+    from cluster.head import state
+
+    monkeypatch.setattr(state, "COMPACT_AFTER", 2)
+
+    async def scenario(c: Cluster) -> None:
+        ids = [c.submit() for _ in range(8)]  # no node until later: all queued
+        queued = [t for q in c.head.ready.values() for t in q]
+        assert len(queued) == 8 and sum(t.msg is None for t in queued) == 6
+        await c.step()
+        sent = {s.task_id: s for n in c.nodes for s in n.conn.tasks()}
+        for task_id in ids:
+            if task_id in sent:
+                assert sent[task_id].name and sent[task_id].resources.cpus == 1.0
+        for _ in range(10):
+            running = [t for n in c.nodes for t in n.running]
+            if not running:
+                break
+            for task_id in running:
+                c.finish(task_id)
+            await c.step()
+        assert c.head.done == 8
+        assert {s.task_id for n in c.nodes for s in n.conn.tasks()} == set(ids)
+    run(scenario, cpus=(1.0,))
