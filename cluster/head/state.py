@@ -320,7 +320,7 @@ class Head:
                 self.node_lost(node, f"no heartbeat for {timeout:g}s")
         self._retune_heartbeats()
         if self._loop is not None:
-            self._loop.call_later(1.0, self._check_nodes)
+            self._loop.call_later(liveness.check_period(timeout), self._check_nodes)
 
     # ---- drivers -----------------------------------------------------------------------
     def driver_joined(self, conn: Conn, hello: pb.DriverHello) -> Driver:
