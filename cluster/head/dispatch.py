@@ -8,7 +8,9 @@ the ``started`` callback, which moves the task to ``RUNNING``.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -17,6 +19,24 @@ from cluster.head.directory import ObjectDirectory
 from cluster.head.records import NOTHING_RESERVED, Node, Task
 from cluster.policy import priority, scheduler
 from cluster.slurm.commands import mpi_prefix
+
+#: The longest a task batch waits for a remote node to answer its previous one. Packing
+#: fills free slots as tasks arrive, so a burst went out a few tasks per message (14.7 on
+#: average at 2,000 simulated nodes, against 137 for one node, where the queue allowance
+#: holds tasks back), each message costing the head ~150 us of gRPC-Python each way. As a
+#: busy daemon gathers 2 ms of results (``RESULT_BATCH_SECONDS``), the head gathers a busy
+#: node's next tasks for up to 2 ms; an idle node gets its tasks at once (round trips
+#: unchanged).
+HOLD_SECONDS = 0.002
+
+
+def hold_batch(node: Node, now: float) -> bool:
+    """Whether `node`'s outbox should wait (Nagle's rule for task batches): it holds only
+    tasks, fewer than the node's slots, the node is remote and has not answered the batch
+    it was sent less than :data:`HOLD_SECONDS` ago."""
+    return (node.awaiting and node.remote and node.alive and 0 < len(node.outbox)
+            < node.view.total.get("cpus", 0.0) and now - node.sent_at < HOLD_SECONDS
+            and not (node.deletes or node.cancels or node.cancel_queued))
 
 
 class Dispatcher:
@@ -41,6 +61,7 @@ class Dispatcher:
         #: placement view of every node that ever joined, by id.
         self.free = scheduler.FreeSlots()
         self.views: dict[int, scheduler.NodeView] = {}
+        self._release_pending = False  # a timer will flush the held batches
 
     def schedule(self, ready: dict[bytes, deque[Task]], gangs: deque[Task]) -> None:
         """Place as many queued tasks as the nodes can take now, in queue order.
@@ -148,6 +169,7 @@ class Dispatcher:
         for node_id, amounts in task.reserved.items():
             node = self.nodes.get(node_id)
             if node is not None:
+                node.awaiting = False  # it answered: what waits for it may go now
                 self.gained.add(node)
                 used = node.view.used
                 for key, amount in amounts.items():
@@ -210,9 +232,26 @@ class Dispatcher:
         self.dirty.add(node)
 
     def flush(self) -> None:
-        """Send every node its batch."""
+        """Send every node its batch, except small task batches for a remote node still
+        working on the last one (:func:`hold_batch`): those wait for its answer, for a
+        full batch, or for :data:`HOLD_SECONDS`, whichever comes first."""
+        held: set[Node] = set()
+        now = time.monotonic()
         for node in self.dirty:
+            if hold_batch(node, now):
+                held.add(node)
+                continue
+            tasks = bool(node.outbox)
             message = node.take_batch()
             if message is not None and node.alive:
                 node.conn.send(message)
-        self.dirty.clear()
+                if tasks:
+                    node.sent_at, node.awaiting = now, True
+        self.dirty = held
+        if held and not self._release_pending:
+            self._release_pending = True
+            asyncio.get_running_loop().call_later(HOLD_SECONDS, self._release)
+
+    def _release(self) -> None:
+        self._release_pending = False
+        self.flush()

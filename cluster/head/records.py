@@ -176,6 +176,8 @@ class Node:
     deletes: list[int] = field(default_factory=list)
     cancels: list[int] = field(default_factory=list)
     cancel_queued: list[pb.CancelRequest] = field(default_factory=list)  # if not started
+    sent_at: float = 0.0             # when its last task batch was sent
+    awaiting: bool = False           # that batch is not answered yet (see dispatch.flush)
 
     def finished(self, seconds: float) -> None:
         """A task ran here for `seconds`: count it, and let the queue allowance follow the

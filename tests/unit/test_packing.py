@@ -4,6 +4,7 @@ head's behaviour with fake nodes (every step followed by Head.validate())."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from cluster.policy import scheduler
@@ -219,4 +220,45 @@ def test_compacted_queued_tasks_run_with_their_specs_intact(monkeypatch):
             await c.step()
         assert c.head.done == 8
         assert {s.task_id for n in c.nodes for s in n.conn.tasks()} == set(ids)
+    run(scenario, cpus=(1.0,))
+
+
+def test_a_busy_remote_node_gets_small_batches_gathered_an_idle_one_at_once():
+    from cluster.common.protocol import fill, pb
+    from cluster.head import dispatch
+    from tests.unit.test_head import FakeConn
+
+    async def scenario(c: Cluster) -> None:
+        register = pb.Register(name="remote", address="127.0.0.1")
+        fill(register.total, {"cpus": 8})
+        conn = FakeConn()
+        node = c.head.node_joined(conn, register, remote=True)
+        c.nodes.append(node)
+        c.head.drain([n.node_id for n in c.nodes[:-1]])   # everything to the remote node
+
+        def batches() -> list[int]:
+            return [len(m.tasks) for m in conn.sent if m.tasks]
+
+        first = c.submit()
+        await c.step()
+        assert batches() == [1], "idle: sent at once"
+        second = [c.submit() for _ in range(3)]
+        await c.step()
+        assert batches() == [1], "busy: held for the node's answer"
+        c.finish(first)
+        await c.step()
+        await c.step()
+        assert batches() == [1, 3], "its answer releases the held batch"
+        third = c.submit()
+        await c.step()
+        await asyncio.sleep(3 * dispatch.HOLD_SECONDS)
+        c.head.validate()
+        assert batches() == [1, 3, 1], "never held longer than HOLD_SECONDS"
+        full = [c.submit() for _ in range(4)]
+        await c.step()
+        assert batches() == [1, 3, 1, 4], "the last batch is long answered for: at once"
+        for task_id in [*second, third, *full]:
+            c.finish(task_id)
+        await c.step()
+        assert c.head.done == 9
     run(scenario, cpus=(1.0,))
