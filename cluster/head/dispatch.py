@@ -169,7 +169,6 @@ class Dispatcher:
         for node_id, amounts in task.reserved.items():
             node = self.nodes.get(node_id)
             if node is not None:
-                node.awaiting = False  # it answered: what waits for it may go now
                 self.gained.add(node)
                 used = node.view.used
                 for key, amount in amounts.items():

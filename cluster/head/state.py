@@ -237,6 +237,8 @@ class Head:
             self.history.node_batch(node, message)
         if message.HasField("heartbeat"):
             node.heartbeat = message.heartbeat
+        if message.results:  # it answered: a batch held for it may go (dispatch.flush)
+            node.awaiting = False
         for result in message.results:
             task = node.running.pop(result.task_id, None)
             if task is None:
