@@ -262,3 +262,53 @@ def test_a_busy_remote_node_gets_small_batches_gathered_an_idle_one_at_once():
         await c.step()
         assert c.head.done == 9
     run(scenario, cpus=(1.0,))
+
+
+def test_a_busy_head_gathers_even_an_answered_nodes_batches_a_quiet_one_does_not():
+    from cluster.head.dispatch import HOLD_SECONDS, hold_batch
+    from cluster.head.records import Node
+
+    view = NodeView(7, {"cpus": 64})
+    node = Node(7, "n7", "a", 1, conn=None, view=view)  # type: ignore[arg-type]
+    node.outbox = [object()] * 3  # type: ignore[list-item]
+    node.sent_at = 100.0
+    node.awaiting = False                                   # it answered its last batch
+    assert not hold_batch(node, 100.001), "quiet: sent at once (sync round trips)"
+    assert hold_batch(node, 100.001, busy=True), "busy: gathered"
+    assert not hold_batch(node, 100.0 + 1.01 * HOLD_SECONDS, busy=True), "never past HOLD"
+    node.outbox = [object()] * 64  # type: ignore[list-item]
+    assert not hold_batch(node, 100.001, busy=True), "a full batch goes at once"
+    node.outbox = [object()] * 3  # type: ignore[list-item]
+    node.cancels = [1]
+    assert not hold_batch(node, 100.001, busy=True), "cancellations are never held"
+    node.cancels = []
+    node.remote = False
+    assert not hold_batch(node, 100.001, busy=True), "the in-process daemon: no gRPC"
+
+
+def test_busy_is_a_sending_rate_over_the_last_window():
+    from cluster.common.protocol import fill, pb
+    from cluster.head import dispatch
+    from tests.unit.test_head import FakeConn
+
+    async def scenario(c: Cluster) -> None:
+        register = pb.Register(name="remote", address="127.0.0.1")
+        fill(register.total, {"cpus": 100_000})
+        node = c.head.node_joined(FakeConn(), register, remote=True)
+        c.nodes.append(node)
+        c.head.drain([n.node_id for n in c.nodes[:-1]])
+        d = c.head.dispatch
+        for _ in range(3):  # a trickle: never busy
+            c.submit()
+            await c.step()
+            await asyncio.sleep(2 * dispatch.HOLD_SECONDS)
+        assert not d.busy
+        for _ in range(int(dispatch.BUSY_RATE * dispatch.HOLD_SECONDS) * 4):
+            c.submit()
+        await c.step()
+        await asyncio.sleep(2 * dispatch.HOLD_SECONDS)
+        await c.step()
+        c.submit()
+        await c.step()
+        assert d.busy, "a burst far above BUSY_RATE"
+    run(scenario, cpus=(1.0,))
