@@ -1,7 +1,8 @@
 """Scale benchmark: a real head, a real driver, and thousands of simulated nodes.
 
-    python scripts/bench_scale.py --nodes 1,100,1000,5000 --slots 64 --tasks 10000 \\
+    python scripts/bench_scale.py --nodes 1,100,1000,5000 --slots 64 --tasks 50000 \\
         [--json FILE] [--profile DIR]
+    python scripts/bench_scale.py --queued 1000000
 
 For each node count: start a head alone (``python -m cluster.node --head``, as on Slurm's
 first node, with its cluster file in a private ``SHOAL_HOME``), start the simulated nodes
@@ -26,10 +27,13 @@ head is sampled with py-spy while idle and during the burst, and so is this proc
 driver) during the burst; DIR gets the raw stacks and a ``.top.txt`` per profile ranking
 functions by cumulative and self share of the samples.
 
-The default --tasks is 10000, not the issue's 50000, so that ``--nodes 1,2000`` runs in
-under 5 minutes on a 2-core machine that head, driver and simulated nodes share: at 2000
-nodes the head and the driver each spend O(nodes) per task (about 110 tasks/s measured),
-so 20000 tasks took 251 s of which the burst was 180 s.
+With ``--queued N`` it measures memory instead: a head with no nodes, one driver
+submitting N no-op tasks that all stay queued, and the head's and driver's RSS once the
+head counts them all (``head_bytes_per_task``).
+
+The default --tasks is the issue's 50000: with packing placement (a burst fills whole
+nodes' free slots instead of a few tasks on every node) ``--nodes 1,2000`` runs in about
+a minute on a 2-core machine that head, driver and simulated nodes share.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ COLUMNS = [("nodes", "{:>6}"), ("tasks_per_s", "{:>11.0f}"), ("head_cpu_idle", "
            ("head_rss_mb", "{:>11.0f}"), ("join_s", "{:>7.2f}"), ("status_s", "{:>8.2f}"),
            ("p50_ms", "{:>7.2f}"), ("p99_ms", "{:>7.2f}"), ("burst_p50_ms", "{:>12.0f}"),
            ("burst_p99_ms", "{:>12.0f}"), ("head_us_per_task", "{:>16.0f}"),
-           ("driver_us_per_task", "{:>18.0f}"), ("ok", "{!s:>5}")]
+           ("driver_us_per_task", "{:>18.0f}"), ("tasks_per_batch", "{:>15.1f}"),
+           ("ok", "{!s:>5}")]
 
 
 def noop() -> None:
@@ -81,6 +86,8 @@ class Profiler:
     def __init__(self, pid: int, path: str, rate: int) -> None:
         self.path = path
         exe = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+        if not os.path.exists(exe):
+            raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
         # --nonblocking: do not pause the sampled process (it would slow the very loop
         # we measure); the odd torn stack does not change a ranking.
         self.proc = subprocess.Popen(
@@ -331,8 +338,50 @@ def run_row(ns: argparse.Namespace, nodes: int) -> dict[str, Any]:
     row["sim_duplicates"] = sum(s.get("duplicates", 0) for s in summaries)
     row["registrations"] = sum(s.get("registrations", 0) for s in summaries)
     row["registration_retries"] = sum(s.get("retries", 0) for s in summaries)
+    # Over the whole row (warm-up, burst, latency samples): tasks per message each way.
+    batches = sum(s.get("task_batches", 0) for s in summaries)
+    answers = sum(s.get("result_batches", 0) for s in summaries)
+    row["tasks_per_batch"] = row["sim_tasks"] / batches if batches else 0.0
+    row["results_per_batch"] = row["sim_tasks"] / answers if answers else 0.0
     row["ok"] = (row["sim_tasks"] == submitted and row["sim_duplicates"] == 0 and
                  row.get("head_tasks_done") == submitted and row["registrations"] == nodes)
+    return row
+
+
+def run_queued(ns: argparse.Namespace) -> dict[str, Any]:
+    """Memory with --queued no-op tasks waiting: a head with no nodes (so nothing runs and
+    nothing is refused), one driver submitting them all; the row has the head's and the
+    driver's RSS before and once the head's status counts every task queued."""
+    cluster_id = f"queued-{os.getpid()}"
+    head, cf = start_head(cluster_id, ns.node_timeout)
+    head_ps, me = psutil.Process(head.pid), psutil.Process()
+    row: dict[str, Any] = {"queued": ns.queued}
+    try:
+        api.init(cf.path, log_to_driver=False)
+        app = api.python_app(noop)
+        time.sleep(0.5)
+        row["head_rss_before_mb"] = head_ps.memory_info().rss / 2**20
+        row["driver_rss_before_mb"] = me.memory_info().rss / 2**20
+        start = time.monotonic()
+        futs = [app() for _ in range(ns.queued)]
+        while bootstrap.status(cf, 60.0).tasks_queued < ns.queued:
+            if time.monotonic() - start > 600:
+                raise SystemExit("the head did not queue every task in 600 s")
+            time.sleep(0.5)
+        row["submit_s"] = time.monotonic() - start
+        time.sleep(1.0)
+        head_rss = head_ps.memory_info().rss
+        row["head_rss_mb"] = head_rss / 2**20
+        row["driver_rss_mb"] = me.memory_info().rss / 2**20
+        row["head_bytes_per_task"] = (head_rss / 2**20 - row["head_rss_before_mb"]) \
+            * 2**20 / ns.queued
+        del futs
+    finally:
+        api.shutdown()
+        bootstrap.teardown(clusterfile.read(cf.path), 10.0)
+        if head.poll() is None:
+            head.kill()
+        head.wait()
     return row
 
 
@@ -362,7 +411,7 @@ def main() -> None:
     parser.add_argument("--nodes", default="1,100,1000,5000",
                         help="comma-separated simulated node counts, one row each")
     parser.add_argument("--slots", type=int, default=64, help="cpus per simulated node")
-    parser.add_argument("--tasks", type=int, default=10000, help="no-op tasks in the burst")
+    parser.add_argument("--tasks", type=int, default=50000, help="no-op tasks in the burst")
     parser.add_argument("--json", default="", help="write the rows here as a JSON list")
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     parser.add_argument("--latency-samples", type=int, default=200)
@@ -374,7 +423,20 @@ def main() -> None:
     parser.add_argument("--join-timeout", type=float, default=300.0)
     parser.add_argument("--profile", default="", help="py-spy profiles into this directory")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--queued", type=int, default=0,
+                        help="instead of the node rows: head (and driver) memory with this "
+                             "many tasks queued")
     ns = parser.parse_args()
+    if ns.queued:
+        try:
+            row = run_queued(ns)
+        finally:
+            shutil.rmtree(HOME, ignore_errors=True)
+        print(json.dumps(row), flush=True)
+        if ns.json:
+            with open(ns.json, "w") as f:
+                json.dump([row], f, indent=1)
+        return
     if ns.profile:
         os.makedirs(ns.profile, exist_ok=True)
     counts = [int(n) for n in ns.nodes.split(",") if n.strip()]

@@ -29,7 +29,7 @@ def driver_left(self: Any, driver: Driver) -> None:
 
     def its(task: Task) -> bool:
         return task.task_id >> DRIVER_SHIFT == driver_id and \
-            task.spec.kind in (pb.PYTHON, pb.BASH)
+            task.kind in (pb.PYTHON, pb.BASH)
 
     # Its queued tasks and those waiting for dependencies (some of which it just
     # dropped, so they would wait forever) end as cancelled, releasing what they hold.

@@ -36,6 +36,7 @@ from cluster.head.invariants import check
 from cluster.head.lineage import Lineage
 from cluster.head.nested import NestedDrivers
 from cluster.head.records import (
+    COMPACT_AFTER,
     LIVE,
     Conn,
     Driver,
@@ -91,7 +92,7 @@ class Head:
         self.heartbeat_interval = liveness.heartbeat_interval(0)  # what nodes were told
         #: Feasibility by (request shape, nodes); cleared when nodes or block shape change.
         self._feasible: dict[tuple[bytes, int], str] = {}
-        self._shapes: dict[bytes, tuple[dict[str, float], str]] = {}
+        self._shapes: dict[bytes, tuple[dict[str, float], str, bytes]] = {}
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.history: Recorder | None = None  # the run history (cluster.head.history)
@@ -128,6 +129,7 @@ class Head:
         check(self.tasks, self.ready, self.gangs, self.waiters, self.nodes,
               self.actor_table.queued_calls(), self.actor_table.inflight_calls(),
               self.objects.refs, self.failures.deciding)
+        self.dispatch.check()
 
     def _started(self, task: Task, node: Node) -> None:
         """Dispatch placed `task` on `node`."""
@@ -236,6 +238,8 @@ class Head:
             self.history.node_batch(node, message)
         if message.HasField("heartbeat"):
             node.heartbeat = message.heartbeat
+        if message.results:  # it answered: a batch held for it may go (dispatch.flush)
+            node.awaiting = False
         for result in message.results:
             task = node.running.pop(result.task_id, None)
             if task is None:
@@ -319,7 +323,7 @@ class Head:
                 self.node_lost(node, f"no heartbeat for {timeout:g}s")
         self._retune_heartbeats()
         if self._loop is not None:
-            self._loop.call_later(1.0, self._check_nodes)
+            self._loop.call_later(liveness.check_period(timeout), self._check_nodes)
 
     # ---- drivers -----------------------------------------------------------------------
     def driver_joined(self, conn: Conn, hello: pb.DriverHello) -> Driver:
@@ -387,11 +391,11 @@ class Head:
                 self._shapes.clear()
             request = to_dict(spec.resources)
             known = self._shapes[shape] = (request, ", ".join(
-                k for k, v in request.items() if not 0 <= v < float("inf")))
-        request, bad = known   # shared by every task of the shape: never mutated
+                k for k, v in request.items() if not 0 <= v < float("inf")), shape)
+        request, bad, shape = known   # shared by every task of the shape: never mutated
         if spec.priority:  # one ready queue per (shape, priority): see policy.priority
             shape = priority.queue_key(shape, spec.priority)
-        task = Task(spec, request, shape)
+        task = Task(spec, request, shape, task_id=task_id)
         self.objects.incref(task_id)
         driver.hold(task_id)
         failed_dep: tuple[int, Value] | None = None
@@ -533,6 +537,8 @@ class Head:
             queue.appendleft(task)
         else:
             queue.append(task)
+            if len(queue) > COMPACT_AFTER:  # far back: its spec as bytes (head memory)
+                task.compact()
 
     def task_done(self, task: Task, result: pb.TaskResult) -> None:
         """`task` succeeded with `result`: keep its value, wake what waits for it."""

@@ -148,6 +148,7 @@ class SimNode:
             self.period = message.heartbeat_interval
         if message.tasks:
             sim = self.sim
+            sim.task_batches += 1
             for spec in message.tasks:
                 sim.count_task(spec)
                 seconds = _sleep_seconds(spec)
@@ -183,6 +184,7 @@ class SimNode:
         """Send this node's results gathered during this loop turn as one batch."""
         if self.results and self._outbox is not None:
             self._outbox.send(pb.NodeToHead(results=self.results))
+            self.sim.result_batches += 1
         self.results = []
 
 
@@ -220,6 +222,8 @@ class Simulation:
         self.duplicates = 0
         self.registrations = 0
         self.retries = 0
+        self.task_batches = 0    # head-to-node messages carrying tasks
+        self.result_batches = 0  # node-to-head messages carrying results
         self._seen: set[tuple[int, int]] = set()
         self._dirty: list[SimNode] = []
         self._flush_pending = False
@@ -285,7 +289,8 @@ class Simulation:
     def summary(self) -> dict[str, Any]:
         return {"nodes": self.count, "tasks": self.tasks, "unique_tasks": len(self._seen),
                 "duplicates": self.duplicates, "registrations": self.registrations,
-                "retries": self.retries, "pid": os.getpid()}
+                "retries": self.retries, "task_batches": self.task_batches,
+                "result_batches": self.result_batches, "pid": os.getpid()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -203,6 +203,112 @@ def least_loaded(request: Resources, nodes: Sequence[NodeView]) -> Iterator[int]
         heapq.heappush(heap, (load(request, node), i))
 
 
+def free_slot(request: Resources, node: NodeView) -> bool:
+    """True when `node` can run `request` now in slots that are really free (no queue
+    allowance counted), so the task would start at once.
+
+    >>> free_slot({"cpus": 1}, NodeView(1, {"cpus": 2}, {"cpus": 1}, factor=17.0))
+    True
+    >>> free_slot({"cpus": 1}, NodeView(1, {"cpus": 2}, {"cpus": 2}, factor=17.0))
+    False
+    """
+    if not node.schedulable:
+        return False
+    total, used = node.total, node.used
+    for key, amount in request.items():
+        if used.get(key, 0.0) + amount > total.get(key, 0.0) + _EPS:
+            return False
+    return True
+
+
+def cpus_full(node: NodeView) -> bool:
+    """True when every cpu of `node` is taken (queued tasks count): it has no free slot for
+    any task asking for cpus, so the packing index may forget it until it gains room.
+
+    >>> cpus_full(NodeView(1, {"cpus": 2}, {"cpus": 2}))
+    True
+    >>> cpus_full(NodeView(1, {"cpus": 2}, {"cpus": 1.5}))
+    False
+    """
+    return node.used.get("cpus", 0.0) >= node.total.get("cpus", 0.0) - _EPS
+
+
+class FreeSlots:
+    """An index of the nodes that may have a really free slot, for *packing* placement:
+    a task without argument locality goes to the lowest-id node with a free slot that fits
+    it (:func:`free_slot`); only when no node has one does the caller fall back to the
+    queue allowance (:func:`least_loaded`). Ray's default ("hybrid") policy packs the same
+    way, for the same reasons:
+
+    - a burst of short tasks lands in batches of a node's whole slot count instead of two
+      or three tasks per node (at 5,000 nodes x 64 slots, spreading 10,000 tasks put ~2 on
+      each node, one gRPC message each way per task, and the head ran at 11% of its
+      1-node throughput);
+    - whole nodes stay idle, so the autoscaler can drop their blocks.
+
+    A min-heap of node ids with membership, O(log n) per placement and per change. The
+    caller :meth:`add` s a node whenever it joins or gains room; a node seen full of cpus is
+    dropped and comes back with its next :meth:`add`. Nodes that have room but not for the
+    request at hand (say, cpus free but no gpu) are set aside and put back by
+    :meth:`end_queue`, so other requests still see them.
+
+    >>> nodes = {i: NodeView(i, {"cpus": 2}) for i in (3, 1, 2)}
+    >>> slots = FreeSlots()
+    >>> for i in nodes:
+    ...     slots.add(i)
+    >>> chosen = []
+    >>> while (i := slots.take({"cpus": 1}, nodes)) is not None:
+    ...     nodes[i].used["cpus"] = nodes[i].used.get("cpus", 0) + 1
+    ...     chosen.append(i)
+    >>> chosen                       # node 1 filled first, then 2, then 3
+    [1, 1, 2, 2, 3, 3]
+    >>> slots.take({"cpus": 1}, nodes) is None and len(slots)
+    0
+    """
+
+    __slots__ = ("_heap", "_members", "_aside")
+
+    def __init__(self) -> None:
+        self._heap: list[int] = []
+        self._members: set[int] = set()
+        self._aside: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._members
+
+    def add(self, node_id: int) -> None:
+        """`node_id` joined or gained room: a candidate again (O(log n), once)."""
+        if node_id not in self._members:
+            self._members.add(node_id)
+            heapq.heappush(self._heap, node_id)
+
+    def take(self, request: Resources, nodes: Mapping[int, NodeView]) -> int | None:
+        """The lowest-id node with a free slot for `request`, or None. The node stays
+        indexed (the caller reserves on it, and may ask again)."""
+        heap, members = self._heap, self._members
+        while heap:
+            node_id = heap[0]
+            node = nodes.get(node_id)
+            if node is not None and free_slot(request, node):
+                return node_id
+            heapq.heappop(heap)
+            if node is None or not node.schedulable or cpus_full(node):
+                members.discard(node_id)   # back with its next add()
+            else:
+                self._aside.append(node_id)
+        return None
+
+    def end_queue(self) -> None:
+        """Put back the nodes set aside while placing one request shape."""
+        heap = self._heap
+        for node_id in self._aside:
+            heapq.heappush(heap, node_id)
+        self._aside.clear()
+
+
 def place_gang(
     request: Resources, nodes: Sequence[NodeView], count: int
 ) -> list[int] | None:
