@@ -422,11 +422,16 @@ class Client:
             if spec.fn_id not in self._sent_functions:
                 spec.fn_blob = fn_blob
                 self._sent_functions.add(spec.fn_id)
+            in_flight = bool(self._futures)  # (none: a sync round trip, sent at once)
             self._futures[spec.task_id] = future
             if local:
                 self._actor_futures.pop(spec.task_id, None)
             self._submits.append(spec)
-        self._transport.flush()
+        transport = self._transport
+        if in_flight and hasattr(transport, "flush_soon"):
+            transport.flush_soon()
+        else:
+            transport.flush()
 
     def put(self, value: pb.Value) -> None:
         """Queue a put (its bytes inline, or where a node store holds them)."""
@@ -501,6 +506,10 @@ class Client:
         True if it was, and so never reaches the head."""
         if self.direct.cancel_held(task_id):
             return True
+        # Send what a burst gathered first (see LaneTransport.flush_soon): taken out of the
+        # buffer, the task would be unknown to the head, and dependents sent with it would
+        # fail there as depending on a lost object instead of on a cancelled task.
+        self._transport.flush()
         actor_call = False
         with self._lock:
             submits = self._submits
