@@ -287,7 +287,9 @@ def grpc_figures(n: int) -> dict[str, float]:
             time.sleep(0.05)
         with open(port_file) as f:
             port = int(f.read())
-        return asyncio.run(_grpc_client(port, n, proc.pid))
+        out = asyncio.run(_grpc_client(port, n, proc.pid))
+        out.update(_grpc_sync_client(port, n, proc.pid))
+        return out
     finally:
         proc.kill()
         proc.wait()
@@ -329,6 +331,40 @@ async def _grpc_client(port: int, n: int, server_pid: int) -> dict[str, float]:
         out["grpc_recv_client_us"] = (cpu_ns() - c0) / n / 1e3
         out["grpc_send_server_us"] = json.loads(await source.read())["cpu_us"]
         await source.done_writing()
+    return out
+
+
+def _grpc_sync_client(port: int, n: int, server_pid: int) -> dict[str, float]:
+    """The same with grpc's blocking API (a thread per stream, no event loop)."""
+    import queue
+
+    import grpc
+
+    out: dict[str, float] = {}
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        requests: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        responses = channel.stream_stream("/b.B/Echo", *_IDENT)(iter(requests.get, None))
+        for _ in range(200):
+            requests.put(FRAME)
+            next(responses)
+        c0, t0 = cpu_ns(), time.perf_counter()
+        for _ in range(n):
+            requests.put(FRAME)
+            next(responses)
+        elapsed = time.perf_counter() - t0
+        out["grpc_sync_rt_us"] = elapsed / n * 1e6
+        out["grpc_sync_rt_cpu_client_us"] = (cpu_ns() - c0) / n / 1e3
+        requests.put(None)
+        requests = queue.SimpleQueue()
+        source = channel.stream_stream("/b.B/Source", *_IDENT)(iter(requests.get, None))
+        requests.put(FRAME)
+        next(source)  # (the first message: the stream is up)
+        c0 = cpu_ns()
+        for _ in range(n - 1):
+            next(source)
+        out["grpc_sync_recv_client_us"] = (cpu_ns() - c0) / (n - 1) / 1e3
+        next(source)
+        requests.put(None)
     return out
 
 
