@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -199,6 +200,16 @@ class Client:
                     fut.set_result(Stored(result))
                 elif result.status != pb.OK and _cancel.intercept(self, fut, result):
                     pass  # cancelled by request, or its retry_handler is asked first
+                elif result.status == pb.OK:
+                    # No refs inside (they would be listed in `nested`): plain pickle
+                    # loads it as the ref unpickler would, without its set-up per value.
+                    try:
+                        value = pickle.loads(result.data)
+                    except Exception:  # noqa: BLE001 - _complete reports it
+                        self._complete(fut, result.status, result.data, result.message,
+                                       fut.name, result.task_id)
+                    else:
+                        fut.set_result(value)
                 else:
                     self._complete(fut, result.status, result.data, result.message,
                                    fut.name, result.task_id)
