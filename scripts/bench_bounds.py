@@ -25,6 +25,11 @@ every thread (``/proc/<pid>/task/*/schedstat``, nanoseconds: no 10 ms tick round
 - ``future_us``: one ``concurrent.futures.Future`` made, resolved and read.
 - ``pickle_args_us``: pickling the ``((), {})`` of a call with no arguments through
   shoal's ref-collecting pickler, against plain ``pickle.dumps``.
+- ``driver_submit_us`` / ``driver_take_us`` / ``driver_results_us``: the driver's own
+  Python per no-op task (an app call; its share of a batch; its result delivered and
+  read), in this process with no transport: what is left of ``driver_cpu_task_us`` once
+  the messages and wake-ups are taken out.
+- ``worker_task_us``: a worker's own Python per no-op task (CPU of its thread).
 """
 
 from __future__ import annotations
@@ -411,6 +416,94 @@ def inproc_figures(n: int) -> dict[str, float]:
     return out
 
 
+def driver_python(n: int) -> dict[str, float]:
+    """The driver's own Python per no-op task, with no transport: a submission (the app
+    call, its spec and future), taking the batch, and delivering its result."""
+    from api import _apps, _session
+    from api._client import Client
+    from cluster.common.protocol import pb
+
+    class Held:
+        target = "none"
+
+        def flush(self) -> None:
+            pass
+
+        def flush_soon(self) -> None:
+            pass
+
+    client = Client(["unix:/nonexistent"], "secret")
+    client._transport = Held()
+    client.driver_id = 1
+    saved = _session._state["client"]
+    _session._state["client"] = client
+    try:
+        def noop() -> None:
+            return None
+
+        app = _apps.python_app(noop)
+        [app() for _ in range(1000)]  # (warm: the function is pickled once)
+        client._take()
+        t0 = time.process_time()
+        futs = [app() for _ in range(n)]
+        t1 = time.process_time()
+        client._take()
+        t2 = time.process_time()
+        data = pickle.dumps(None, 5)
+        batches = [pb.HeadToDriver(results=[
+            pb.TaskResult(task_id=f.task_id, status=pb.OK, data=data, node="n",
+                          run_seconds=1e-5, worker_pid=1) for f in futs[i:i + 14]
+        ]).SerializeToString() for i in range(0, n, 14)]
+        t3 = time.process_time()
+        for batch in batches:
+            client._on_message(pb.HeadToDriver.FromString(batch))
+        for f in futs:
+            f.result()
+        t4 = time.process_time()
+    finally:
+        _session._state["client"] = saved
+        client._releases.clear()
+    return {"driver_submit_us": (t1 - t0) / n * 1e6, "driver_take_us": (t2 - t1) / n * 1e6,
+            "driver_results_us": (t4 - t3) / n * 1e6}
+
+
+def worker_python(n: int) -> dict[str, float]:
+    """A worker's own Python per no-op task (read from a socket already holding it, run,
+    report), without the wake-ups between processes."""
+    from cluster.common.messages import Run
+    from cluster.worker.worker import Worker
+
+    ours, theirs = socket.socketpair()
+    worker = Worker(theirs)
+
+    def noop() -> None:
+        return None
+
+    from cluster.common import serialization
+
+    worker.functions[b"f"] = serialization.dumps_function(noop)
+    message = Run(1, b"f", 0, "noop", pickle.dumps(((), {}), 5), {}, None, None, None,
+                  os.getcwd(), None)
+
+    def drain() -> None:
+        try:
+            while ours.recv(1 << 16):
+                pass
+        except OSError:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    for _ in range(500):
+        worker.run(message)
+    t0 = time.thread_time()
+    for _ in range(n):
+        worker.run(message)
+    elapsed = time.thread_time() - t0
+    theirs.close()
+    ours.close()
+    return {"worker_task_us": elapsed / n * 1e6}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -430,7 +523,9 @@ def main() -> None:
                          ("handoff", handoff_rt)):
             for key, value in fn(n).items():
                 samples.setdefault(f"{name}_{key}", []).append(value)
-        for key, value in {**grpc_figures(n), **inproc_figures(n * 10)}.items():
+        figures = {**grpc_figures(n), **inproc_figures(n * 10), **driver_python(n * 2),
+                   **worker_python(n)}
+        for key, value in figures.items():
             samples.setdefault(key, []).append(value)
     load = os.getloadavg()
     print(f"median (min-max) of {reps}, {n} round trips or messages each; "
