@@ -119,6 +119,7 @@ class LaneTransport(SendsOnOneThread):
         self._last_write = 0.0
         self._deferred = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_lock = threading.Lock()  # (no write to the fd once closed and reused)
 
     def flush_soon(self) -> None:
         """Write now unless a write went out less than ``SUBMIT_BATCH_SECONDS`` ago; then
@@ -129,9 +130,11 @@ class LaneTransport(SendsOnOneThread):
             self.flush()
             return
         self._deferred = True
-        try:
-            os.eventfd_write(self._wake_fd, 1)
-        except OSError:
+        with self._wake_lock:
+            woken = self._wake_fd >= 0
+            if woken:
+                os.eventfd_write(self._wake_fd, 1)
+        if not woken:  # the reader has ended: nobody else would send it
             self._deferred = False
             self.flush()
 
@@ -157,7 +160,7 @@ class LaneTransport(SendsOnOneThread):
             body = self._read_frames()[0]
         except (OSError, EOFError) as err:
             sock.close()
-            os.close(self._wake_fd)
+            self._close_wake()
             raise OSError(f"{self.target} ({err})") from None
         if body == b"UNAUTHENTICATED":
             sock.close()
@@ -223,10 +226,16 @@ class LaneTransport(SendsOnOneThread):
         except OSError as err:
             reason = f"lost the head at {self.target}: {err}"
         finally:
+            self._close_wake()
             self._deferred = False
-            os.close(wake)
         if not self._closed:
             on_lost(reason)
+
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_fd >= 0:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
     def write(self, message: pb.DriverToHead) -> None:
         if self._sock is not None and not self._closed:

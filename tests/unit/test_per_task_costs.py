@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import socket
 import threading
 import time
@@ -206,10 +205,10 @@ def test_closing_sends_what_was_gathered_and_frees_the_wake_fd():
     frames = lane.frames(timeout=1.0)
     assert 9 in [s.task_id for f in frames for s in f.submit]
     deadline = time.monotonic() + 10
-    while True:  # the reader thread closes it as it ends
-        try:
-            os.fstat(fd)
-        except OSError:
-            break
+    while transport._wake_fd != -1:  # the reader thread closes it as it ends
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    assert fd >= 0
+    pending.append(pb.TaskSpec(task_id=10))
+    transport.flush_soon()  # after the end: no write to the closed (maybe reused) fd
+    assert not transport._deferred
