@@ -136,9 +136,11 @@ class FutureLock:
         self._waiters: list[Any] | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """Take the lock (``concurrent.futures.wait`` takes every future's at once)."""
         return self._lock.acquire(blocking, timeout)
 
     def release(self) -> None:
+        """Give the lock back."""
         self._lock.release()
 
     def __enter__(self) -> bool:
