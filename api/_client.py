@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import pickle
 import socket
 import sys
 import threading
@@ -199,6 +200,16 @@ class Client:
                     fut.set_result(Stored(result))
                 elif result.status != pb.OK and _cancel.intercept(self, fut, result):
                     pass  # cancelled by request, or its retry_handler is asked first
+                elif result.status == pb.OK:
+                    # No refs inside (they would be listed in `nested`): plain pickle
+                    # loads it as the ref unpickler would, without its set-up per value.
+                    try:
+                        value = pickle.loads(result.data)
+                    except Exception:  # noqa: BLE001 - _complete reports it
+                        self._complete(fut, result.status, result.data, result.message,
+                                       fut.name, result.task_id)
+                    else:
+                        fut.set_result(value)
                 else:
                     self._complete(fut, result.status, result.data, result.message,
                                    fut.name, result.task_id)
@@ -422,11 +433,16 @@ class Client:
             if spec.fn_id not in self._sent_functions:
                 spec.fn_blob = fn_blob
                 self._sent_functions.add(spec.fn_id)
+            in_flight = bool(self._futures)  # (none: a sync round trip, sent at once)
             self._futures[spec.task_id] = future
             if local:
                 self._actor_futures.pop(spec.task_id, None)
             self._submits.append(spec)
-        self._transport.flush()
+        transport = self._transport
+        if in_flight and hasattr(transport, "flush_soon"):
+            transport.flush_soon()
+        else:
+            transport.flush()
 
     def put(self, value: pb.Value) -> None:
         """Queue a put (its bytes inline, or where a node store holds them)."""
@@ -501,6 +517,10 @@ class Client:
         True if it was, and so never reaches the head."""
         if self.direct.cancel_held(task_id):
             return True
+        # Send what a burst gathered first (see LaneTransport.flush_soon): taken out of the
+        # buffer, the task would be unknown to the head, and dependents sent with it would
+        # fail there as depending on a lost object instead of on a cancelled task.
+        self._transport.flush()
         actor_call = False
         with self._lock:
             submits = self._submits

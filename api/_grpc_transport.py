@@ -127,6 +127,10 @@ class GrpcTransport:
         if wake is not None:
             self._loop.call_soon_threadsafe(wake.set)
 
+    def flush_soon(self) -> None:
+        """As :meth:`flush`: the loop thread already gathers what piles up meanwhile."""
+        self.flush()
+
     def close(self) -> None:
         async def finish() -> None:
             if self._wake is not None:

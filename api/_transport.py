@@ -12,9 +12,11 @@ nothing is pending) and hands every HeadToDriver to ``on_message``. Two exist:
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -26,6 +28,11 @@ Take = Callable[[], "pb.DriverToHead | None"]
 OnMessage = Callable[[pb.HeadToDriver], None]
 OnLost = Callable[[str], None]
 IDLE_FLUSH_SECONDS = 0.2
+#: While tasks are in flight, submissions that follow a write this soon wait for one batch
+#: (sent by the reader thread at most this long after that write) instead of a frame
+#: each: a burst of 10,000 no-ops went out as 10,000 frames, each waking the head for one
+#: task. A submission with nothing in flight (a sync round trip) is written at once.
+SUBMIT_BATCH_SECONDS = 0.0005
 
 
 class Transport(Protocol):
@@ -43,6 +50,11 @@ class Transport(Protocol):
 
     def flush(self) -> None:
         """Send what ``take()`` has pending (soon; never blocks on the network)."""
+        ...
+
+    def flush_soon(self) -> None:
+        """As :meth:`flush`, for submissions made while others are in flight: a transport
+        may gather them for a moment (at most ``SUBMIT_BATCH_SECONDS``)."""
         ...
 
     def close(self) -> None:
@@ -66,6 +78,10 @@ class SendsOnOneThread:
 
     def write_failed(self) -> None:
         """A write raised OSError: make the reader notice."""
+
+    def flush_soon(self) -> None:
+        """As :meth:`flush` (a subclass may gather submissions for a moment)."""
+        self.flush()
 
     def flush(self) -> None:
         """Send whatever is pending; the calling thread writes unless another one is."""
@@ -100,6 +116,27 @@ class LaneTransport(SendsOnOneThread):
         self._pending = False
         self._closed = False
         self._buf = bytearray()
+        self._last_write = 0.0
+        self._deferred = False
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._wake_lock = threading.Lock()  # (no write to the fd once closed and reused)
+
+    def flush_soon(self) -> None:
+        """Write now unless a write went out less than ``SUBMIT_BATCH_SECONDS`` ago; then
+        the reader thread writes the batch once that time has passed."""
+        if self._deferred:
+            return  # the reader thread sends it, with whatever else piles up meanwhile
+        if time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
+            self.flush()
+            return
+        self._deferred = True
+        with self._wake_lock:
+            woken = self._wake_fd >= 0
+            if woken:
+                os.eventfd_write(self._wake_fd, 1)
+        if not woken:  # the reader has ended: nobody else would send it
+            self._deferred = False
+            self.flush()
 
     def _read_frames(self) -> list[bytes]:
         assert self._sock is not None
@@ -123,6 +160,7 @@ class LaneTransport(SendsOnOneThread):
             body = self._read_frames()[0]
         except (OSError, EOFError) as err:
             sock.close()
+            self._close_wake()
             raise OSError(f"{self.target} ({err})") from None
         if body == b"UNAUTHENTICATED":
             sock.close()
@@ -151,11 +189,33 @@ class LaneTransport(SendsOnOneThread):
         reason = "the head closed the connection"
         poller = select.poll()
         poller.register(sock, select.POLLIN)
+        wake = self._wake_fd
+        poller.register(wake, select.POLLIN)
         idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
         try:
             while True:
-                if not poller.poll(idle_ms):
+                timeout = idle_ms
+                if self._deferred:
+                    left = self._last_write + SUBMIT_BATCH_SECONDS - time.monotonic()
+                    timeout = max(0, int(left * 1000 + 0.999))
+                events = poller.poll(timeout)
+                if self._deferred and \
+                        time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
+                    self._deferred = False
+                    self.flush()
+                if not events:
                     self.flush()  # releases are sent lazily; push them when idle
+                    continue
+                readable = False
+                for fd, _ in events:
+                    if fd == wake:
+                        try:
+                            os.eventfd_read(wake)
+                        except OSError:
+                            pass
+                    else:
+                        readable = True
+                if not readable:
                     continue
                 data = sock.recv(wire.RECV_SIZE)
                 if not data:
@@ -165,12 +225,22 @@ class LaneTransport(SendsOnOneThread):
                     on_message(pb.HeadToDriver.FromString(body))
         except OSError as err:
             reason = f"lost the head at {self.target}: {err}"
+        finally:
+            self._close_wake()
+            self._deferred = False
         if not self._closed:
             on_lost(reason)
+
+    def _close_wake(self) -> None:
+        with self._wake_lock:
+            if self._wake_fd >= 0:
+                os.close(self._wake_fd)
+                self._wake_fd = -1
 
     def write(self, message: pb.DriverToHead) -> None:
         if self._sock is not None and not self._closed:
             self._sock.sendall(wire.frame(message.SerializeToString()))
+            self._last_write = time.monotonic()
 
     def write_failed(self) -> None:
         # The batch is gone with the connection: close it, so the reader fails every
@@ -182,6 +252,7 @@ class LaneTransport(SendsOnOneThread):
                 pass
 
     def close(self) -> None:
+        self._deferred = False
         self.flush()
         self._closed = True
         if self._sock is not None:
