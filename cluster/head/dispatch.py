@@ -75,6 +75,9 @@ class Dispatcher:
         self._window_at = 0.0      # tasks sent since then (see BUSY_RATE)
         self._window_sent = 0
         self._busy = False
+        #: The clock of the busy window (a test steps a fake one: a loaded machine's
+        #: sleeps are too coarse for a 5 ms window).
+        self.clock: Callable[[], float] = time.monotonic
 
     def schedule(self, ready: dict[bytes, deque[Task]], gangs: deque[Task]) -> None:
         """Place as many queued tasks as the nodes can take now, in queue order.
@@ -248,7 +251,7 @@ class Dispatcher:
         (:func:`hold_batch`): those wait for its answer, a full batch, or
         :data:`HOLD_SECONDS`, whichever comes first."""
         held: set[Node] = set()
-        now = time.monotonic()
+        now = self.clock()
         elapsed = now - self._window_at
         if elapsed >= HOLD_SECONDS:  # how busy was the last window
             self._busy = self._window_sent >= BUSY_RATE * elapsed
