@@ -141,6 +141,12 @@ class Task:
             self.raw = b""
         return msg
 
+    def deps(self) -> list[int]:
+        """The spec's dependencies, without un-compacting a compact task (a scan of every
+        queued task must not turn a million compact specs back into parsed ones)."""
+        msg = self.msg
+        return list((msg if msg is not None else pb.TaskSpec.FromString(self.raw)).deps)
+
     def compact(self) -> None:
         """Keep the spec as bytes until it is read again (a queued task's memory)."""
         if self.msg is not None:

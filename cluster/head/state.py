@@ -484,7 +484,7 @@ class Head:
         """Objects are pending again (being rebuilt): queued tasks that need them go back
         to waiting, so a queued task always has all its arguments."""
         for key, queue in list(self.ready.items()):
-            needing = [t for t in queue if object_ids.intersection(t.spec.deps)]
+            needing = [t for t in queue if object_ids.intersection(t.deps())]
             if not needing:
                 continue
             kept = deque(t for t in queue if t not in needing)

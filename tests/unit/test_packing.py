@@ -316,3 +316,13 @@ def test_busy_is_a_sending_rate_over_the_last_window():
             await c.step()
         assert d.busy, "a burst far above BUSY_RATE"
     run(scenario, cpus=(1.0,))
+
+
+def test_reading_a_compact_tasks_deps_leaves_it_compact():
+    from cluster.common.protocol import pb
+    from cluster.head.records import Task
+
+    task = Task(pb.TaskSpec(task_id=5, deps=[7, 8], name="t"), {"cpus": 1.0}, b"")
+    task.compact()
+    assert task.msg is None and task.deps() == [7, 8] and task.msg is None
+    assert task.task_id == 5 and task.spec.name == "t" and task.msg is not None
