@@ -15,7 +15,8 @@ ratio to shoal measured in the same run. Workloads:
 - memo_miss / memo_hit (shoal only): N calls of a ``cache=True`` app with distinct
   arguments (each a task: the key's cost on top of a no-op), then the same N again (hits)
 - cold: a fresh interpreter starts a local cluster and gets one result (s, whole process)
-- idle RSS: memory of the idle cluster's processes beside the driver (MB)
+- idle RSS: memory of the idle cluster's processes beside the driver (MB); and PSS, the
+  same with pages shared between processes split among them
 - history on / off: the no-op burst with the run history written (the default) and with
   ``SHOAL_HISTORY=0``, alternating A/B in fresh clusters (``--history-only`` runs just this)
 - tasks that submit tasks (scripts/bench_nested.py, shoal and Ray): recursive fib(16) on
@@ -212,6 +213,20 @@ def _rss_mb(pids: list[int]) -> float:
     return total / 2**20
 
 
+def _pss_mb(pids: list[int]) -> float:
+    """As `_rss_mb`, by PSS: a page shared by k of the processes counts 1/k in each (forked
+    workers share their zygote's pages, which RSS counts in full in every one)."""
+    import psutil
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_full_info().pss
+        except (psutil.Error, AttributeError):
+            pass
+    return total / 2**20
+
+
 def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
     """Run every workload on one backend in this process; returns raw samples."""
     peer = _peer(name)
@@ -238,6 +253,7 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0)
         children = [p.pid for p in psutil.Process().children(recursive=True)]
         results["rss"] = [_rss_mb(children)]
+        results["pss"] = [_pss_mb(children)]
         n, m, chain = ns.tasks, ns.sync, ns.chain
         results["noop"] = [n / t for t in timed(lambda: peer.noop_burst(n), ns.reps)]
         subs = []
@@ -291,6 +307,7 @@ ROWS = [
     ("driver_submit", "same 5,000 from the driver, /s", True),
     ("join_fanout", "join_app fan-out of 1,000, s", False),
     ("rss", "idle cluster RSS, MB", False),
+    ("pss", "idle cluster PSS, MB", False),
     ("noop_history_on", "no-op tasks/s, history on", True),
     ("noop_history_off", "no-op tasks/s, history off", True),
     ("grpc_noop", "no-op tasks over gRPC, tasks/s", True),

@@ -208,19 +208,34 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
         daemon_args += ["--interface", interface]
     if tls:  # the CA is in the cluster file (shared file system), with the secret
         daemon_args += ["--secret-file", clusterfile.path_for(cluster_id)]
-    progress(f"starting {len(alloc.nodes)} daemons with srun")
     srun = slurm.daemon_srun_command(alloc, python, daemon_args)
     srun.insert(1, "--input=all")
-    with open(os.path.join(log_dir, "daemons.out"), "ab") as out:
-        daemons = subprocess.Popen(srun, stdin=subprocess.PIPE, stdout=out, stderr=out,
-                                   env=env, start_new_session=True)
-    assert daemons.stdin is not None
+
+    def start_daemons() -> subprocess.Popen:
+        progress(f"starting {len(alloc.nodes)} daemons with srun")
+        with open(os.path.join(log_dir, "daemons.out"), "ab") as out:
+            return subprocess.Popen(srun, stdin=subprocess.PIPE, stdout=out, stderr=out,
+                                    env=env, start_new_session=True)
+
+    # With --tls the daemons read the CA from the cluster file, which the head writes as it
+    # starts: then they start once the head is up, as before.
+    daemons = None if tls else start_daemons()
     try:
         ready = _read_ready(head, timeout, log_dir)
-        daemons.stdin.write(f"{ready['address']}\n".encode())
-        daemons.stdin.flush()
+        if daemons is None:
+            daemons = start_daemons()
+        assert daemons.stdin is not None
+        try:
+            daemons.stdin.write(f"{ready['address']}\n".encode())
+            daemons.stdin.flush()
+        except BrokenPipeError:
+            pass  # the step is gone already: the loop below says so
     finally:
-        daemons.stdin.close()  # without an address, the daemons exit on their own
+        try:
+            if daemons is not None and daemons.stdin is not None:
+                daemons.stdin.close()  # without an address, the daemons exit on their own
+        except BrokenPipeError:
+            pass
     cf = clusterfile.read(clusterfile.path_for(cluster_id))
     deadline = time.monotonic() + timeout
     joined = -1

@@ -199,7 +199,7 @@ def _become_worker(request: dict[str, Any], fd: int, sock: socket.socket, daemon
         sys.modules["__main__"] = main
         sys.argv[:] = [main_spec.origin, str(fd)]
         _set_cmdline([sys.executable, "-m", "cluster.worker", str(fd)])
-        _set_name(b"python")  # (the zygote's name, inherited, is not ours)
+        _set_name(os.path.basename(sys.executable).encode())  # (not the zygote's name)
         deadline = time.monotonic() + 10
         while os.getppid() != daemon_pid:  # until the intermediate has exited
             if time.monotonic() > deadline or os.getppid() == 1:
