@@ -84,24 +84,6 @@ def status(cf: clusterfile.ClusterFile, timeout: float = 5.0, node_limit: int = 
             f"`clusterctl down --cluster {cf.cluster_id}` cleans up what is left") from None
 
 
-def _with_dashboard(cluster_id: str, options: list[str], head: subprocess.Popen,
-                    timeout: float = 30.0) -> clusterfile.ClusterFile:
-    """The cluster file, once it has the dashboard's address (the head starts the
-    dashboard after its ready line, cluster/node/main.py) when `options` ask for one."""
-    path = clusterfile.path_for(cluster_id)
-    deadline = time.monotonic() + timeout
-    while True:
-        cf = clusterfile.read(path)
-        if "--dashboard" not in options or cf.extra.get("dashboard"):
-            return cf
-        if head.poll() is not None:
-            raise BootstrapError(f"the head exited while starting its dashboard (exit code "
-                                 f"{head.returncode}); see the logs in {cf.log_dir}")
-        if time.monotonic() > deadline:
-            return cf  # up without a dashboard: `clusterctl dashboard` says so
-        time.sleep(0.02)
-
-
 def cluster_log_dir(cluster_id: str, log_root: str | None = None) -> str:
     """Where a cluster's logs and run history go: `log_root`/<id> (``up --log-dir``, say
     on a shared file system; created 0700 when missing), else the private default."""
@@ -131,7 +113,7 @@ def start_local(cluster_id: str | None, host: str, node_options: list[str],
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err, env=child_env(secret), start_new_session=True)
     _read_ready(proc, timeout, log_dir)
-    return _with_dashboard(cluster_id, node_options, proc)
+    return clusterfile.read(clusterfile.path_for(cluster_id))
 
 
 def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
@@ -154,7 +136,7 @@ def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err, env=child_env(secret), start_new_session=True)
     _read_ready(proc, timeout, log_dir)
-    return _with_dashboard(cluster_id, cmd, proc)
+    return clusterfile.read(clusterfile.path_for(cluster_id))
 
 
 def _refuse_running(cluster_id: str) -> None:
@@ -266,7 +248,9 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     if channel is not None:
         channel.close()
     steps = [s for s in slurm.job_steps(alloc.job_id) if s not in steps_before]
-    cf = _with_dashboard(cluster_id, head_args, head)  # fresh: the head may have added blocks
+    # Fresh: the head may have added blocks (its dashboard's address is in it from the
+    # start: the head binds that socket before it writes the file).
+    cf = clusterfile.read(clusterfile.path_for(cluster_id))
     cf.nodes = list(alloc.nodes)
     cf.slurm_job_id = alloc.job_id
     cf.slurm_steps = steps
