@@ -252,6 +252,8 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
 
         time.sleep(1.0)
         children = [p.pid for p in psutil.Process().children(recursive=True)]
+        if hasattr(peer, "detached_pids"):  # processes of its cluster that are no children
+            children += [pid for pid in peer.detached_pids() if pid not in children]
         results["rss"] = [_rss_mb(children)]
         results["pss"] = [_pss_mb(children)]
         n, m, chain = ns.tasks, ns.sync, ns.chain

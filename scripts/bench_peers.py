@@ -564,6 +564,21 @@ class ParslPeer:
         self._noop = parsl.python_app(noop, executors=["htex_local"])
         self._inc = parsl.python_app(inc, executors=["htex_local"])
 
+    def detached_pids(self) -> list[int]:
+        """The worker pool's processes: LocalProvider starts them detached, so they are no
+        children of this process and an idle-RSS sum over children misses them (31-49 MB
+        of Parsl's cluster). They are the processes whose TMPDIR is our run root."""
+        import psutil
+
+        pids = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.environ().get("TMPDIR") == self._run_root:
+                    pids.append(proc.pid)
+            except psutil.Error:
+                pass
+        return pids
+
     def stop(self) -> None:
         """Clean up the DataFlowKernel (stops the block) and remove the run dir."""
         if self._parsl is not None:
