@@ -47,6 +47,11 @@ STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dashboard")
 PAGES = ("overview", "tasks", "task", "actors", "objects", "blocks", "timeline")
 #: Rows per page of the tasks table.
 TASKS_PER_PAGE = 50
+#: Seconds after a `clusterctl up` head starts that it serves its dashboard (imports
+#: aiohttp) if no request came first: its first page then answers at once; an
+#: ``api.init()`` cluster's waits for a request (its start, and the driver's first tasks,
+#: should not share the CPU with the import).
+PRELOAD_SECONDS = 2.0
 #: Seconds the overview's node records are reused: every open page polls each second.
 NODE_RECORDS_SECONDS = 1.0
 #: The timeline page draws at most this many of the latest tasks (the trace file has all).
@@ -429,7 +434,8 @@ class LazyDashboard:
     aiohttp.web costs the head 0.3-1.2 s of CPU (alone / on a loaded 2-core machine): a
     local cluster's start (``api.init()``) should not pay it for a page nobody opens."""
 
-    def __init__(self, sock: socket.socket, url: str, source: Source, token: str) -> None:
+    def __init__(self, sock: socket.socket, url: str, source: Source, token: str,
+                 preload: float = 0.0) -> None:
         self.sock = sock
         self.url = url
         self.source = source
@@ -439,8 +445,12 @@ class LazyDashboard:
         self._loop = asyncio.get_running_loop()
         self._starting: asyncio.Future[None] | None = None
         self._loop.add_reader(sock.fileno(), self._first_request)
+        if preload:  # started anyway this many seconds on, unless a request came first
+            self._loop.call_later(preload, self._first_request)
 
     def _first_request(self) -> None:
+        if self._starting is not None:
+            return
         self._loop.remove_reader(self.sock.fileno())
         self._starting = asyncio.ensure_future(self._start())
 
@@ -476,9 +486,11 @@ class LazyDashboard:
                 pass
 
 
-async def start_dashboard(head: LiveHead, secret: str, host: str,
-                          log_dir: str) -> LazyDashboard | None:
-    """The head's dashboard (None, logged, when it cannot be served: the head runs on)."""
+async def start_dashboard(head: LiveHead, secret: str, host: str, log_dir: str,
+                          preload: float = PRELOAD_SECONDS) -> LazyDashboard | None:
+    """The head's dashboard (None, logged, when it cannot be served: the head runs on).
+    `preload`: start serving that many seconds on even if nobody asked (0: at the first
+    request only, as an ``api.init()`` local cluster does)."""
     import importlib.util
 
     if importlib.util.find_spec("aiohttp") is None:
@@ -501,7 +513,7 @@ async def start_dashboard(head: LiveHead, secret: str, host: str,
         return None
     dashboard = LazyDashboard(sock, _url(host, sock.getsockname()[1]),
                               Source(paths.history_file(log_dir), head),
-                              dashboard_token(secret))
+                              dashboard_token(secret), preload)
     dashboard.note = write_note(log_dir, dashboard.url, dashboard.token)
     log.info("dashboard at %s", dashboard.url)
     return dashboard

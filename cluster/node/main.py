@@ -231,7 +231,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         # (importing it was ~40% of the head's start, 0.1 of 0.25 CPU-s).
         from cluster.head.dashboard import start_dashboard
 
-        dashboard = await start_dashboard(head, secret, ns.dashboard_host, log_dir)
+        dashboard = await start_dashboard(head, secret, ns.dashboard_host, log_dir,
+                                          preload=0.0 if ns.watch_stdin else 2.0)
     if ns.write_cluster_file and head is not None:
         clusterfile.write(clusterfile.ClusterFile(
             cluster_id=ns.cluster_id, address=address, secret=secret,

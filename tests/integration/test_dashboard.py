@@ -72,7 +72,21 @@ def dash(tmp_path_factory):
         out = ctl("dashboard", "--cluster", "dash-a")
         assert out.returncode == 0, out.stderr
         url = out.stdout.strip().splitlines()[0]
-        time.sleep(1.2)  # the history is written every 0.1 s, actors snapshotted every 1 s
+        # The history is sent every 0.1 s, actors snapshotted every 1 s, and the writer
+        # may keep what it read up to 2 s while the CPUs are busy: wait until it is there.
+        from cluster.common import historydb, paths
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                db = historydb.connect(paths.history_file(cf.log_dir))
+                counts = historydb.counts_by_state(db)
+                if counts["done"] >= 12 and counts["failed"] == 1 and historydb.actors(db):
+                    break
+            except historydb.HistoryError:
+                pass
+            assert time.monotonic() < deadline, "the history never had the run"
+            time.sleep(0.2)
         yield {"cf": cf, "url": url, "base": url.split("?")[0], "bad": bad, "keeper": keeper,
                "tmp": tmp_path_factory.mktemp("browser")}
     finally:
