@@ -117,6 +117,9 @@ class Recorder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._head: _Observed | None = None
         self._last_sample = 0.0
+        self._node_events = 0  # nodes joined or lost (a snapshot's node sums then change)
+        self._sums_key: tuple[int, ...] = ()
+        self._sums = (0.0, 0.0, 0.0, 0)
         self._closed = False
         self.sent = 0  # state changes shipped, for tests and benchmarks
         self.flush()
@@ -138,7 +141,7 @@ class Recorder:
             return
         else:
             now = _now()
-        self._events.append((task.spec.task_id, new._name_, now, task.node_id, task.attempts))
+        self._events.append((task.task_id, new._name_, now, task.node_id, task.attempts))
 
     def node_batch(self, node: Node, message: pb.NodeToHead) -> None:
         """A daemon's batch: its results (worker pids, run times) and printed output."""
@@ -147,10 +150,11 @@ class Recorder:
 
     def failed(self, task: Task, result: pb.TaskResult) -> None:
         """`task` failed for good with `result`."""
-        self._failures.append((task.spec.task_id, time.time(), result))
+        self._failures.append((task.task_id, time.time(), result))
 
     def node(self, node: Node) -> None:
         """`node` joined (it is alive) or was lost (``node.lost_reason`` says why)."""
+        self._node_events += 1
         if node.alive:
             self._nodes.append((node.node_id, node.name, node.address, node.block_id,
                                 node.pid, time.time(), json.dumps(node.view.total)))
@@ -262,14 +266,22 @@ class Recorder:
             os.set_blocking(self._fd, False)
 
     def _snapshot(self, head: _Observed, now: float) -> None:
-        running = used = total = 0.0
-        alive = 0
-        for node in head.nodes.values():
-            if node.alive:
-                alive += 1
-                running += len(node.running)
-                used += node.view.used.get("cpus", 0.0)
-                total += node.view.total.get("cpus", 0.0)
+        # The walk over every node only when a task or a node moved since the last one:
+        # at 5,000 idle nodes it was ~24% of the idle head's samples. Every 10 s regardless
+        # (CPUs a blocked task gave back move no task).
+        moved = (len(head.tasks), head.done, head.failed, self.sent + len(self._events),
+                 self._node_events, int(now // 10))
+        if moved != self._sums_key:
+            running = used = total = 0.0
+            alive = 0
+            for node in head.nodes.values():
+                if node.alive:
+                    alive += 1
+                    running += len(node.running)
+                    used += node.view.used.get("cpus", 0.0)
+                    total += node.view.total.get("cpus", 0.0)
+            self._sums_key, self._sums = moved, (running, used, total, alive)
+        running, used, total, alive = self._sums
         actors = head.actor_table.status()
         live = sum(1 for a in actors if a.state == "alive")
         self._other.append(("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [(

@@ -244,3 +244,66 @@ def test_cpu_watch_counts_other_processes_only(tmp_path):
     stat.write_text("cpu  280 0 100 1220 0 0 0 0 0 0\n" + cpus)  # all idle since
     assert watch.busy() is False
     assert CpuWatch(str(tmp_path / "missing")).busy() is False
+
+
+def test_idle_samples_do_not_walk_the_nodes_but_see_every_change(tmp_path):
+    """The once-a-second sample walks every node only when a task or a node moved."""
+
+    class Walked(dict):
+        walks = 0
+
+        def values(self):  # type: ignore[override]
+            Walked.walks += 1
+            return super().values()
+
+    class View:
+        def __init__(self) -> None:
+            self.used = {"cpus": 0.0}
+            self.total = {"cpus": 4.0}
+
+    class FakeNode:
+        def __init__(self, node_id: int) -> None:
+            self.node_id, self.alive, self.running, self.view = node_id, True, set(), View()
+            self.name, self.address, self.block_id, self.pid = f"n{node_id}", "a", "", 1
+            self.lost_reason = ""
+
+    class Actors:
+        def status(self) -> list:
+            return []
+
+    class FakeHead:
+        def __init__(self) -> None:
+            self.nodes = Walked({i: FakeNode(i) for i in range(3)})
+            self.tasks: dict = {}
+            self.done = self.failed = 0
+            self.actor_table = Actors()
+
+        def blocks_info(self) -> list:
+            return []
+
+    rec = Recorder(str(tmp_path / "h.sqlite"), "c")
+    rec._broken = True  # noqa: SLF001 - no writer: look at what would be shipped
+    head = FakeHead()
+
+    def sample(now: float) -> tuple:
+        rec._snapshot(head, now)  # noqa: SLF001
+        return rec._other[-1][1][0]  # noqa: SLF001
+
+    assert sample(100.0)[5:8] == (3, 0.0, 12.0)
+    walks = Walked.walks
+    for second in range(1, 5):
+        sample(100.0 + second)
+    assert Walked.walks == walks, "nothing moved: no walk"
+    lost = head.nodes[2]
+    lost.alive, lost.lost_reason = False, "its stream closed"
+    rec.node(lost)  # as the head tells it
+    assert sample(105.0)[5:8] == (2, 0.0, 8.0), "a lost node shows at once"
+    task = _task(7)
+    head.tasks[task.task_id] = task
+    head.nodes[0].running.add(task.task_id)
+    head.nodes[0].view.used["cpus"] = 1.0
+    _move(rec, task, S.QUEUED, S.RUNNING)
+    assert sample(106.0)[1:3] == (0, 1), "a started task shows at once"
+    assert sample(106.5)[6] == 1.0
+    head.nodes[1].view.used["cpus"] = 1.0  # moved without a task moving (a blocked task)
+    assert sample(112.0)[6] == 2.0, "seen within 10 s regardless"
