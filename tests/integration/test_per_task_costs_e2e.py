@@ -1,5 +1,6 @@
-"""End to end on a real local cluster: the batched submissions of a burst (the local lane),
-plain-pickle arguments and results, and AppFuture's light lock keep every result right."""
+"""End to end on the shared local cluster (tests/conftest.py's ``cluster``): the batched
+submissions of a burst (the local lane), plain-pickle arguments and results, and
+AppFuture's light lock keep every result right."""
 
 from __future__ import annotations
 
@@ -10,13 +11,6 @@ import pytest
 import api
 
 pytestmark = pytest.mark.timeout(180)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    api.init(num_cpus=2, log_to_driver=False)
-    yield
-    api.shutdown()
 
 
 @api.python_app
