@@ -16,6 +16,7 @@ task), while a framed Unix socket costs ~20 us. Everything that crosses hosts is
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -87,12 +88,28 @@ class _LaneSession:
 
 
 async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.AbstractServer:
-    """Serve the local driver lane on the Unix socket `path`."""
+    """Serve the local driver lane on the Unix socket `path` (the head's last start-up
+    step: the objects made so far are then left out of the collector, see settle_gc)."""
     loop = asyncio.get_running_loop()
     key = secret.encode()
     # FrameProtocol is an asyncio protocol by duck typing (workers import it without asyncio).
-    return await loop.create_unix_server(
+    server = await loop.create_unix_server(
         lambda: cast(asyncio.BaseProtocol, _LaneSession(head, key).protocol), path=path)
+    settle_gc()
+    return server
+
+
+def settle_gc() -> None:
+    """Move everything the head's start-up made (modules, gRPC, protobuf descriptors) out
+    of the garbage collector's reach (they live as long as the process), and make full
+    collections 10x rarer (the young generations still run as before): in a 65,000-task
+    gRPC run (scripts/bench_cost.py) the head spent 0.33 s in the collector, 0.19 s of it
+    in 4 full passes of ~47 ms over every task record; frozen, 0.20 s; with this threshold
+    too, 0.10 s (one full pass): ~3.5 us of the head's CPU per task."""
+    gc.collect()
+    gc.freeze()
+    gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, max(gen2, 100))
 
 
 async def _bridge(requests: AsyncIterator[Any], first_field: str,
