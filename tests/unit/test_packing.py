@@ -29,6 +29,17 @@ def _reserve(node: NodeView, request: dict[str, float]) -> None:
         node.used[key] = node.used.get(key, 0.0) + amount
 
 
+async def finish_everything(c: Cluster, rounds: int) -> None:
+    """Finish every running task, round after round, until none runs (or `rounds`)."""
+    for _ in range(rounds):
+        running = [t for n in c.nodes for t in n.running]
+        if not running:
+            return
+        for task_id in running:
+            c.finish(task_id)
+        await c.step()
+
+
 def test_every_choice_is_the_lowest_node_with_a_free_slot_until_none_has_one():
     rng = random.Random(15)
     requests = [{"cpus": 1.0}, {"cpus": 0.5, "memory": 1.0}, {"cpus": 2.0},
@@ -168,13 +179,7 @@ def test_many_nodes_many_tasks_every_task_placed_once_and_accounting_adds_up():
     async def scenario(c: Cluster) -> None:
         ids = [c.submit(cpus=random.Random(i).choice([0.5, 1.0, 2.0])) for i in range(300)]
         await c.step()
-        for _ in range(50):
-            running = [t for n in c.nodes for t in n.running]
-            if not running:
-                break
-            for task_id in running:
-                c.finish(task_id)
-            await c.step()
+        await finish_everything(c, rounds=50)
         assert c.head.done == len(ids)
         for node in c.nodes:
             assert all(abs(v) < 1e-6 for v in node.view.used.values())
@@ -211,13 +216,7 @@ def test_compacted_queued_tasks_run_with_their_specs_intact(monkeypatch):
         for task_id in ids:
             if task_id in sent:
                 assert sent[task_id].name and sent[task_id].resources.cpus == 1.0
-        for _ in range(10):
-            running = [t for n in c.nodes for t in n.running]
-            if not running:
-                break
-            for task_id in running:
-                c.finish(task_id)
-            await c.step()
+        await finish_everything(c, rounds=10)
         assert c.head.done == 8
         assert {s.task_id for n in c.nodes for s in n.conn.tasks()} == set(ids)
     run(scenario, cpus=(1.0,))
