@@ -34,6 +34,18 @@ def _where() -> str:
     return os.environ.get("SHOAL_NODE_NAME", socket.gethostname())
 
 
+def run_once_joined(pinned) -> None:
+    """Run `pinned` (an app pinned to the new daemon) once that daemon has joined."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            assert pinned().result(timeout=60)
+            return
+        except api.ResourceUnavailableError:   # not joined yet
+            assert time.monotonic() < deadline, "the daemon never joined"
+            time.sleep(0.1)
+
+
 def test_a_daemon_takes_the_head_address_from_stdin(clusterctl, no_session):
     up = clusterctl("up", "--num-cpus", "0", "--cluster-id", "boot-stdin")
     assert up.returncode == 0, up.stderr
@@ -45,14 +57,7 @@ def test_a_daemon_takes_the_head_address_from_stdin(clusterctl, no_session):
         daemon.stdin.close()
         api.init(cf.path)
         pinned = api.python_app(num_cpus=0, resources={"node:from-stdin": 0.01})(_where)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                assert pinned().result(timeout=60)
-                break
-            except api.ResourceUnavailableError:   # not joined yet
-                assert time.monotonic() < deadline, "the daemon never joined"
-                time.sleep(0.1)
+        run_once_joined(pinned)
     finally:
         api.shutdown()
         clusterctl("down", "--cluster", "boot-stdin")
@@ -102,14 +107,8 @@ def test_a_daemon_alone_imports_no_module_of_the_head(clusterctl, no_session):
     try:
         api.init(cf.path)
         pinned = api.python_app(num_cpus=0, resources={"node:imports": 0.01})(_where)
-        deadline = time.monotonic() + 60
-        while True:   # registered, and its worker ran a task: past every start-up import
-            try:
-                assert pinned().result(timeout=60)
-                break
-            except api.ResourceUnavailableError:
-                assert time.monotonic() < deadline, "the daemon never joined"
-                time.sleep(0.1)
+        run_once_joined(pinned)  # registered, and its worker ran a task: past every
+        # start-up import
     finally:
         api.shutdown()
         clusterctl("down", "--cluster", "boot-imports")
