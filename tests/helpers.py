@@ -1,5 +1,5 @@
 """Helpers shared by the tests (test files never import each other): paths, golden files,
-daemons added to a local cluster, and the Slurm test bed."""
+daemons added to a local cluster, the Slurm test bed, and an app that blocks a slot."""
 
 from __future__ import annotations
 
@@ -134,3 +134,14 @@ def job_alive(job_id: str) -> bool:
     out = subprocess.run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"],
                          capture_output=True, text=True)
     return bool(out.stdout.strip()) and "COMPLET" not in out.stdout
+
+
+@api.python_app
+def hold(gate: str, started: str = "") -> str:
+    """Run until the file `gate` exists (creating `started` first): blocks its slot."""
+    if started:
+        open(started, "w").close()
+    deadline = time.monotonic() + 90
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "released"

@@ -10,23 +10,12 @@ import time
 
 import psutil
 import pytest
-from helpers import wait_until
+from helpers import hold, wait_until
 
 import api
 from cluster.common.protocol import pb
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@api.python_app
-def hold(gate: str, started: str = "") -> str:
-    """Run until the file `gate` exists (creating `started` first)."""
-    if started:
-        open(started, "w").close()
-    deadline = time.monotonic() + 90
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return "released"
 
 
 @api.python_app

@@ -10,20 +10,11 @@ import signal
 import time
 
 import pytest
-from helpers import head_and_second_daemon, wait_until
+from helpers import head_and_second_daemon, hold, wait_until
 
 import api
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@api.python_app
-def hold(gate: str, started: str) -> str:
-    open(started, "w").close()
-    deadline = time.monotonic() + 90
-    while not os.path.exists(gate) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return "released"
 
 
 @api.python_app
