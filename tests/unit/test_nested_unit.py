@@ -26,6 +26,14 @@ def _nested_driver(c: Cluster, node: Any, channel: int = 1) -> Any:
     return c.head.nested.channels[(node.node_id, channel)]
 
 
+async def _running_parent_with_client(c: Cluster) -> tuple[Any, int, Any]:
+    """A task running on the first node, and the nested client its worker opened."""
+    node = c.nodes[0]
+    parent = c.submit()
+    await c.step()
+    return node, parent, _nested_driver(c, node)
+
+
 def _submit_child(c: Cluster, node: Any, driver: Any, parent: int, seq: int,
                   channel: int = 1) -> int:
     task_id = driver.driver_id << DRIVER_SHIFT | seq
@@ -68,10 +76,7 @@ def test_blocked_parent_frees_its_cpu_for_its_child_then_takes_it_back():
 
 def test_failed_parent_cancels_queued_and_running_children():
     async def scenario(c: Cluster) -> None:
-        node = c.nodes[0]
-        parent = c.submit()
-        await c.step()
-        driver = _nested_driver(c, node)
+        node, parent, driver = await _running_parent_with_client(c)
         c.head.on_node_message(node, pb.NodeToHead(blocked=[parent]))
         running = _submit_child(c, node, driver, parent, 1)
         queued = _submit_child(c, node, driver, parent, 2)
@@ -98,10 +103,7 @@ def test_failed_parent_cancels_queued_and_running_children():
 
 def test_closed_channel_cancels_everything_it_submitted_and_forgets_it():
     async def scenario(c: Cluster) -> None:
-        node = c.nodes[0]
-        parent = c.submit()
-        await c.step()
-        driver = _nested_driver(c, node)
+        node, parent, driver = await _running_parent_with_client(c)
         child = _submit_child(c, node, driver, parent, 1)
         c.head.on_node_message(node, pb.NodeToHead(nested=[_frame(1, closed=True)]))
         await c.step()
@@ -114,10 +116,7 @@ def test_closed_channel_cancels_everything_it_submitted_and_forgets_it():
 
 def test_nested_print_lines_go_to_the_root_driver():
     async def scenario(c: Cluster) -> None:
-        node = c.nodes[0]
-        parent = c.submit()
-        await c.step()
-        driver = _nested_driver(c, node)
+        node, parent, driver = await _running_parent_with_client(c)
         c.head.on_node_message(node, pb.NodeToHead(blocked=[parent]))
         child = _submit_child(c, node, driver, parent, 1)
         await c.step()
