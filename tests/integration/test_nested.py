@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import Any
 
 import psutil
 import pytest
@@ -184,7 +185,9 @@ def test_failed_parent_cancels_its_running_children(cluster, tmp_path):
     _wait_for(lambda: _gone(child_pid), "the child's worker to be killed")
 
 
-def test_killed_parent_worker_cancels_children(cluster, tmp_path):
+def _parent_waiting_on_a_sleeping_child(tmp_path) -> tuple[Any, int, int]:
+    """A parent app blocked on a sleeping child it submitted, once both run: (the parent's
+    future, its worker's pid, the child's worker's pid)."""
     parent_file, child_file = tmp_path / "parent.pid", tmp_path / "child.pid"
 
     @api.python_app
@@ -195,7 +198,11 @@ def test_killed_parent_worker_cancels_children(cluster, tmp_path):
 
     fut = parent(str(parent_file), str(child_file))
     _wait_for(lambda: child_file.exists() and child_file.read_text(), "the child to start")
-    child_pid, parent_pid = int(child_file.read_text()), int(parent_file.read_text())
+    return fut, int(parent_file.read_text()), int(child_file.read_text())
+
+
+def test_killed_parent_worker_cancels_children(cluster, tmp_path):
+    fut, parent_pid, child_pid = _parent_waiting_on_a_sleeping_child(tmp_path)
     assert child_pid != parent_pid
     assert _status().tasks_running >= 2  # status counts nested tasks with the rest
     psutil.Process(parent_pid).kill()
@@ -206,17 +213,7 @@ def test_killed_parent_worker_cancels_children(cluster, tmp_path):
 
 def test_force_cancelled_parent_cancels_its_children(cluster, tmp_path):
     """api.cancel(parent, force=True) (issue 13) ends the subtree it started too."""
-    parent_file, child_file = tmp_path / "parent.pid", tmp_path / "child.pid"
-
-    @api.python_app
-    def parent(mine, theirs):
-        with open(mine, "w") as f:
-            f.write(str(os.getpid()))
-        return sleeper(theirs).result()
-
-    fut = parent(str(parent_file), str(child_file))
-    _wait_for(lambda: child_file.exists() and child_file.read_text(), "the child to start")
-    child_pid, parent_pid = int(child_file.read_text()), int(parent_file.read_text())
+    fut, parent_pid, child_pid = _parent_waiting_on_a_sleeping_child(tmp_path)
     assert child_pid != parent_pid  # the child runs in a worker of its own
     assert api.cancel(fut, force=True) is True
     with pytest.raises(api.TaskCancelledError):
