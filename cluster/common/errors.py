@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 import concurrent.futures
 import json
-from typing import Any
+from typing import Any, cast
 
 from cluster.common import serialization, status
 
@@ -55,7 +55,7 @@ def _rebuild_task_error(message: str, exc_type: str, tb: str, task_id: int,
 
 
 #: The TaskError subclass made for each original exception type (see make_task_error).
-_DUAL_TYPES: dict[type, type] = {}
+_DUAL_TYPES: dict[type, type[TaskError]] = {}
 
 
 def make_task_error(cause: BaseException | None, module: str, name: str, message: str,
@@ -63,16 +63,19 @@ def make_task_error(cause: BaseException | None, module: str, name: str, message
     """A TaskError that is also an instance of the app's exception type where possible."""
     qualified = name if module in ("builtins", "") else f"{module}.{name}"
     text = f"app {task_name!r} raised {qualified}: {message}"
-    kwargs = dict(cause=cause, exc_type=qualified, remote_traceback=traceback_text,
-                  task_id=task_id, task_name=task_name)
+    kwargs: dict[str, Any] = dict(cause=cause, exc_type=qualified,
+                                  remote_traceback=traceback_text, task_id=task_id,
+                                  task_name=task_name)
     kind = type(cause) if cause is not None else None
     if kind is not None and issubclass(kind, Exception) and not issubclass(kind, TaskError):
         dual = _DUAL_TYPES.get(kind)
         if dual is None:
             try:
-                dual = type(f"TaskError[{kind.__name__}]", (TaskError, kind), {
+                # A class built at run time: its TaskError base is what mypy cannot see.
+                dual = cast(type[TaskError], type(f"TaskError[{kind.__name__}]", (
+                    TaskError, kind), {
                     "__init__": TaskError.__init__, "__str__": TaskError.__str__,
-                    "__reduce__": TaskError.__reduce__})
+                    "__reduce__": TaskError.__reduce__}))
             except TypeError:
                 dual = TaskError
             _DUAL_TYPES[kind] = dual

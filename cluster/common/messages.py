@@ -21,20 +21,44 @@ bytes, ``("path", store file)`` or ``("missing", why)``.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
+
+#: Every message type, by its wire tag (filled by :func:`_tag`).
+TYPES: dict[str, type[Any]] = {}
+
+_M = TypeVar("_M", bound=type)
+
+
+def _tag(tag: str) -> Callable[[_M], _M]:
+    """Class decorator: give a message type its wire tag (``cls.TAG``, a plain class
+    attribute) and enter it in :data:`TYPES`.
+
+    Why not ``TAG = "fn"`` in the class body: mypy reads every assignment in a NamedTuple
+    body as a field, so it took ``TAG`` for a required last field and reported every
+    constructor call as missing an argument (at run time it is a class attribute either
+    way; the decorator runs once, at import)."""
+    def tagged(cls: _M) -> _M:
+        assert tag not in TYPES, f"two message types share the tag {tag!r}"
+        # setattr: the attribute is what this adds, so no static type knows it yet.
+        setattr(cls, "TAG", tag)  # noqa: B010
+        TYPES[tag] = cls
+        return cls
+    return tagged
+
 
 # ---- daemon -> worker -------------------------------------------------------------------
 
 
+@_tag("fn")
 class Fn(NamedTuple):
     """A function (or actor class) the worker caches by id, sent before its first use."""
 
     fn_id: bytes
     blob: bytes
 
-    TAG = "fn"
 
-
+@_tag("run")
 class Run(NamedTuple):
     """Run one task; the worker answers with :class:`Done`."""
 
@@ -50,9 +74,8 @@ class Run(NamedTuple):
     cwd: str
     env: dict[str, str] | None
 
-    TAG = "run"
 
-
+@_tag("actor_create")
 class ActorCreate(NamedTuple):
     """Instantiate an actor: this worker then serves only its calls. Answered by
     :class:`Created`."""
@@ -70,9 +93,8 @@ class ActorCreate(NamedTuple):
     runtime_dir: str
     host: str
 
-    TAG = "actor_create"
 
-
+@_tag("actor_call")
 class ActorCall(NamedTuple):
     """One method call that came through the head; answered by :class:`Done`."""
 
@@ -81,9 +103,8 @@ class ActorCall(NamedTuple):
     args: bytes
     deps: dict[int, Any]
 
-    TAG = "actor_call"
 
-
+@_tag("result")
 class CallResult(NamedTuple):
     """The answer to a worker's :class:`Call`."""
 
@@ -92,9 +113,8 @@ class CallResult(NamedTuple):
     data: bytes
     message: str
 
-    TAG = "result"
 
-
+@_tag("alloc_reply")
 class AllocReply(NamedTuple):
     """The answer to a worker's :class:`Alloc`: a store file (for a seal: the sealed
     object's file), or ``path == ""`` and why."""
@@ -104,26 +124,23 @@ class AllocReply(NamedTuple):
     error: str
     node_id: int = 0                 # this node's id (a sealed object's holder)
 
-    TAG = "alloc_reply"
 
-
+@_tag("exit")
 class Exit(NamedTuple):
     """Exit after the current frame."""
-
-    TAG = "exit"
 
 
 # ---- worker -> daemon -------------------------------------------------------------------
 
 
+@_tag("ready")
 class Ready(NamedTuple):
     """The worker has started and takes work."""
 
     pid: int
 
-    TAG = "ready"
 
-
+@_tag("done")
 class Done(NamedTuple):
     """A task or actor call finished (``data`` as described in the module docstring)."""
 
@@ -133,9 +150,8 @@ class Done(NamedTuple):
     seconds: float
     message: str
 
-    TAG = "done"
 
-
+@_tag("created")
 class Created(NamedTuple):
     """An actor was constructed (or failed to be); ``route`` reaches its direct-call
     server ("" when it has none)."""
@@ -147,9 +163,8 @@ class Created(NamedTuple):
     message: str
     route: str
 
-    TAG = "created"
 
-
+@_tag("log")
 class Log(NamedTuple):
     """Print output of a running task."""
 
@@ -158,9 +173,8 @@ class Log(NamedTuple):
     text: str
     is_stderr: bool
 
-    TAG = "log"
 
-
+@_tag("call")
 class Call(NamedTuple):
     """An app on the worker calls an actor method; answered by :class:`CallResult`."""
 
@@ -170,9 +184,8 @@ class Call(NamedTuple):
     args: bytes
     deps: list[int]
 
-    TAG = "call"
 
-
+@_tag("alloc")
 class Alloc(NamedTuple):
     """Room in the node's store for a result of ``size`` bytes; answered by
     :class:`AllocReply`.
@@ -188,29 +201,26 @@ class Alloc(NamedTuple):
     seal_id: int = 0
     path: str = ""
 
-    TAG = "alloc"
-
 
 # ---- dynamic workflows: an app's nested client (cluster/worker/nested.py) ----------------
 
 
+@_tag("n_out")
 class NestedOut(NamedTuple):
     """Worker -> daemon: one serialized DriverToHead of the worker's nested client, which
     the daemon forwards to the head on its own stream."""
 
     payload: bytes
 
-    TAG = "n_out"
 
-
+@_tag("n_in")
 class NestedIn(NamedTuple):
     """Daemon -> worker: one serialized HeadToDriver for the worker's nested client."""
 
     payload: bytes
 
-    TAG = "n_in"
 
-
+@_tag("n_end")
 class NestedEnd(NamedTuple):
     """Worker -> daemon: task `task_id`, which submitted tasks, has ended (sent after its
     :class:`Done`); with `failed`, the children it started are cancelled."""
@@ -218,9 +228,8 @@ class NestedEnd(NamedTuple):
     task_id: int
     failed: bool
 
-    TAG = "n_end"
 
-
+@_tag("pull")
 class Pull(NamedTuple):
     """Worker -> daemon: bring stored object `object_id` into this node's store from one of
     `sources` (object servers) for the worker's nested client (which holds no secret to
@@ -231,9 +240,8 @@ class Pull(NamedTuple):
     object_id: int
     sources: list[str]
 
-    TAG = "pull"
 
-
+@_tag("blocked")
 class Blocked(NamedTuple):
     """Worker -> daemon: task `task_id` waits for other tasks. Its CPUs are free while it
     waits, and with `inline` the worker can run one queued task meanwhile (a :class:`Run`
@@ -242,20 +250,18 @@ class Blocked(NamedTuple):
     task_id: int
     inline: bool = True
 
-    TAG = "blocked"
 
-
+@_tag("unblocked")
 class Unblocked(NamedTuple):
     """Worker -> daemon: task `task_id` runs again and takes its CPUs back."""
 
     task_id: int
 
-    TAG = "unblocked"
-
 
 # ---- direct actor calls: caller <-> actor worker ------------------------------------------
 
 
+@_tag("c")
 class DirectCall(NamedTuple):
     """A caller's method call straight to the actor's worker."""
 
@@ -263,9 +269,8 @@ class DirectCall(NamedTuple):
     method: str
     args: bytes
 
-    TAG = "c"
 
-
+@_tag("r")
 class DirectReply(NamedTuple):
     """The actor worker's answer to a :class:`DirectCall`: ``data`` is the pickled value,
     or ``("stored", size, node id, nested refs)`` for a result sealed in the actor's node
@@ -276,23 +281,13 @@ class DirectReply(NamedTuple):
     data: Any
     message: str
 
-    TAG = "r"
 
-
+@_tag("denied")
 class Denied(NamedTuple):
     """The caller's first frame was not the cluster secret; the connection closes."""
 
-    TAG = "denied"
 
-
-#: Every message type, by its wire tag.
-TYPES: dict[str, type[Any]] = {cls.TAG: cls for cls in (
-    Fn, Run, ActorCreate, ActorCall, CallResult, AllocReply, Exit,
-    Ready, Done, Created, Log, Call, Alloc,
-    DirectCall, DirectReply, Denied,
-    NestedOut, NestedIn, NestedEnd, Pull, Blocked, Unblocked,
-)}
-assert len(TYPES) == 22, "two message types share a tag"
+assert len(TYPES) == 22, "a message type without its tag"
 
 #: Any one message.
 Message = (Fn | Run | ActorCreate | ActorCall | CallResult | AllocReply | Exit | Ready | Done
