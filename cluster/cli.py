@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cluster import cli_history
@@ -42,8 +43,9 @@ class _Parser(argparse.ArgumentParser):
     """A subcommand's parser: an unknown option is its own error, shown with its usage
     (argparse would otherwise hand it up to the top-level parser's usage)."""
 
-    def parse_known_args(self, args: Any = None,
-                         namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+    # Any namespace and result: one signature that fits each of argparse's overloads.
+    def parse_known_args(self, args: Iterable[str] | None = None,
+                         namespace: Any = None) -> tuple[Any, list[str]]:
         ns, extras = super().parse_known_args(args, namespace)
         if extras:
             self.error(f"unrecognized arguments: {' '.join(extras)}")
@@ -75,7 +77,7 @@ def _pick_cluster(cluster_id: str | None, include_down: bool = False) -> cluster
     raise CliError(f"several clusters are running ({listing}); name one with --cluster ID")
 
 
-def _progress(quiet: bool) -> object:
+def _progress(quiet: bool) -> Callable[[str], None]:
     tty = sys.stderr.isatty()
 
     def show(text: str) -> None:

@@ -99,7 +99,8 @@ def _check_fields(data: Any) -> dict[str, Any]:
         if isinstance(value, bool) or not isinstance(value, kinds):
             want = " or ".join(k.__name__ for k in kinds)
             raise ValueError(f"field {name!r} is {value!r}, expected a {want}")
-        if kinds == (list,) and not all(isinstance(item, str) for item in value):
+        if (kinds == (list,) and isinstance(value, list)
+                and not all(isinstance(item, str) for item in value)):
             raise ValueError(f"field {name!r} is {value!r}, expected a list of strings")
     return known
 
@@ -125,7 +126,7 @@ def mark_down(cf: ClusterFile) -> str:
 
 def all_clusters() -> list[ClusterFile]:
     """Every readable cluster file of this user, newest first."""
-    out = []
+    out: list[ClusterFile] = []
     try:
         names = os.listdir(clusters_dir())
     except OSError:

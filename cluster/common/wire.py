@@ -13,9 +13,14 @@ from __future__ import annotations
 import pickle
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.common import messages
+
+if TYPE_CHECKING:  # for mypy only: at run time the base is object (see FrameProtocol)
+    from asyncio import Protocol as _ProtocolBase
+else:
+    _ProtocolBase = object
 
 HEADER = struct.Struct("<I")
 PROTOCOL = 5
@@ -59,7 +64,7 @@ def split(buf: bytearray) -> list[bytes]:
     return out
 
 
-class FrameProtocol:
+class FrameProtocol(_ProtocolBase):
     """asyncio protocol for a framed socket: ``on_message(decode(body))`` per frame,
     ``on_lost()`` at EOF. A frame that fails to decode closes the connection.
 

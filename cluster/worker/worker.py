@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 from cluster.common import errors, serialization, wire
 from cluster.common.messages import (
@@ -659,7 +659,7 @@ def _tail(path: str, size: int = 8192) -> str:
         return ""
 
 
-def _open_target(target: tuple[str, str] | None) -> TextIO | None:
+def _open_target(target: tuple[str, str] | None) -> IO[Any] | None:
     if not target or not target[0]:
         return None
     path, mode = target
