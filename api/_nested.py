@@ -154,11 +154,12 @@ class NestedClient(Client):
         self.link = link
         self.objects = NestedObjects(self, link.worker)
 
-    def submit(self, spec: pb.TaskSpec, fn_blob: bytes, future: Any) -> None:
+    def submit(self, spec: pb.TaskSpec, fn_blob: bytes, future: _futures.AppFuture,
+               local: bool = False) -> None:
         parent = self.link.worker.task_id
         spec.parent_task = parent
         self.link.parents.add(parent)
-        super().submit(spec, fn_blob, future)
+        super().submit(spec, fn_blob, future, local)
 
 
 def worker_client(worker: Any) -> NestedClient:
