@@ -219,7 +219,7 @@ class Client:
             # callback thread (a user's callback there may be waiting for them).
             self.direct.head_done(result.task_id)
 
-    def _complete(self, fut: AppFuture, status: int, data: bytes, message: str, name: str,
+    def _complete(self, fut: AppFuture, status: pb.Status, data: bytes, message: str, name: str,
                   task_id: int = 0) -> None:
         if fut.done():  # (failed already: the session ended while it was in flight)
             return

@@ -112,7 +112,7 @@ def connect(route: str, secret: str, timeout: float = 5.0) -> socket.socket | No
         host, path, address = route.split("|")
     except ValueError:
         return None
-    attempts = []
+    attempts: list[tuple[socket.AddressFamily, str | tuple[str, int]]] = []
     if host == socket.gethostname() and path:
         attempts.append((socket.AF_UNIX, path))
     ip, _, port = address.rpartition(":")

@@ -235,7 +235,7 @@ class AppFuture(concurrent.futures.Future):
             self._result = None
             self._exception = None
             self._waiters = []
-            self._done_callbacks = []
+            self._done_callbacks: list[Callable[[Any], Any]] = []
         else:
             super().__init__()
         self._id = task_id
@@ -383,7 +383,7 @@ class AppFuture(concurrent.futures.Future):
                     _log.exception("exception in a completion hook of %r", self)
         callbacks: list[Callable[[Any], Any]] = self._done_callbacks
         if callbacks:
-            self._done_callbacks: list[Callable[[Any], Any]] = []
+            self._done_callbacks = []
             self._client.callbacks.run(self, callbacks)
 
     def __repr__(self) -> str:
