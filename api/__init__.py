@@ -19,7 +19,7 @@ import re
 import socket
 import sys
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from api import _actors, _cache, _cancel, _errors, _futures, _progress, _session
 from api._actors import ActorClass, ActorHandle, actor, kill
@@ -521,4 +521,5 @@ def as_completed(futures: Iterable[AppFuture],
     items = list(futures)
     if _futures.in_worker():
         return _futures.as_completed_in_worker(items, timeout)
-    return concurrent.futures.as_completed(items, timeout=timeout)
+    # The same objects come back; typeshed's signature only knows them as Futures.
+    return cast("Iterator[AppFuture]", concurrent.futures.as_completed(items, timeout=timeout))

@@ -92,7 +92,7 @@ LARGE_ARGUMENTS = 1 << 20
 class App:
     """A function made into an app. Calling it submits a task and returns an AppFuture."""
 
-    def __init__(self, fn: Callable[..., Any], kind: int, *, num_cpus: float, num_gpus: float,
+    def __init__(self, fn: Callable[..., Any], kind: pb.Kind, *, num_cpus: float, num_gpus: float,
                  memory: float, resources: Mapping[str, float] | None, max_retries: int,
                  walltime: float | None, name: str | None, num_nodes: int = 1,
                  ranks_per_node: int = 1, cache: bool = False,
@@ -139,7 +139,7 @@ class App:
         self.ranks_per_node = ranks_per_node
         self.fn = fn
         self.kind = kind
-        self.name = name or getattr(fn, "__name__", "app")
+        self.name: str = name if name else getattr(fn, "__name__", "app")
         self.max_retries = int(max_retries)
         self.walltime = float(walltime or 0.0)
         request: dict[str, float] = {}
@@ -342,7 +342,7 @@ class App:
         return f"<{kind} {self.name}>"
 
 
-def _rebuild(fn: Callable[..., Any], kind: int, options: dict[str, Any]) -> App:
+def _rebuild(fn: Callable[..., Any], kind: pb.Kind, options: dict[str, Any]) -> App:
     return App(fn, kind, **options)
 
 
@@ -360,7 +360,7 @@ def _normalize_target(target: Any, stream: str, name: str) -> tuple[str, str] | 
                     f"api.AUTO_LOGNAME, got {target!r}")
 
 
-def _decorator(kind: int, fn: Callable[..., Any] | None, options: dict[str, Any]) -> Any:
+def _decorator(kind: pb.Kind, fn: Callable[..., Any] | None, options: dict[str, Any]) -> Any:
     def wrap(f: Callable[..., Any]) -> App:
         return App(f, kind, **options)
 

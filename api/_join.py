@@ -73,8 +73,9 @@ def join_app(fn: Callable[..., Any] | None = None, *, num_cpus: float = 1,
     Options are those of :func:`python_app`. An inner failure raises
     :class:`DependencyError` naming the inner task.
     """
-    options = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory, resources=resources,
-                   max_retries=max_retries, walltime=walltime)
+    options: dict[str, Any] = dict(num_cpus=num_cpus, num_gpus=num_gpus, memory=memory,
+                                   resources=resources, max_retries=max_retries,
+                                   walltime=walltime)
 
     def wrap(f: Callable[..., Any]) -> App:
         pickle_user_module_by_value(f)
