@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
 from cluster.common.messages import ActorCall, ActorCreate, Call, Created, Done, Fn, Ready
@@ -40,7 +40,7 @@ class ActorHosting:
     # Set by the daemon (declared for readers and type checkers).
     actors: dict[int, ActorHost]
     functions: Any
-    secret: str
+    secret: bytes
     runtime_dir: str
     address: str
     name: str
@@ -52,6 +52,16 @@ class ActorHosting:
     _submits: list[pb.TaskSpec]
     _call_seq: int
     _call_waiters: dict[int, Any]
+
+    if TYPE_CHECKING:  # the daemon's methods these call (defined in cluster/node/daemon.py)
+        def _take(self, task: Any) -> str | None: ...
+        def _release(self, task: Any) -> None: ...
+        def _report(self, spec: pb.TaskSpec, status: pb.Status, data: Any, message: str,
+                    seconds: float, route: str = "",
+                    worker: WorkerHandle | None = None) -> None: ...
+        def _deps_for_worker(self, spec: pb.TaskSpec, task: Any = None) -> dict[int, Any]: ...
+        def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None: ...
+        def schedule_flush(self) -> None: ...
 
     # ---- actors ------------------------------------------------------------------------
     def _create_actor(self, task: Any) -> None:

@@ -546,15 +546,19 @@ class Daemon(ActorHosting):
                 # every process, and our own stop may follow a moment later: the head then
                 # re-runs the task without using up a retry, so wait for that moment.
                 delay = 1.0 if code == -signal.SIGTERM else 0.0
-                (self.loop or asyncio.get_event_loop()).call_later(
-                    delay, lambda: self.stopping or self._report(*args, worker=worker))
+
+                def report_unless_stopping() -> None:
+                    if not self.stopping:
+                        self._report(*args, worker=worker)
+
+                (self.loop or asyncio.get_event_loop()).call_later(delay, report_unless_stopping)
         if not self.stopping:
             if len(self.workers) < self.num_workers:
                 self._spawn()
             self.pump()
 
     # ---- to the head -----------------------------------------------------------------
-    def _report(self, spec: pb.TaskSpec, status: int, data: Any, message: str,
+    def _report(self, spec: pb.TaskSpec, status: pb.Status, data: Any, message: str,
                 seconds: float, route: str = "", worker: WorkerHandle | None = None) -> None:
         result = pb.TaskResult(task_id=spec.task_id, status=status, node=self.name,
                                attempt=spec.attempt, run_seconds=seconds, message=message,

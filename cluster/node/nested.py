@@ -69,8 +69,9 @@ class NestedRelay:
     def take(self) -> dict[str, list[Any]]:
         """The NodeToHead fields to send (and forget)."""
         states = self.cpu_out
-        out = {"nested": self.frames, "blocked": [t for t, b in states.items() if b],
-               "unblocked": [t for t, b in states.items() if not b]}
+        out: dict[str, list[Any]] = {
+            "nested": self.frames, "blocked": [t for t, b in states.items() if b],
+            "unblocked": [t for t, b in states.items() if not b]}
         self.frames, self.cpu_out = [], {}
         return out
 
@@ -233,7 +234,8 @@ class NestedRelay:
                 self._forget(task.spec.task_id)
         return stacked
 
-    def lost_status(self, task: Any, worker: WorkerHandle, node: str) -> tuple[int, bytes, str]:
+    def lost_status(self, task: Any, worker: WorkerHandle,
+                    node: str) -> tuple[pb.Status, bytes, str]:
         """(status, data, message) of a task that waited in a worker that died."""
         if task.spec.task_id in self.expired:
             self.expired.discard(task.spec.task_id)
