@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-.venv/bin/mypy cluster/policy cluster/head cluster/common/ids.py
+.venv/bin/mypy api cluster
 if [ "$(id -u)" = 0 ] && [ "${SHOAL_NO_TESTBED:-0}" != 1 ]; then
   bash scripts/testbed/up.sh 16   # 16 nodes: the scale test uses them all; others take a few
   trap 'bash scripts/testbed/down.sh --quiet || true' EXIT
