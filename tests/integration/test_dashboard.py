@@ -173,9 +173,16 @@ def _browser(url, tmp, name, dump=True):
 def test_pages_in_a_browser(dash):
     url, base, tmp = dash["url"], dash["base"], dash["tmp"]
     token = url.split("token=")[1]
-    node = json.loads(_status(base + "api/overview?token=" + token,
-                              urllib.request.build_opener(urllib.request.HTTPCookieProcessor(
-                                  CookieJar())))[2])["nodes"][0]["name"]
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    # The chart needs two of the history's once-a-second samples, which the writer (paced:
+    # it may hold frames for a few seconds on a busy machine) must have stored first.
+    deadline = time.monotonic() + 60
+    while True:
+        data = json.loads(_status(base + "api/overview?token=" + token, opener)[2])
+        if len(data["samples"]) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    node = data["nodes"][0]["name"]
     overview = _browser(url, tmp, "overview")
     assert f'<td class="name">{node}</td>' in overview
     assert '<div class="count failed" id="count-failed"><b>1</b> failed</div>' in overview
