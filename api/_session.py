@@ -19,7 +19,7 @@ import cloudpickle
 
 from api import _errors
 from api._futures import stale_message
-from cluster.common import auth, clusterfile, serialization
+from cluster.common import auth, bytecode, clusterfile, serialization
 from cluster.common.paths import PACKAGE_ROOT
 
 _lock = threading.RLock()
@@ -197,6 +197,7 @@ def start_embedded(num_cpus: int | None, num_gpus: int | None,
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if PACKAGE_ROOT not in parts:
         env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, *parts])
+    bytecode.refresh()  # (the head, its workers and zygote would each compile stale modules)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id", cluster_id,
            "--watch-stdin", "--dashboard"]   # (started on its first request: costs no start)
     if num_cpus is not None:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.common import auth, clusterfile, paths
+from cluster.common import auth, bytecode, clusterfile, paths
 from cluster.slurm import commands as slurm
 
 
@@ -104,6 +104,7 @@ def start_local(cluster_id: str | None, host: str, node_options: list[str],
     """A head and this host's daemon in one background process."""
     cluster_id = cluster_id or clusterfile.new_local_id()
     _refuse_running(cluster_id)
+    bytecode.refresh()  # (every node process would compile a stale module again)
     secret = auth.new_secret()
     log_dir = cluster_log_dir(cluster_id, log_root)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id",
@@ -123,6 +124,7 @@ def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
     submits blocks (sbatch jobs) whose daemons join it."""
     cluster_id = cluster_id or clusterfile.new_local_id()
     _refuse_running(cluster_id)
+    bytecode.refresh()  # (every node process would compile a stale module again)
     secret = auth.new_secret()
     log_dir = cluster_log_dir(cluster_id, log_root)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--cluster-id", cluster_id,
@@ -157,6 +159,7 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     alloc = slurm.current_allocation()
     cluster_id = alloc.job_id
     _refuse_running(cluster_id)
+    bytecode.refresh()  # (every node process would compile a stale module again)
     secret = auth.new_secret()
     env = child_env(secret)
     log_dir = cluster_log_dir(cluster_id, log_root)
