@@ -158,22 +158,22 @@ def _finish(sock: socket.socket, pids: list[int]) -> None:
         os.waitpid(pid, 0)
 
 
-def unix_rt(n: int) -> dict[str, float]:
+def _pair_rt(n: int, echo: Callable[[socket.socket], Any]) -> dict[str, float]:
+    """Ping-pong with one forked process serving its end of a socketpair with `echo`."""
     a, b = socket.socketpair()
-    pid = _fork(lambda: (a.close(), _echo_blocking(b)))
+    pid = _fork(lambda: (a.close(), echo(b)))
     b.close()
     out = _ping(a, n, [pid])
     _finish(a, [pid])
     return out
+
+
+def unix_rt(n: int) -> dict[str, float]:
+    return _pair_rt(n, _echo_blocking)
 
 
 def asyncio_rt(n: int) -> dict[str, float]:
-    a, b = socket.socketpair()
-    pid = _fork(lambda: (a.close(), _echo_asyncio(b)))
-    b.close()
-    out = _ping(a, n, [pid])
-    _finish(a, [pid])
-    return out
+    return _pair_rt(n, _echo_asyncio)
 
 
 def hops4_rt(n: int) -> dict[str, float]:

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -158,11 +160,20 @@ def _transport_on(lane: _Lane, pending: list[pb.TaskSpec]) -> _transport.LaneTra
     return transport
 
 
-def test_a_burst_goes_out_in_few_frames_and_nothing_is_left_behind():
+@contextlib.contextmanager
+def _open_lane() -> Iterator[tuple[_Lane, list[pb.TaskSpec], _transport.LaneTransport]]:
+    """A lane, the client's pending submissions and a started transport on it; closed after."""
     lane = _Lane()
     pending: list[pb.TaskSpec] = []
     transport = _transport_on(lane, pending)
     try:
+        yield lane, pending, transport
+    finally:
+        transport.close()
+
+
+def test_a_burst_goes_out_in_few_frames_and_nothing_is_left_behind():
+    with _open_lane() as (lane, pending, transport):
         transport.flush()  # (a first write: the burst below follows it at once)
         for i in range(1, 2001):
             pending.append(pb.TaskSpec(task_id=i))
@@ -171,15 +182,10 @@ def test_a_burst_goes_out_in_few_frames_and_nothing_is_left_behind():
         ids = [s.task_id for f in frames for s in f.submit]
         assert ids == list(range(1, 2001))  # every one, in order, none twice
         assert len(frames) < 1000  # gathered (a frame each before)
-    finally:
-        transport.close()
 
 
 def test_a_submission_after_a_quiet_moment_is_written_at_once():
-    lane = _Lane()
-    pending: list[pb.TaskSpec] = []
-    transport = _transport_on(lane, pending)
-    try:
+    with _open_lane() as (lane, pending, transport):
         time.sleep(2 * _transport.SUBMIT_BATCH_SECONDS)
         pending.append(pb.TaskSpec(task_id=7))
         transport.flush_soon()
@@ -189,8 +195,6 @@ def test_a_submission_after_a_quiet_moment_is_written_at_once():
         lane.buf += data
         (frame,) = [pb.DriverToHead.FromString(b) for b in wire.split(lane.buf)]
         assert [s.task_id for s in frame.submit] == [7]
-    finally:
-        transport.close()
 
 
 def test_closing_sends_what_was_gathered_and_frees_the_wake_fd():
