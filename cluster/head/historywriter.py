@@ -206,22 +206,11 @@ class Writer:
 
     def batch(self, frame: tuple[Any, ...]) -> None:
         """Write one batch in one transaction."""
-        db = self.db
-        db.execute("BEGIN")
-        try:
-            self._write(Signed(db) if needs_fitting(frame) else db,  # type: ignore[arg-type]
-                        *frame)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        self.batches([frame])
 
     def batches(self, frames: list[tuple[Any, ...]]) -> None:
         """Write `frames`, oldest first, in one transaction (frames kept while the CPUs
         were busy: one commit, and tasks that ended meanwhile written once)."""
-        if len(frames) == 1:
-            self.batch(frames[0])
-            return
         db = self.db
         db.execute("BEGIN")
         try:
