@@ -103,8 +103,7 @@ def start_local(cluster_id: str | None, host: str, node_options: list[str],
     --tls)."""
     """A head and this host's daemon in one background process."""
     cluster_id = cluster_id or clusterfile.new_local_id()
-    _refuse_running(cluster_id)
-    bytecode.refresh()  # (every node process would compile a stale module again)
+    _before_start(cluster_id)
     secret = auth.new_secret()
     log_dir = cluster_log_dir(cluster_id, log_root)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--daemon", "--cluster-id",
@@ -123,8 +122,7 @@ def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
     """A head on this host (say a login node) with no nodes of its own: the autoscaler
     submits blocks (sbatch jobs) whose daemons join it."""
     cluster_id = cluster_id or clusterfile.new_local_id()
-    _refuse_running(cluster_id)
-    bytecode.refresh()  # (every node process would compile a stale module again)
+    _before_start(cluster_id)
     secret = auth.new_secret()
     log_dir = cluster_log_dir(cluster_id, log_root)
     cmd = [sys.executable, "-m", "cluster.node", "--head", "--cluster-id", cluster_id,
@@ -141,12 +139,15 @@ def start_with_blocks(cluster_id: str | None, cfg_json: str, interface: str,
     return clusterfile.read(clusterfile.path_for(cluster_id))
 
 
-def _refuse_running(cluster_id: str) -> None:
+def _before_start(cluster_id: str) -> None:
+    """Refuse a cluster id that is up already; bring our own bytecode up to date (every
+    node process would otherwise compile each stale module again: cluster.common.bytecode)."""
     path = clusterfile.path_for(cluster_id)
     if os.path.exists(path):
         cf = clusterfile.read(path)
         if clusterfile.head_alive(cf):
             raise BootstrapError(f"cluster {cluster_id} is already up at {cf.address}")
+    bytecode.refresh()
 
 
 def start_in_allocation(interface: str, head_timeout: float, timeout: float,
@@ -158,8 +159,7 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     nodes have joined."""
     alloc = slurm.current_allocation()
     cluster_id = alloc.job_id
-    _refuse_running(cluster_id)
-    bytecode.refresh()  # (every node process would compile a stale module again)
+    _before_start(cluster_id)
     secret = auth.new_secret()
     env = child_env(secret)
     log_dir = cluster_log_dir(cluster_id, log_root)
@@ -225,31 +225,33 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     deadline = time.monotonic() + timeout
     joined = -1
     channel = None
-    while True:
-        if daemons.poll() is not None:
-            raise BootstrapError(f"the daemon step ended (exit code {daemons.returncode}); "
-                                 f"see {os.path.join(log_dir, 'daemons.out')}")
-        try:
-            if channel is None:  # one channel for every poll (a new one each time cost
-                channel = _channel(cf)  # clusterctl and the head CPU the daemons need)
-            reply = _status(cf, 2.0, channel=channel)
-            alive = [n.name for n in reply.nodes if n.state == "alive"]
-        except Exception:  # noqa: BLE001
-            alive = []
-        count = len(alive)
-        if count != joined:
-            joined = count
-            newest = ", ".join(alive[-3:]) + (" ..." if count > 3 else "")
-            progress(f"{count}/{len(alloc.nodes)} nodes joined" +
-                     (f" (latest: {newest})" if alive else ""))
-        if count >= len(alloc.nodes):
-            break
-        if time.monotonic() > deadline:
-            raise BootstrapError(f"only {count} of {len(alloc.nodes)} nodes joined within "
-                                 f"{timeout:g}s; see the logs in {log_dir} on each node")
-        time.sleep(0.05)
-    if channel is not None:
-        channel.close()
+    try:
+        while True:
+            if daemons.poll() is not None:
+                raise BootstrapError(f"the daemon step ended (exit code {daemons.returncode}); "
+                                     f"see {os.path.join(log_dir, 'daemons.out')}")
+            try:
+                if channel is None:  # one channel for every poll (a new one each time cost
+                    channel = _channel(cf)  # clusterctl and the head CPU the daemons need)
+                reply = _status(cf, 2.0, channel=channel)
+                alive = [n.name for n in reply.nodes if n.state == "alive"]
+            except Exception:  # noqa: BLE001
+                alive = []
+            count = len(alive)
+            if count != joined:
+                joined = count
+                newest = ", ".join(alive[-3:]) + (" ..." if count > 3 else "")
+                progress(f"{count}/{len(alloc.nodes)} nodes joined" +
+                         (f" (latest: {newest})" if alive else ""))
+            if count >= len(alloc.nodes):
+                break
+            if time.monotonic() > deadline:
+                raise BootstrapError(f"only {count} of {len(alloc.nodes)} nodes joined within "
+                                     f"{timeout:g}s; see the logs in {log_dir} on each node")
+            time.sleep(0.05)
+    finally:  # (also when `up` fails in the loop)
+        if channel is not None:
+            channel.close()
     steps = [s for s in slurm.job_steps(alloc.job_id) if s not in steps_before]
     # Fresh: the head may have added blocks (its dashboard's address is in it from the
     # start: the head binds that socket before it writes the file).
