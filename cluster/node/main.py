@@ -229,10 +229,10 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     if ns.dashboard and head is not None:
         # Cheap at start: the socket is bound here, aiohttp is imported on the first request
         # (importing it was ~40% of the head's start, 0.1 of 0.25 CPU-s).
-        from cluster.head.dashboard import start_dashboard
+        from cluster.head.dashboard import PRELOAD_SECONDS, start_dashboard
 
         dashboard = await start_dashboard(head, secret, ns.dashboard_host, log_dir,
-                                          preload=0.0 if ns.watch_stdin else 2.0)
+                                          preload=0.0 if ns.watch_stdin else PRELOAD_SECONDS)
     if ns.write_cluster_file and head is not None:
         clusterfile.write(clusterfile.ClusterFile(
             cluster_id=ns.cluster_id, address=address, secret=secret,
