@@ -438,11 +438,10 @@ class Client:
             if local:
                 self._actor_futures.pop(spec.task_id, None)
             self._submits.append(spec)
-        transport = self._transport
-        if in_flight and hasattr(transport, "flush_soon"):
-            transport.flush_soon()
+        if in_flight:
+            self._transport.flush_soon()
         else:
-            transport.flush()
+            self._transport.flush()
 
     def put(self, value: pb.Value) -> None:
         """Queue a put (its bytes inline, or where a node store holds them)."""

@@ -308,6 +308,9 @@ class _HeldTransport:
     def flush(self) -> None:
         pass
 
+    def flush_soon(self) -> None:
+        pass
+
 
 def test_a_task_still_in_the_send_buffer_is_taken_out_and_its_function_kept():
     import concurrent.futures
