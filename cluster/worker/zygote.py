@@ -118,6 +118,15 @@ def serve(sock: socket.socket, daemon_pid: int) -> None:
             os._exit(0)
 
 
+def _stat_pair(at: int) -> tuple[int, int]:
+    """Two consecutive numbers of ``/proc/self/stat``, counted from the first field after
+    the command name (which may hold spaces, so it is skipped by its closing bracket)."""
+    with open("/proc/self/stat", "rb") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return int(fields[at]), int(fields[at + 1])
+
+
 def _forget_secret() -> None:
     """Drop the cluster secret the daemon had in its environment when it forked us, from
     ``os.environ`` and from the environment block ``/proc/PID/environ`` shows (forks copy
@@ -126,10 +135,7 @@ def _forget_secret() -> None:
     try:
         import ctypes
 
-        with open("/proc/self/stat", "rb") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(b")") + 2:].split()
-        start, end = int(fields[47]), int(fields[48])  # env_start, env_end (fields 50, 51)
+        start, end = _stat_pair(47)  # env_start, env_end (fields 50, 51 of proc(5))
         block = ctypes.string_at(start, end - start)
         key = SECRET_ENV.encode() + b"="
         at = 0 if block.startswith(key) else block.find(b"\0" + key) + 1
@@ -157,10 +163,7 @@ def _set_cmdline(args: list[str]) -> None:
     try:
         import ctypes
 
-        with open("/proc/self/stat", "rb") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(b")") + 2:].split()
-        start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48, 49)
+        start, end = _stat_pair(45)  # arg_start, arg_end (fields 48, 49 of proc(5))
         new = b"\0".join(a.encode() for a in args) + b"\0"
         if 0 < len(new) <= end - start:
             ctypes.memmove(start, new + b"\0" * (end - start - len(new)), end - start)
