@@ -201,27 +201,18 @@ def _peer(name: str) -> Any:
     return peers[name]()
 
 
-def _rss_mb(pids: list[int]) -> float:
+def _memory_mb(pids: list[int], kind: str = "rss") -> float:
+    """The `kind` memory of the processes `pids` summed, in MB: ``rss``, or ``pss`` (a
+    page shared by k of the processes counts 1/k in each: forked workers share their
+    zygote's pages, which RSS counts in full in every one)."""
     import psutil
 
     total = 0
     for pid in pids:
         try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            pass
-    return total / 2**20
-
-
-def _pss_mb(pids: list[int]) -> float:
-    """As `_rss_mb`, by PSS: a page shared by k of the processes counts 1/k in each (forked
-    workers share their zygote's pages, which RSS counts in full in every one)."""
-    import psutil
-
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_full_info().pss
+            proc = psutil.Process(pid)
+            info = proc.memory_info() if kind == "rss" else proc.memory_full_info()
+            total += getattr(info, kind)
         except (psutil.Error, AttributeError):
             pass
     return total / 2**20
@@ -254,8 +245,8 @@ def run_one(name: str, ns: argparse.Namespace) -> dict[str, Any]:
         children = [p.pid for p in psutil.Process().children(recursive=True)]
         if hasattr(peer, "detached_pids"):  # processes of its cluster that are no children
             children += [pid for pid in peer.detached_pids() if pid not in children]
-        results["rss"] = [_rss_mb(children)]
-        results["pss"] = [_pss_mb(children)]
+        results["rss"] = [_memory_mb(children, "rss")]
+        results["pss"] = [_memory_mb(children, "pss")]
         n, m, chain = ns.tasks, ns.sync, ns.chain
         results["noop"] = [n / t for t in timed(lambda: peer.noop_burst(n), ns.reps)]
         subs = []
