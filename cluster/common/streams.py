@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from cluster.common import wire
+
 
 class StreamConn:
     """Outbound half of a bidirectional stream, fed by the head without awaiting."""
@@ -58,3 +60,9 @@ class LocalConn:
 
     def close(self) -> None:
         pass
+
+
+class AsyncFrameProtocol(wire.FrameProtocol, asyncio.BufferedProtocol):
+    """:class:`~cluster.common.wire.FrameProtocol` as asyncio sees a buffered protocol, so
+    its transport reads with ``recv_into`` the protocol's own buffer (wire.py says why).
+    Defined here, not in wire.py, because workers import wire.py and never asyncio."""

@@ -28,7 +28,7 @@ from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common import wire
 from cluster.common.auth import server_interceptor
 from cluster.common.protocol import SERVER_OPTIONS, pb
-from cluster.common.streams import StreamConn
+from cluster.common.streams import AsyncFrameProtocol, StreamConn
 from cluster.head.state import Head
 
 log = logging.getLogger("shoal.head")
@@ -55,7 +55,7 @@ class _LaneSession:
         self.secret = secret
         self.authenticated = False
         self.driver: Any = None
-        self.protocol = wire.FrameProtocol(self.on_frame, self.on_lost, decode=bytes)
+        self.protocol = AsyncFrameProtocol(self.on_frame, self.on_lost, decode=bytes)
         self.conn = _LaneConn(self.protocol)
 
     def on_frame(self, body: bytes) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from cluster.common.messages import Exit
 from cluster.common.paths import PACKAGE_ROOT
 from cluster.common.proctree import kill_tree
-from cluster.common.wire import FrameProtocol
+from cluster.common.streams import AsyncFrameProtocol
 from cluster.node import forkserver
 
 
@@ -112,7 +112,7 @@ class WorkerHandle:
         self.channel = 0                      # its nested client's channel (0: none)
         self._on_message = on_message
         self._on_lost = on_lost
-        self._protocol: FrameProtocol | None = None
+        self._protocol: AsyncFrameProtocol | None = None
         self._sock: socket.socket | None = None
 
     async def start(self, env: dict[str, str]) -> None:
@@ -142,7 +142,7 @@ class WorkerHandle:
     async def attach(self) -> None:
         """Connect the spawned process's socket to the running event loop."""
         loop = asyncio.get_running_loop()
-        protocol = FrameProtocol(lambda m: self._on_message(self, m), lambda: self._lost())
+        protocol = AsyncFrameProtocol(lambda m: self._on_message(self, m), lambda: self._lost())
         await loop.create_unix_connection(lambda: protocol, sock=self._sock)
         self._protocol = protocol
 

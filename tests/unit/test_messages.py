@@ -113,3 +113,80 @@ def test_messages_module_imports_nothing_heavy():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+class _Transport:
+    """Enough of an asyncio transport for FrameProtocol: records a close."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+def _protocol(got: list, lost: list | None = None) -> tuple[wire.FrameProtocol, _Transport]:
+    p = wire.FrameProtocol(got.append, lambda: (lost or []).append(True))
+    t = _Transport()
+    p.connection_made(t)
+    return p, t
+
+
+def _feed_buffered(p: wire.FrameProtocol, data: bytes, step: int) -> None:
+    """As asyncio's buffered path does: recv_into what get_buffer returns."""
+    pos = 0
+    while pos < len(data):
+        room = p.get_buffer(-1)
+        n = min(step, len(room), len(data) - pos)
+        room[:n] = data[pos:pos + n]
+        del room
+        p.buffer_updated(n)
+        pos += n
+
+
+@pytest.mark.parametrize("step", [1, 3, 7, 4096, 1 << 20])
+def test_buffered_reads_give_every_frame_in_order(step):
+    # Frames of every size around the buffer's: small ones, one bigger than the whole
+    # receive buffer (it must grow for it, then shrink back), small ones after it.
+    big = Done(1, 0, b"x" * (3 * wire.RECV_SIZE + 5), 0.0, "")
+    sent = list(SAMPLES) + [big] + list(SAMPLES)
+    data = b"".join(wire.encode(m) for m in sent)
+    got: list = []
+    p, t = _protocol(got)
+    _feed_buffered(p, data, step)
+    assert got == sent
+    assert not t.closed
+    assert len(p.get_buffer(-1)) == wire.RECV_SIZE  # the big frame's buffer was given back
+
+
+def test_plain_data_received_uses_the_same_parser():
+    data = b"".join(wire.encode(m) for m in SAMPLES)
+    got: list = []
+    p, _ = _protocol(got)
+    for i in range(0, len(data), 5):
+        p.data_received(data[i:i + 5])
+    assert got == list(SAMPLES)
+
+
+def test_a_malformed_or_oversized_frame_closes_the_connection():
+    got: list = []
+    p, t = _protocol(got)
+    _feed_buffered(p, wire.frame(b"not a pickle"), 4096)
+    assert t.closed and got == []
+    p, t = _protocol(got)
+    _feed_buffered(p, wire.HEADER.pack(wire.MAX_FRAME + 1), 4096)
+    assert t.closed and got == []
+
+
+def test_the_asyncio_protocol_is_a_buffered_one():
+    import asyncio
+
+    from cluster.common.streams import AsyncFrameProtocol
+
+    assert isinstance(AsyncFrameProtocol(print, print), asyncio.BufferedProtocol)
