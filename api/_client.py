@@ -20,6 +20,7 @@ import pickle
 import socket
 import sys
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -27,7 +28,7 @@ from typing import Any
 
 from api import _cancel, _errors
 from api._direct import DirectCalls
-from api._futures import AppFuture, CallbackThread, Stored, block, format_id
+from api._futures import AppFuture, CallbackThread, FutureLock, Stored, block, format_id
 from api._objects import ObjectClient
 from api._transport import LaneTransport, Transport
 from cluster.common import serialization
@@ -64,7 +65,10 @@ class Client:
         self._seq = itertools.count(1)
         self._transport: Any = None   # a Transport once connected
         self._lost = ""
-        self._reader_thread = 0
+        #: ``on`` while this thread delivers the head's batches (see on_reader_thread).
+        self._delivering = threading.local()
+        self._inline: Any = None  # the transport's wait_inline, if it has one
+        self._wake_leader: Any = None  # ...and its wake_leader
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete, self)
         self.objects = ObjectClient(self)
         #: Where this driver's stored puts are (object id -> a result naming the holders).
@@ -117,8 +121,9 @@ class Client:
         self._transport, self.address = transport, transport.target
         self.driver_id = welcome.driver_id
         self.cluster_id = welcome.cluster_id
-        transport.start(self._on_message, self._fail_all)
-        self._reader_thread = 0  # (the welcome was handed over on this thread)
+        self._inline = getattr(transport, "wait_inline", None)
+        self._wake_leader = getattr(transport, "wake_leader", None)
+        transport.start(self._on_message, self._on_lost)
 
     def _take(self) -> pb.DriverToHead | None:
         with self._lock:
@@ -139,7 +144,41 @@ class Client:
         return message
 
     def _on_message(self, message: pb.HeadToDriver) -> None:
-        self._reader_thread = threading.get_ident()
+        # On the transport's reader thread, or on a thread waiting for a result that reads
+        # the connection itself (wait_inline): either way, no answer can arrive meanwhile.
+        delivering = self._delivering
+        delivering.on = True
+        try:
+            self._deliver(message)
+        finally:
+            delivering.on = False
+
+    def _on_lost(self, reason: str) -> None:
+        delivering = self._delivering
+        delivering.on = True
+        try:
+            self._fail_all(reason)
+        finally:
+            delivering.on = False
+
+    def wait_inline(self, fut: Any, timeout: float | None) -> float | None:
+        """Let the thread about to wait for `fut` read the head's batches itself until
+        it is done (the transport decides whether it can); returns the timeout left.
+        Not for direct actor calls: their answers come on another socket."""
+        inline = self._inline
+        cond = fut._condition
+        if inline is None or type(cond) is not FutureLock or \
+                getattr(self._delivering, "on", False) or fut.task_id in self._actor_futures:
+            return timeout
+        start = time.monotonic()
+        cond.wake = self._wake_leader  # done by another thread (a callback, a cancel)
+        try:
+            inline(fut.done, timeout)
+        finally:
+            cond.wake = None
+        return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+
+    def _deliver(self, message: pb.HeadToDriver) -> None:
         if message.HasField("welcome"):
             for node in message.welcome.nodes:
                 self.nodes[node.node_id] = node
@@ -250,7 +289,7 @@ class Client:
         try:
             return self.objects.fetch(result.task_id, result.size, list(result.holders))
         except _errors.ObjectLostError:
-            if not ask or threading.get_ident() == self._reader_thread:
+            if not ask or getattr(self._delivering, "on", False):
                 raise  # (on our reader thread, a done-callback: no answer could arrive)
         (current,) = self.get_values([result.task_id], None)
         if current.status != pb.OK:
@@ -550,7 +589,7 @@ class Client:
 
     def on_reader_thread(self) -> bool:
         """True on the thread that delivers results (it must never wait for one)."""
-        return threading.get_ident() == self._reader_thread
+        return getattr(self._delivering, "on", False)
 
     def ask_cancel(self, task_ids: list[int], force: bool) -> list[concurrent.futures.Future]:
         """Ask the head to cancel `task_ids` (one batch); a future for each answer."""

@@ -129,11 +129,14 @@ class FutureLock:
     Condition each, the collector's full passes over them cost about half of a
     submission's CPU (20 -> 10 us per no-op submit with those passes off, measured)."""
 
-    __slots__ = ("_lock", "_waiters")
+    __slots__ = ("_lock", "_waiters", "wake")
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._waiters: list[Any] | None = None
+        #: Called once the future is done, while a thread reads the connection waiting
+        #: for it (Client.wait_inline): it may have been done by another thread.
+        self.wake: Callable[[], None] | None = None
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         """Take the lock (``concurrent.futures.wait`` takes every future's at once)."""
@@ -193,6 +196,8 @@ class FutureLock:
         waiters, self._waiters = self._waiters, None
         for waiter in waiters or ():
             waiter.release()
+        if self.wake is not None:
+            self.wake()
 
 
 _allocate_lock = threading.Lock
@@ -259,8 +264,8 @@ class AppFuture(concurrent.futures.Future):
         A large value is fetched from the node store holding it on the first call (mapped
         without a copy when that node is this host). A value that cannot be loaded here
         raises :class:`SerializationError` (the same one :meth:`exception` returns)."""
-        if _block and not self.done():
-            timeout = block([self], 1, timeout)
+        if not self.done():
+            timeout = self._wait(timeout)
         try:
             value = super().result(timeout)
         except concurrent.futures.CancelledError as err:
@@ -270,6 +275,15 @@ class AppFuture(concurrent.futures.Future):
         if type(value) is Stored:
             value = self._load()
         return value
+
+    def _wait(self, timeout: float | None) -> float | None:
+        """Before the plain wait: inside a worker, give its CPUs back; in a driver, read
+        the result off the connection on this thread (see Client.wait_inline). Returns
+        the timeout left."""
+        if _block:
+            return block([self], 1, timeout)
+        client = self._client
+        return timeout if client is None else client.wait_inline(self, timeout)
 
     @property
     def stored(self) -> bool:
@@ -285,8 +299,8 @@ class AppFuture(concurrent.futures.Future):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """What :meth:`result` would raise (None when it returns a value). A stored
         value is loaded (as :meth:`result` would) to tell."""
-        if _block and not self.done():
-            timeout = block([self], 1, timeout)
+        if not self.done():
+            timeout = self._wait(timeout)
         try:
             err = super().exception(timeout)
         except concurrent.futures.CancelledError as cancelled:

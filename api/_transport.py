@@ -33,6 +33,12 @@ IDLE_FLUSH_SECONDS = 0.2
 #: each: a burst of 10,000 no-ops went out as 10,000 frames, each waking the head for one
 #: task. A submission with nothing in flight (a sync round trip) is written at once.
 SUBMIT_BATCH_SECONDS = 0.0005
+#: A thread waiting for a result reads the socket itself (:meth:`LaneTransport.wait_inline`)
+#: instead of being handed the result by the reader thread: that hand-off was 46 us and 34
+#: us of CPU of a sync round trip (scripts/bench_bounds.py). The reader then stays out of
+#: the way until no thread has waited for this long, so a loop of sync calls never wakes it.
+PARK_SECONDS = 0.002
+_EOF, _IDLE, _BUSY = 0, 1, 2
 
 
 class Transport(Protocol):
@@ -120,13 +126,25 @@ class LaneTransport(SendsOnOneThread):
         self._deferred = False
         self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._wake_lock = threading.Lock()  # (no write to the fd once closed and reused)
+        # Reading the socket: whoever holds _token (the reader thread, or one waiting
+        # thread: the leader). _park guards the rest and parks the reader meanwhile.
+        self._token = threading.Lock()
+        self._park = threading.Condition(threading.Lock())
+        self._leading = False
+        self._parked = False
+        self._others = False   # a thread waited while another led: wake the reader after
+        self._left_at = 0.0
+        self._leader = 0       # the leading thread's ident
+        self._poller: select.poll | None = None
+        self._on_message: OnMessage | None = None
 
     def flush_soon(self) -> None:
         """Write now unless a write went out less than ``SUBMIT_BATCH_SECONDS`` ago; then
         the reader thread writes the batch once that time has passed."""
         if self._deferred:
             return  # the reader thread sends it, with whatever else piles up meanwhile
-        if time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
+        if time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS or \
+                (self._parked and not self._leading):  # (nobody polls the wake fd)
             self.flush()
             return
         self._deferred = True
@@ -184,45 +202,27 @@ class LaneTransport(SendsOnOneThread):
                          name="shoal-lane-reader", daemon=True).start()
 
     def _reader(self, on_message: OnMessage, on_lost: OnLost) -> None:
-        sock, buf = self._sock, self._buf
+        sock = self._sock
         assert sock is not None
         reason = "the head closed the connection"
-        poller = select.poll()
+        poller = self._poller = select.poll()
         poller.register(sock, select.POLLIN)
-        wake = self._wake_fd
-        poller.register(wake, select.POLLIN)
+        poller.register(self._wake_fd, select.POLLIN)
+        self._on_message = on_message
         idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
         try:
             while True:
-                timeout = idle_ms
-                if self._deferred:
-                    left = self._last_write + SUBMIT_BATCH_SECONDS - time.monotonic()
-                    timeout = max(0, int(left * 1000 + 0.999))
-                events = poller.poll(timeout)
-                if self._deferred and \
-                        time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
-                    self._deferred = False
-                    self.flush()
-                if not events:
-                    self.flush()  # releases are sent lazily; push them when idle
+                if self._leading:
+                    self._step_aside()
                     continue
-                readable = False
-                for fd, _ in events:
-                    if fd == wake:
-                        try:
-                            os.eventfd_read(wake)
-                        except OSError:
-                            pass
-                    else:
-                        readable = True
-                if not readable:
-                    continue
-                data = sock.recv(wire.RECV_SIZE)
-                if not data:
+                with self._token:
+                    if self._leading:
+                        continue
+                    state = self._read_once(idle_ms)
+                if state == _EOF:
                     break
-                buf += data
-                for body in wire.split(buf):
-                    on_message(pb.HeadToDriver.FromString(body))
+                if state == _IDLE:
+                    self.flush()  # releases are sent lazily; push them when idle
         except OSError as err:
             reason = f"lost the head at {self.target}: {err}"
         finally:
@@ -230,6 +230,116 @@ class LaneTransport(SendsOnOneThread):
             self._deferred = False
         if not self._closed:
             on_lost(reason)
+
+    def _read_once(self, limit_ms: int) -> int:
+        """One poll (at most `limit_ms`, -1: no limit) and what it brought: a deferred
+        batch sent, results delivered. _EOF when the head closed, else _IDLE or _BUSY.
+        Only the holder of ``_token`` calls it."""
+        sock, poller, buf, wake = self._sock, self._poller, self._buf, self._wake_fd
+        assert sock is not None and poller is not None and self._on_message is not None
+        timeout = limit_ms
+        if self._deferred:
+            left = self._last_write + SUBMIT_BATCH_SECONDS - time.monotonic()
+            left_ms = max(0, int(left * 1000 + 0.999))
+            timeout = left_ms if timeout < 0 else min(timeout, left_ms)
+        events = poller.poll(timeout)
+        if self._deferred and time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
+            self._deferred = False
+            self.flush()
+        if not events:
+            return _IDLE
+        readable = False
+        for fd, _ in events:
+            if fd == wake:
+                try:
+                    os.eventfd_read(wake)
+                except OSError:
+                    pass
+            else:
+                readable = True
+        if readable:
+            data = sock.recv(wire.RECV_SIZE)
+            if not data:
+                return _EOF
+            buf += data
+            on_message = self._on_message
+            for body in wire.split(buf):
+                on_message(pb.HeadToDriver.FromString(body))
+        return _BUSY
+
+    def _step_aside(self) -> None:
+        """The reader thread, while a waiting thread reads: park until none has for
+        ``PARK_SECONDS`` (or one asks for the reader back)."""
+        with self._park:
+            self._parked = True
+            try:
+                while not self._closed and (
+                        self._leading or time.monotonic() - self._left_at < PARK_SECONDS):
+                    self._park.wait(PARK_SECONDS)
+            finally:
+                self._parked = False
+
+    def wait_inline(self, done: Callable[[], bool], timeout: float | None) -> None:
+        """Read the socket on this thread until ``done()`` or `timeout` seconds, when no
+        other thread does so already; the caller then waits as usual (a result delivered
+        meanwhile by another thread, an error, the connection lost: all still reach it).
+        Never call it while delivering results (on the reader thread, or inside
+        ``on_message``)."""
+        if self._on_message is None or self._wake_fd < 0:
+            return
+        with self._park:
+            if self._leading:
+                self._others = True  # the leader gives the reader back when it stops
+                return
+            self._leading = True
+            self._leader = threading.get_ident()
+            parked = self._parked
+        deadline = None if timeout is None else time.monotonic() + timeout
+        lost = False
+        try:
+            if not parked:
+                self._kick()  # out of its poll(): it then sees _leading and parks
+            if not self._token.acquire(True, -1 if timeout is None else max(timeout, 0)):
+                return
+            idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
+            try:
+                while not done():
+                    limit = idle_ms
+                    if deadline is not None:
+                        left = deadline - time.monotonic()
+                        if left <= 0:
+                            break
+                        limit = min(limit, int(left * 1000 + 0.999))
+                    state = self._read_once(limit)
+                    if state == _EOF:
+                        lost = True  # the reader sees the end too, and fails what waits
+                        break
+                    if state == _IDLE:
+                        self.flush()  # as the reader does: releases go out when idle
+            finally:
+                self._token.release()
+        except OSError:
+            lost = True
+        finally:
+            with self._park:
+                self._leading = False
+                self._leader = 0
+                self._left_at = time.monotonic()
+                if lost or self._others:
+                    self._others = False
+                    self._left_at = 0.0
+                    self._park.notify_all()
+
+    def wake_leader(self) -> None:
+        """A future the leading thread waits for is done: if another thread did it,
+        wake the leader out of its poll()."""
+        if self._leader and self._leader != threading.get_ident():
+            self._kick()
+
+    def _kick(self) -> None:
+        with self._wake_lock:
+            if self._wake_fd >= 0:
+                os.eventfd_write(self._wake_fd, 1)
 
     def _close_wake(self) -> None:
         with self._wake_lock:
@@ -255,6 +365,8 @@ class LaneTransport(SendsOnOneThread):
         self._deferred = False
         self.flush()
         self._closed = True
+        with self._park:
+            self._park.notify_all()
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)

@@ -31,6 +31,9 @@ class _Client:
     def release(self, object_id: int) -> None:
         pass
 
+    def wait_inline(self, fut: AppFuture, timeout: float | None) -> float | None:
+        return timeout  # (no connection to read: waits are plain ones)
+
 
 def _future(task_id: int = 1) -> AppFuture:
     return AppFuture(task_id, "t", _Client())
