@@ -19,7 +19,7 @@ import cloudpickle
 
 from api import _errors
 from api._futures import stale_message
-from cluster.common import auth, bytecode, clusterfile, serialization
+from cluster.common import auth, bytecode, clusterfile, paths, serialization
 from cluster.common.paths import PACKAGE_ROOT
 
 _lock = threading.RLock()
@@ -226,8 +226,10 @@ def start_embedded(num_cpus: int | None, num_gpus: int | None,
             stderr_tail.join(5)
             last = [t for t in stderr_tail.lines if t.strip()]
             why = last[-1].strip() if last else "it printed nothing"
+            hint = paths.shadowing_hint()
             raise _errors.ConnectionError(
-                f"the local cluster exited at start (exit code {proc.returncode}): {why}")
+                f"the local cluster exited at start (exit code {proc.returncode}): {why}"
+                + (f"; {hint}" if hint else ""))
         raise _errors.ConnectionError(
             f"the local cluster did not start within {timeout:g}s; "
             "see the log files under the temp directory's shoal-<user>/logs")

@@ -18,6 +18,25 @@ OWNER_FILE = "owner.pid"
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+def shadowing_hint(cwd: str | None = None) -> str:
+    """Why ``python -m cluster.node`` may fail when started in `cwd` (default: the
+    current directory): a ``cluster`` or ``api`` directory there that is not shoal's comes
+    first on such a process's path. An empty string when there is none.
+
+    >>> shadowing_hint(PACKAGE_ROOT)
+    ''
+    """
+    cwd = os.path.abspath(cwd or os.getcwd())
+    if cwd == PACKAGE_ROOT:
+        return ""
+    found = [name for name in ("cluster", "api") if os.path.isdir(os.path.join(cwd, name))]
+    if not found:
+        return ""
+    names = " and ".join(f"{os.path.join(cwd, n)}/" for n in found)
+    return (f"{names} hides shoal's own package of that name from the processes it starts "
+            "in this directory: start from another directory (or rename it)")
+
+
 def user() -> str:
     """The current user's name (uid when it has none)."""
     try:

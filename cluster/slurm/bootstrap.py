@@ -46,8 +46,10 @@ def _read_ready(proc: subprocess.Popen, timeout: float, log_dir: str) -> dict[st
     line = proc.stdout.readline() if ready else b""
     if not line:
         proc.kill()
+        hint = paths.shadowing_hint()
         raise BootstrapError(f"the head did not start within {timeout:g}s "
-                             f"(exit code {proc.poll()}); see the logs in {log_dir}")
+                             f"(exit code {proc.poll()}); see the logs in {log_dir}"
+                             + (f"; {hint}" if hint else ""))
     return json.loads(line)
 
 

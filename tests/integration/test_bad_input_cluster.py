@@ -33,3 +33,17 @@ def test_down_scrubs_the_secret_and_a_second_down_exits_0(clusterctl, no_session
     assert again.returncode == 0 and "already down" in again.stdout
     with pytest.raises(api.ConnectionError, match="bad-input-down .* is down"):
         api.init(cf.path)
+
+
+def test_a_cluster_directory_in_the_working_directory_is_named(no_session, tmp_path,
+                                                               monkeypatch):
+    # A user's own cluster/ package where the driver runs comes first on the path of the
+    # processes started there: the head cannot start, and the error says why.
+    (tmp_path / "cluster").mkdir()
+    (tmp_path / "cluster" / "__init__.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(api.ConnectionError, match="exited at start") as info:
+        _session.start_embedded(1, None, None, 60)
+    message = str(info.value)
+    assert f"{tmp_path}/cluster/ hides shoal's own package" in message
+    assert "start from another directory" in message
