@@ -68,7 +68,6 @@ class Client:
         #: ``on`` while this thread delivers the head's batches (see on_reader_thread).
         self._delivering = threading.local()
         self._inline: Any = None  # the transport's wait_inline, if it has one
-        self._wake_leader: Any = None  # ...and its wake_leader
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete, self)
         self.objects = ObjectClient(self)
         #: Where this driver's stored puts are (object id -> a result naming the holders).
@@ -122,7 +121,6 @@ class Client:
         self.driver_id = welcome.driver_id
         self.cluster_id = welcome.cluster_id
         self._inline = getattr(transport, "wait_inline", None)
-        self._wake_leader = getattr(transport, "wake_leader", None)
         transport.start(self._on_message, self._on_lost)
 
     def _take(self) -> pb.DriverToHead | None:
@@ -171,11 +169,7 @@ class Client:
                 getattr(self._delivering, "on", False) or fut.task_id in self._actor_futures:
             return timeout
         start = time.monotonic()
-        cond.wake = self._wake_leader  # done by another thread (a callback, a cancel)
-        try:
-            inline(fut.done, timeout)
-        finally:
-            cond.wake = None
+        inline(fut.done, timeout, cond)
         return None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
 
     def _deliver(self, message: pb.HeadToDriver) -> None:

@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from api import _errors
 from cluster.common import wire
@@ -279,11 +279,14 @@ class LaneTransport(SendsOnOneThread):
             finally:
                 self._parked = False
 
-    def wait_inline(self, done: Callable[[], bool], timeout: float | None) -> None:
+    def wait_inline(self, done: Callable[[], bool], timeout: float | None,
+                    lock: Any = None) -> None:
         """Read the socket on this thread until ``done()`` or `timeout` seconds, when no
         other thread does so already; the caller then waits as usual (a result delivered
         meanwhile by another thread, an error, the connection lost: all still reach it).
-        Never call it while delivering results (on the reader thread, or inside
+        While it leads, ``lock.wake`` (the future's FutureLock, if given) is set to
+        :meth:`wake_leader`, so the future done by another thread ends the wait. Never
+        call it while delivering results (on the reader thread, or inside
         ``on_message``)."""
         if self._on_message is None or self._wake_fd < 0:
             return
@@ -301,6 +304,8 @@ class LaneTransport(SendsOnOneThread):
                 self._kick()  # out of its poll(): it then sees _leading and parks
             if not self._token.acquire(True, -1 if timeout is None else max(timeout, 0)):
                 return
+            if lock is not None:
+                lock.wake = self.wake_leader  # (set before done() is looked at)
             idle_ms = int(IDLE_FLUSH_SECONDS * 1000)
             try:
                 while not done():
@@ -317,6 +322,8 @@ class LaneTransport(SendsOnOneThread):
                     if state == _IDLE:
                         self.flush()  # as the reader does: releases go out when idle
             finally:
+                if lock is not None:
+                    lock.wake = None
                 self._token.release()
         except OSError:
             lost = True

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from api import _transport
+from api._futures import FutureLock
 from api._transport import LaneTransport
 from cluster.common import wire
 from cluster.common.protocol import pb
@@ -139,13 +140,16 @@ def test_a_future_done_by_another_thread_wakes_the_leader(lane, monkeypatch):
     transport, _, _, _, _ = lane
     monkeypatch.setattr(_transport, "IDLE_FLUSH_SECONDS", 3600.0)  # no periodic wake-up
     done = threading.Event()
-    waiter = threading.Thread(target=transport.wait_inline, args=(done.is_set, None))
+    lock = FutureLock()  # the waited future's, as Client.wait_inline passes it
+    waiter = threading.Thread(target=transport.wait_inline, args=(done.is_set, None, lock))
     waiter.start()
-    _until(lambda: transport._leading)
+    _until(lambda: lock.wake is not None)
     done.set()
-    transport.wake_leader()  # as FutureLock.notify_all does, from this (another) thread
+    with lock:  # as concurrent.futures' set_result does, on this (another) thread
+        lock.notify_all()
     waiter.join(HANG)
     assert not waiter.is_alive()
+    assert lock.wake is None  # only while that thread led
 
 
 def test_a_timeout_ends_the_wait(lane):
