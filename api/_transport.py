@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import socket
 import threading
 import time
@@ -39,6 +40,44 @@ SUBMIT_BATCH_SECONDS = 0.0005
 #: the way until no thread has waited for this long, so a loop of sync calls never wakes it.
 PARK_SECONDS = 0.002
 _EOF, _IDLE, _BUSY = 0, 1, 2
+_MAIN = threading.main_thread().ident
+
+
+class _HeldInterrupt:
+    """Ctrl-C while the main thread, leading a wait, reads and delivers a batch: raised
+    once the batch is delivered, not in the middle of it (bytes received but not yet
+    buffered would desynchronize the stream; a batch half delivered would lose results).
+    A wait blocked in poll() is interrupted at once, as before. We wrap whatever SIGINT
+    handler is installed (Python's, IPython's, the user's) and call it then."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending: tuple[int, Any] | None = None
+        self.previous: Any = None
+
+    def install(self) -> None:
+        """On the main thread: make sure our wrapper is SIGINT's handler."""
+        current = signal.getsignal(signal.SIGINT)
+        if current == self.handle or not callable(current):  # (a new bound method each time)
+            return  # ours already, or SIG_DFL/SIG_IGN (nothing raised to hold back)
+        self.previous = current
+        signal.signal(signal.SIGINT, self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.holding:
+            self.pending = (signum, frame)
+        elif self.previous is not None:
+            self.previous(signum, frame)
+
+    def release(self) -> None:
+        """End the held section; raise what the handler raises, if Ctrl-C came."""
+        self.holding = False
+        pending, self.pending = self.pending, None
+        if pending is not None and self.previous is not None:
+            self.previous(*pending)
+
+
+_HELD = _HeldInterrupt()
 
 
 class Transport(Protocol):
@@ -243,29 +282,37 @@ class LaneTransport(SendsOnOneThread):
             left_ms = max(0, int(left * 1000 + 0.999))
             timeout = left_ms if timeout < 0 else min(timeout, left_ms)
         events = poller.poll(timeout)
-        if self._deferred and time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
-            self._deferred = False
-            self.flush()
-        if not events:
-            return _IDLE
-        readable = False
-        for fd, _ in events:
-            if fd == wake:
-                try:
-                    os.eventfd_read(wake)
-                except OSError:
-                    pass
-            else:
-                readable = True
-        if readable:
-            data = sock.recv(wire.RECV_SIZE)
-            if not data:
-                return _EOF
-            buf += data
-            on_message = self._on_message
-            for body in wire.split(buf):
-                on_message(pb.HeadToDriver.FromString(body))
-        return _BUSY
+        held = threading.get_ident() == _MAIN  # (only the main thread gets Ctrl-C)
+        if held:
+            _HELD.holding = True
+        try:
+            if self._deferred and \
+                    time.monotonic() - self._last_write >= SUBMIT_BATCH_SECONDS:
+                self._deferred = False
+                self.flush()
+            if not events:
+                return _IDLE
+            readable = False
+            for fd, _ in events:
+                if fd == wake:
+                    try:
+                        os.eventfd_read(wake)
+                    except OSError:
+                        pass
+                else:
+                    readable = True
+            if readable:
+                data = sock.recv(wire.RECV_SIZE)
+                if not data:
+                    return _EOF
+                buf += data
+                on_message = self._on_message
+                for body in wire.split(buf):
+                    on_message(pb.HeadToDriver.FromString(body))
+            return _BUSY
+        finally:
+            if held:
+                _HELD.release()
 
     def _step_aside(self) -> None:
         """The reader thread, while a waiting thread reads: park until none has for
@@ -290,6 +337,8 @@ class LaneTransport(SendsOnOneThread):
         ``on_message``)."""
         if self._on_message is None or self._wake_fd < 0:
             return
+        if threading.get_ident() == _MAIN:
+            _HELD.install()
         with self._park:
             if self._leading:
                 self._others = True  # the leader gives the reader back when it stops

@@ -6,6 +6,7 @@ leader. A real Unix socket, with a fake head at its other end."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -43,9 +44,11 @@ class _Head:
         self.conn = conn
         self.ready.set()
 
-    def result(self, task_id: int) -> None:
+    def result(self, *task_ids: int) -> None:
+        """One batch with a result for each of `task_ids`."""
         message = pb.HeadToDriver()
-        message.results.add(task_id=task_id, status=pb.OK)
+        for task_id in task_ids:
+            message.results.add(task_id=task_id, status=pb.OK)
         assert self.conn is not None
         self.conn.sendall(wire.frame(message.SerializeToString()))
 
@@ -92,11 +95,11 @@ def _until(check: Any) -> None:
     raise AssertionError("never happened")
 
 
-def _send_once_leading(transport: LaneTransport, head: _Head, task_id: int) -> None:
+def _send_once_leading(transport: LaneTransport, head: _Head, *task_ids: int) -> None:
     """The head answers once a thread leads (sent earlier, the reader would deliver it)."""
     def send() -> None:
         _until(lambda: transport._leading)
-        head.result(task_id)
+        head.result(*task_ids)
     threading.Thread(target=send, daemon=True).start()
 
 
@@ -168,3 +171,27 @@ def test_the_head_going_away_while_a_thread_leads(lane):
     assert not waiter.is_alive()
     _until(lambda: lost)  # the reader thread reports the loss, once
     assert len(lost) == 1
+
+
+def test_ctrl_c_while_the_main_thread_delivers_comes_after_the_batch(lane):
+    # Raised in the middle, it would lose the rest of the batch (or, between recv() and
+    # the buffer, desynchronize the stream); raised after, nothing is lost.
+    transport, head, got, _, _ = lane
+    assert threading.current_thread() is threading.main_thread()
+    deliver = transport._on_message
+    interrupted: list[bool] = []
+
+    def on_message(message: pb.HeadToDriver) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler right after this
+        deliver(message)
+
+    transport._on_message = on_message
+    _send_once_leading(transport, head, 21, 22, 23)
+    with pytest.raises(KeyboardInterrupt):
+        transport.wait_inline(lambda: 23 in got, HANG)
+    assert interrupted and {21, 22, 23} <= set(got)
+    assert not transport._leading  # and the reader has the socket back
+    head.result(24)
+    _until(lambda: 24 in got)
