@@ -4,8 +4,10 @@ A transport takes batches from the client through ``take()`` (a DriverToHead, or
 nothing is pending) and hands every HeadToDriver to ``on_message``. Two exist:
 
 - :class:`LaneTransport` (here): a Unix socket to a head on this host (see
-  :mod:`cluster.head.server`); the user thread writes its frames itself, a reader thread
-  resolves results. No event loop, no thread hop on the way out, and no gRPC import.
+  :mod:`cluster.head.server`); the user thread writes its frames itself, and reads the
+  results itself while it waits for one (:meth:`LaneTransport.wait_inline`); a reader
+  thread resolves them when no thread waits. No event loop, no thread hop on the way out
+  or (for a waiting thread) back, and no gRPC import.
 - :class:`api._grpc_transport.GrpcTransport`: one bidirectional gRPC stream, for heads on
   other hosts; imported only when needed.
 """
