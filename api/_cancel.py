@@ -52,7 +52,9 @@ def cancel_many(client: Any, futures: list[Any], force: bool = False) -> list[bo
         elif client.take_unsent(fut.task_id):
             out[i] = fut.mark_cancelled()
         elif client.is_direct_call(fut.task_id):
-            out[i] = False  # a direct actor call: only its actor's worker knows it
+            # A direct actor call (only its actor's worker knows it: False), or a task on
+            # the driver's leased worker (with force, that worker is killed).
+            out[i] = client.cancel_direct(fut.task_id, force)
         else:
             ask.append((i, fut))
     if not ask:

@@ -29,6 +29,7 @@ from typing import Any
 from api import _cancel, _errors
 from api._direct import DirectCalls
 from api._futures import AppFuture, CallbackThread, FutureLock, Stored, block, format_id
+from api._lease import TaskLease
 from api._objects import ObjectClient
 from api._transport import LaneTransport, Transport
 from cluster.common import serialization
@@ -69,6 +70,8 @@ class Client:
         self._delivering = threading.local()
         self._inline: Any = None  # the transport's wait_inline, if it has one
         self.direct = DirectCalls(secret, self._actor_call_via_head, self._complete, self)
+        #: The worker this driver leases for its one-at-a-time tasks (see api._lease).
+        self.lease = TaskLease(self, self._complete)
         self.objects = ObjectClient(self)
         #: Where this driver's stored puts are (object id -> a result naming the holders).
         self.put_locations: dict[int, pb.TaskResult] = {}
@@ -445,6 +448,8 @@ class Client:
         `local`: `future` was tracked (:meth:`track_local`) and is now a task the head
         runs (untracked as its spec is queued, so no dependent reaches the head first)."""
         self.check_connected()
+        if not local and spec.kind <= pb.BASH and self.lease.offer(spec, fn_blob, future):
+            return  # sent straight to the driver's leased worker
         if spec.deps and self._unknown_to_head(spec.deps):
             spec.fn_blob = fn_blob  # (sent later: it cannot count on an earlier spec's)
             with self._lock:
@@ -578,8 +583,18 @@ class Client:
         return True
 
     def is_direct_call(self, task_id: int) -> bool:
-        """True for an actor call that went (or goes) straight to its actor's worker."""
+        """True for an actor call that went (or goes) straight to its actor's worker, or
+        a task sent to the driver's leased worker."""
         return task_id in self._actor_futures
+
+    def cancel_direct(self, task_id: int, force: bool) -> bool:
+        """Cancel a direct call or leased task (see :meth:`is_direct_call`): only a leased
+        task with `force` can be (its worker is killed); whether it was."""
+        return bool(self.lease.cancel(task_id, force))
+
+    def tasks_in_flight(self) -> int:
+        """How many of this driver's submissions through the head are unanswered."""
+        return len(self._futures)
 
     def on_reader_thread(self) -> bool:
         """True on the thread that delivers results (it must never wait for one)."""
@@ -623,5 +638,6 @@ class Client:
         if self._transport is not None:
             self._transport.close()
         self.direct.close()
+        self.lease.close()
         self.objects.close()
         self.callbacks.stop()

@@ -26,7 +26,7 @@ from cluster.common import status, wire
 from cluster.common.messages import DirectCall, DirectReply
 
 
-class _Conn:
+class CallConn:
     """A connection to one actor's worker: a reader thread for replies, and sends that
     never block (what the socket does not take at once goes to a writer thread, in order),
     so no lock is ever held across a blocking send."""
@@ -141,7 +141,7 @@ class ActorRoute:
         self.lock = threading.Lock()
         self.route = ""
         self.max_task_retries = 0
-        self.conn: _Conn | None = None
+        self.conn: CallConn | None = None
         self.via_head = 0          # calls outstanding through the head
         self.direct: dict[int, tuple] = {}   # calls outstanding on the direct connection
         self.held: deque[tuple] = deque()    # calls waiting for the other path to drain
@@ -178,6 +178,10 @@ class DirectCalls:
             state.route = route
             if max_task_retries is not None:
                 state.max_task_retries = max_task_retries
+
+    def forget(self, actor_id: int) -> None:
+        """Drop what is known of an actor that is gone (its route, no calls outstanding)."""
+        self.routes.pop(actor_id, None)
 
     def call(self, actor_id: int, call: tuple) -> None:
         """call = (task_id, method, data, deps, future, name, actor_id)."""
@@ -220,12 +224,12 @@ class DirectCalls:
         state.via_head += 1
         self._head_calls[call[0]] = state
 
-    def _open(self, state: ActorRoute) -> _Conn | None:
+    def _open(self, state: ActorRoute) -> CallConn | None:
         sock = connect(state.route, self.secret)
         if sock is None:
             state.route = ""  # unreachable directly: use the head from now on
             return None
-        state.conn = _Conn(sock, lambda reply: self._on_reply(state, reply),
+        state.conn = CallConn(sock, lambda reply: self._on_reply(state, reply),
                            lambda: self._on_lost(state, sock))
         return state.conn
 
@@ -277,25 +281,7 @@ class DirectCalls:
             self._head(to_head)
 
     def _stored(self, call: tuple, data: tuple) -> None:
-        """A result sealed in the actor's node store: register it with the head as a put
-        held by this driver (before the future resolves, so anything the caller submits
-        with it reaches the head after the put), then resolve the future to load it
-        when asked."""
-        from api._futures import Stored
-        from cluster.common.protocol import pb
-
-        _, size, node_id, nested = data
-        task_id, future = call[0], call[4]
-        client = self._client
-        if client is None:
-            self._resolve(future, status.OBJECT_LOST, b"",
-                          "the result is in the actor's node store but this driver cannot "
-                          "register it", call[5])
-            return
-        client.put(pb.Value(id=task_id, size=size, holders=[node_id], nested=nested))
-        # nested stays off the result: the put holds those refs, the future does not.
-        future.set_result(Stored(pb.TaskResult(task_id=task_id, status=pb.OK, size=size,
-                                               holders=[node_id])))
+        resolve_stored(self._client, call[0], call[4], call[5], data, self._resolve)
 
     def _on_lost(self, state: ActorRoute, sock: socket.socket) -> None:
         """The actor's worker went away (it died, or was killed): retry what was in flight
@@ -327,3 +313,24 @@ class DirectCalls:
 
     def wants(self, actor_id: int) -> Any:
         return self.routes.get(actor_id)
+
+
+def resolve_stored(client: Any, task_id: int, future: Any, name: str, data: tuple,
+                   resolve: Callable[..., None]) -> None:
+    """A direct call's (or leased task's) result sealed in its worker's node store: register
+    it with the head as a put held by this driver (before the future resolves, so anything
+    the caller submits with it reaches the head after the put), then resolve the future to
+    load it when asked. `data` is the reply's ``("stored", size, node id, nested refs)``."""
+    from api._futures import Stored
+    from cluster.common.protocol import pb
+
+    _, size, node_id, nested = data
+    if client is None:
+        resolve(future, status.OBJECT_LOST, b"",
+                "the result is in the worker's node store but this driver cannot "
+                "register it", name)
+        return
+    client.put(pb.Value(id=task_id, size=size, holders=[node_id], nested=nested))
+    # nested stays off the result: the put holds those refs, the future does not.
+    future.set_result(Stored(pb.TaskResult(task_id=task_id, status=pb.OK, size=size,
+                                           holders=[node_id])))

@@ -282,17 +282,31 @@ class DirectReply(NamedTuple):
     message: str
 
 
+@_tag("t")
+class DirectTask(NamedTuple):
+    """A driver's task sent straight to the worker it leases (see :mod:`api._lease`): run
+    function `fn_id` (its pickled body in `fn_blob` the first time this worker sees it)
+    on `args` in `cwd`, and answer with a :class:`DirectReply` under `call_id`."""
+
+    call_id: int
+    fn_id: bytes
+    fn_blob: bytes
+    name: str
+    args: bytes
+    cwd: str
+
+
 @_tag("denied")
 class Denied(NamedTuple):
     """The caller's first frame was not the cluster secret; the connection closes."""
 
 
-assert len(TYPES) == 22, "a message type without its tag"
+assert len(TYPES) == 23, "a message type without its tag"
 
 #: Any one message.
 Message = (Fn | Run | ActorCreate | ActorCall | CallResult | AllocReply | Exit | Ready | Done
-           | Created | Log | Call | Alloc | DirectCall | DirectReply | Denied | NestedOut
-           | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
+           | Created | Log | Call | Alloc | DirectCall | DirectReply | DirectTask | Denied
+           | NestedOut | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
 
 _new = tuple.__new__
 

@@ -390,7 +390,7 @@ class GetReply(_message.Message):
     def __init__(self, request_id: _Optional[int] = ..., values: _Optional[_Iterable[_Union[TaskResult, _Mapping]]] = ...) -> None: ...
 
 class DriverToHead(_message.Message):
-    __slots__ = ("hello", "submit", "put", "release", "get", "kill_actor", "lookup", "cancel", "retry", "give_up")
+    __slots__ = ("hello", "submit", "put", "release", "get", "kill_actor", "lookup", "cancel", "retry", "give_up", "leased")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
     PUT_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +401,7 @@ class DriverToHead(_message.Message):
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     GIVE_UP_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
     hello: DriverHello
     submit: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     put: _containers.RepeatedCompositeFieldContainer[Value]
@@ -411,7 +412,22 @@ class DriverToHead(_message.Message):
     cancel: _containers.RepeatedCompositeFieldContainer[CancelRequest]
     retry: _containers.RepeatedScalarFieldContainer[int]
     give_up: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ..., kill_actor: _Optional[_Iterable[int]] = ..., lookup: _Optional[_Iterable[_Union[ActorLookup, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelRequest, _Mapping]]] = ..., retry: _Optional[_Iterable[int]] = ..., give_up: _Optional[_Iterable[int]] = ...) -> None: ...
+    leased: _containers.RepeatedCompositeFieldContainer[LeasedTask]
+    def __init__(self, hello: _Optional[_Union[DriverHello, _Mapping]] = ..., submit: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., put: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., release: _Optional[_Iterable[int]] = ..., get: _Optional[_Iterable[_Union[GetRequest, _Mapping]]] = ..., kill_actor: _Optional[_Iterable[int]] = ..., lookup: _Optional[_Iterable[_Union[ActorLookup, _Mapping]]] = ..., cancel: _Optional[_Iterable[_Union[CancelRequest, _Mapping]]] = ..., retry: _Optional[_Iterable[int]] = ..., give_up: _Optional[_Iterable[int]] = ..., leased: _Optional[_Iterable[_Union[LeasedTask, _Mapping]]] = ...) -> None: ...
+
+class LeasedTask(_message.Message):
+    __slots__ = ("spec", "lease", "submitted", "finished", "result")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    LEASE_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    spec: TaskSpec
+    lease: int
+    submitted: float
+    finished: float
+    result: TaskResult
+    def __init__(self, spec: _Optional[_Union[TaskSpec, _Mapping]] = ..., lease: _Optional[int] = ..., submitted: _Optional[float] = ..., finished: _Optional[float] = ..., result: _Optional[_Union[TaskResult, _Mapping]] = ...) -> None: ...
 
 class HeadToDriver(_message.Message):
     __slots__ = ("welcome", "results", "logs", "replies", "nodes", "lookups", "cancel_replies")

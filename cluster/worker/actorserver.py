@@ -4,7 +4,8 @@ that holds the actor, not through the head or the daemon (as Ray's direct actor 
 The worker listens on a Unix socket in the node's 0700 runtime directory (callers on the
 same host) and on TCP at the node's address (callers elsewhere). Frames are the daemon
 wire's; the first frame of a connection must be the cluster secret, compared in constant
-time before anything is unpickled. Calls are :class:`~cluster.common.messages.DirectCall`,
+time before anything is unpickled. Calls are :class:`~cluster.common.messages.DirectCall`
+(or, on a worker a driver leases for its tasks, :class:`~cluster.common.messages.DirectTask`),
 replies :class:`~cluster.common.messages.DirectReply` (or one
 :class:`~cluster.common.messages.Denied` before hanging up). Calls on one connection run in
 arrival order
@@ -21,7 +22,7 @@ import threading
 from collections.abc import Callable
 
 from cluster.common import wire
-from cluster.common.messages import Denied, DirectCall
+from cluster.common.messages import Denied, DirectCall, DirectTask
 
 
 class DirectConn:
@@ -75,7 +76,7 @@ class ActorServer:
         """Also watch the daemon's socket."""
         self.selector.register(sock, selectors.EVENT_READ, on_readable)
 
-    def poll(self, on_call: Callable[[DirectConn, DirectCall], None]) -> None:
+    def poll(self, on_call: Callable[[DirectConn, DirectCall | DirectTask], None]) -> None:
         """Wait for and handle one round of events (blocking)."""
         events = self.selector.select()
         # The daemon first: if it is gone, we must not serve another call.
@@ -106,7 +107,7 @@ class ActorServer:
         conn.sock.close()
 
     def _read(self, conn: DirectConn,
-              on_call: Callable[[DirectConn, DirectCall], None]) -> None:
+              on_call: Callable[[DirectConn, DirectCall | DirectTask], None]) -> None:
         try:
             data = conn.sock.recv(wire.RECV_SIZE)
         except OSError:
@@ -128,7 +129,7 @@ class ActorServer:
             except Exception:  # noqa: BLE001 - a malformed frame ends the connection
                 self._drop(conn)
                 return
-            if type(message) is DirectCall:
+            if type(message) is DirectCall or type(message) is DirectTask:
                 on_call(conn, message)
 
     def close(self) -> None:

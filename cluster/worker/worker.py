@@ -20,11 +20,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
-from typing import IO, Any, TextIO
+from typing import Any, TextIO
 
 from cluster.common import errors, serialization, wire
 from cluster.common.messages import (
@@ -37,6 +36,7 @@ from cluster.common.messages import (
     Created,
     DirectCall,
     DirectReply,
+    DirectTask,
     Done,
     Exit,
     Fn,
@@ -48,7 +48,7 @@ from cluster.common.proctree import kill_tree
 from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
 from cluster.store import objectformat
 from cluster.store.objectstore import StoreFullError, WriteMappings
-from cluster.worker import nested
+from cluster.worker import nested, taskfiles
 
 FLUSH_SECONDS = 0.2
 #: How many of a failed bash app's last stderr lines its BashExitFailure carries.
@@ -418,7 +418,7 @@ class Worker:
         if not self._fill():
             self.eof = True
 
-    def _direct_call(self, conn: Any, message: DirectCall) -> None:
+    def _direct_call(self, conn: Any, message: DirectCall | DirectTask) -> None:
         call_id = message.call_id
 
         def reply(status: int, data: Any, seconds: float, text: str) -> None:
@@ -430,7 +430,18 @@ class Worker:
                     data = serialization.dumps_error(err, "")
             conn.send(DirectReply(call_id, status, data, text))
 
-        self._call(call_id, message.method, message.args, {}, reply)
+        if isinstance(message, DirectTask):  # a leased worker's task: run as a Run is
+            if message.fn_blob:
+                self.functions[message.fn_id] = message.fn_blob
+            outcome = self.execute(call_id, message.fn_id, 0, message.name, message.args, {},
+                                   cwd=message.cwd, store=True)
+            self.end_children()
+            reply(*outcome)
+            if self.nested is not None:
+                self.nested.after_task(call_id, outcome[0] != OK)
+            MAPPINGS.release_idle()
+        else:
+            self._call(call_id, message.method, message.args, {}, reply)
 
     def _direct_data(self, call_id: int, data: tuple) -> Any:
         """A direct call's result as the caller gets it. A large one was written into
@@ -527,14 +538,14 @@ class Worker:
                 f"bash_app {name!r} must return the command line as a str, "
                 f"got {type(command).__name__}"
             )
-        out = _open_target(stdout)
-        err = _open_target(stderr)
+        out = taskfiles.open_target(stdout)
+        err = taskfiles.open_target(stderr)
         # Output that is not redirected goes to anonymous temporary files, not pipes: a
         # pipe ends only when every process holding it has closed it, and background
         # jobs inherit the shell's stdout, so `sleep 25 & echo started` took 25 s. The
         # app ends when its shell exits; the files are read then.
-        cap_out = _spool_file(self.log_dir) if out is None else None
-        cap_err = _spool_file(self.log_dir) if err is None else None
+        cap_out = taskfiles.spool_file(self.log_dir) if out is None else None
+        cap_err = taskfiles.spool_file(self.log_dir) if err is None else None
         try:
             proc = subprocess.Popen(
                 ["bash", "-c", command],
@@ -550,8 +561,8 @@ class Worker:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            captured_out = _read_spool(cap_out)
-            captured_err = _read_spool(cap_err)
+            captured_out = taskfiles.read_spool(cap_out)
+            captured_err = taskfiles.read_spool(cap_err)
         finally:
             for f in (out, err, cap_out, cap_err):
                 if f is not None:
@@ -564,7 +575,7 @@ class Worker:
             logs = [target[0] for target in (stdout, stderr) if target and target[0]]
             if (out is None or err is None) and self.log_dir:
                 logs.append(os.path.join(self.log_dir, f"task-{self.task_id:x}.log"))
-            tail = _tail(stderr[0]) if err is not None and stderr else captured_err
+            tail = taskfiles.tail(stderr[0]) if err is not None and stderr else captured_err
             tail = "".join(tail.splitlines(keepends=True)[-STDERR_TAIL_LINES:])
             return BASH_EXIT, errors.bash_exit_payload(code, tail, logs), (
                 f"bash app {name!r} exited with code {code}"
@@ -627,46 +638,6 @@ WRITES = WriteMappings()
 
 #: The Worker of this process (None outside workers): actor handles use it to call.
 CURRENT: Worker | None = None
-
-
-def _spool_file(log_dir: str) -> Any:
-    """An anonymous temporary file for a bash app's output: in the log directory (node
-    local, the user's), else the system's temporary directory."""
-    if log_dir:
-        try:
-            return tempfile.TemporaryFile(dir=log_dir)
-        except OSError:
-            pass
-    return tempfile.TemporaryFile()
-
-
-def _read_spool(f: Any) -> str:
-    """What a bash app wrote to a temporary output file ("" for None)."""
-    if f is None:
-        return ""
-    f.seek(0)
-    return f.read().decode("utf-8", "replace")
-
-
-def _tail(path: str, size: int = 8192) -> str:
-    """The end of a file (at most `size` bytes), as text; "" if it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - size))
-            return f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def _open_target(target: tuple[str, str] | None) -> IO[Any] | None:
-    if not target or not target[0]:
-        return None
-    path, mode = target
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    return open(path, mode or "w", encoding="utf-8")  # noqa: SIM115
 
 
 def _die_with_parent() -> None:

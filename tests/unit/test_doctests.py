@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = ["cluster.policy.scheduler", "cluster.policy.autoscaler", "cluster.common.ids",
-            "cluster.policy.priority", "api._retry"]
+            "cluster.policy.priority", "api._retry", "api._lease"]
 SCANNED = ["cluster/policy", "cluster/common"]
 
 

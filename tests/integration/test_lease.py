@@ -1,0 +1,193 @@
+"""The driver's leased worker (api._lease), end to end: one-at-a-time tasks go straight to
+a worker the driver leases, with the same results, errors, output, large values,
+dependencies, cancels and crashes as through the head; the lease is given back when a
+burst begins and when it sits idle."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+import api
+from api import _lease, _session
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@api.python_app
+def pid_of():
+    return os.getpid()
+
+
+@api.python_app
+def square(x):
+    return x * x
+
+
+@api.python_app
+def boom(text):
+    raise KeyError(text)
+
+
+@api.python_app
+def chatty(text):
+    print(text)
+    return len(text)
+
+
+@api.python_app
+def big(n):
+    return b"x" * n
+
+
+@api.python_app
+def length(blob):
+    return len(blob)
+
+
+@api.python_app
+def die():
+    os._exit(3)
+
+
+@api.python_app
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+@api.python_app
+def meet(path, me, other):
+    """Returns once the other task of the pair has started too (both must run at once)."""
+    open(os.path.join(path, me), "w").close()
+    deadline = time.monotonic() + 60
+    while not os.path.exists(os.path.join(path, other)):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other task never started")
+        time.sleep(0.01)
+    return me
+
+
+@api.python_app
+def outer(x):
+    return square(x).result() + 1
+
+
+def _lease_obj() -> _lease.TaskLease:
+    return _session.client().lease
+
+
+def _until(condition, what: str, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _leased() -> _lease.TaskLease:
+    """Sync round trips until the driver holds a connected lease."""
+    lease = _lease_obj()
+    deadline = time.monotonic() + 60
+    while not lease.ready:
+        assert time.monotonic() < deadline, "no lease after a minute of sync round trips"
+        assert square(3).result(timeout=60) == 9
+    return lease
+
+
+def test_sync_loop_runs_on_one_leased_worker(cluster):
+    lease = _leased()
+    before = lease.sent
+    pids = {pid_of().result(timeout=60) for _ in range(40)}
+    assert lease.sent - before == 40  # every one went straight to the leased worker
+    assert len(pids) == 1 and os.getpid() not in pids
+    assert [square(i).result(timeout=60) for i in range(20)] == [i * i for i in range(20)]
+
+
+def test_errors_and_output_are_as_through_the_head(cluster, capfd):
+    lease = _leased()
+    before = lease.sent
+    with pytest.raises(KeyError, match="no such key"):
+        boom("no such key").result(timeout=60)
+    assert chatty("hello from a leased worker").result(timeout=60) == 26
+    assert lease.sent - before == 2
+    seen = ""
+
+    def printed() -> bool:
+        nonlocal seen
+        seen += capfd.readouterr().out
+        return "hello from a leased worker" in seen
+
+    _until(printed, "the task's print() reached the driver")
+    assert "(chatty task=" in seen
+
+
+def test_large_result_stays_in_the_store_and_feeds_a_dependent(cluster):
+    lease = _leased()
+    before = lease.sent
+    n = 3 * 1024 * 1024
+    fut = big(n)
+    assert fut.result(timeout=60) == b"x" * n
+    assert lease.sent - before == 1
+    # Its future as an argument: the task goes through the head, which must know it.
+    assert length(fut).result(timeout=60) == n
+    small = square(7)
+    assert square(small).result(timeout=60) == 49 * 49
+
+
+def test_a_burst_gives_the_lease_back(cluster, tmp_path):
+    lease = _leased()
+    before = lease.sent
+    pair = [meet(str(tmp_path), "a", "b"), meet(str(tmp_path), "b", "a")]
+    assert sorted(f.result(timeout=90) for f in pair) == ["a", "b"]
+    assert lease.sent - before == 1  # the first went leased, the second began a burst
+    assert not lease.actor_id
+    assert square(2).result(timeout=60) == 4  # through the head, no lease until a streak
+    assert not lease.ready
+
+
+def test_an_idle_lease_is_given_back(cluster):
+    lease = _leased()
+    _until(lambda: not lease.actor_id, "the idle lease was given back",
+           seconds=_lease.IDLE_SECONDS * 30)
+    assert not lease.ready
+
+
+def test_a_leased_worker_that_dies_fails_its_task_and_a_new_lease_follows(cluster):
+    lease = _leased()
+    first = lease.actor_id
+    with pytest.raises(api.WorkerCrashedError, match="die"):
+        die().result(timeout=60)
+    assert lease.actor_id != first
+    assert _leased().actor_id not in (0, first)
+    assert square(5).result(timeout=60) == 25
+
+
+def test_cancel_a_running_leased_task(cluster):
+    lease = _leased()
+    before = lease.sent
+    fut = sleep_for(60)
+    assert lease.sent - before == 1
+    assert fut.cancel() is False  # running: not stopped without force, as through the head
+    assert api.cancel([fut], force=True) == [True]
+    assert fut.cancelled()
+    with pytest.raises(api.TaskCancelledError):
+        fut.result(timeout=5)
+    assert square(6).result(timeout=60) == 36
+
+
+def test_a_leased_task_that_submits_tasks(cluster):
+    lease = _leased()
+    before = lease.sent
+    assert [outer(i).result(timeout=60) for i in range(5)] == [i * i + 1 for i in range(5)]
+    assert lease.sent - before == 5
+
+
+def test_tasks_the_lease_does_not_take_go_through_the_head(cluster):
+    lease = _leased()
+    before = lease.sent
+    assert square.options(num_cpus=0.5)(4).result(timeout=60) == 16
+    assert square.options(max_retries=1)(4).result(timeout=60) == 16
+    assert square.options(walltime=30)(4).result(timeout=60) == 16
+    assert lease.sent == before
