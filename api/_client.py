@@ -93,6 +93,8 @@ class Client:
         self._retry: list[int] = []
         self._give_up: list[int] = []
         self.cancelling: set[int] = set()
+        #: Tasks that ran on the leased worker, for the head's run history (api._lease).
+        self._leased: list[pb.LeasedTask] = []
 
     # ---- connection --------------------------------------------------------------------
     def connect(self, timeout: float) -> None:
@@ -130,13 +132,16 @@ class Client:
         with self._lock:
             if not (self._submits or self._puts or self._releases or self._gets or
                     self._kills or self._lookups or self._cancels or self._retry or
-                    self._give_up):
+                    self._give_up or self._leased):
                 return None
             message = pb.DriverToHead(submit=self._submits, put=self._puts,
                                       release=self._releases, get=self._gets,
                                       kill_actor=self._kills, lookup=self._lookups)
             self._submits, self._puts, self._releases, self._gets = [], [], [], []
             self._kills, self._lookups = [], []
+            if self._leased:
+                message.leased.extend(self._leased)
+                self._leased = []
             if self._cancels or self._retry or self._give_up:
                 message.cancel.extend(self._cancels)
                 message.retry.extend(self._retry)
@@ -591,6 +596,12 @@ class Client:
         """Cancel a direct call or leased task (see :meth:`is_direct_call`): only a leased
         task with `force` can be (its worker is killed); whether it was."""
         return bool(self.lease.cancel(task_id, force))
+
+    def report_leased(self, task: pb.LeasedTask) -> None:
+        """Queue the record of a task that ran on the leased worker for the head (sent
+        with the next batch, or by the transport's idle flush within 0.2 s)."""
+        with self._lock:
+            self._leased.append(task)
 
     def tasks_in_flight(self) -> int:
         """How many of this driver's submissions through the head are unanswered."""

@@ -4,7 +4,7 @@ A driver that submits a task, waits for it, and submits the next (a sync round t
 four socket hops through the head and its daemon: driver -> head -> worker -> head ->
 driver, each waking a process (~300 us on the local lane). After a few such round trips
 in a row the driver leases a worker: an actor (named ``TaskLease`` in the dashboard; it
-holds no CPU on the head's books, see :data:`HELD`) whose worker takes plain tasks over
+holds one CPU, see :data:`HELD`) whose worker takes plain tasks over
 the direct-call socket actor calls already use (:mod:`cluster.worker.actorserver`): two
 hops instead of four (~100 us, as a direct actor call).
 
@@ -13,8 +13,8 @@ CPU), no future or ref arguments, no retries, walltime, retry handler or extra
 environment. Everything else, and every task submitted while another is in flight, goes
 through the head as before: bursts spread over the cluster's workers, and the head places
 what needs placing. The lease is given back (the actor killed) as soon as the driver
-submits a second task while one is in flight (a burst begins), and after
-:data:`IDLE_SECONDS` without use, so an idle driver keeps no worker.
+submits a second task while one is in flight (a burst begins: the CPU is for its tasks),
+and after :data:`IDLE_SECONDS` without use, so an idle driver holds no CPU.
 
 The head never sees a leased task: its result resolves the future here, and, as for a
 direct actor call, the head is told the value only when a task submitted through it
@@ -22,10 +22,14 @@ depends on it (:meth:`api._client.Client.track_local`). A large result stays in 
 worker's node store and is registered with the head as a put. A leased worker that dies
 fails its task with WorkerCrashedError (such tasks have no retries); ``cancel(force=True)``
 kills it, a plain ``cancel()`` of a running task returns False, as through the head.
+
+``SHOAL_LEASE=0`` in the driver's environment turns leases off: every task then goes
+through the head (and shows in its status and dashboard while it runs).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -46,12 +50,11 @@ IDLE_SECONDS = 1.0
 #: The resources of a task the lease runs: python_app's defaults (one CPU).
 LEASED = pb.Resources(cpus=1.0)
 
-#: What the lease's actor holds on the head's books: nothing. Holding the task's CPU
-#: deadlocked a leased task that waits for tasks it submitted on a one-CPU cluster (its
-#: children queued behind the CPU it held; a task through the head gives its CPUs back
-#: while it waits, an actor cannot). The cost: while a driver's one-at-a-time task runs
-#: leased, the head may run one more task than there are CPUs (at most one per driver).
-HELD = pb.Resources()
+#: What the lease's actor holds on the head's books: the CPU its task needs, as through
+#: the head. A leased task that waits for tasks it submitted gives it back meanwhile, as a
+#: task through the head does (its worker names the lease's actor in ``Blocked``): holding
+#: it deadlocked such a task on a one-CPU cluster, its children queued behind it.
+HELD = LEASED
 
 _CLASS_BLOB = serialization.dumps_function(object)  # the actor holds no state of its own
 
@@ -76,30 +79,38 @@ def eligible(spec: pb.TaskSpec) -> bool:
             and spec.resources == LEASED)
 
 
-def decide(quiet: bool, fits: bool, ready: bool, busy: bool, streak: int) -> str:
+def decide(quiet: bool, fits: bool, leased: bool, ready: bool, busy: bool,
+           streak: int) -> str:
     """What the driver does with one submission: ``"direct"`` (send it to the leased
-    worker), ``"start"`` (send it through the head and lease a worker for the next ones),
-    ``"release"`` (through the head, and give the lease back: a burst begins) or
-    ``"head"``. `quiet`: nothing else of the driver's is in flight; `fits`: the task is
-    :func:`eligible`; `ready`: a lease is connected, `busy`: it runs a task; `streak`:
-    quiet eligible submissions in a row before this one.
+    worker), ``"start"`` (lease a worker and send it there once connected), ``"release"``
+    (give the lease back, its CPU being wanted: send it through the head) or ``"head"``.
+    `quiet`: nothing else of the driver's is in flight; `fits`: the task is
+    :func:`eligible`; `leased`: a lease exists or is being made, `ready`: it is connected,
+    `busy`: a task runs on it (or waits for it); `streak`: quiet eligible submissions in a
+    row before this one.
 
-    >>> decide(quiet=True, fits=True, ready=True, busy=False, streak=9)
+    >>> decide(quiet=True, fits=True, leased=True, ready=True, busy=False, streak=9)
     'direct'
-    >>> decide(quiet=True, fits=True, ready=False, busy=False, streak=START_STREAK - 1)
+    >>> decide(quiet=True, fits=True, leased=False, ready=False, busy=False,
+    ...        streak=START_STREAK - 1)
     'start'
-    >>> decide(quiet=True, fits=True, ready=False, busy=False, streak=0)
+    >>> decide(quiet=True, fits=True, leased=False, ready=False, busy=False, streak=0)
     'head'
-    >>> decide(quiet=True, fits=True, ready=True, busy=True, streak=9)   # a second at once
+    >>> decide(quiet=True, fits=True, leased=True, ready=True, busy=True, streak=9)
     'release'
-    >>> decide(quiet=False, fits=True, ready=True, busy=False, streak=9)
+    >>> decide(quiet=False, fits=True, leased=True, ready=True, busy=False, streak=9)
     'release'
-    >>> decide(quiet=True, fits=False, ready=True, busy=False, streak=9)  # e.g. a bash app
+    >>> decide(quiet=True, fits=False, leased=True, ready=True, busy=False, streak=9)
+    'release'
+    >>> decide(quiet=True, fits=False, leased=False, ready=False, busy=False, streak=9)
     'head'
+
+    A task through the head while a lease holds a CPU gives it back first: on a one-CPU
+    node that task would otherwise wait for the lease to sit idle for IDLE_SECONDS.
     """
-    if not quiet or busy:
+    if leased and (busy or not quiet or not fits or not ready):
         return "release"
-    if not fits:
+    if not quiet or not fits:
         return "head"
     if ready:
         return "direct"
@@ -119,12 +130,17 @@ class TaskLease:
         self.actor_id = 0              # the lease's actor (0: none)
         self._creating = False         # its creation is in flight through the head
         self._conn: CallConn | None = None
-        self._busy: tuple[pb.TaskSpec, bytes, Any] | None = None
+        #: The task running leased: (spec, function blob, future, wall-clock send time,
+        #: the lease's actor id).
+        self._busy: tuple[pb.TaskSpec, bytes, Any, float, int] | None = None
+        #: The task that started the lease, sent once it is connected: (spec, blob, future).
+        self._held: tuple[pb.TaskSpec, bytes, Any] | None = None
         self._release_after = False    # give the lease back once the busy task ends
         self._sent: set[bytes] = set()  # function ids the leased worker holds
         self._streak = 0
         self._last_used = 0.0
-        self._disabled = False         # a lease could not be reached: stop trying
+        # A lease could not be reached (stop trying), or SHOAL_LEASE=0 turned leases off.
+        self._disabled = os.environ.get("SHOAL_LEASE", "1") == "0"
         #: Tasks sent to leased workers (for tests and the benchmark's curiosity).
         self.sent = 0
 
@@ -135,64 +151,101 @@ class TaskLease:
 
     # ---- submitting ----------------------------------------------------------------------
     def offer(self, spec: pb.TaskSpec, fn_blob: bytes, future: Any) -> bool:
-        """Send `spec` to the leased worker if it should go there; False: the caller sends
-        it through the head (and this may have begun leasing a worker or giving one
-        back). Called outside the client's lock (this takes it to start a lease)."""
+        """Take `spec` for the leased worker if it should go there (sent now, or once a
+        lease being made is connected); False: the caller sends it through the head
+        (and this may have given the lease back). Called outside the client's lock."""
         others = max(0, self._client.tasks_in_flight() - self._creating)
         if not self.actor_id and (others or self._disabled):
             self._streak = 0  # (the burst path: no lock taken)
             return False
         start = None
-        conn: CallConn | None = None
+        send = None
         with self._lock:
             fits = eligible(spec)
-            action = decide(others == 0, fits, self._conn is not None,
-                            self._busy is not None, self._streak)
+            action = decide(others == 0, fits, bool(self.actor_id), self._conn is not None,
+                            self._busy is not None or self._held is not None, self._streak)
+            self._streak = self._streak + 1 if others == 0 and fits else 0
             if action == "direct":
-                conn = self._conn
-                self._busy = (spec, fn_blob, future)
-                blob = b"" if spec.fn_id in self._sent else fn_blob
-                self._sent.add(spec.fn_id)
-                self._last_used = time.monotonic()
-            else:
-                self._streak = self._streak + 1 if action in ("start", "head") and fits else 0
-                if action == "start" and not self.actor_id:
-                    start = self._start()
-                elif action == "release" and self.actor_id:
-                    if self._busy is not None:
-                        self._release_after = True
-                    else:
-                        self._give_back()
+                send = self._take(spec, fn_blob, future)
+            elif action == "start":
+                self._held = (spec, fn_blob, future)
+                start = self._start()
+            elif action == "release":
+                self._streak = 0
+                if self._busy is not None:
+                    self._release_after = True
+                else:
+                    self._give_back()
         if start is not None:
+            self._client.track_local(future)  # (a dependent waits for it in the driver)
             self._client.submit(*start)
+            return True
+        if send is None:
             return False
-        if conn is None:
-            return False
-        if conn.send(DirectTask(spec.task_id, spec.fn_id, blob, spec.name, spec.args,
-                                spec.cwd)):
-            # Tracked once sent: a dependent submitted through the head makes the head
-            # learn its value (the future reaches the caller only after this returns).
-            self._client.track_local(future)
+        if self._send(send):
+            self._client.track_local(future)  # (the caller gets the future after this)
+            return True
+        return False
+
+    def _take(self, spec: pb.TaskSpec, fn_blob: bytes, future: Any) -> tuple[Any, ...]:
+        """Make `spec` the busy task (called with the lock held); what _send sends."""
+        self._busy = (spec, fn_blob, future, time.time(), self.actor_id)
+        blob = b"" if spec.fn_id in self._sent else fn_blob
+        self._sent.add(spec.fn_id)
+        self._last_used = time.monotonic()
+        return self._conn, DirectTask(spec.task_id, spec.fn_id, blob, spec.name, spec.args,
+                                      spec.cwd), future
+
+    def _send(self, send: tuple[Any, ...]) -> bool:
+        """Send a task made busy by _take; False if the connection broke (the task is
+        then no longer busy: the caller sends it through the head)."""
+        conn, message, future = send
+        if conn.send(message):
             self.sent += 1
             return True
-        with self._lock:  # the connection broke just now: through the head after all
+        with self._lock:
             if self._busy is not None and self._busy[2] is future:
                 self._busy = None
             self._sent.clear()
         return False
 
+    def _via_head(self, held: tuple[pb.TaskSpec, bytes, Any]) -> None:
+        """Send a task this held (or failed to send) through the head after all, on a
+        thread of its own (callers hold locks; a submission may block on the socket)."""
+        spec, fn_blob, future = held
+        if future.done():
+            return  # cancelled while held
+
+        def submit() -> None:
+            try:
+                self._client.submit(spec, fn_blob, future, local=True)
+            except Exception as err:  # noqa: BLE001 - e.g. the session ended meanwhile
+                if not future.done():
+                    future.set_exception(err)
+
+        threading.Thread(target=submit, name="shoal-lease-fallback", daemon=True).start()
+
     def cancel(self, task_id: int, force: bool) -> bool | None:
-        """Cancel a task running on the leased worker: with `force` its worker is killed
-        (True); without, a running task is not stopped (False). None: not a leased task."""
+        """Cancel a task of the lease: one waiting for the lease to connect is dropped
+        (True); a running one is stopped with `force` by killing its worker (True), and
+        not without (False), as through the head. None: not a task of the lease."""
         with self._lock:
-            busy = self._busy
-            if busy is None or busy[0].task_id != task_id:
+            held, busy = self._held, self._busy
+            if held is not None and held[0].task_id == task_id:
+                self._held = None
+                future = held[2]
+            elif busy is not None and busy[0].task_id == task_id:
+                if not force:
+                    return False
+                self._busy = None
+                self._give_back()
+                future = busy[2]
+            else:
                 return None
-            if not force:
-                return False
-            self._busy = None
-            self._give_back()
-        busy[2].mark_cancelled()
+        future.mark_cancelled()
+        if busy is not None and future is busy[2]:
+            self._report(busy, status.CANCELLED, b"",
+                         "cancelled (force): its leased worker killed")
         return True
 
     # ---- the lease's life ------------------------------------------------------------------
@@ -238,8 +291,13 @@ class TaskLease:
             self._conn = conn
             self._sent.clear()
             self._last_used = time.monotonic()
+            held, self._held = self._held, None
+            send = self._take(*held) if held is not None else None
         threading.Thread(target=self._reap, args=(actor_id,), name="shoal-lease-idle",
                          daemon=True).start()
+        if send is not None and not self._send(send):
+            assert held is not None
+            self._via_head(held)
 
     def _reap(self, actor_id: int) -> None:
         """Give the lease back once it has been idle for IDLE_SECONDS."""
@@ -253,11 +311,15 @@ class TaskLease:
                     return
 
     def _give_back(self) -> None:
-        """Kill the lease's actor (called with the lock held; nothing is waited for)."""
+        """Kill the lease's actor (called with the lock held; nothing is waited for); a
+        task held for it goes through the head."""
         actor_id, conn = self.actor_id, self._conn
         self.actor_id, self._creating, self._conn = 0, False, None
         self._release_after = False
         self._streak = 0
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._via_head(held)
         if not actor_id:
             return
         client = self._client
@@ -294,12 +356,25 @@ class TaskLease:
             self._last_used = time.monotonic()
             if self._release_after:
                 self._give_back()
-        spec, _, future = busy
+        spec, future = busy[0], busy[2]
         data = reply.data
         if type(data) is tuple:
             resolve_stored(self._client, spec.task_id, future, spec.name, data, self._resolve)
         else:
             self._resolve(future, reply.status, data, reply.message, spec.name)
+        self._report(busy, reply.status, b"" if type(data) is tuple else data, reply.message)
+
+    def _report(self, busy: tuple[pb.TaskSpec, bytes, Any, float, int], outcome: int,
+                data: bytes, message: str) -> None:
+        """Tell the head a leased task ended, for the run history (sent with the driver's
+        next batch, or the transport's idle flush: never a write of its own)."""
+        spec = busy[0]
+        self._client.report_leased(pb.LeasedTask(
+            spec=pb.TaskSpec(task_id=spec.task_id, name=spec.name, resources=spec.resources),
+            lease=busy[4], submitted=busy[3],
+            finished=time.time(),
+            result=pb.TaskResult(task_id=spec.task_id, status=outcome,  # type: ignore[arg-type]
+                                 data=b"" if outcome == status.OK else data, message=message)))
 
     def _on_lost(self, actor_id: int) -> None:
         """The leased worker's connection ended: given back, killed for a cancel, or the
@@ -310,7 +385,8 @@ class TaskLease:
                 busy, self._busy = self._busy, None
                 self._give_back()
         if busy is not None:
-            spec, _, future = busy
-            self._resolve(future, status.WORKER_CRASHED, b"",
-                          f"the worker running {spec.name!r} (leased by this driver for its "
-                          "one-at-a-time tasks) died", spec.name)
+            spec, future = busy[0], busy[2]
+            why = (f"the worker running {spec.name!r} (leased by this driver for its "
+                   "one-at-a-time tasks) died")
+            self._resolve(future, status.WORKER_CRASHED, b"", why, spec.name)
+            self._report(busy, status.WORKER_CRASHED, b"", why)

@@ -33,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from cluster.common import paths
@@ -65,6 +66,8 @@ _now = time.time    # bound once: called for every state change
 _NEW = TaskState.NEW
 _DONE = TaskState.DONE
 _PYTHON = pb.PYTHON
+#: The resources key of leased tasks' records (they all have python_app's defaults).
+_LEASED_SHAPE = b"\x00leased"
 _NAMES = STATE_NAMES  # keyed by the member's name: hashing an Enum runs Python code
 
 
@@ -142,6 +145,20 @@ class Recorder:
         else:
             now = _now()
         self._events.append((task.task_id, new._name_, now, task.node_id, task.attempts))
+
+    def leased(self, tasks: Iterable[pb.LeasedTask], node_of: Callable[[int], int]) -> None:
+        """Tasks a driver ran on its leased worker (the head never saw them), each as it
+        went: queued and running when sent, then done or failed. `node_of(actor id)`: the
+        node of a lease's actor (0 if gone)."""
+        for task in tasks:
+            spec, result = task.spec, task.result
+            task_id, node_id = spec.task_id, node_of(task.lease)
+            self._new.append((spec, _LEASED_SHAPE, task.submitted))
+            self._events.append((task_id, "RUNNING", task.submitted, node_id, 0))
+            ended = "DONE" if result.status == pb.OK else "FAILED"
+            self._events.append((task_id, ended, task.finished, node_id, 0))
+            if ended == "FAILED":
+                self._failures.append((task_id, task.finished, result))
 
     def node_batch(self, node: Node, message: pb.NodeToHead) -> None:
         """A daemon's batch: its results (worker pids, run times) and printed output."""

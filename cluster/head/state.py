@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from cluster.common.ids import DRIVER_SHIFT, NODE_CALLER_BASE
 from cluster.common.protocol import fill, pb, to_dict
@@ -342,8 +342,25 @@ class Head:
         """A driver disconnected: drop its queued tasks and its references."""
         driver_left(self, driver)
 
+    def _leased_ran(self, tasks: Iterable[pb.LeasedTask]) -> None:
+        """Tasks a driver ran on the worker it leases (api._lease), never seen here: their
+        node counts them and learns their run time (its queue allowance follows it, as
+        for tasks through here), and the history records them."""
+        for task in tasks:
+            node = self.nodes.get(self._node_of_actor(task.lease))
+            if node is not None:
+                node.finished(max(0.0, task.finished - task.submitted))
+        if self.history is not None:
+            self.history.leased(tasks, self._node_of_actor)
+
+    def _node_of_actor(self, actor_id: int) -> int:
+        actor = self.actor_table.actors.get(actor_id)
+        return actor.node_id if actor is not None else 0
+
     def on_driver_message(self, driver: Driver, message: pb.DriverToHead) -> None:
         """One batch from a driver: puts, submissions, releases, gets (in that order)."""
+        if message.leased:  # (before its submissions: they may follow what it reports)
+            self._leased_ran(message.leased)
         for value in message.put:
             holders = {h for h in value.holders if h in self.nodes}
             self.objects.put(value.id, Value(pb.OK, value.data, size=value.size,

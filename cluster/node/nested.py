@@ -94,7 +94,7 @@ class NestedRelay:
             self.frames.append(pb.NestedFrame(channel=self._channel(worker),
                                               ended=message.task_id, failed=message.failed))
         elif kind is Blocked:
-            task = self._find(worker, message.task_id)
+            task = self._find(worker, message.task_id) or self._hosted(worker, message.task_id)
             if task is not None:
                 if message.task_id not in self.blocked:
                     cpus = task.request.get("cpus", 0.0)
@@ -157,6 +157,12 @@ class NestedRelay:
             for task_id, other in list(self.waiting.items()):
                 if other is worker:
                     del self.waiting[task_id]
+
+    def _hosted(self, worker: WorkerHandle, actor_id: int) -> Any:
+        """The creation record of the actor `worker` holds, if it is `actor_id`: a task a
+        driver leased the worker for (api._lease) gives the actor's CPUs back to wait."""
+        host = self.daemon.actors.get(actor_id)
+        return host.create if host is not None and host.worker is worker else None
 
     @staticmethod
     def _find(worker: WorkerHandle, task_id: int) -> Any:

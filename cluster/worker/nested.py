@@ -157,6 +157,9 @@ class NestedLink:
         sends them. Returns without raising on a timeout (the caller's own wait raises)."""
         worker = self.worker
         task_id = worker.task_id
+        holder = worker.cpus_holder() or task_id
+        # Queued tasks may run inside the wait, on this worker: not on an actor's.
+        inline = holder == task_id
         pending = [f for f in futures if not f.done()]
         missing = needed - (len(futures) - len(pending))
         if missing <= 0 or not task_id or (timeout is not None and timeout <= 0):
@@ -174,7 +177,7 @@ class NestedLink:
             hook(wake)
         del fut
         deadline = None if timeout is None else time.monotonic() + timeout
-        worker.send(Blocked(task_id))
+        worker.send(Blocked(holder, inline))
         try:
             while len(finished) < missing:
                 item = self._next_run()
@@ -191,7 +194,7 @@ class NestedLink:
                 if type(item) is Run:
                     self._inline(item)
                     if len(finished) < missing:
-                        worker.send(Blocked(task_id))  # ready for one more meanwhile
+                        worker.send(Blocked(holder))  # ready for one more meanwhile
                 elif type(item) is Fn:
                     worker.functions[item.fn_id] = item.blob
                 elif item is None:  # the daemon is gone: nothing will answer
@@ -200,7 +203,7 @@ class NestedLink:
                 else:
                     worker.backlog.append(item)
         finally:
-            worker.send(Unblocked(task_id))
+            worker.send(Unblocked(holder))
 
     def _next_run(self) -> Any:
         """A Run frame the worker's loop has not handled yet (it came after an earlier
@@ -244,9 +247,9 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
     if ref in results:
         return results.pop(ref)
     # A task (not an actor) gives its CPUs back while it waits, as for app futures.
-    blocked = worker.server is None and worker.task_id
+    blocked = worker.cpus_holder()
     if blocked:
-        worker.send(Blocked(worker.task_id, False))
+        worker.send(Blocked(blocked, False))
     deadline = None if timeout is None else time.monotonic() + timeout
     warn_at = time.monotonic() + CYCLE_WARNING_SECONDS
     kept: list[Any] = []
@@ -274,7 +277,7 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
     finally:
         worker.backlog[:0] = kept  # handled by the serve loop afterwards, in order
         if blocked:
-            worker.send(Unblocked(worker.task_id))
+            worker.send(Unblocked(blocked))
     return results.pop(ref)
 
 

@@ -120,6 +120,8 @@ class Worker:
         self._call_refs = 0
         self.inbuf = bytearray()
         self.server: Any = None              # ActorServer, once this worker holds an actor
+        self.actor_id = 0                    # the actor this worker holds (0: none)
+        self.leased = False                  # running a task its driver leased it for
         self.eof = False
         #: cluster.worker.nested: the link of apps' nested client; its reader's inbox.
         self.nested: Any = None
@@ -387,6 +389,7 @@ class Worker:
     def actor_create(self, m: ActorCreate) -> None:
         """Instantiate the actor's class; this process then serves only its calls."""
         max_concurrency = m.max_concurrency
+        self.actor_id = m.actor_id
         overrides = dict(m.env or {})
         if m.gpus is not None:
             overrides["CUDA_VISIBLE_DEVICES"] = m.gpus  # for the actor's whole life
@@ -414,6 +417,14 @@ class Worker:
                 print(f"direct calls disabled: {err}", file=sys.__stderr__)
         self.send(Created(m.actor_id, status, data, seconds, message, route))
 
+    def cpus_holder(self) -> int:
+        """The id whose CPUs a wait in the running code gives back: its task's, or, for a
+        task its driver leased this worker for, the lease actor's (which holds them);
+        0 for an actor's method (an actor keeps its CPUs)."""
+        if self.leased:
+            return self.actor_id
+        return self.task_id if self.server is None else 0
+
     def _daemon_readable(self) -> None:
         if not self._fill():
             self.eof = True
@@ -433,8 +444,12 @@ class Worker:
         if isinstance(message, DirectTask):  # a leased worker's task: run as a Run is
             if message.fn_blob:
                 self.functions[message.fn_id] = message.fn_blob
-            outcome = self.execute(call_id, message.fn_id, 0, message.name, message.args, {},
-                                   cwd=message.cwd, store=True)
+            self.leased = True
+            try:
+                outcome = self.execute(call_id, message.fn_id, 0, message.name, message.args,
+                                       {}, cwd=message.cwd, store=True)
+            finally:
+                self.leased = False
             self.end_children()
             reply(*outcome)
             if self.nested is not None:

@@ -219,6 +219,31 @@ def test_wait_with_progress_on_real_futures(run, monkeypatch, capsys):
     assert "6/6" in capsys.readouterr().err
 
 
+def test_leased_tasks_are_in_the_history(run):
+    # One-at-a-time tasks run on the driver's leased worker (api._lease), which the head
+    # never sees: the driver reports them afterwards, and they are recorded like the rest.
+    from api import _session
+
+    lease = _session.client().lease
+    while not lease.ready:
+        assert add(1, 1).result(timeout=60) == 2
+    before = lease.sent
+    ok = add(0, 1)
+    assert ok.result(timeout=60) == 1
+    bad = boom(9)
+    with pytest.raises(ValueError):
+        bad.result(timeout=60)
+    assert lease.sent - before == 2
+    assert _wait_written(run["history"], [ok.task_id, bad.task_id]) == 2
+    records = {r["task_id"]: r for r in
+               json.loads(ctl("history", "--cluster", "hist-a", "--json").stdout)}
+    done, failed = records[ok.task_id], records[bad.task_id]
+    assert done["name"] == "add" and done["state"] == "done" and done["node"]
+    assert done["submitted"] <= done["started"] <= done["finished"]
+    assert failed["state"] == "failed" and failed["error_type"] == "ValueError"
+    assert "bad input 9" in failed["error"]
+
+
 def test_history_outlives_down_and_a_head_crash(run, tmp_path):
     # Down (the last test of the module on this cluster): everything is still readable.
     assert ctl("down", "--cluster", "hist-a").returncode == 0

@@ -154,7 +154,9 @@ def _which() -> tuple[int, bool]:
 
 
 def test_crash_is_reported_and_the_replacement_is_forked_then_exec_d_without_zygote(
-        no_session):
+        no_session, monkeypatch):
+    # The pool's workers are the subject: one-at-a-time tasks must not go to a leased one.
+    monkeypatch.setenv("SHOAL_LEASE", "0")
     _start(fork=True)
     crash = api.python_app(_crash)
     which = api.python_app(_which)
