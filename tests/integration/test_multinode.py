@@ -183,3 +183,24 @@ def test_actor_restarts_on_another_node_after_its_node_is_lost(two_nodes):
         assert calls == 1, "the restarted actor ran __init__ again"
     finally:
         third.kill()
+
+
+def test_one_at_a_time_tasks_lease_a_worker_reached_over_tcp(two_nodes, monkeypatch):
+    # As from another host: the driver reaches the leased worker over TCP, not its socket
+    # file (api._direct.connect prefers the file only on the worker's own host).
+    from api import _direct, _session
+
+    cf, daemon = two_nodes
+    monkeypatch.setattr(_direct.socket, "gethostname", lambda: "a-login-node")
+    lease = _session.client().lease
+    deadline = time.monotonic() + 60
+    while not lease.ready:
+        assert time.monotonic() < deadline, "no lease after a minute of sync round trips"
+        node_name().result(timeout=60)
+    import socket
+
+    assert lease._conn is not None and lease._conn.sock.family == socket.AF_INET
+    before = lease.sent
+    parents = {node_name().result(timeout=60)[1] for _ in range(10)}
+    assert lease.sent - before == 10
+    assert len(parents) == 1 and parents <= {daemon.pid, cf.head_pid}
