@@ -29,6 +29,7 @@ from typing import Any
 from api import _cancel, _errors
 from api._direct import DirectCalls
 from api._futures import AppFuture, CallbackThread, FutureLock, Stored, block, format_id
+from api._held import HeldSubmissions
 from api._lease import TaskLease
 from api._objects import ObjectClient
 from api._transport import LaneTransport, Transport
@@ -37,7 +38,7 @@ from cluster.common.ids import DRIVER_SHIFT
 from cluster.common.protocol import pb, to_dict
 
 
-class Client:
+class Client(HeldSubmissions):
     """A connected driver. Made by :func:`api.init`; not part of the public API."""
 
     def __init__(self, targets: list[str], secret: str, *, log_to_driver: bool = True,
@@ -87,6 +88,14 @@ class Client:
         self._deferred: dict[Any, deque[tuple[list[AppFuture], Callable[[], None],
                                               Callable[[BaseException], None]]]] = {}
         self._defer_lock = threading.RLock()
+        #: Submissions held in the driver until their dependencies are known to the head:
+        #: task id -> the key of the queue it waits in. A submission depending on one waits
+        #: in the same queue (the head must see them in order: it fails a task whose
+        #: dependency it never heard of).
+        self._held: dict[int, Any] = {}
+        #: Held submissions that never reached the head (failed in the driver, or
+        #: cancelled): task id -> (name, error), for the submissions held behind them.
+        self._held_failed: dict[int, tuple[str, BaseException]] = {}
         # Workflow control (api._cancel): cancel requests, retry_handler answers, and the
         # tasks whose CANCELLED result ends them as cancelled futures.
         self._cancels: list[pb.CancelRequest] = []
@@ -316,97 +325,33 @@ class Client:
             self._futures[task_id] = future
 
         def send() -> None:
+            self._held.pop(task_id, None)
+            if future.done():  # cancelled while held
+                self._held_failed[task_id] = (future.name, _errors.TaskCancelledError(
+                    f"actor call {future.name!r} was cancelled"))
+                self.direct.head_done(task_id)
+                return
+            failure = self._failed_dependency(deps)
+            if failure is not None:
+                fail(failure)
+                return
             with self._lock:
                 self._submits.append(spec)
             self._transport.flush()
 
         def fail(err: BaseException) -> None:
+            self._held.pop(task_id, None)
+            self._held_failed[task_id] = (future.name, err)
             self._fail_locally(future, err)
             self.direct.head_done(task_id)
 
-        if actor_id in self._deferred or (deps and self._unknown_to_head(deps)):
-            self._when_known(actor_id, deps, future, send, fail)
-        else:
-            send()
-
-    # ---- dependencies the head does not know (direct actor calls) --------------------------
-    def _unknown_to_head(self, deps: list[int]) -> list[AppFuture]:
-        """The direct-call futures among `deps` (results the head never heard of)."""
-        if not self._actor_futures:
-            return []
-        found = []
-        for dep in deps:
-            fut = self._actor_futures.get(dep)
-            if fut is not None:
-                found.append(fut)
-        return found
-
-    def _when_known(self, key: Any, deps: list[int], future: AppFuture,
-                    send: Callable[[], None], fail: Callable[[BaseException], None]) -> None:
-        """Run `send()` once the head knows every one of `deps`, after every earlier
-        submission of the same `key` (an actor id: a caller's calls keep their order);
-        `fail(err)` instead when a direct call among `deps` failed."""
         with self._defer_lock:
-            waiting = self._unknown_to_head(deps)
-            self._deferred.setdefault(key, deque()).append((waiting, send, fail))
-            self._drain(key)
-
-    def _drain(self, key: Any) -> None:
-        """Send the submissions of `key` whose dependencies have resolved, in order; wait
-        (a completion hook, not a thread) on the first that has one unresolved."""
-        with self._defer_lock:
-            queue = self._deferred.get(key)
-            while queue:
-                waiting, send, fail = queue[0]
-                pending = next((f for f in waiting if not f.done()), None)
-                if pending is not None:
-                    pending.when_done(lambda _done: self._drain(key))
-                    return
-                queue.popleft()
-                failure = None
-                for fut in waiting:
-                    failure = self._publish(fut)
-                    if failure is not None:
-                        break
-                if failure is not None:
-                    fail(failure)
-                elif not self._lost:
-                    send()
-            self._deferred.pop(key, None)
-
-    def _publish(self, fut: AppFuture) -> BaseException | None:
-        """Tell the head the value of a finished direct call (a put under its id), once;
-        returns the call's error instead when it failed."""
-        if self._actor_futures.get(fut.task_id) is not fut:
-            return None  # published already
-        if fut.stored:  # stored results are registered with the head
-            with self._lock:
-                self._actor_futures.pop(fut.task_id, None)
-            return None
-        err = fut.exception()
-        if err is not None:
-            text = str(err).split("\n", 1)[0]
-            return _errors.DependencyError(
-                f"dependency {fut.name} (task {format_id(fut.task_id)}) failed: {text}",
-                dependency=fut.name)
-        try:
-            self.put(self.objects.value_message(fut.task_id, fut.result()))
-        except Exception as failure:  # noqa: BLE001 - the dependent fails with it
-            return failure
-        with self._lock:
-            self._actor_futures.pop(fut.task_id, None)
-        return None
-
-    def make_known(self, ids: list[int]) -> None:
-        """Tell the head the values of the direct calls among `ids` now, waiting for
-        those still running: a put nesting them makes the head hold them. Raises the
-        DependencyError of one that failed."""
-        for fut in self._unknown_to_head(ids):
-            fut.exception()  # waits until it is done
-            with self._defer_lock:
-                err = self._publish(fut)
-            if err is not None:
-                raise err
+            also = self._held_elsewhere(deps, actor_id) if deps else []
+            if actor_id in self._deferred or also or (deps and self._unknown_to_head(deps)):
+                self._held[task_id] = actor_id
+                self._when_known(actor_id, deps, future, send, fail, also)
+                return
+        send()
 
     def _fail_locally(self, future: AppFuture, err: BaseException) -> None:
         """Fail a submission that never reached the head."""
@@ -455,22 +400,8 @@ class Client:
         self.check_connected()
         if not local and spec.kind <= pb.BASH and self.lease.offer(spec, fn_blob, future):
             return  # sent straight to the driver's leased worker
-        if spec.deps and self._unknown_to_head(spec.deps):
-            spec.fn_blob = fn_blob  # (sent later: it cannot count on an earlier spec's)
-            with self._lock:
-                self._futures[spec.task_id] = future
-
-            def send() -> None:
-                if future.done():
-                    return  # cancelled while held
-                with self._lock:
-                    if local:
-                        self._actor_futures.pop(spec.task_id, None)
-                    self._submits.append(spec)
-                self._transport.flush()
-
-            self._when_known(("task", spec.task_id), list(spec.deps), future, send,
-                             lambda err: self._fail_locally(future, err))
+        if spec.deps and (self._actor_futures or self._held) and self._hold(spec, fn_blob,
+                                                                            future, local):
             return
         with self._lock:
             if spec.fn_id not in self._sent_functions:
@@ -579,7 +510,7 @@ class Client:
                     actor_call = spec.kind == pb.ACTOR_CALL
                     break
             else:
-                if ("task", task_id) not in self._deferred:
+                if task_id not in self._held:
                     return False
                 self._futures.pop(task_id, None)
                 return True  # its send() sees the future cancelled and sends nothing

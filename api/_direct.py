@@ -306,7 +306,7 @@ class DirectCalls:
         self._head(to_head)
 
     def close(self) -> None:
-        for state in self.routes.values():
+        for state in list(self.routes.values()):  # (a lease given back forgets its route)
             if state.conn is not None:
                 state.conn.close()
                 state.conn = None

@@ -191,3 +191,60 @@ def test_tasks_the_lease_does_not_take_go_through_the_head(cluster):
     assert square.options(max_retries=1)(4).result(timeout=60) == 16
     assert square.options(walltime=30)(4).result(timeout=60) == 16
     assert lease.sent == before
+
+
+@api.python_app
+def inc(x):
+    return x + 1
+
+
+def test_a_chain_starting_with_a_leased_task(cluster):
+    # The second link waits in the driver until the head knows the first (leased) one's
+    # value; the third depends on that held second one and must reach the head after it.
+    _leased()
+    fut = square(3)
+    for _ in range(30):
+        fut = inc(fut)
+    assert fut.result(timeout=60) == 9 + 30
+
+
+def test_a_chain_after_a_failed_leased_task_fails_as_a_dependency(cluster):
+    _leased()
+    first = inc(boom("x"))
+    second = inc(first)
+    with pytest.raises(api.DependencyError):
+        first.result(timeout=60)
+    with pytest.raises(api.DependencyError):
+        second.result(timeout=60)
+    assert inc(inc(square(2))).result(timeout=60) == 6
+
+
+@api.actor
+class Counter:
+    def __init__(self):
+        self.n = 0
+
+    def bump(self):
+        self.n += 1
+        return self.n
+
+
+def test_a_chain_starting_with_a_direct_actor_call(cluster):
+    counter = Counter()
+    assert counter.bump().result(timeout=60) == 1
+    fut = counter.bump()  # direct: the head learns its value only when a task needs it
+    for _ in range(10):
+        fut = inc(fut)
+    assert fut.result(timeout=60) == 2 + 10
+
+
+def test_cancelling_a_held_link_fails_what_is_held_behind_it(cluster):
+    _leased()
+    first = sleep_for(0.5)   # leased, running
+    second = inc(first)      # held in the driver until the head knows first's value
+    third = inc(second)      # held behind second
+    assert second.cancel() is True
+    with pytest.raises(api.DependencyError, match="cancelled"):
+        third.result(timeout=60)
+    assert first.result(timeout=60) == 0.5
+    assert second.cancelled()

@@ -1,0 +1,201 @@
+"""Submissions the driver holds until the head can take them (a part of
+:class:`api._client.Client`: a mixin, the same object, split out so neither file grows
+past the layout test's cap).
+
+The head fails a task whose dependency it never heard of. Two kinds of value are known
+only here: the results of direct actor calls and of tasks run on the driver's leased
+worker (:mod:`api._lease`), and the submissions held here themselves. A submission
+depending on the first kind waits until that value is done, and the head is told it (a
+put); one depending on a held submission waits in the same queue, behind it, so the head
+sees them in order (a chain whose first link ran leased, as the benchmark's chain does
+right after its sync round trips).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from api import _errors
+from api._futures import AppFuture, format_id
+from cluster.common.protocol import pb
+
+
+class HeldSubmissions:
+    """The client's held submissions (see the module docstring)."""
+
+    # Set by the client (declared for readers and type checkers).
+    _actor_futures: weakref.WeakValueDictionary[int, AppFuture]
+    _futures: dict[int, AppFuture]
+    _lock: threading.Lock
+    _defer_lock: threading.RLock
+    _deferred: dict[Any, deque[tuple[list[AppFuture], Callable[[], None],
+                                     Callable[[BaseException], None]]]]
+    _held: dict[int, Any]
+    _held_failed: dict[int, tuple[str, BaseException]]
+    _submits: list[pb.TaskSpec]
+    _lost: str
+    _transport: Any
+    objects: Any
+
+    def put(self, value: pb.Value) -> None: ...
+
+    def _fail_locally(self, future: AppFuture, err: BaseException) -> None: ...
+
+    # ---- dependencies the head does not know (direct actor calls) --------------------------
+    def _unknown_to_head(self, deps: list[int]) -> list[AppFuture]:
+        """The direct-call futures among `deps` (results the head never heard of)."""
+        if not self._actor_futures:
+            return []
+        found = []
+        for dep in deps:
+            fut = self._actor_futures.get(dep)
+            if fut is not None:
+                found.append(fut)
+        return found
+
+    def _when_known(self, key: Any, deps: list[int], future: AppFuture,
+                    send: Callable[[], None], fail: Callable[[BaseException], None],
+                    also: list[AppFuture] | None = None) -> None:
+        """Run `send()` once the head knows every one of `deps`, after every earlier
+        submission of the same `key` (an actor id: a caller's calls keep their order);
+        `fail(err)` instead when a direct call among `deps` failed. `also`: futures to
+        wait for as well (submissions held in other queues)."""
+        with self._defer_lock:
+            waiting = self._unknown_to_head(deps) + (also or [])
+            self._deferred.setdefault(key, deque()).append((waiting, send, fail))
+            self._drain(key)
+
+    def _drain(self, key: Any) -> None:
+        """Send the submissions of `key` whose dependencies have resolved, in order; wait
+        (a completion hook, not a thread) on the first that has one unresolved."""
+        with self._defer_lock:
+            queue = self._deferred.get(key)
+            while queue:
+                waiting, send, fail = queue[0]
+                pending = next((f for f in waiting if not f.done()), None)
+                if pending is not None:
+                    pending.when_done(lambda _done: self._drain(key))
+                    return
+                queue.popleft()
+                failure = None
+                for fut in waiting:
+                    failure = self._publish(fut)
+                    if failure is not None:
+                        break
+                if failure is not None:
+                    fail(failure)
+                elif not self._lost:
+                    send()
+            self._deferred.pop(key, None)
+
+    def _publish(self, fut: AppFuture) -> BaseException | None:
+        """Tell the head the value of a finished direct call (a put under its id), once;
+        returns the call's error instead when it failed."""
+        if self._actor_futures.get(fut.task_id) is not fut:
+            return None  # published already
+        if fut.stored:  # stored results are registered with the head
+            with self._lock:
+                self._actor_futures.pop(fut.task_id, None)
+            return None
+        err = fut.exception()
+        if err is not None:
+            text = str(err).split("\n", 1)[0]
+            return _errors.DependencyError(
+                f"dependency {fut.name} (task {format_id(fut.task_id)}) failed: {text}",
+                dependency=fut.name)
+        try:
+            self.put(self.objects.value_message(fut.task_id, fut.result()))
+        except Exception as failure:  # noqa: BLE001 - the dependent fails with it
+            return failure
+        with self._lock:
+            self._actor_futures.pop(fut.task_id, None)
+        return None
+
+    def make_known(self, ids: list[int]) -> None:
+        """Tell the head the values of the direct calls among `ids` now, waiting for
+        those still running: a put nesting them makes the head hold them. Raises the
+        DependencyError of one that failed."""
+        for fut in self._unknown_to_head(ids):
+            fut.exception()  # waits until it is done
+            with self._defer_lock:
+                err = self._publish(fut)
+            if err is not None:
+                raise err
+
+    def _hold(self, spec: pb.TaskSpec, fn_blob: bytes, future: AppFuture, local: bool) -> bool:
+        """Hold `spec` here if the head cannot take it yet: a dependency is a direct call's
+        (or leased task's) result the head has not been told, or a submission held here
+        itself. False: send it now."""
+        task_id = spec.task_id
+        with self._defer_lock:
+            key = self._held_key(spec.deps)
+            if key is None and not self._unknown_to_head(spec.deps):
+                return False
+            key = key or ("task", task_id)
+            self._held[task_id] = key
+            spec.fn_blob = fn_blob  # (sent later: it cannot count on an earlier spec's)
+            with self._lock:
+                self._futures[task_id] = future
+
+            def send() -> None:
+                self._held.pop(task_id, None)
+                if future.done():  # cancelled while held
+                    self._held_failed[task_id] = (future.name, _errors.TaskCancelledError(
+                        f"app {future.name!r} was cancelled"))
+                    return
+                failure = self._failed_dependency(spec.deps)
+                if failure is not None:
+                    fail(failure)
+                    return
+                with self._lock:
+                    if local:
+                        self._actor_futures.pop(task_id, None)
+                    self._submits.append(spec)
+                self._transport.flush()
+
+            def fail(err: BaseException) -> None:
+                self._held.pop(task_id, None)
+                self._held_failed[task_id] = (future.name, err)
+                self._fail_locally(future, err)
+
+            self._when_known(key, list(spec.deps), future, send, fail,
+                             self._held_elsewhere(spec.deps, key))
+        return True
+
+    def _held_key(self, deps: Iterable[int]) -> Any:
+        """The queue of a submission among `deps` still held here, or None (call with
+        the defer lock held)."""
+        if not self._held:
+            return None
+        for dep in deps:
+            key = self._held.get(dep)
+            if key is not None:
+                return key
+        return None
+
+    def _held_elsewhere(self, deps: Iterable[int], key: Any) -> list[AppFuture]:
+        """Futures of submissions among `deps` held in a queue other than `key`: waited
+        for until done (by then they reached the head)."""
+        if not self._held:
+            return []
+        return [f for d in deps if self._held.get(d, key) != key
+                and (f := self._futures.get(d)) is not None]
+
+    def _failed_dependency(self, deps: Iterable[int]) -> BaseException | None:
+        """The DependencyError for a held submission whose dependency never reached the
+        head (it failed or was cancelled here), or None."""
+        if not self._held_failed:
+            return None
+        for dep in deps:
+            failed = self._held_failed.get(dep)
+            if failed is not None:
+                name, err = failed
+                text = str(err).split("\n", 1)[0]
+                return _errors.DependencyError(
+                    f"dependency {name} (task {format_id(dep)}) did not run: {text}",
+                    dependency=name)
+        return None
