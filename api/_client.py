@@ -336,8 +336,7 @@ class Client(HeldSubmissions):
                 fail(failure)
                 return
             with self._lock:
-                self._submits.append(spec)
-            self._transport.flush()
+                self._submits.append(spec)  # (written by _drain, or just below)
 
         def fail(err: BaseException) -> None:
             self._held.pop(task_id, None)
@@ -352,6 +351,7 @@ class Client(HeldSubmissions):
                 self._when_known(actor_id, deps, future, send, fail, also)
                 return
         send()
+        self._transport.flush()
 
     def _fail_locally(self, future: AppFuture, err: BaseException) -> None:
         """Fail a submission that never reached the head."""

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.common import status, wire
-from cluster.common.messages import DirectCall, DirectReply
+from cluster.common.messages import DirectAck, DirectCall, DirectReply
 
 
 class CallConn:
@@ -271,7 +271,7 @@ class DirectCalls:
         if call is not None:
             data = reply.data
             if type(data) is tuple:
-                self._stored(call, data)
+                self._stored(state, call, data)
             else:
                 self._resolve(call[4], reply.status, data, reply.message, call[5])
         if state.held:
@@ -280,8 +280,10 @@ class DirectCalls:
                 self._drain(state, to_head)
             self._head(to_head)
 
-    def _stored(self, call: tuple, data: tuple) -> None:
-        resolve_stored(self._client, call[0], call[4], call[5], data, self._resolve)
+    def _stored(self, state: ActorRoute, call: tuple, data: tuple) -> None:
+        conn = state.conn
+        resolve_direct(self._client, call[0], call[4], call[5], data, self._resolve,
+                       lambda: conn is not None and conn.send(DirectAck(call[0])))
 
     def _on_lost(self, state: ActorRoute, sock: socket.socket) -> None:
         """The actor's worker went away (it died, or was killed): retry what was in flight
@@ -315,22 +317,38 @@ class DirectCalls:
         return self.routes.get(actor_id)
 
 
-def resolve_stored(client: Any, task_id: int, future: Any, name: str, data: tuple,
-                   resolve: Callable[..., None]) -> None:
-    """A direct call's (or leased task's) result sealed in its worker's node store: register
-    it with the head as a put held by this driver (before the future resolves, so anything
-    the caller submits with it reaches the head after the put), then resolve the future to
-    load it when asked. `data` is the reply's ``("stored", size, node id, nested refs)``."""
+def resolve_direct(client: Any, task_id: int, future: Any, name: str, data: tuple,
+                   resolve: Callable[..., None], ack: Callable[[], object]) -> None:
+    """A direct call's (or leased task's) result that the head must hold for the caller:
+    ``("stored", size, node id, nested refs)``, sealed in the worker's node store, or
+    ``("inline", bytes, nested refs)``, small but with refs inside. It is registered with
+    the head as a put held by this driver (before the future resolves, so anything the
+    caller submits with it reaches the head after the put), then the future resolves to
+    load it when asked. With refs inside, the head must have the put before the worker
+    lets its own refs go: a get of it is the barrier (the head answers after the put),
+    then `ack()` tells the worker (a result's ref was lost, "not held by the cluster",
+    when the worker's release overtook the put)."""
     from api._futures import Stored
     from cluster.common.protocol import pb
 
-    _, size, node_id, nested = data
     if client is None:
         resolve(future, status.OBJECT_LOST, b"",
                 "the result is in the worker's node store but this driver cannot "
                 "register it", name)
         return
-    client.put(pb.Value(id=task_id, size=size, holders=[node_id], nested=nested))
+    if data[0] == "stored":
+        _, size, node_id, nested = data
+        client.put(pb.Value(id=task_id, size=size, holders=[node_id], nested=nested))
+        result = pb.TaskResult(task_id=task_id, status=pb.OK, size=size, holders=[node_id])
+    else:
+        _, blob, nested = data
+        client.put(pb.Value(id=task_id, data=blob, nested=nested))
+        result = pb.TaskResult(task_id=task_id, status=pb.OK, data=blob)
+    if nested:
+        try:
+            client.get_values([task_id], 30.0)
+        except Exception:  # noqa: BLE001 - the head is gone: nothing holds anything now
+            pass
+        ack()
     # nested stays off the result: the put holds those refs, the future does not.
-    future.set_result(Stored(pb.TaskResult(task_id=task_id, status=pb.OK, size=size,
-                                           holders=[node_id])))
+    future.set_result(Stored(result))

@@ -72,25 +72,33 @@ class HeldSubmissions:
     def _drain(self, key: Any) -> None:
         """Send the submissions of `key` whose dependencies have resolved, in order; wait
         (a completion hook, not a thread) on the first that has one unresolved."""
-        with self._defer_lock:
-            queue = self._deferred.get(key)
-            while queue:
-                waiting, send, fail = queue[0]
-                pending = next((f for f in waiting if not f.done()), None)
-                if pending is not None:
-                    pending.when_done(lambda _done: self._drain(key))
-                    return
-                queue.popleft()
-                failure = None
-                for fut in waiting:
-                    failure = self._publish(fut)
+        sent = False
+        try:
+            with self._defer_lock:
+                queue = self._deferred.get(key)
+                while queue:
+                    waiting, send, fail = queue[0]
+                    pending = next((f for f in waiting if not f.done()), None)
+                    if pending is not None:
+                        pending.when_done(lambda _done: self._drain(key))
+                        return
+                    queue.popleft()
+                    failure = None
+                    for fut in waiting:
+                        failure = self._publish(fut)
+                        if failure is not None:
+                            break
                     if failure is not None:
-                        break
-                if failure is not None:
-                    fail(failure)
-                elif not self._lost:
-                    send()
-            self._deferred.pop(key, None)
+                        fail(failure)
+                    elif not self._lost:
+                        send()  # (queues the submission; written below, in one batch)
+                        sent = True
+                self._deferred.pop(key, None)
+        finally:
+            # One write for all: a chain held behind its first link (a leased task) is
+            # 999 submissions, one write each was 999 batches for the head.
+            if sent:
+                self._transport.flush()
 
     def _publish(self, fut: AppFuture) -> BaseException | None:
         """Tell the head the value of a finished direct call (a put under its id), once;
@@ -154,8 +162,7 @@ class HeldSubmissions:
                 with self._lock:
                     if local:
                         self._actor_futures.pop(task_id, None)
-                    self._submits.append(spec)
-                self._transport.flush()
+                    self._submits.append(spec)  # (_drain flushes once for all it sends)
 
             def fail(err: BaseException) -> None:
                 self._held.pop(task_id, None)

@@ -12,9 +12,9 @@ Which tasks go to the lease (:func:`eligible`): Python apps with the default res
 CPU), no future or ref arguments, no retries, walltime, retry handler or extra
 environment. Everything else, and every task submitted while another is in flight, goes
 through the head as before: bursts spread over the cluster's workers, and the head places
-what needs placing. The lease is given back (the actor killed) as soon as the driver
-submits a second task while one is in flight (a burst begins: the CPU is for its tasks),
-and after :data:`IDLE_SECONDS` without use, so an idle driver holds no CPU.
+what needs placing. The leased worker holds its CPU only while it runs a task (see
+:data:`HELD`); the lease is given back (the actor killed) after :data:`IDLE_SECONDS`
+without use.
 
 The head never sees a leased task: its result resolves the future here, and, as for a
 direct actor call, the head is told the value only when a task submitted through it
@@ -35,25 +35,26 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from api._direct import CallConn, connect, resolve_stored
+from api._direct import CallConn, connect, resolve_direct
 from cluster.common import serialization, status
-from cluster.common.messages import DirectReply, DirectTask
+from cluster.common.messages import DirectAck, DirectReply, DirectTask
 from cluster.common.protocol import pb
 
 #: Sync round trips in a row before the driver leases a worker: one alone does not pay
 #: for starting an actor (a fork and two messages), a loop does.
 START_STREAK = 3
 
-#: A lease unused this long is given back (its actor killed, its worker gone).
-IDLE_SECONDS = 1.0
+#: A lease unused this long is given back (its actor killed, its worker's memory free).
+IDLE_SECONDS = 2.0
 
 #: The resources of a task the lease runs: python_app's defaults (one CPU).
 LEASED = pb.Resources(cpus=1.0)
 
 #: What the lease's actor holds on the head's books: the CPU its task needs, as through
-#: the head. A leased task that waits for tasks it submitted gives it back meanwhile, as a
-#: task through the head does (its worker names the lease's actor in ``Blocked``): holding
-#: it deadlocked such a task on a one-CPU cluster, its children queued behind it.
+#: the head, and only while it runs a task. The leased worker gives it back when it has
+#: been idle for 5 ms (cluster.worker.worker.LEASE_IDLE_SECONDS), and while its task
+#: waits for tasks it submitted, as any task does: held between tasks it kept a burst's
+#: tasks from a CPU, and deadlocked a parent waiting for its child on a one-CPU node.
 HELD = LEASED
 
 _CLASS_BLOB = serialization.dumps_function(object)  # the actor holds no state of its own
@@ -82,8 +83,7 @@ def eligible(spec: pb.TaskSpec) -> bool:
 def decide(quiet: bool, fits: bool, leased: bool, ready: bool, busy: bool,
            streak: int) -> str:
     """What the driver does with one submission: ``"direct"`` (send it to the leased
-    worker), ``"start"`` (lease a worker and send it there once connected), ``"release"``
-    (give the lease back, its CPU being wanted: send it through the head) or ``"head"``.
+    worker), ``"start"`` (lease a worker and send it there once connected) or ``"head"``.
     `quiet`: nothing else of the driver's is in flight; `fits`: the task is
     :func:`eligible`; `leased`: a lease exists or is being made, `ready`: it is connected,
     `busy`: a task runs on it (or waits for it); `streak`: quiet eligible submissions in a
@@ -97,23 +97,18 @@ def decide(quiet: bool, fits: bool, leased: bool, ready: bool, busy: bool,
     >>> decide(quiet=True, fits=True, leased=False, ready=False, busy=False, streak=0)
     'head'
     >>> decide(quiet=True, fits=True, leased=True, ready=True, busy=True, streak=9)
-    'release'
-    >>> decide(quiet=False, fits=True, leased=True, ready=True, busy=False, streak=9)
-    'release'
-    >>> decide(quiet=True, fits=False, leased=True, ready=True, busy=False, streak=9)
-    'release'
-    >>> decide(quiet=True, fits=False, leased=False, ready=False, busy=False, streak=9)
     'head'
-
-    A task through the head while a lease holds a CPU gives it back first: on a one-CPU
-    node that task would otherwise wait for the lease to sit idle for IDLE_SECONDS.
+    >>> decide(quiet=False, fits=True, leased=True, ready=True, busy=False, streak=9)
+    'head'
+    >>> decide(quiet=True, fits=False, leased=True, ready=True, busy=False, streak=9)
+    'head'
     """
-    if leased and (busy or not quiet or not fits or not ready):
-        return "release"
-    if not quiet or not fits:
+    if not quiet or not fits or busy:
         return "head"
     if ready:
         return "direct"
+    if leased:  # being made: the task that began it waits for it
+        return "head"
     return "start" if streak + 1 >= START_STREAK else "head"
 
 
@@ -152,8 +147,8 @@ class TaskLease:
     # ---- submitting ----------------------------------------------------------------------
     def offer(self, spec: pb.TaskSpec, fn_blob: bytes, future: Any) -> bool:
         """Take `spec` for the leased worker if it should go there (sent now, or once a
-        lease being made is connected); False: the caller sends it through the head
-        (and this may have given the lease back). Called outside the client's lock."""
+        lease being made is connected); False: the caller sends it through the head.
+        Called outside the client's lock."""
         others = max(0, self._client.tasks_in_flight() - self._creating)
         if not self.actor_id and (others or self._disabled):
             self._streak = 0  # (the burst path: no lock taken)
@@ -170,12 +165,6 @@ class TaskLease:
             elif action == "start":
                 self._held = (spec, fn_blob, future)
                 start = self._start()
-            elif action == "release":
-                self._streak = 0
-                if self._busy is not None:
-                    self._release_after = True
-                else:
-                    self._give_back()
         if start is not None:
             self._client.track_local(future)  # (a dependent waits for it in the driver)
             self._client.submit(*start)
@@ -302,7 +291,7 @@ class TaskLease:
     def _reap(self, actor_id: int) -> None:
         """Give the lease back once it has been idle for IDLE_SECONDS."""
         while True:
-            time.sleep(IDLE_SECONDS / 4)
+            time.sleep(min(0.25, IDLE_SECONDS / 4))  # (IDLE_SECONDS may change meanwhile)
             with self._lock:
                 if actor_id != self.actor_id:
                     return
@@ -359,7 +348,9 @@ class TaskLease:
         spec, future = busy[0], busy[2]
         data = reply.data
         if type(data) is tuple:
-            resolve_stored(self._client, spec.task_id, future, spec.name, data, self._resolve)
+            conn = self._conn
+            resolve_direct(self._client, spec.task_id, future, spec.name, data, self._resolve,
+                           lambda: conn is not None and conn.send(DirectAck(spec.task_id)))
         else:
             self._resolve(future, reply.status, data, reply.message, spec.name)
         self._report(busy, reply.status, b"" if type(data) is tuple else data, reply.message)

@@ -272,9 +272,11 @@ class DirectCall(NamedTuple):
 
 @_tag("r")
 class DirectReply(NamedTuple):
-    """The actor worker's answer to a :class:`DirectCall`: ``data`` is the pickled value,
-    or ``("stored", size, node id, nested refs)`` for a result sealed in the actor's node
-    store under ``call_id`` (the caller registers it with the head, as a put)."""
+    """The worker's answer to a :class:`DirectCall` or :class:`DirectTask`: ``data`` is
+    the pickled value, ``("stored", size, node id, nested refs)`` for a result sealed in
+    the worker's node store under ``call_id``, or ``("inline", bytes, nested refs)`` for a
+    small one with refs inside (the caller registers either with the head, as a put, and
+    with refs inside answers :class:`DirectAck` once the head has it)."""
 
     call_id: int
     status: int
@@ -296,16 +298,25 @@ class DirectTask(NamedTuple):
     cwd: str
 
 
+@_tag("ack")
+class DirectAck(NamedTuple):
+    """Caller -> worker: the head now holds the refs inside the result of `call_id` (the
+    caller's put of it arrived there first), so the worker may let its own go."""
+
+    call_id: int
+
+
 @_tag("denied")
 class Denied(NamedTuple):
     """The caller's first frame was not the cluster secret; the connection closes."""
 
 
-assert len(TYPES) == 23, "a message type without its tag"
+assert len(TYPES) == 24, "a message type without its tag"
 
 #: Any one message.
 Message = (Fn | Run | ActorCreate | ActorCall | CallResult | AllocReply | Exit | Ready | Done
-           | Created | Log | Call | Alloc | DirectCall | DirectReply | DirectTask | Denied
+           | Created | Log | Call | Alloc | DirectCall | DirectReply | DirectTask | DirectAck
+           | Denied
            | NestedOut | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
 
 _new = tuple.__new__

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 
 from cluster.common import wire
-from cluster.common.messages import Denied, DirectCall, DirectTask
+from cluster.common.messages import Denied, DirectAck, DirectCall, DirectTask
 
 
 class DirectConn:
@@ -76,9 +76,13 @@ class ActorServer:
         """Also watch the daemon's socket."""
         self.selector.register(sock, selectors.EVENT_READ, on_readable)
 
-    def poll(self, on_call: Callable[[DirectConn, DirectCall | DirectTask], None]) -> None:
-        """Wait for and handle one round of events (blocking)."""
-        events = self.selector.select()
+    def poll(self, on_call: Callable[[DirectConn, DirectCall | DirectTask | DirectAck], None],
+             timeout: float | None = None) -> bool:
+        """Wait for and handle one round of events (blocking, at most `timeout` seconds);
+        False if none came."""
+        events = self.selector.select(timeout)
+        if not events:
+            return False
         # The daemon first: if it is gone, we must not serve another call.
         events.sort(key=lambda e: not callable(e[0].data) or isinstance(e[0].data, DirectConn))
         for key, _ in events:
@@ -88,6 +92,7 @@ class ActorServer:
                 self._read(key.data, on_call)
             else:
                 key.data()
+        return True
 
     def _accept(self, listener: socket.socket) -> None:
         try:
@@ -107,7 +112,7 @@ class ActorServer:
         conn.sock.close()
 
     def _read(self, conn: DirectConn,
-              on_call: Callable[[DirectConn, DirectCall | DirectTask], None]) -> None:
+              on_call: Callable[[DirectConn, DirectCall | DirectTask | DirectAck], None]) -> None:
         try:
             data = conn.sock.recv(wire.RECV_SIZE)
         except OSError:
@@ -129,7 +134,7 @@ class ActorServer:
             except Exception:  # noqa: BLE001 - a malformed frame ends the connection
                 self._drop(conn)
                 return
-            if type(message) is DirectCall or type(message) is DirectTask:
+            if type(message) in (DirectCall, DirectTask, DirectAck):
                 on_call(conn, message)
 
     def close(self) -> None:

@@ -143,7 +143,7 @@ class NestedLink:
     def after_task(self, task_id: int, failed: bool) -> None:
         """Called once the task's Done is sent: send the releases held back, and tell the
         head the task ended if it started children."""
-        if self.holding:
+        if self.holding and not self.worker.awaiting_ack:
             self.holding = False
             self.release_held()
         if task_id in self.parents:

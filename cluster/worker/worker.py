@@ -31,18 +31,20 @@ from cluster.common.messages import (
     ActorCreate,
     Alloc,
     AllocReply,
+    Blocked,
     Call,
     CallResult,
     Created,
+    DirectAck,
     DirectCall,
     DirectReply,
     DirectTask,
     Done,
     Exit,
     Fn,
-    Log,
     Ready,
     Run,
+    Unblocked,
 )
 from cluster.common.proctree import kill_tree
 from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
@@ -51,50 +53,16 @@ from cluster.store.objectstore import StoreFullError, WriteMappings
 from cluster.worker import nested, taskfiles
 
 FLUSH_SECONDS = 0.2
+#: A leased worker idle this long after a task gives its CPU back (Blocked, as a waiting
+#: task does) and takes it again (Unblocked) with its next task: held between tasks, it
+#: kept a burst's tasks from a CPU no task used. Longer than the gaps of a sync loop
+#: (~0.1 ms: no extra frame there); an actor proper holds its CPUs for life.
+LEASE_IDLE_SECONDS = 0.005
 #: How many of a failed bash app's last stderr lines its BashExitFailure carries.
 STDERR_TAIL_LINES = 20
 #: Linux prctl options (linux/prctl.h).
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-
-
-class TaskOutput:
-    """Stands in for sys.stdout/sys.stderr while a task runs: forwards text to the daemon
-    (which prints it in the driver) and writes it to the task's log file."""
-
-    def __init__(self, worker: Worker, is_stderr: bool) -> None:
-        self._worker = worker
-        self._is_stderr = is_stderr
-        self._parts: list[str] = []
-        self._last = time.monotonic()
-        self.encoding = "utf-8"
-        self.errors = "replace"
-
-    def write(self, text: str) -> int:
-        if not isinstance(text, str):
-            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
-        self._parts.append(text)
-        self._worker.log_to_file(text)
-        if "\n" in text and time.monotonic() - self._last > FLUSH_SECONDS:
-            self.flush()
-        return len(text)
-
-    def flush(self) -> None:
-        if self._parts:
-            text = "".join(self._parts)
-            self._parts.clear()
-            self._worker.send(Log(self._worker.task_id, self._worker.task_name, text,
-                                  self._is_stderr))
-        self._last = time.monotonic()
-
-    def isatty(self) -> bool:
-        return False
-
-    def fileno(self) -> int:
-        raise OSError("task output has no file descriptor")
-
-    def writable(self) -> bool:
-        return True
 
 
 class Worker:
@@ -108,8 +76,8 @@ class Worker:
         self.log_dir = os.environ.get("SHOAL_LOG_DIR", "")
         self._log_file: TextIO | None = None
         self._real_stdout, self._real_stderr = sys.stdout, sys.stderr
-        self.out = TaskOutput(self, False)
-        self.err = TaskOutput(self, True)
+        self.out = taskfiles.TaskOutput(self, False, FLUSH_SECONDS)
+        self.err = taskfiles.TaskOutput(self, True, FLUSH_SECONDS)
         self._cwd = os.getcwd()
         self.actor: Any = None
         self.actor_loop: Any = None          # asyncio loop thread for async actors
@@ -122,6 +90,12 @@ class Worker:
         self.server: Any = None              # ActorServer, once this worker holds an actor
         self.actor_id = 0                    # the actor this worker holds (0: none)
         self.leased = False                  # running a task its driver leased it for
+        #: Direct calls whose result has refs inside that its caller has not yet said the
+        #: head holds (DirectAck): until then this worker's releases are held back.
+        self.awaiting_ack: set[int] = set()
+        #: See LEASE_IDLE_SECONDS (None: not leased, or its CPU given back already).
+        self._lease_idle: float | None = None
+        self._lease_blocked = False
         self.eof = False
         #: cluster.worker.nested: the link of apps' nested client; its reader's inbox.
         self.nested: Any = None
@@ -220,7 +194,10 @@ class Worker:
         while True:
             if self.server is not None and not self.backlog:
                 # An actor: serve direct callers and the daemon alike.
-                self.server.poll(self._direct_call)
+                if not self.server.poll(self._direct_call, self._lease_idle):
+                    self._lease_idle = None  # a leased worker, idle: its CPU is free
+                    self._lease_blocked = True
+                    self.send(Blocked(self.actor_id, False))
                 if self.eof:
                     return
                 if not self.backlog:
@@ -418,9 +395,8 @@ class Worker:
         self.send(Created(m.actor_id, status, data, seconds, message, route))
 
     def cpus_holder(self) -> int:
-        """The id whose CPUs a wait in the running code gives back: its task's, or, for a
-        task its driver leased this worker for, the lease actor's (which holds them);
-        0 for an actor's method (an actor keeps its CPUs)."""
+        """The id whose CPUs a wait in the running code gives back: its task's, a leased
+        task's lease actor's, or 0 for an actor's method (an actor keeps its CPUs)."""
         if self.leased:
             return self.actor_id
         return self.task_id if self.server is None else 0
@@ -429,8 +405,13 @@ class Worker:
         if not self._fill():
             self.eof = True
 
-    def _direct_call(self, conn: Any, message: DirectCall | DirectTask) -> None:
+    def _direct_call(self, conn: Any, message: DirectCall | DirectTask | DirectAck) -> None:
         call_id = message.call_id
+        if isinstance(message, DirectAck):
+            self.awaiting_ack.discard(call_id)
+            if not self.awaiting_ack and self.nested is not None:
+                self.nested.after_task(0, False)  # the releases held for it go now
+            return
 
         def reply(status: int, data: Any, seconds: float, text: str) -> None:
             if type(data) is tuple:
@@ -444,6 +425,9 @@ class Worker:
         if isinstance(message, DirectTask):  # a leased worker's task: run as a Run is
             if message.fn_blob:
                 self.functions[message.fn_id] = message.fn_blob
+            if self._lease_blocked:
+                self._lease_blocked = False
+                self.send(Unblocked(self.actor_id))
             self.leased = True
             try:
                 outcome = self.execute(call_id, message.fn_id, 0, message.name, message.args,
@@ -455,6 +439,7 @@ class Worker:
             if self.nested is not None:
                 self.nested.after_task(call_id, outcome[0] != OK)
             MAPPINGS.release_idle()
+            self._lease_idle = LEASE_IDLE_SECONDS
         else:
             self._call(call_id, message.method, message.args, {}, reply)
 
@@ -465,11 +450,14 @@ class Worker:
         put) and maps it from the store when asked, instead of 512 MB travelling inside
         a reply frame (4.1 s; a stored result reaches a driver on the host in ~0.2 ms).
         A small one with refs inside travels as its bytes, as before."""
-        if data[0] != "stored":
-            return data[1]
-        _, path, size, nested = data
-        node_id = self.seal(call_id, path)
-        return ("stored", size, node_id, list(nested))
+        if data[0] == "stored":
+            _, path, size, nested = data
+            data = ("stored", size, self.seal(call_id, path), list(nested))
+        else:
+            data = ("inline", data[1], list(data[2]))
+        if data[-1]:  # refs inside: ours go only once the caller says the head has them
+            self.awaiting_ack.add(call_id)
+        return data
 
     def _start_actor_loop(self, max_concurrency: int) -> None:
         import asyncio

@@ -89,14 +89,15 @@ def test_a_streak_of_sync_submissions_starts_a_lease_holding_the_last(lease):
     assert create.task_id == lease.actor_id and client.tracked == [held]
 
 
-def test_a_second_submission_while_the_lease_is_made_gives_it_back(lease):
+def test_submissions_while_the_lease_is_made_go_through_the_head(lease):
     lease, client = lease
     for i in range(_lease.START_STREAK):
         lease.offer(_spec(i + 1), b"blob", FakeFuture())
     actor = lease.actor_id
     client.in_flight = 1  # the creation, through the head
     assert lease.offer(_spec(20), b"blob", FakeFuture()) is False
-    assert client.killed == [actor] and not lease.actor_id
+    assert lease.offer(_spec(21, deps=[3]), b"blob", FakeFuture()) is False
+    assert not client.killed and lease.actor_id == actor
 
 
 def test_ineligible_tasks_and_bursts_never_start_a_lease(lease):
