@@ -69,6 +69,8 @@ class ActorServer:
         for listener in self.listeners:
             listener.setblocking(False)
             self.selector.register(listener, selectors.EVENT_READ, None)
+        #: Called with a caller's connection once it is closed.
+        self.on_drop: Callable[[DirectConn], None] = lambda conn: None
         #: "hostname|unix path|host:port": what callers need to reach us.
         self.route = f"{socket.gethostname()}|{self.unix_path}|{tcp_address}"
 
@@ -110,6 +112,7 @@ class ActorServer:
         except (KeyError, ValueError):
             pass
         conn.sock.close()
+        self.on_drop(conn)
 
     def _read(self, conn: DirectConn,
               on_call: Callable[[DirectConn, DirectCall | DirectTask | DirectAck], None]) -> None:

@@ -92,7 +92,7 @@ class Worker:
         self.leased = False                  # running a task its driver leased it for
         #: Direct calls whose result has refs inside that its caller has not yet said the
         #: head holds (DirectAck): until then this worker's releases are held back.
-        self.awaiting_ack: set[int] = set()
+        self.awaiting_ack: dict[int, Any] = {}  # call id -> the caller's connection
         #: See LEASE_IDLE_SECONDS (None: not leased, or its CPU given back already).
         self._lease_idle: float | None = None
         self._lease_blocked = False
@@ -389,6 +389,7 @@ class Worker:
             try:
                 self.server = ActorServer(m.secret, m.runtime_dir, m.actor_id, m.host)
                 self.server.register_daemon(self.sock, self._daemon_readable)
+                self.server.on_drop = self._caller_gone
                 route = self.server.route
             except OSError as err:  # direct calls unavailable: calls go through the head
                 print(f"direct calls disabled: {err}", file=sys.__stderr__)
@@ -401,6 +402,16 @@ class Worker:
             return self.actor_id
         return self.task_id if self.server is None else 0
 
+    def _acked(self) -> None:
+        if not self.awaiting_ack and self.nested is not None:
+            self.nested.after_task(0, False)  # the releases held back for them go now
+
+    def _caller_gone(self, conn: Any) -> None:
+        """A direct caller hung up: it will never acknowledge its results' refs."""
+        for call_id in [c for c, k in self.awaiting_ack.items() if k is conn]:
+            del self.awaiting_ack[call_id]
+        self._acked()
+
     def _daemon_readable(self) -> None:
         if not self._fill():
             self.eof = True
@@ -408,9 +419,8 @@ class Worker:
     def _direct_call(self, conn: Any, message: DirectCall | DirectTask | DirectAck) -> None:
         call_id = message.call_id
         if isinstance(message, DirectAck):
-            self.awaiting_ack.discard(call_id)
-            if not self.awaiting_ack and self.nested is not None:
-                self.nested.after_task(0, False)  # the releases held for it go now
+            self.awaiting_ack.pop(call_id, None)
+            self._acked()
             return
 
         def reply(status: int, data: Any, seconds: float, text: str) -> None:
@@ -420,6 +430,9 @@ class Worker:
                 except Exception as err:  # noqa: BLE001 - the caller hears why
                     status, text = APP_ERROR, f"the result could not be stored: {err}"
                     data = serialization.dumps_error(err, "")
+                else:
+                    if data[-1]:  # refs inside: ours go once the caller says the head has them
+                        self.awaiting_ack[call_id] = conn
             conn.send(DirectReply(call_id, status, data, text))
 
         if isinstance(message, DirectTask):  # a leased worker's task: run as a Run is
@@ -455,8 +468,6 @@ class Worker:
             data = ("stored", size, self.seal(call_id, path), list(nested))
         else:
             data = ("inline", data[1], list(data[2]))
-        if data[-1]:  # refs inside: ours go only once the caller says the head has them
-            self.awaiting_ack.add(call_id)
         return data
 
     def _start_actor_loop(self, max_concurrency: int) -> None:
