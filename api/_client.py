@@ -138,7 +138,10 @@ class Client(HeldSubmissions):
         transport.start(self._on_message, self._on_lost)
 
     def _take(self) -> pb.DriverToHead | None:
+        running = self.lease.running_report()
         with self._lock:
+            if running is not None:
+                self._leased.append(running)
             if not (self._submits or self._puts or self._releases or self._gets or
                     self._kills or self._lookups or self._cancels or self._retry or
                     self._give_up or self._leased):

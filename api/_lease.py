@@ -16,15 +16,17 @@ what needs placing. The leased worker holds its CPU only while it runs a task (s
 :data:`HELD`); the lease is given back (the actor killed) after :data:`IDLE_SECONDS`
 without use.
 
-The head never sees a leased task: its result resolves the future here, and, as for a
-direct actor call, the head is told the value only when a task submitted through it
-depends on it (:meth:`api._client.Client.track_local`). A large result stays in the leased
+The head never runs a leased task: its driver reports it afterwards, for the history and
+the status counts (one still running after :data:`RUNNING_REPORT` too). Its result
+resolves the future here and, as for a direct actor call, the head is told the value
+only when a task submitted through it depends on it
+(:meth:`api._client.Client.track_local`). A large result stays in the leased
 worker's node store and is registered with the head as a put. A leased worker that dies
 fails its task with WorkerCrashedError (such tasks have no retries); ``cancel(force=True)``
 kills it, a plain ``cancel()`` of a running task returns False, as through the head.
 
 ``SHOAL_LEASE=0`` in the driver's environment turns leases off: every task then goes
-through the head (and shows in its status and dashboard while it runs).
+through the head.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ START_STREAK = 3
 
 #: A lease unused this long is given back (its actor killed, its worker's memory free).
 IDLE_SECONDS = 2.0
+
+#: A leased task running this long is reported to the head as running (shorter ones are
+#: reported once, when they end: a sync loop adds no message a task).
+RUNNING_REPORT = 0.1
 
 #: The resources of a task the lease runs: python_app's defaults (one CPU).
 LEASED = pb.Resources(cpus=1.0)
@@ -130,6 +136,7 @@ class TaskLease:
         self._busy: tuple[pb.TaskSpec, bytes, Any, float, int] | None = None
         #: The task that started the lease, sent once it is connected: (spec, blob, future).
         self._held: tuple[pb.TaskSpec, bytes, Any] | None = None
+        self._reported = 0  # the busy task reported as running (see running_report)
         self._release_after = False    # give the lease back once the busy task ends
         self._sent: set[bytes] = set()  # function ids the leased worker holds
         self._streak = 0
@@ -354,6 +361,20 @@ class TaskLease:
         else:
             self._resolve(future, reply.status, data, reply.message, spec.name)
         self._report(busy, reply.status, b"" if type(data) is tuple else data, reply.message)
+
+    def running_report(self) -> pb.LeasedTask | None:
+        """The record of the task running leased, once, if it has run for RUNNING_REPORT
+        seconds (the client adds it to its next batch, or the transport's idle flush,
+        within 0.2 s), so the head's status counts it while it runs; None otherwise."""
+        busy = self._busy
+        if busy is None or busy[0].task_id == self._reported or \
+                time.time() - busy[3] < RUNNING_REPORT:
+            return None
+        spec = busy[0]
+        self._reported = spec.task_id
+        return pb.LeasedTask(
+            spec=pb.TaskSpec(task_id=spec.task_id, name=spec.name, resources=spec.resources),
+            lease=busy[4], submitted=busy[3])
 
     def _report(self, busy: tuple[pb.TaskSpec, bytes, Any, float, int], outcome: int,
                 data: bytes, message: str) -> None:

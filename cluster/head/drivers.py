@@ -26,6 +26,8 @@ def driver_left(self: Any, driver: Driver) -> None:
     driver_id = driver.driver_id
     self.actor_table.owner_left(driver_id)
     self.failures.driver_left(driver_id)
+    for task_id in [t for t in self.leased_running if t >> DRIVER_SHIFT == driver_id]:
+        del self.leased_running[task_id]  # (its leased worker dies with its actor)
 
     def its(task: Task) -> bool:
         return task.task_id >> DRIVER_SHIFT == driver_id and \

@@ -33,7 +33,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from cluster.common import paths
@@ -146,15 +145,16 @@ class Recorder:
             now = _now()
         self._events.append((task.task_id, new._name_, now, task.node_id, task.attempts))
 
-    def leased(self, tasks: Iterable[pb.LeasedTask], node_of: Callable[[int], int]) -> None:
-        """Tasks a driver ran on its leased worker (the head never saw them), each as it
-        went: queued and running when sent, then done or failed. `node_of(actor id)`: the
-        node of a lease's actor (0 if gone)."""
-        for task in tasks:
-            spec, result = task.spec, task.result
-            task_id, node_id = spec.task_id, node_of(task.lease)
+    def leased(self, task: pb.LeasedTask, node_id: int, started: bool) -> None:
+        """A task a driver ran on its leased worker (the head never saw it): with
+        `started`, its record (queued and running when sent), and, once ``finished`` is
+        set, its end (done or failed)."""
+        spec, result = task.spec, task.result
+        task_id = spec.task_id
+        if started:
             self._new.append((spec, _LEASED_SHAPE, task.submitted))
             self._events.append((task_id, "RUNNING", task.submitted, node_id, 0))
+        if task.finished:
             ended = "DONE" if result.status == pb.OK else "FAILED"
             self._events.append((task_id, ended, task.finished, node_id, 0))
             if ended == "FAILED":

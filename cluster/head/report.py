@@ -25,6 +25,7 @@ class Reportable(Protocol):
     nodes: dict[int, Node]
     drivers: dict[int, Driver]
     tasks: dict[int, Task]
+    leased_running: dict[int, int]
     objects: ObjectDirectory
     done: int
     failed: int
@@ -41,6 +42,7 @@ def status_reply(head: Reportable, node_limit: int = 0) -> pb.StatusReply:
     every record took 0.4 s), and totals over every alive node."""
     running = sum(1 for t in head.tasks.values()
                   if t.state in (TaskState.RUNNING, TaskState.CANCELLING))
+    leased = len(head.leased_running)  # (not in head.tasks: not among the queued either)
     objects, object_bytes = head.objects.stats()
     nodes = list(head.nodes.values())
     if node_limit:
@@ -58,7 +60,7 @@ def status_reply(head: Reportable, node_limit: int = 0) -> pb.StatusReply:
     reply = pb.StatusReply(
         cluster_id=head.cluster_id, nodes_total=len(head.nodes), nodes_alive=head.alive_nodes,
         nodes=[n.info() for n in nodes],
-        tasks_queued=len(head.tasks) - running, tasks_running=running,
+        tasks_queued=len(head.tasks) - running, tasks_running=running + leased,
         tasks_done=head.done, tasks_failed=head.failed, drivers=len(head.drivers),
         objects=objects, object_bytes=object_bytes,
         uptime=time.time() - head.started, head_pid=os.getpid(),

@@ -96,6 +96,9 @@ class Head:
         self._flush_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self.history: Recorder | None = None  # the run history (cluster.head.history)
+        #: Tasks running on drivers' leased workers (api._lease), as their drivers reported
+        #: them (one still running at the driver's idle flush): id -> its lease's node.
+        self.leased_running: dict[int, int] = {}
 
     @property
     def block_shape(self) -> dict[str, float]:
@@ -343,15 +346,29 @@ class Head:
         driver_left(self, driver)
 
     def _leased_ran(self, tasks: Iterable[pb.LeasedTask]) -> None:
-        """Tasks a driver ran on the worker it leases (api._lease), never seen here: their
-        node counts them and learns their run time (its queue allowance follows it, as
-        for tasks through here), and the history records them."""
+        """Tasks a driver ran on the worker it leases (api._lease), never seen here: one
+        still running (``finished`` 0) counts as running until its end is reported; an
+        ended one's node counts it and learns its run time (its queue allowance follows
+        it, as for tasks through here). The history records both."""
+        running = self.leased_running
+        history = self.history
         for task in tasks:
-            node = self.nodes.get(self._node_of_actor(task.lease))
+            task_id, node_id = task.spec.task_id, self._node_of_actor(task.lease)
+            if not task.finished:
+                running[task_id] = node_id
+                if history is not None:
+                    history.leased(task, node_id, started=True)
+                continue
+            seen = running.pop(task_id, None) is not None
+            if task.result.status == pb.OK:
+                self.done += 1
+            else:
+                self.failed += 1
+            node = self.nodes.get(node_id)
             if node is not None:
                 node.finished(max(0.0, task.finished - task.submitted))
-        if self.history is not None:
-            self.history.leased(tasks, self._node_of_actor)
+            if history is not None:
+                history.leased(task, node_id, started=not seen)
 
     def _node_of_actor(self, actor_id: int) -> int:
         actor = self.actor_table.actors.get(actor_id)

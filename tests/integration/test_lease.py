@@ -287,3 +287,28 @@ def test_a_direct_actor_call_whose_result_holds_a_ref(cluster):
 class Maker:
     def make(self, x):
         return [api.put(x)]
+
+
+def _status():
+    import grpc
+
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
+    from cluster.common.protocol import pb
+
+    client = _session.client()
+    with grpc.insecure_channel(client.targets[-1]) as channel:
+        return shoal_pb2_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=call_metadata(client.secret), timeout=10)
+
+
+def test_a_long_leased_task_counts_as_running_in_the_status(cluster):
+    lease = _leased()
+    _until(lambda: _status().tasks_running == 0, "nothing running")
+    before, done_before = lease.sent, _status().tasks_done
+    fut = sleep_for(2)
+    assert lease.sent - before == 1
+    _until(lambda: _status().tasks_running == 1, "the leased task shows as running")
+    assert fut.result(timeout=60) == 2
+    _until(lambda: _status().tasks_running == 0, "it no longer shows as running")
+    _until(lambda: _status().tasks_done > done_before, "it counts as done")
