@@ -98,7 +98,9 @@ def _until(check: Any) -> None:
 def _send_once_leading(transport: LaneTransport, head: _Head, *task_ids: int) -> None:
     """The head answers once a thread leads (sent earlier, the reader would deliver it)."""
     def send() -> None:
-        _until(lambda: transport._leading)
+        # Leading and the reader parked: until it parks, the reader may still be in its
+        # poll() and read what comes first (correct, but not what these tests look at).
+        _until(lambda: transport._leading and transport._parked)
         head.result(*task_ids)
     threading.Thread(target=send, daemon=True).start()
 
@@ -124,7 +126,7 @@ def test_one_leader_at_a_time_and_the_others_still_get_theirs(lane):
     transport, head, got, arrived, _ = lane
     lead = threading.Thread(target=transport.wait_inline, args=(lambda: 10 in got, HANG))
     lead.start()
-    _until(lambda: transport._leading)
+    _until(lambda: transport._leading and transport._parked)  # (see _send_once_leading)
     # A second waiter does not lead: it returns at once and waits as usual.
     transport.wait_inline(lambda: 11 in got, HANG)
     assert 11 not in got
