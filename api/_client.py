@@ -328,23 +328,16 @@ class Client(HeldSubmissions):
             self._futures[task_id] = future
 
         def send() -> None:
-            self._held.pop(task_id, None)
-            if future.done():  # cancelled while held
-                self._held_failed[task_id] = (future.name, _errors.TaskCancelledError(
-                    f"actor call {future.name!r} was cancelled"))
-                self.direct.head_done(task_id)
-                return
-            failure = self._failed_dependency(deps)
-            if failure is not None:
-                fail(failure)
+            cancelled = future.done()
+            if not self.held_turn(task_id, future, deps, fail, "actor call"):
+                if cancelled:  # (fail() tells the calls behind it otherwise)
+                    self.direct.head_done(task_id)
                 return
             with self._lock:
                 self._submits.append(spec)  # (written by _drain, or just below)
 
         def fail(err: BaseException) -> None:
-            self._held.pop(task_id, None)
-            self._held_failed[task_id] = (future.name, err)
-            self._fail_locally(future, err)
+            self.held_failed(task_id, future, err)
             self.direct.head_done(task_id)
 
         with self._defer_lock:

@@ -150,14 +150,7 @@ class HeldSubmissions:
                 self._futures[task_id] = future
 
             def send() -> None:
-                self._held.pop(task_id, None)
-                if future.done():  # cancelled while held
-                    self._held_failed[task_id] = (future.name, _errors.TaskCancelledError(
-                        f"app {future.name!r} was cancelled"))
-                    return
-                failure = self._failed_dependency(spec.deps)
-                if failure is not None:
-                    fail(failure)
+                if not self.held_turn(task_id, future, spec.deps, fail, "app"):
                     return
                 with self._lock:
                     if local:
@@ -165,13 +158,33 @@ class HeldSubmissions:
                     self._submits.append(spec)  # (_drain flushes once for all it sends)
 
             def fail(err: BaseException) -> None:
-                self._held.pop(task_id, None)
-                self._held_failed[task_id] = (future.name, err)
-                self._fail_locally(future, err)
+                self.held_failed(task_id, future, err)
 
             self._when_known(key, list(spec.deps), future, send, fail,
                              self._held_elsewhere(spec.deps, key))
         return True
+
+    def held_turn(self, task_id: int, future: AppFuture, deps: Iterable[int],
+                  fail: Callable[[BaseException], None], what: str) -> bool:
+        """A held submission's turn to go to the head: True to send it. False if it was
+        cancelled meanwhile (recorded, so what is held behind it fails), or a dependency
+        of it never reached the head (then `fail` was called with the DependencyError)."""
+        self._held.pop(task_id, None)
+        if future.done():
+            self._held_failed[task_id] = (future.name, _errors.TaskCancelledError(
+                f"{what} {future.name!r} was cancelled"))
+            return False
+        failure = self._failed_dependency(deps)
+        if failure is not None:
+            fail(failure)
+            return False
+        return True
+
+    def held_failed(self, task_id: int, future: AppFuture, err: BaseException) -> None:
+        """A held submission failed in the driver: its future, and what is held behind."""
+        self._held.pop(task_id, None)
+        self._held_failed[task_id] = (future.name, err)
+        self._fail_locally(future, err)
 
     def _held_key(self, deps: Iterable[int]) -> Any:
         """The queue of a submission among `deps` still held here, or None (call with
