@@ -70,6 +70,20 @@ def head_and_second_daemon(clusterctl, cluster_id: str,
         daemon.wait()
 
 
+def head_status():
+    """The head's status snapshot (pb.StatusReply), asked over gRPC as clusterctl does."""
+    import grpc
+
+    from cluster.common import shoal_pb2_grpc
+    from cluster.common.auth import call_metadata
+    from cluster.common.protocol import pb
+
+    client = api._session.client()
+    with grpc.insecure_channel(client.targets[-1]) as channel:
+        return shoal_pb2_grpc.HeadStub(channel).Status(
+            pb.StatusRequest(), metadata=call_metadata(client.secret), timeout=10)
+
+
 def check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
     if os.environ.get("SHOAL_UPDATE_GOLDEN"):

@@ -28,6 +28,7 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OBJECT_LOST: _ClassVar[Status]
     ACTOR_DIED: _ClassVar[Status]
     OBJECT_STORE_FULL: _ClassVar[Status]
+    BOUNCED: _ClassVar[Status]
 PYTHON: Kind
 BASH: Kind
 ACTOR_CREATE: Kind
@@ -44,6 +45,7 @@ NODE_LOST: Status
 OBJECT_LOST: Status
 ACTOR_DIED: Status
 OBJECT_STORE_FULL: Status
+BOUNCED: Status
 
 class Resources(_message.Message):
     __slots__ = ("cpus", "gpus", "memory", "custom")
@@ -153,7 +155,7 @@ class Value(_message.Message):
     def __init__(self, id: _Optional[int] = ..., data: _Optional[bytes] = ..., size: _Optional[int] = ..., holders: _Optional[_Iterable[int]] = ..., sources: _Optional[_Iterable[str]] = ..., nested: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref", "priority", "retry_handler", "parent_task")
+    __slots__ = ("task_id", "fn_id", "fn_blob", "name", "args", "deps", "resources", "max_retries", "walltime", "kind", "stdout", "stdout_mode", "stderr", "stderr_mode", "attempt", "dep_values", "driver_id", "cwd", "num_nodes", "ranks_per_node", "env", "actor_id", "method", "actor", "args_ref", "after", "priority", "retry_handler", "parent_task")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +188,7 @@ class TaskSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     ACTOR_FIELD_NUMBER: _ClassVar[int]
     ARGS_REF_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     RETRY_HANDLER_FIELD_NUMBER: _ClassVar[int]
     PARENT_TASK_FIELD_NUMBER: _ClassVar[int]
@@ -214,10 +217,11 @@ class TaskSpec(_message.Message):
     method: str
     actor: ActorOptions
     args_ref: int
+    after: int
     priority: int
     retry_handler: bool
     parent_task: int
-    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ..., priority: _Optional[int] = ..., retry_handler: _Optional[bool] = ..., parent_task: _Optional[int] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[int] = ..., fn_id: _Optional[bytes] = ..., fn_blob: _Optional[bytes] = ..., name: _Optional[str] = ..., args: _Optional[bytes] = ..., deps: _Optional[_Iterable[int]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., max_retries: _Optional[int] = ..., walltime: _Optional[float] = ..., kind: _Optional[_Union[Kind, str]] = ..., stdout: _Optional[str] = ..., stdout_mode: _Optional[str] = ..., stderr: _Optional[str] = ..., stderr_mode: _Optional[str] = ..., attempt: _Optional[int] = ..., dep_values: _Optional[_Iterable[_Union[Value, _Mapping]]] = ..., driver_id: _Optional[int] = ..., cwd: _Optional[str] = ..., num_nodes: _Optional[int] = ..., ranks_per_node: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., actor_id: _Optional[int] = ..., method: _Optional[str] = ..., actor: _Optional[_Union[ActorOptions, _Mapping]] = ..., args_ref: _Optional[int] = ..., after: _Optional[int] = ..., priority: _Optional[int] = ..., retry_handler: _Optional[bool] = ..., parent_task: _Optional[int] = ...) -> None: ...
 
 class TaskResult(_message.Message):
     __slots__ = ("task_id", "status", "data", "node", "attempt", "run_seconds", "message", "route", "size", "holders", "nested", "worker_pid", "retry_pending")
@@ -538,7 +542,7 @@ class StatusRequest(_message.Message):
     def __init__(self, node_limit: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used", "nested_records")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used", "nested_records", "tasks_staged")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -557,6 +561,7 @@ class StatusReply(_message.Message):
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     USED_FIELD_NUMBER: _ClassVar[int]
     NESTED_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    TASKS_STAGED_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -575,7 +580,8 @@ class StatusReply(_message.Message):
     total: Resources
     used: Resources
     nested_records: int
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., nested_records: _Optional[int] = ...) -> None: ...
+    tasks_staged: int
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., nested_records: _Optional[int] = ..., tasks_staged: _Optional[int] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -14,6 +14,7 @@ NODE_LOST = 8
 OBJECT_LOST = 9
 ACTOR_DIED = 10
 OBJECT_STORE_FULL = 11
+BOUNCED = 12
 
 #: Each status's name, by number.
 NAMES: dict[int, str] = {
@@ -29,4 +30,5 @@ NAMES: dict[int, str] = {
     9: 'OBJECT_LOST',
     10: 'ACTOR_DIED',
     11: 'OBJECT_STORE_FULL',
+    12: 'BOUNCED',
 }

@@ -9,11 +9,12 @@ Where the task is decides how:
 - ``WAITING``, ``QUEUED`` (also an actor call in its actor's queue), ``DECIDING``: failed
   at once with status CANCELLED; dependents fail with DEPENDENCY_FAILED.
 - ``RUNNING`` as far as the head knows, which covers a daemon's local backlog (tasks sent
-  ahead of free slots): without ``force`` the daemon is asked to drop it if it has not
-  started (``HeadToNode.cancel_queued``); its answer (``NodeToHead.cancel_replies``) is
-  passed on, and a dropped task reports CANCELLED. With ``force`` the task moves to
-  ``CANCELLING`` and its node stops it (its worker and process tree are killed and the
-  worker replaced); whatever result comes back ends it as cancelled.
+  ahead of free slots), and ``STAGED`` (sent ahead behind its input): without ``force``
+  the daemon is asked to drop it if it has not started (``HeadToNode.cancel_queued``);
+  its answer (``NodeToHead.cancel_replies``) is passed on, and a dropped task reports
+  CANCELLED. With ``force`` the task moves to ``CANCELLING`` and its node stops it (its
+  worker and process tree are killed and the worker replaced, or a staged task dropped);
+  whatever result comes back ends it as cancelled.
 - A running actor call is never force-stopped (that would kill the actor for every
   caller): use ``api.kill``.
 
@@ -81,7 +82,7 @@ class Cancellations:
             self._reply(driver, request, True)
         elif state is TaskState.CANCELLING:
             self._reply(driver, request, True)
-        elif state is TaskState.RUNNING:
+        elif state in (TaskState.RUNNING, TaskState.STAGED):  # (staged: as in a backlog)
             node = head.nodes.get(task.node_id)
             if node is None or not node.alive:
                 self._reply(driver, request, False, "its node is gone")
@@ -100,8 +101,9 @@ class Cancellations:
             self._reply(driver, request, False, f"it is {state.name.lower()}")
 
     def stop_running(self, task: Task, reason: str | None = None) -> None:
-        """Stop the RUNNING app task `task`: its worker is killed and its result ends it as
-        cancelled, for `reason` (None: its driver left)."""
+        """Stop the RUNNING (or STAGED) app task `task`: its worker is killed, or its
+        daemon drops it, and its result ends it as cancelled, for `reason` (None: its
+        driver left)."""
         head = self.head
         head.set_state(task, TaskState.CANCELLING)
         if reason is not None:
@@ -125,8 +127,8 @@ class Cancellations:
         for task_id in list(self.asked):
             task = self.head.tasks.get(task_id)
             node = self.head.nodes.get(task.node_id) if task is not None else None
-            if task is not None and task.state is TaskState.RUNNING and node is not None \
-                    and node.alive:
+            if task is not None and task.state in (TaskState.RUNNING, TaskState.STAGED) \
+                    and node is not None and node.alive:
                 continue
             for driver, request in self.asked.pop(task_id):
                 self.request(driver, request)

@@ -208,14 +208,17 @@ class Dispatcher:
 
     def _assign(self, task: Task, node: Node, reserve: dict[str, float] | None = None) -> None:
         self.reserve(task, node, reserve if reserve is not None else task.request)
-        self._started(task, node)
         self.send(task, node)
+        self._started(task, node)  # (after: tasks staged behind it follow it to the node)
 
-    def send(self, task: Task, node: Node) -> None:
-        """Queue the task's spec, with its dependencies' values, for the node."""
+    def send(self, task: Task, node: Node, after: int = 0) -> None:
+        """Queue the task's spec, with its dependencies' values, for the node; staged
+        `after` a task running there (:mod:`cluster.head.staging`), without that one's."""
         spec = task.spec
         out = pb.TaskSpec()
         out.CopyFrom(spec)
+        if after:
+            out.after = after
         if spec.fn_id and spec.fn_id not in node.functions:
             out.fn_blob = self.functions[spec.fn_id]
             node.functions.add(spec.fn_id)
@@ -223,7 +226,7 @@ class Dispatcher:
             values = self.objects.values
             seen: set[int] = set()
             for dep in spec.deps:
-                if dep not in seen:
+                if dep not in seen and dep != after:
                     seen.add(dep)
                     value = values[dep]
                     if value.size:

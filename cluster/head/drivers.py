@@ -55,7 +55,7 @@ def driver_left(self: Any, driver: Driver) -> None:
     # Its running tasks are stopped (their workers killed and replaced), so they do not
     # hold the cluster for other drivers; their results end them as cancelled.
     for task in [t for t in self.tasks.values()
-                 if its(t) and t.state is TaskState.RUNNING]:
+                 if its(t) and t.state in (TaskState.RUNNING, TaskState.STAGED)]:
         self.cancels.stop_running(task)
     self.soon()
     for object_id, count in driver.refs.items():

@@ -60,7 +60,8 @@ CREATE TABLE IF NOT EXISTS samples(t REAL, queued INTEGER, running INTEGER, done
 
 #: The head's task states (TaskState member names) as the history names them.
 STATE_NAMES: dict[str, str] = {
-    "NEW": "queued", "WAITING": "queued", "QUEUED": "queued", "RUNNING": "running",
+    "NEW": "queued", "WAITING": "queued", "QUEUED": "queued", "STAGED": "queued",
+    "RUNNING": "running",
     "CANCELLING": "running", "DECIDING": "running", "HOSTING": "done", "DONE": "done",
     "FAILED": "failed",
 }

@@ -46,8 +46,10 @@ def check(tasks: dict[int, Task], ready: dict[bytes, deque[Task]], gangs: deque[
             if task.state is TaskState.WAITING:
                 waiting[task.task_id] += 1
     running: set[int] = set()
+    staged: set[int] = set()  # (what else holds of them: cluster.head.staging checks)
     used: dict[int, Counter[str]] = {n: Counter() for n in nodes}
     for node in nodes.values():
+        staged.update(node.staged)
         for task_id, task in node.running.items():
             assert task.state in HOLDING, \
                 f"{task_id:#x} on node {node.name} but {task.state.name}"
@@ -65,9 +67,12 @@ def check(tasks: dict[int, Task], ready: dict[bytes, deque[Task]], gangs: deque[
         if task.state is TaskState.WAITING:
             assert task.pending > 0 and waiting[tid] == task.pending, \
                 f"{tid:#x} waits for {task.pending} but is filed under {waiting[tid]}"
+        if task.state is TaskState.STAGED:
+            assert tid in staged, f"{tid:#x} is STAGED but on no node"
         if task.state in (TaskState.RUNNING, TaskState.CANCELLING):
             where = inflight if task.spec.kind == pb.ACTOR_CALL else running
-            assert tid in where, f"{tid:#x} is RUNNING but on no node"
+            assert tid in where or (task.state is TaskState.CANCELLING and tid in staged), \
+                f"{tid:#x} is {task.state.name} but on no node"
     for node in nodes.values():
         for key in set(node.view.used) | set(used[node.node_id]):
             held = used[node.node_id][key]

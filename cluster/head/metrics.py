@@ -43,6 +43,9 @@ def render(reply: pb.StatusReply, counts: dict[str, int]) -> str:
            [({}, reply.tasks_done)])
     metric("shoal_tasks_failed_total", "counter", "Tasks (and actor calls) that failed.",
            [({}, reply.tasks_failed)])
+    metric("shoal_tasks_staged_total", "counter",
+           "Tasks that started on their input's node, not through the head.",
+           [({}, reply.tasks_staged)])
     if counts:
         metric("shoal_history_tasks", "gauge", "App tasks in the run history, by state.",
                [({"state": k}, v) for k, v in sorted(counts.items())])

@@ -139,7 +139,7 @@ class NestedDrivers:
             task = head.tasks.get(task_id)
             if task is None or task.spec.kind not in (pb.PYTHON, pb.BASH):
                 continue
-            if task.state is TaskState.RUNNING:
+            if task.state in (TaskState.RUNNING, TaskState.STAGED):
                 head.cancels.stop_running(task, reason)
             elif task.state in (TaskState.QUEUED, TaskState.WAITING):
                 head.fail(task, pb.CANCELLED, reason)

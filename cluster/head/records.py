@@ -8,6 +8,10 @@ it, and only along :data:`TRANSITIONS`. Where each state keeps the task (checked
   pending (actor calls also sit in their actor's ordered queue);
 - ``QUEUED``: in ``head.tasks`` and in exactly one queue: ``head.ready`` (by resource
   shape), ``head.gangs`` (multi-node apps) or its actor's queue (calls);
+- ``STAGED``: sent ahead to the node computing its one missing argument, to start there
+  the moment that argument is made (:mod:`cluster.head.staging`): in ``head.tasks``, its
+  node's ``staged`` and, until that input's result comes, ``head.staging.heirs`` under
+  the input; holding nothing (it takes over its input's slot when it starts);
 - ``RUNNING``: in ``head.tasks`` and its node's ``running`` (actor calls: in their actor's
   ``inflight``), holding the resources it reserved;
 - ``CANCELLING``: as RUNNING, but its node was told to stop it (its driver left, or
@@ -45,6 +49,7 @@ class TaskState(enum.Enum):
     NEW = "new"
     WAITING = "waiting"
     QUEUED = "queued"
+    STAGED = "staged"
     RUNNING = "running"
     CANCELLING = "cancelling"
     DECIDING = "deciding"
@@ -57,12 +62,16 @@ _S = TaskState
 #: Every allowed move of a task's state; anything else is a bug in the head.
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.NEW: frozenset({_S.WAITING, _S.QUEUED, _S.FAILED}),
-    _S.WAITING: frozenset({_S.QUEUED, _S.FAILED}),
+    # WAITING -> STAGED: its one missing argument is being made on a node; it waits there.
+    _S.WAITING: frozenset({_S.QUEUED, _S.STAGED, _S.FAILED}),
     # QUEUED -> WAITING: an argument became pending again (lineage rebuilds it).
     _S.QUEUED: frozenset({_S.RUNNING, _S.WAITING, _S.FAILED}),
     # RUNNING -> QUEUED: a retry; -> WAITING: an argument vanished and is being rebuilt.
     _S.RUNNING: frozenset({_S.DONE, _S.FAILED, _S.QUEUED, _S.WAITING, _S.HOSTING,
                            _S.CANCELLING, _S.DECIDING}),
+    # STAGED -> RUNNING: its input succeeded, so its node started it; -> WAITING, QUEUED,
+    # FAILED: its node sent it back (the input failed, or had ended when it arrived).
+    _S.STAGED: frozenset({_S.RUNNING, _S.WAITING, _S.QUEUED, _S.FAILED, _S.CANCELLING}),
     _S.CANCELLING: frozenset({_S.FAILED}),
     # The driver's retry_handler answers: run again, or the failure is final.
     _S.DECIDING: frozenset({_S.QUEUED, _S.FAILED}),
@@ -72,7 +81,8 @@ TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     _S.FAILED: frozenset(),
 }
 #: States in which a task is in ``head.tasks``.
-LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.RUNNING, _S.CANCELLING, _S.DECIDING})
+LIVE = frozenset({_S.WAITING, _S.QUEUED, _S.STAGED, _S.RUNNING, _S.CANCELLING,
+                  _S.DECIDING})
 #: States in which a task holds resources on a node.
 HOLDING = frozenset({_S.RUNNING, _S.CANCELLING, _S.HOSTING})
 
@@ -124,6 +134,7 @@ class Task:
     task_id: int = 0                 # the task's id (also the id of its result object)
     kind: int = 0                    # spec.kind, readable without parsing a compact spec
     raw: bytes = b""                 # the serialized spec while compact
+    bounced: bool = False            # staged once and sent back: never staged again
 
     def __post_init__(self) -> None:
         msg = self.msg
@@ -165,6 +176,7 @@ class Node:
     conn: Conn
     view: scheduler.NodeView
     running: dict[int, Task] = field(default_factory=dict)
+    staged: dict[int, Task] = field(default_factory=dict)  # sent ahead (cluster.head.staging)
     functions: set[bytes] = field(default_factory=set)
     outbox: list[pb.TaskSpec] = field(default_factory=list)
     mean_seconds: float | None = None

@@ -10,6 +10,7 @@ from typing import Protocol
 from cluster.common.protocol import fill, pb
 from cluster.head.directory import ObjectDirectory
 from cluster.head.records import Driver, Node, Task, TaskState
+from cluster.head.staging import Staging
 from cluster.policy import scheduler
 
 
@@ -26,6 +27,7 @@ class Reportable(Protocol):
     drivers: dict[int, Driver]
     tasks: dict[int, Task]
     leased_running: dict[int, int]
+    staging: Staging
     objects: ObjectDirectory
     done: int
     failed: int
@@ -64,7 +66,8 @@ def status_reply(head: Reportable, node_limit: int = 0) -> pb.StatusReply:
         tasks_done=head.done, tasks_failed=head.failed, drivers=len(head.drivers),
         objects=objects, object_bytes=object_bytes,
         uptime=time.time() - head.started, head_pid=os.getpid(),
-        blocks=head.blocks_info(), actors=head.actor_table.status())
+        blocks=head.blocks_info(), actors=head.actor_table.status(),
+        tasks_staged=head.staging.started)
     fill(reply.total, total)
     fill(reply.used, used)
     return reply

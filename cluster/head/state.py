@@ -48,6 +48,7 @@ from cluster.head.records import (
     allowed,
 )
 from cluster.head.report import demand, drain_nodes, status_reply, stop_daemon
+from cluster.head.staging import Staging
 from cluster.policy import liveness, priority, scheduler
 
 log = logging.getLogger("shoal.head")
@@ -86,6 +87,7 @@ class Head:
         self.actor_table = ActorTable(self)
         self.lineage = Lineage(self)
         self.nested = NestedDrivers(self)  # apps' nested clients (dynamic workflows)
+        self.staging = Staging(self)  # dependents sent ahead to their input's node
         self._next_node = 1
         self._next_driver = 1
         self.alive_nodes = 0
@@ -133,6 +135,7 @@ class Head:
               self.actor_table.queued_calls(), self.actor_table.inflight_calls(),
               self.objects.refs, self.failures.deciding)
         self.dispatch.check()
+        self.staging.check(self.nodes)
 
     def _started(self, task: Task, node: Node) -> None:
         """Dispatch placed `task` on `node`."""
@@ -140,6 +143,8 @@ class Head:
         self.set_state(task, TaskState.RUNNING)
         node.running[task.task_id] = task
         node.idle_since = None
+        if task.task_id in self.waiters and self.staging.enabled:
+            self.staging.placed(task, node)
 
     # ---- helpers ---------------------------------------------------------------------
     def soon(self) -> None:
@@ -225,6 +230,7 @@ class Head:
                                    node=node.name, attempt=task.spec.attempt,
                                    message=f"node {node.name} was lost ({reason})")
             self._task_failed(task, result)
+        self.staging.node_lost(node)  # (now that their inputs were retried or failed)
         caller = self.drivers.get(NODE_CALLER_BASE + node.node_id)
         if caller is not None:
             self.driver_left(caller)
@@ -243,15 +249,25 @@ class Head:
             node.heartbeat = message.heartbeat
         if message.results:  # it answered: a batch held for it may go (dispatch.flush)
             node.awaiting = False
+        staging = self.staging
         for result in message.results:
             task = node.running.pop(result.task_id, None)
             if task is None:
-                self.actor_table.call_result(result)
+                task = node.staged.pop(result.task_id, None) if node.staged else None
+                if task is not None:  # sent back unrun, or dropped by a cancel
+                    staging.returned(task, node, result)
+                else:
+                    self.actor_table.call_result(result)
                 continue
             if task.spec.kind == pb.ACTOR_CREATE:
                 self._creation_finished(task, node, result)
                 continue
+            if staging.heirs and task.task_id in staging.heirs:
+                staging.input_ended(task, node, result)
             self.dispatch.unreserve(task)
+            if result.status == pb.BOUNCED:  # staged, and came after its input ended
+                staging.returned(task, node, result)
+                continue
             node.finished(result.run_seconds)
             if task.state is TaskState.CANCELLING:
                 self.fail(task, pb.CANCELLED, self.cancels.reason(task))
@@ -480,6 +496,8 @@ class Head:
         task.pending = len(pending)
         for dep in pending:
             self.waiters.setdefault(dep, []).append(task)
+        if self.staging.enabled:
+            self.staging.submitted(task, pending, self.tasks, self.nodes)
 
     def _infeasible(self, request: dict[str, float], num_nodes: int = 1,
                     shape: bytes | None = None) -> str:

@@ -36,8 +36,10 @@ from cluster.common.messages import (
 from cluster.common.protocol import pb, to_dict
 from cluster.node.actorhost import ActorHost, ActorHosting
 from cluster.node.nested import NESTED_TYPES, NestedRelay
+from cluster.node.staged import StagedTasks
 from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.policy import priority
+from cluster.policy.staging import STAGE_KINDS
 from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
@@ -125,6 +127,7 @@ class Daemon(ActorHosting):
         self._cancel_replies: list[pb.CancelReply] = []
         self._prioritized = False
         self.nested = NestedRelay(self)  # apps' nested clients, blocked tasks
+        self.staged = StagedTasks()  # tasks sent ahead behind a task here
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -197,16 +200,25 @@ class Daemon(ActorHosting):
         """Handle one batch from the head."""
         if message.node_id:
             self.node_id = message.node_id
+        staged = self.staged
         for spec in message.tasks:
             if spec.fn_blob:
                 self.functions[spec.fn_id] = spec.fn_blob
-            if any(v.size for v in spec.dep_values) and not self._local(spec):
-                continue  # comes back through _accept once its objects are here
-            self._accept(spec)
+            if spec.kind in STAGE_KINDS:  # (the only kinds staged tasks follow)
+                staged.live.add(spec.task_id)
+            if spec.after and not staged.hold(spec):  # its input has ended: back it goes
+                self._report(spec, pb.BOUNCED, b"", "its input had ended here", 0.0)
+            elif not spec.after:
+                self._receive(spec)
         for object_id in message.delete:
             if self.store is not None:
                 self.store.delete(object_id)
         self._after_head_message(message)
+
+    def _receive(self, spec: pb.TaskSpec) -> None:
+        if any(v.size for v in spec.dep_values) and not self._local(spec):
+            return  # comes back through _accept once its objects are here
+        self._accept(spec)
 
     def _accept(self, spec: pb.TaskSpec) -> None:
         """A task whose dependencies are all on this node."""
@@ -357,7 +369,7 @@ class Daemon(ActorHosting):
         """Drop `task_id` if it has not started here (in the backlog, waiting for its
         arguments, or an actor call in its actor's queue), reporting it CANCELLED; with
         `reply`, tell the head whether it was."""
-        spec = self._pulling.pop(task_id, None)
+        spec = self._pulling.pop(task_id, None) or self.staged.take(task_id)
         if spec is None:
             for task in self.queue:
                 if task.spec.task_id == task_id:
@@ -499,7 +511,7 @@ class Daemon(ActorHosting):
                 if len(self.workers) > self.num_workers:  # an extra one (cluster.node.nested)
                     self.nested.retire_later(worker)
             self.pump()
-            if self._flush_timer is not None:  # (the queue got shorter: still enough?)
+            if self._flush_timer is not None:  # (less waits here: still enough?)
                 self.schedule_flush()
         elif kind is Log:
             self._logs.append(pb.LogLine(task_id=message.task_id, name=message.name,
@@ -557,6 +569,7 @@ class Daemon(ActorHosting):
                 def report_unless_stopping() -> None:
                     if not self.stopping:
                         self._report(*args, worker=worker)
+                        self.pump()  # (a task staged behind it is sent back: see _report)
 
                 (self.loop or asyncio.get_event_loop()).call_later(delay, report_unless_stopping)
         if not self.stopping:
@@ -588,15 +601,35 @@ class Daemon(ActorHosting):
         else:
             result.data = data
         self._results.append(result)
+        self.staged.live.discard(spec.task_id)
+        if self.staged.behind:
+            self._heirs_after(result)
         self.schedule_flush()
+
+    def _heirs_after(self, result: pb.TaskResult) -> None:
+        """The task staged behind the one `result` reports starts with its value (the
+        caller pumps), or goes back to the head, and with it what was staged behind it."""
+        while True:  # (a loop: a 1,000-link staged chain goes back link by link)
+            start, back = self.staged.ended(result)
+            if start is not None:
+                self._receive(start)
+                return
+            if back is None:
+                return
+            self.staged.live.discard(back.task_id)
+            result = pb.TaskResult(task_id=back.task_id, status=pb.BOUNCED, node=self.name,
+                                   attempt=back.attempt, message="its input did not succeed")
+            self._results.append(result)
 
     def schedule_flush(self) -> None:
         """Send what was gathered for the head at the end of this loop turn, or, while
         enough work waits here, a moment later with the next results."""
         loop = self.loop or asyncio.get_event_loop()
         low = max(1, LOW_WATER_PER_WORKER * len(self.workers))
+        # Staged tasks count as waiting work: they start here without the head.
+        waiting = len(self.queue) + len(self.staged.behind)
         if self._flush_pending:
-            if self._flush_timer is not None and len(self.queue) < low:
+            if self._flush_timer is not None and waiting < low:
                 # Running low: the head's answer (more work) must be on its way before
                 # the queue is empty, so the held results go now.
                 self._flush_timer.cancel()
@@ -604,7 +637,7 @@ class Daemon(ActorHosting):
                 loop.call_soon(self._flush)
             return
         self._flush_pending = True
-        if len(self.queue) >= low:
+        if waiting >= low:
             # Work is waiting here, so nothing the head could send changes what runs
             # next: gather the results of the next moment into one message. Sent at
             # once, no-op results went 1.3 per message, each costing the head ~150 us

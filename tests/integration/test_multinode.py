@@ -8,7 +8,7 @@ import time
 
 import psutil
 import pytest
-from helpers import head_and_second_daemon, wait_until
+from helpers import head_and_second_daemon, head_status, hold, wait_until
 from helpers import start_daemon as _start_daemon
 from helpers import wait_nodes as _wait_nodes
 
@@ -204,3 +204,25 @@ def test_one_at_a_time_tasks_lease_a_worker_reached_over_tcp(two_nodes, monkeypa
     parents = {node_name().result(timeout=60)[1] for _ in range(10)}
     assert lease.sent - before == 10
     assert len(parents) == 1 and parents <= {daemon.pid, cf.head_pid}
+
+
+def test_a_chain_runs_staged_on_the_daemon_that_joined_over_grpc(two_nodes, tmp_path):
+    # Each link goes to the daemon running the link before it, over its gRPC stream, and
+    # starts there when that one ends. The first link holds until the head has them all.
+    cf, daemon = two_nodes
+
+    @api.python_app(resources={"special": 0.5})
+    def link(x: object) -> tuple[int, int]:
+        return (x[0] if isinstance(x, tuple) else 0) + 1, os.getppid()
+
+    gate, started = str(tmp_path / "gate"), str(tmp_path / "started")
+    before = head_status().tasks_staged
+    futs = [hold.options(resources={"special": 0.5})(gate, started)]
+    for _ in range(200):
+        futs.append(link(futs[-1]))
+    wait_until(lambda: os.path.exists(started), 60, "the first link to start")
+    wait_until(lambda: head_status().tasks_queued >= 200, 60, "the chain to reach the head")
+    open(gate, "w").close()
+    assert futs[-1].result(timeout=120)[0] == 200
+    assert {f.result(timeout=60)[1] for f in futs[1:]} == {daemon.pid}
+    assert head_status().tasks_staged - before == 200

@@ -15,6 +15,7 @@ from cluster.common.protocol import fill, pb
 from cluster.head.records import InvalidTransition, Task, TaskState
 from cluster.head.state import Head
 from cluster.policy import liveness
+from cluster.policy.staging import heir_runs
 
 
 class FakeConn:
@@ -66,8 +67,14 @@ class Cluster:
     def finish(self, task_id: int, status: int = pb.OK, **fields: Any) -> None:
         node = next((n for n in self.nodes if task_id in n.running), None) or \
             next(n for n in self.nodes if n.alive and self._has_call(n, task_id))
-        self.head.on_node_message(node, pb.NodeToHead(results=[pb.TaskResult(
-            task_id=task_id, status=status, node=node.name, **fields)]))
+        results = [pb.TaskResult(task_id=task_id, status=status, node=node.name, **fields)]
+        # As a daemon does (cluster.node.staged): what was staged behind a task that did
+        # not succeed comes back, link by link.
+        heir = self.head.staging.heirs.get(task_id)
+        while heir is not None and not heir_runs(status, fields.get("nested", ())):
+            results.append(pb.TaskResult(task_id=heir.task_id, status=pb.BOUNCED))
+            heir = self.head.staging.heirs.get(heir.task_id)
+        self.head.on_node_message(node, pb.NodeToHead(results=results))
 
     def _has_call(self, node: Any, task_id: int) -> bool:
         return any(s.task_id == task_id for s in node.conn.tasks())
@@ -96,6 +103,7 @@ def run(scenario: Callable[[Cluster], Coroutine[Any, Any, None]],
 
 def test_a_chain_moves_through_waiting_queued_running_done():
     async def scenario(c: Cluster) -> None:
+        c.head.staging.enabled = False  # (the path of a dependent that is not staged)
         a = c.submit()
         b = c.submit([a])
         assert c.state(a) is TaskState.QUEUED and c.state(b) is TaskState.WAITING
@@ -173,7 +181,8 @@ def test_a_departing_driver_cancels_its_queued_and_waiting_tasks():
         waiting = c.submit([first])
         await c.step()
         running = [t for n in c.nodes for t in n.running]
-        assert first in running
+        staged = [t for n in c.nodes for t in n.staged]
+        assert first in running and staged == [waiting], "sent ahead behind `first`"
         c.head.driver_left(c.driver)
         c.head.validate()
         for task_id in [*queued, waiting]:
@@ -182,7 +191,7 @@ def test_a_departing_driver_cancels_its_queued_and_waiting_tasks():
         assert all(t.state is not TaskState.WAITING for t in c.head.waiters.get(first, []))
         await c.step()
         cancels = {t for n in c.nodes for m in n.conn.sent for t in getattr(m, "cancel", [])}
-        assert cancels == set(running), "its running tasks are stopped on their nodes"
+        assert cancels == {*running, *staged}, "its running and staged tasks are stopped"
         for node in c.nodes:
             for task_id in list(node.running):
                 c.finish(task_id, status=pb.WORKER_CRASHED)   # what a killed worker reports
