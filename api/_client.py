@@ -495,6 +495,12 @@ class Client(HeldSubmissions):
             submits = self._submits
             for at, spec in enumerate(submits):
                 if spec.task_id == task_id:
+                    # The flush above may not have sent (another thread was writing, or the
+                    # transport sends on its own thread): a dependent still buffered after
+                    # it would then reach the head depending on an unknown object. The
+                    # head cancels it instead, and fails its dependents as it should.
+                    if any(task_id in later.deps for later in submits[at + 1:]):
+                        return False
                     del submits[at]
                     if spec.fn_blob:  # the function body travels with the first task only
                         later = next((s for s in submits[at:] if s.fn_id == spec.fn_id), None)

@@ -75,6 +75,17 @@ class Run(NamedTuple):
     env: dict[str, str] | None
 
 
+@_tag("run_after")
+class RunAfter(NamedTuple):
+    """Run a task (a :class:`Run`'s fields) right after the task `after` this worker runs
+    now, with that one's value as its argument `after`, if it ends as
+    :func:`cluster.policy.staging.worker_runs` says; else drop it. The daemon reads the
+    same :class:`Done` and knows which (it sent the task ahead: cluster.node.staged)."""
+
+    after: int
+    run: tuple
+
+
 @_tag("actor_create")
 class ActorCreate(NamedTuple):
     """Instantiate an actor: this worker then serves only its calls. Answered by
@@ -311,13 +322,12 @@ class Denied(NamedTuple):
     """The caller's first frame was not the cluster secret; the connection closes."""
 
 
-assert len(TYPES) == 24, "a message type without its tag"
+assert len(TYPES) == 25, "a message type without its tag"
 
 #: Any one message.
-Message = (Fn | Run | ActorCreate | ActorCall | CallResult | AllocReply | Exit | Ready | Done
-           | Created | Log | Call | Alloc | DirectCall | DirectReply | DirectTask | DirectAck
-           | Denied
-           | NestedOut | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
+Message = (Fn | Run | RunAfter | ActorCreate | ActorCall | CallResult | AllocReply | Exit
+           | Ready | Done | Created | Log | Call | Alloc | DirectCall | DirectReply | DirectTask
+           | DirectAck | Denied | NestedOut | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
 
 _new = tuple.__new__
 

@@ -36,10 +36,10 @@ from cluster.common.messages import (
 from cluster.common.protocol import pb, to_dict
 from cluster.node.actorhost import ActorHost, ActorHosting
 from cluster.node.nested import NESTED_TYPES, NestedRelay
-from cluster.node.staged import StagedTasks
+from cluster.node.staged import Presending, StagedTasks
 from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.policy import priority
-from cluster.policy.staging import STAGE_KINDS
+from cluster.policy.staging import PYTHON, STAGE_KINDS
 from cluster.store.objectstore import ObjectStore
 
 log = logging.getLogger("shoal.daemon")
@@ -68,7 +68,7 @@ class _Task:
     pinned: list[int] = field(default_factory=list)
 
 
-class Daemon(ActorHosting):
+class Daemon(ActorHosting, Presending):
     """Runs tasks on one node's worker processes."""
 
     def __init__(
@@ -206,10 +206,12 @@ class Daemon(ActorHosting):
                 self.functions[spec.fn_id] = spec.fn_blob
             if spec.kind in STAGE_KINDS:  # (the only kinds staged tasks follow)
                 staged.live.add(spec.task_id)
-            if spec.after and not staged.hold(spec):  # its input has ended: back it goes
-                self._report(spec, pb.BOUNCED, b"", "its input had ended here", 0.0)
-            elif not spec.after:
+            if not spec.after:
                 self._receive(spec)
+            elif not staged.hold(spec):  # its input has ended: back it goes
+                self._report(spec, pb.BOUNCED, b"", "its input had ended here", 0.0)
+            elif spec.after in staged.tails:  # its input's worker may start it
+                self.presend(staged.tails[spec.after])
         for object_id in message.delete:
             if self.store is not None:
                 self.store.delete(object_id)
@@ -219,6 +221,9 @@ class Daemon(ActorHosting):
         if any(v.size for v in spec.dep_values) and not self._local(spec):
             return  # comes back through _accept once its objects are here
         self._accept(spec)
+
+    def _new_task(self, spec: pb.TaskSpec) -> _Task:
+        return _Task(spec, to_dict(spec.resources))
 
     def _accept(self, spec: pb.TaskSpec) -> None:
         """A task whose dependencies are all on this node."""
@@ -369,7 +374,18 @@ class Daemon(ActorHosting):
         """Drop `task_id` if it has not started here (in the backlog, waiting for its
         arguments, or an actor call in its actor's queue), reporting it CANCELLED; with
         `reply`, tell the head whether it was."""
-        spec = self._pulling.pop(task_id, None) or self.staged.take(task_id)
+        spec = self._pulling.pop(task_id, None)
+        if self.staged.input_of(task_id) in self.staged.kill_on_start:  # (goes back: fails)
+            if reply:
+                self._cancel_replies.append(pb.CancelReply(
+                    task_id=task_id, message="a task it depends on was cancelled"))
+            return False
+        if spec is None and self.presented_on(task_id) is not None:
+            self.staged.kill_on_start.add(task_id)  # ends CANCELLED as it would start
+            if reply:
+                self._cancel_replies.append(pb.CancelReply(task_id=task_id, cancelled=True))
+            return True
+        spec = spec or self.staged.take(task_id)
         if spec is None:
             for task in self.queue:
                 if task.spec.task_id == task_id:
@@ -453,6 +469,11 @@ class Daemon(ActorHosting):
         if spec.walltime > 0:
             loop = self.loop or asyncio.get_event_loop()
             task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)
+        if not worker.stack and spec.kind == PYTHON:  # (its worker may run what follows)
+            worker.anchor = spec.task_id
+            self.staged.tails[spec.task_id] = worker
+            if self.staged.behind:
+                self.presend(worker)
 
     def _walltime(self, worker: WorkerHandle, task: _Task) -> None:
         if worker.task is task:
@@ -531,6 +552,7 @@ class Daemon(ActorHosting):
             self.nested.on_worker_message(worker, message)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
+        self.forget_presented(worker)
         if worker in self.workers:
             self.workers.remove(worker)
         if worker in self.idle:
@@ -580,6 +602,10 @@ class Daemon(ActorHosting):
     # ---- to the head -----------------------------------------------------------------
     def _report(self, spec: pb.TaskSpec, status: pb.Status, data: Any, message: str,
                 seconds: float, route: str = "", worker: WorkerHandle | None = None) -> None:
+        killed = self.staged.kill_on_start
+        if killed and spec.task_id in killed:  # cancelled once sent ahead (cluster.node.staged)
+            killed.discard(spec.task_id)
+            status, data, message = pb.CANCELLED, b"", f"cancelled on {self.name} as it started"
         result = pb.TaskResult(task_id=spec.task_id, status=status, node=self.name,
                                attempt=spec.attempt, run_seconds=seconds, message=message,
                                route=route, worker_pid=worker.pid if worker is not None else 0)
@@ -601,25 +627,11 @@ class Daemon(ActorHosting):
         else:
             result.data = data
         self._results.append(result)
-        self.staged.live.discard(spec.task_id)
-        if self.staged.behind:
-            self._heirs_after(result)
+        staged = self.staged
+        staged.live.discard(spec.task_id)
+        if staged.behind or staged.tails:
+            self.heirs_after(result, worker, data)
         self.schedule_flush()
-
-    def _heirs_after(self, result: pb.TaskResult) -> None:
-        """The task staged behind the one `result` reports starts with its value (the
-        caller pumps), or goes back to the head, and with it what was staged behind it."""
-        while True:  # (a loop: a 1,000-link staged chain goes back link by link)
-            start, back = self.staged.ended(result)
-            if start is not None:
-                self._receive(start)
-                return
-            if back is None:
-                return
-            self.staged.live.discard(back.task_id)
-            result = pb.TaskResult(task_id=back.task_id, status=pb.BOUNCED, node=self.name,
-                                   attempt=back.attempt, message="its input did not succeed")
-            self._results.append(result)
 
     def schedule_flush(self) -> None:
         """Send what was gathered for the head at the end of this loop turn, or, while

@@ -6,12 +6,27 @@ Every task the daemon was sent is *live* here until its result is reported; a st
 whose input is no longer live (it ended before the staged one came) goes straight back to
 the head (``BOUNCED``), as does one whose input did not succeed
 (:func:`cluster.policy.staging.heir_runs`).
+
+The daemon also sends staged tasks ahead to the worker running their input
+(:class:`Presending`, up to :data:`PRESEND_DEPTH` down a chain): the worker starts each the
+moment its input ends there (:func:`cluster.policy.staging.worker_runs`), with the value it
+has, and the daemon, reading the same Done, books it as started. Measured on a 1,000-link
+chain of ``inc`` on the local cluster (2 cores), alternating: see the README.
 """
 
 from __future__ import annotations
 
-from cluster.common.protocol import pb
-from cluster.policy.staging import heir_runs
+import time
+from typing import TYPE_CHECKING, Any
+
+from cluster.common.messages import Fn, RunAfter
+from cluster.common.protocol import pb, to_dict
+from cluster.policy.staging import PYTHON, heir_runs, worker_runs
+
+#: How far down a chain a worker is sent tasks ahead. Each one sent ahead is one frame the
+#: daemon would send anyway; the depth bounds what a dropped chain (its input failed, or
+#: its value was too big to travel inline) sent for nothing.
+PRESEND_DEPTH = 32
 
 
 class StagedTasks:
@@ -23,6 +38,12 @@ class StagedTasks:
         #: Input task id -> the task staged behind it.
         self.behind: dict[int, pb.TaskSpec] = {}
         self._input_of: dict[int, int] = {}
+        #: The last task each worker runs or was sent ahead (task id -> worker): where a
+        #: staged task that comes later is sent ahead too.
+        self.tails: dict[int, Any] = {}
+        #: Tasks sent ahead to a worker and then cancelled: killed as they start there, or
+        #: reported CANCELLED if they do not start there after all.
+        self.kill_on_start: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.behind)
@@ -35,6 +56,10 @@ class StagedTasks:
         self.behind[spec.after] = spec
         self._input_of[spec.task_id] = spec.after
         return True
+
+    def input_of(self, task_id: int) -> int | None:
+        """The input the staged task `task_id` waits for, or None."""
+        return self._input_of.get(task_id)
 
     def take(self, task_id: int) -> pb.TaskSpec | None:
         """Take the staged task `task_id` out (cancelled before it started), or None."""
@@ -55,3 +80,129 @@ class StagedTasks:
         else:
             heir.dep_values.add(id=result.task_id, data=result.data)
         return heir, None
+
+
+def presendable(spec: pb.TaskSpec) -> bool:
+    """Whether a staged task may wait in its input's worker: a Python app with nothing the
+    daemon sets up per start (walltime timer, GPUs, output files, environment, stored
+    arguments to pin) and not submitted inside a task (those go first, depth-first)."""
+    return (spec.kind == PYTHON and not spec.walltime and not spec.stdout and not spec.stderr
+            and not spec.env and not spec.args_ref and not spec.parent_task
+            and spec.ranks_per_node <= 1 and not any(v.size for v in spec.dep_values)
+            and not to_dict(spec.resources).get("gpus"))
+
+
+class Presending:
+    """The daemon's methods that start staged tasks and send them ahead to workers (state
+    on the daemon and its workers: ``staged``, ``WorkerHandle.presented`` and ``anchor``)."""
+
+    staged: StagedTasks
+    functions: dict[bytes, bytes]
+    workers: list[Any]
+    name: str
+    _results: list[pb.TaskResult]
+
+    if TYPE_CHECKING:  # the daemon's (cluster/node/daemon.py)
+        def _take(self, task: Any) -> str | None: ...
+
+        def _new_task(self, spec: pb.TaskSpec) -> Any: ...
+
+        def _receive(self, spec: pb.TaskSpec) -> None: ...
+
+        def _report(self, spec: pb.TaskSpec, status: pb.Status, data: Any, message: str,
+                    seconds: float, route: str = "", worker: Any = None) -> None: ...
+
+    def heirs_after(self, result: pb.TaskResult, worker: Any = None, data: Any = None) -> None:
+        """The task staged behind the one `result` reports starts: in `worker`, which
+        started it already (sent ahead), or here with its value (the caller pumps); or it
+        goes back to the head, and with it what was staged behind it."""
+        if worker is not None and result.task_id == worker.anchor and \
+                self.presented_started(worker, result, data):
+            return
+        staged = self.staged
+        while staged.behind:  # (a loop: a 1,000-link staged chain goes back link by link)
+            start, back = staged.ended(result)
+            if start is not None:
+                if start.task_id in staged.kill_on_start:  # (reported CANCELLED)
+                    self._report(start, pb.CANCELLED, b"", "cancelled before it started", 0.0)
+                else:
+                    self._receive(start)
+                return
+            if back is None:
+                return
+            staged.live.discard(back.task_id)
+            result = pb.TaskResult(task_id=back.task_id, status=pb.BOUNCED, node=self.name,
+                                   attempt=back.attempt, message="its input did not succeed")
+            if back.task_id in staged.kill_on_start:  # cancelled here: not to be re-run
+                staged.kill_on_start.discard(back.task_id)
+                result.status, result.message = pb.CANCELLED, "cancelled before it started"
+            self._results.append(result)
+
+    def presend(self, worker: Any) -> None:
+        """Send `worker` the staged tasks down the chain behind the task it runs (or the
+        last one it was sent), up to :data:`PRESEND_DEPTH`."""
+        staged, presented = self.staged, worker.presented
+        tail = presented[-1] if presented else worker.anchor
+        start = tail
+        while len(presented) < PRESEND_DEPTH:
+            heir = staged.behind.get(tail)
+            if heir is None or not presendable(heir):
+                break
+            if heir.fn_id not in worker.functions:
+                blob = self.functions.get(heir.fn_id)
+                if blob is None:
+                    break
+                worker.send(Fn(heir.fn_id, blob))
+                worker.functions.add(heir.fn_id)
+            deps = {v.id: v.data for v in heir.dep_values}
+            worker.send(RunAfter(tail, (heir.task_id, heir.fn_id, heir.kind, heir.name,
+                                        heir.args, deps, None, None, None, heir.cwd, None)))
+            presented.append(heir.task_id)
+            tail = heir.task_id
+        if tail != start:
+            if staged.tails.get(start) is worker:
+                del staged.tails[start]
+            staged.tails[tail] = worker
+
+    def presented_started(self, worker: Any, result: pb.TaskResult, data: Any) -> bool:
+        """`worker` reported the task it ran (`result`, its Done's `data`): True when it
+        has started the task sent ahead behind it (now booked as running there); else it
+        drops every task sent ahead (they start here or go back, as staged ones do)."""
+        presented, staged = worker.presented, self.staged
+        if not presented:  # (the common case: a task with nothing staged behind it)
+            anchor, worker.anchor = worker.anchor, 0
+            if staged.tails.get(anchor) is worker:
+                del staged.tails[anchor]
+            return False
+        heir = staged.behind.get(result.task_id)
+        if not (presented and heir is not None and heir.task_id == presented[0]
+                and worker_runs(result.status, data)):
+            self.forget_presented(worker)
+            return False
+        staged.ended(result)
+        task = self._new_task(heir)
+        self._take(task)
+        worker.task = task
+        worker.timed_out = False
+        task.started = time.perf_counter()
+        worker.anchor = presented.popleft()
+        if worker.anchor in staged.kill_on_start:  # cancelled while sent ahead: it ends
+            worker.closing = True                   # CANCELLED (see the daemon's _report),
+            worker.kill()                           # and what it ran after it goes back
+            self.forget_presented(worker)
+        else:
+            self.presend(worker)
+        return True
+
+    def forget_presented(self, worker: Any) -> None:
+        """`worker` will start none of the tasks sent ahead to it (or is gone)."""
+        tails = self.staged.tails
+        for task_id in (worker.anchor, *worker.presented):
+            if tails.get(task_id) is worker:
+                del tails[task_id]
+        worker.presented.clear()
+        worker.anchor = 0
+
+    def presented_on(self, task_id: int) -> Any:
+        """The worker `task_id` was sent ahead to, or None (cancellation: rare)."""
+        return next((w for w in self.workers if task_id in w.presented), None)

@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -110,6 +111,10 @@ class WorkerHandle:
         self.stack: list[Any] = []            # tasks blocked under `task` (cluster.node.nested)
         self.waiting = False                  # blocked in a wait: may run one more task
         self.channel = 0                      # its nested client's channel (0: none)
+        #: Staged tasks sent ahead to it (cluster.node.staged), in order, behind `anchor`
+        #: (the task it runs now, or the last of them).
+        self.presented: deque[int] = deque()
+        self.anchor = 0
         self._on_message = on_message
         self._on_lost = on_lost
         self._protocol: AsyncFrameProtocol | None = None

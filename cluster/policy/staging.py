@@ -66,3 +66,20 @@ def heir_runs(status: int, nested: Sequence[int]) -> bool:
     False
     """
     return status == OK and not nested
+
+
+def worker_runs(status: int, data: object) -> bool:
+    """Whether a worker starts the task its daemon sent ahead behind the one that just
+    ended there with `status` and result `data` (the worker's Done): a success whose value
+    travels inline, as plain bytes (no refs inside, not in the store). The worker has that
+    value, so the heir starts with no message in between; both sides decide from the same
+    Done.
+
+    >>> worker_runs(OK, b"\\x80\\x05K\\x01.")
+    True
+    >>> worker_runs(OK, ("stored", "/dev/shm/x", 1 << 20, []))   # the daemon seals it first
+    False
+    >>> worker_runs(OK, ("inline", b"...", [0x42]))             # refs inside: see heir_runs
+    False
+    """
+    return status == OK and type(data) is bytes

@@ -44,10 +44,12 @@ from cluster.common.messages import (
     Fn,
     Ready,
     Run,
+    RunAfter,
     Unblocked,
 )
 from cluster.common.proctree import kill_tree
 from cluster.common.status import APP_ERROR, BASH_EXIT, OBJECT_STORE_FULL, OK
+from cluster.policy.staging import worker_runs
 from cluster.store import objectformat
 from cluster.store.objectstore import StoreFullError, WriteMappings
 from cluster.worker import nested, taskfiles
@@ -84,6 +86,7 @@ class Worker:
         self.actor_limit: Any = None         # its semaphore (max_concurrency)
         self._send_lock = threading.Lock()
         self.backlog: list[Any] = []        # frames read while waiting for a call result
+        self.last_done: tuple[int, bytes | None] = (0, None)  # a RunAfter's input, value
         self.results: dict[int, CallResult | AllocReply] = {}
         self._call_refs = 0
         self.inbuf = bytearray()
@@ -206,7 +209,7 @@ class Worker:
             if message is None:
                 return
             kind = type(message)
-            if kind is Run:
+            if kind is Run or kind is RunAfter:
                 self.run(message)
                 MAPPINGS.release_idle()
             elif kind is ActorCall:
@@ -226,13 +229,23 @@ class Worker:
             self.functions[fn_id] = fn
         return fn
 
-    def run(self, m: Run) -> None:
+    def run(self, m: Run | RunAfter) -> None:
         """A task from the daemon: execute it, end what it left running, report
-        :class:`Done`."""
+        :class:`Done`. A task sent ahead (:class:`RunAfter`) runs only if the task this
+        worker ran last is its input and ended as ``worker_runs`` says (else the daemon
+        places it): with that one's value, no message in between."""
+        if type(m) is RunAfter:
+            last, value = self.last_done
+            if m.after != last or value is None:
+                return
+            m = Run(*m.run)
+            m.deps[last] = value
+        assert type(m) is Run
         outcome = self.execute(m.task_id, m.fn_id, m.kind, m.name, m.args, m.deps, m.gpus,
                                m.stdout, m.stderr, m.cwd, m.env, store=True)
         self.end_children()  # before Done: no dependent task ever sees the leftovers
         self.send(Done(m.task_id, *outcome))
+        self.last_done = (m.task_id, outcome[1] if worker_runs(outcome[0], outcome[1]) else None)
         if self.nested is not None:
             self.nested.after_task(m.task_id, outcome[0] != OK)
 

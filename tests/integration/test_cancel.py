@@ -230,3 +230,21 @@ def test_cancel_bad_input(one_slot):
     with pytest.raises(TypeError, match="force"):
         api.cancel(fut, force="yes")
     assert fut.result(timeout=60) == 2
+
+
+def test_a_buffered_task_with_a_buffered_dependent_is_cancelled_at_the_head(one_slot, tmp_path):
+    # Another thread holding the send lock keeps both in the driver's send buffer: taking
+    # the first out there would send its dependent depending on an unknown object.
+    from api import _session
+
+    blocker, gate = _blocked(tmp_path)
+    client = _session.client()
+    with client._transport._send_lock:
+        first = inc(1)
+        dependent = inc(first)
+        assert not client.take_unsent(first.task_id), "left for the head to cancel"
+    assert first.cancel()
+    with pytest.raises(api.DependencyError, match="CANCELLED"):
+        dependent.result(timeout=30)
+    _release(gate)
+    assert blocker.result(timeout=60) == "released"

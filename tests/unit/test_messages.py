@@ -35,6 +35,7 @@ from cluster.common.messages import (  # dynamic workflows (cluster/*/nested.py)
     Pull,
     Ready,
     Run,
+    RunAfter,
     Unblocked,
 )
 
@@ -43,6 +44,7 @@ SAMPLES = [
     Run(1 << 40, b"f" * 16, 0, "noop", b"args", {7: b"v", 8: ("path", "/dev/shm/x")}, "0,1",
         ("out.txt", "w"), None, "/tmp", {"A": "1"}),
     Run(2, b"f", 1, "bash", 7, {}, None, None, None, "", None),
+    RunAfter(2, (3, b"f", 0, "inc", b"args", {}, None, None, None, "", None)),
     ActorCreate(3, b"c", "Counter", b"args", {}, None, "/tmp", None, 2, b"secret", "/run",
                 "127.0.0.1"),
     ActorCall(4, "add", b"args", {}),
