@@ -190,3 +190,33 @@ def test_a_bad_store_size_is_one_line(clusterctl):
     out = clusterctl("up", "--object-store-memory", "12Q")
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "'12Q' is not a size; write e.g. 8G" in out.stderr
+
+
+def test_status_counts_the_links_that_started_staged(clusterctl, tmp_path):
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", "cli-staged").returncode == 0
+    try:
+        cf = clusterfile.read(clusterfile.path_for("cli-staged"))
+        script = tmp_path / "chain.py"
+        script.write_text(
+            "import os, sys\nsys.path.insert(0, sys.argv[3])\n"
+            "import api\nfrom helpers import head_status, hold, wait_until\n"
+            "api.init(sys.argv[1])\ngate = sys.argv[2]\n"
+            "@api.python_app\ndef inc(x):\n    return (0 if x == 'released' else x) + 1\n"
+            "futs = [hold(gate, gate + '.started')]\n"
+            "for _ in range(5):\n    futs.append(inc(futs[-1]))\n"
+            "wait_until(lambda: os.path.exists(gate + '.started'), 60, 'the first link')\n"
+            "wait_until(lambda: head_status().tasks_queued >= 5, 60, 'the chain')\n"
+            "open(gate, 'w').close()\nassert futs[-1].result(timeout=60) == 5\n")
+        done = subprocess.run([sys.executable, str(script), cf.path, str(tmp_path / "gate"),
+                               os.path.join(ROOT, "tests")], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+        assert done.returncode == 0, done.stderr
+        out = clusterctl("status", "--cluster", "cli-staged").stdout
+        assert "(5 started staged)" in out, out
+    finally:
+        clusterctl("down", "--cluster", "cli-staged")
