@@ -210,8 +210,8 @@ class Daemon(ActorHosting, Presending):
                 self._receive(spec)
             elif not staged.hold(spec):  # its input has ended: back it goes
                 self._report(spec, pb.BOUNCED, b"", "its input had ended here", 0.0)
-            elif spec.after in staged.tails:  # its input's worker may start it
-                self.presend(staged.tails[spec.after])
+            elif (worker := self.tail_worker(spec.after)) is not None:
+                self.presend(worker)  # its input's worker may start it
         for object_id in message.delete:
             if self.store is not None:
                 self.store.delete(object_id)
@@ -471,7 +471,6 @@ class Daemon(ActorHosting, Presending):
             task.timer = loop.call_later(spec.walltime, self._walltime, worker, task)
         if not worker.stack and spec.kind == PYTHON:  # (its worker may run what follows)
             worker.anchor = spec.task_id
-            self.staged.tails[spec.task_id] = worker
             if self.staged.behind:
                 self.presend(worker)
 
@@ -629,7 +628,7 @@ class Daemon(ActorHosting, Presending):
         self._results.append(result)
         staged = self.staged
         staged.live.discard(spec.task_id)
-        if staged.behind or staged.tails:
+        if staged.behind or (worker is not None and worker.presented):
             self.heirs_after(result, worker, data)
         self.schedule_flush()
 

@@ -38,9 +38,6 @@ class StagedTasks:
         #: Input task id -> the task staged behind it.
         self.behind: dict[int, pb.TaskSpec] = {}
         self._input_of: dict[int, int] = {}
-        #: The last task each worker runs or was sent ahead (task id -> worker): where a
-        #: staged task that comes later is sent ahead too.
-        self.tails: dict[int, Any] = {}
         #: Tasks sent ahead to a worker and then cancelled: killed as they start there, or
         #: reported CANCELLED if they do not start there after all.
         self.kill_on_start: set[int] = set()
@@ -143,7 +140,6 @@ class Presending:
         last one it was sent), up to :data:`PRESEND_DEPTH`."""
         staged, presented = self.staged, worker.presented
         tail = presented[-1] if presented else worker.anchor
-        start = tail
         while len(presented) < PRESEND_DEPTH:
             heir = staged.behind.get(tail)
             if heir is None or not presendable(heir):
@@ -159,20 +155,23 @@ class Presending:
                                         heir.args, deps, None, None, None, heir.cwd, None)))
             presented.append(heir.task_id)
             tail = heir.task_id
-        if tail != start:
-            if staged.tails.get(start) is worker:
-                del staged.tails[start]
-            staged.tails[tail] = worker
+
+    def tail_worker(self, task_id: int) -> Any:
+        """The worker running `task_id`, or last sent it ahead, or None: a staged task that
+        comes behind it later is sent ahead there too. (A scan of the node's workers, on
+        staged arrivals only: a dict kept per started task cost bursts more.)"""
+        for worker in self.workers:
+            if (worker.presented[-1] if worker.presented else worker.anchor) == task_id:
+                return worker
+        return None
 
     def presented_started(self, worker: Any, result: pb.TaskResult, data: Any) -> bool:
         """`worker` reported the task it ran (`result`, its Done's `data`): True when it
         has started the task sent ahead behind it (now booked as running there); else it
         drops every task sent ahead (they start here or go back, as staged ones do)."""
         presented, staged = worker.presented, self.staged
-        if not presented:  # (the common case: a task with nothing staged behind it)
-            anchor, worker.anchor = worker.anchor, 0
-            if staged.tails.get(anchor) is worker:
-                del staged.tails[anchor]
+        if not presented:
+            worker.anchor = 0
             return False
         heir = staged.behind.get(result.task_id)
         if not (presented and heir is not None and heir.task_id == presented[0]
@@ -196,10 +195,6 @@ class Presending:
 
     def forget_presented(self, worker: Any) -> None:
         """`worker` will start none of the tasks sent ahead to it (or is gone)."""
-        tails = self.staged.tails
-        for task_id in (worker.anchor, *worker.presented):
-            if tails.get(task_id) is worker:
-                del tails[task_id]
         worker.presented.clear()
         worker.anchor = 0
 
