@@ -81,15 +81,14 @@ class Staging:
             self._stage(heir, task, node)
             task = heir
 
-    def submitted(self, task: Task, pending: list[int], tasks: dict[int, Task],
-                  nodes: dict[int, Node]) -> None:
+    def submitted(self, task: Task, pending: list[int]) -> None:
         """`task` was submitted waiting for `pending`: stage it if that is one task
         already placed on a node (a driver adding a link to a running chain)."""
         if len(set(pending)) != 1:
             return
-        producer = tasks.get(pending[0])
+        producer = self.head.tasks.get(pending[0])
         if producer is not None and producer.state in (TaskState.RUNNING, TaskState.STAGED):
-            node = nodes.get(producer.node_id)
+            node = self.head.nodes.get(producer.node_id)
             if node is not None and producer.task_id not in self.heirs:
                 self.placed(producer, node)
 

@@ -497,7 +497,7 @@ class Head:
         for dep in pending:
             self.waiters.setdefault(dep, []).append(task)
         if self.staging.enabled:
-            self.staging.submitted(task, pending, self.tasks, self.nodes)
+            self.staging.submitted(task, pending)
 
     def _infeasible(self, request: dict[str, float], num_nodes: int = 1,
                     shape: bytes | None = None) -> str:

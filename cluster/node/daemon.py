@@ -235,15 +235,15 @@ class Daemon(ActorHosting, Presending):
                 host.queue.append(spec)
                 self._pump_actor(host)
         elif spec.kind == pb.ACTOR_CREATE:
-            self._create_actor(_Task(spec, to_dict(spec.resources)))
+            self._create_actor(self._new_task(spec))
         elif spec.priority or self._prioritized:  # (once one has a priority: in order)
             self._prioritized = True
-            priority.insert(self.queue, _Task(spec, to_dict(spec.resources)), spec.priority,
+            priority.insert(self.queue, self._new_task(spec), spec.priority,
                             _priority_of)
         elif spec.parent_task:  # submitted inside a task: newest first (depth-first)
-            self.queue.appendleft(_Task(spec, to_dict(spec.resources)))
+            self.queue.appendleft(self._new_task(spec))
         else:
-            self.queue.append(_Task(spec, to_dict(spec.resources)))
+            self.queue.append(self._new_task(spec))
 
     def _after_head_message(self, message: pb.HeadToNode) -> None:
         if message.nested:
@@ -374,18 +374,12 @@ class Daemon(ActorHosting, Presending):
         """Drop `task_id` if it has not started here (in the backlog, waiting for its
         arguments, or an actor call in its actor's queue), reporting it CANCELLED; with
         `reply`, tell the head whether it was."""
-        spec = self._pulling.pop(task_id, None)
-        if self.staged.input_of(task_id) in self.staged.kill_on_start:  # (goes back: fails)
+        decided = self.cancel_sent_ahead(task_id)
+        if decided is not None:
             if reply:
-                self._cancel_replies.append(pb.CancelReply(
-                    task_id=task_id, message="a task it depends on was cancelled"))
-            return False
-        if spec is None and self.presented_on(task_id) is not None:
-            self.staged.kill_on_start.add(task_id)  # ends CANCELLED as it would start
-            if reply:
-                self._cancel_replies.append(pb.CancelReply(task_id=task_id, cancelled=True))
-            return True
-        spec = spec or self.staged.take(task_id)
+                self._cancel_replies.append(decided)
+            return decided.cancelled
+        spec = self._pulling.pop(task_id, None) or self.staged.take(task_id)
         if spec is None:
             for task in self.queue:
                 if task.spec.task_id == task_id:

@@ -42,9 +42,6 @@ class StagedTasks:
         #: reported CANCELLED if they do not start there after all.
         self.kill_on_start: set[int] = set()
 
-    def __len__(self) -> int:
-        return len(self.behind)
-
     def hold(self, spec: pb.TaskSpec) -> bool:
         """Keep `spec` (received, ``after`` set) until its input ends; False when the
         input has ended already (the caller sends it back)."""
@@ -174,7 +171,7 @@ class Presending:
             worker.anchor = 0
             return False
         heir = staged.behind.get(result.task_id)
-        if not (presented and heir is not None and heir.task_id == presented[0]
+        if not (heir is not None and heir.task_id == presented[0]
                 and worker_runs(result.status, data)):
             self.forget_presented(worker)
             return False
@@ -198,6 +195,14 @@ class Presending:
         worker.presented.clear()
         worker.anchor = 0
 
-    def presented_on(self, task_id: int) -> Any:
-        """The worker `task_id` was sent ahead to, or None (cancellation: rare)."""
-        return next((w for w in self.workers if task_id in w.presented), None)
+    def cancel_sent_ahead(self, task_id: int) -> pb.CancelReply | None:
+        """The answer to cancelling `task_id` when staging decides it, else None (the
+        daemon looks in its backlog): a task sent ahead to a worker ends CANCELLED as it
+        would start there; one staged behind a task so cancelled goes back and fails."""
+        staged = self.staged
+        if staged.input_of(task_id) in staged.kill_on_start:
+            return pb.CancelReply(task_id=task_id, message="a task it depends on was cancelled")
+        if any(task_id in w.presented for w in self.workers):
+            staged.kill_on_start.add(task_id)
+            return pb.CancelReply(task_id=task_id, cancelled=True)
+        return None

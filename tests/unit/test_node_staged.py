@@ -14,11 +14,11 @@ def _staged(after: int, task_id: int) -> pb.TaskSpec:
 def test_a_heir_starts_with_its_inputs_inline_value():
     staged = StagedTasks()
     staged.live.update({1, 2})
-    assert staged.hold(_staged(1, 2)) and len(staged) == 1
+    assert staged.hold(_staged(1, 2)) and len(staged.behind) == 1
     start, back = staged.ended(pb.TaskResult(task_id=1, status=pb.OK, data=b"v"))
     assert back is None and start is not None and start.task_id == 2
     assert [(v.id, v.data, v.size) for v in start.dep_values] == [(1, b"v", 0)]
-    assert len(staged) == 0
+    assert len(staged.behind) == 0
 
 
 def test_a_stored_value_is_named_by_size_and_found_in_this_nodes_store():
