@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import api
 from cluster.common import clusterfile
@@ -82,6 +83,21 @@ def head_status():
     with grpc.insecure_channel(client.targets[-1]) as channel:
         return shoal_pb2_grpc.HeadStub(channel).Status(
             pb.StatusRequest(), metadata=call_metadata(client.secret), timeout=10)
+
+
+def with_sent_back(heirs: dict, result: Any) -> list:
+    """`result` and what a daemon reports after it (cluster.node.staged): every task
+    staged behind a task that did not start its heir comes back BOUNCED, link by link
+    (`heirs`: the head's ``staging.heirs``). For fake daemons in the head's unit tests."""
+    from cluster.common.protocol import pb
+    from cluster.policy.staging import heir_runs
+
+    results = [result]
+    heir = heirs.get(result.task_id)
+    while heir is not None and not heir_runs(result.status, result.nested):
+        results.append(pb.TaskResult(task_id=heir.task_id, status=pb.BOUNCED))
+        heir = heirs.get(heir.task_id)
+    return results
 
 
 def check_golden(name: str, text: str) -> None:

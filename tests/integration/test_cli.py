@@ -144,26 +144,35 @@ def test_run_tears_down_when_interrupted(tmp_path):
     assert not clusterfile.running()
 
 
-def test_status_lists_actors(clusterctl, tmp_path):
+def _status_after(clusterctl, tmp_path, cluster_id: str, source: str, *args: str) -> str:
+    """`clusterctl status` of a new one-CPU cluster after a driver script (`source`, run
+    with the cluster file and `args`) ran against it to the end."""
     import subprocess
     import sys
 
-    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", "cli-actors").returncode == 0
+    from helpers import ROOT
+
+    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", cluster_id).returncode == 0
     try:
-        cf = clusterfile.read(clusterfile.path_for("cli-actors"))
-        script = tmp_path / "make.py"
-        script.write_text(
-            "import api, sys\napi.init(sys.argv[1])\n"
-            "@api.actor\nclass Keeper:\n    def ping(self): return 1\n"
-            "Keeper.options(name='keeper-1', lifetime='detached')().ping().result()\n")
-        done = subprocess.run([sys.executable, str(script), cf.path], capture_output=True,
-                              text=True, timeout=60)
+        cf = clusterfile.read(clusterfile.path_for(cluster_id))
+        script = tmp_path / "driver.py"
+        script.write_text(source)
+        done = subprocess.run([sys.executable, str(script), cf.path, *args],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert done.returncode == 0, done.stderr
-        out = clusterctl("status", "--cluster", "cli-actors").stdout
-        line = next(x for x in out.splitlines() if x.startswith("Keeper"))
-        assert "keeper-1" in line and "alive" in line
+        return clusterctl("status", "--cluster", cluster_id).stdout
     finally:
-        clusterctl("down", "--cluster", "cli-actors")
+        clusterctl("down", "--cluster", cluster_id)
+
+
+def test_status_lists_actors(clusterctl, tmp_path):
+    out = _status_after(
+        clusterctl, tmp_path, "cli-actors",
+        "import api, sys\napi.init(sys.argv[1])\n"
+        "@api.actor\nclass Keeper:\n    def ping(self): return 1\n"
+        "Keeper.options(name='keeper-1', lifetime='detached')().ping().result()\n")
+    line = next(x for x in out.splitlines() if x.startswith("Keeper"))
+    assert "keeper-1" in line and "alive" in line
 
 
 def test_a_stale_cluster_file_gives_one_line_saying_what_to_do(clusterctl, no_session):
@@ -193,30 +202,18 @@ def test_a_bad_store_size_is_one_line(clusterctl):
 
 
 def test_status_counts_the_links_that_started_staged(clusterctl, tmp_path):
-    import subprocess
-    import sys
-
     from helpers import ROOT
 
-    assert clusterctl("up", "--num-cpus", "1", "--cluster-id", "cli-staged").returncode == 0
-    try:
-        cf = clusterfile.read(clusterfile.path_for("cli-staged"))
-        script = tmp_path / "chain.py"
-        script.write_text(
-            "import os, sys\nsys.path.insert(0, sys.argv[3])\n"
-            "import api\nfrom helpers import head_status, hold, wait_until\n"
-            "api.init(sys.argv[1])\ngate = sys.argv[2]\n"
-            "@api.python_app\ndef inc(x):\n    return (0 if x == 'released' else x) + 1\n"
-            "futs = [hold(gate, gate + '.started')]\n"
-            "for _ in range(5):\n    futs.append(inc(futs[-1]))\n"
-            "wait_until(lambda: os.path.exists(gate + '.started'), 60, 'the first link')\n"
-            "wait_until(lambda: head_status().tasks_queued >= 5, 60, 'the chain')\n"
-            "open(gate, 'w').close()\nassert futs[-1].result(timeout=60) == 5\n")
-        done = subprocess.run([sys.executable, str(script), cf.path, str(tmp_path / "gate"),
-                               os.path.join(ROOT, "tests")], capture_output=True, text=True,
-                              timeout=120, cwd=ROOT)
-        assert done.returncode == 0, done.stderr
-        out = clusterctl("status", "--cluster", "cli-staged").stdout
-        assert "(5 started staged)" in out, out
-    finally:
-        clusterctl("down", "--cluster", "cli-staged")
+    out = _status_after(
+        clusterctl, tmp_path, "cli-staged",
+        "import os, sys\nsys.path.insert(0, sys.argv[3])\n"
+        "import api\nfrom helpers import head_status, hold, wait_until\n"
+        "api.init(sys.argv[1])\ngate = sys.argv[2]\n"
+        "@api.python_app\ndef inc(x):\n    return (0 if x == 'released' else x) + 1\n"
+        "futs = [hold(gate, gate + '.started')]\n"
+        "for _ in range(5):\n    futs.append(inc(futs[-1]))\n"
+        "wait_until(lambda: os.path.exists(gate + '.started'), 60, 'the first link')\n"
+        "wait_until(lambda: head_status().tasks_queued >= 5, 60, 'the chain')\n"
+        "open(gate, 'w').close()\nassert futs[-1].result(timeout=60) == 5\n",
+        str(tmp_path / "gate"), os.path.join(ROOT, "tests"))
+    assert "(5 started staged)" in out, out

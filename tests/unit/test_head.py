@@ -9,13 +9,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers import with_sent_back
 
 from cluster.common.ids import DRIVER_SHIFT
 from cluster.common.protocol import fill, pb
 from cluster.head.records import InvalidTransition, Task, TaskState
 from cluster.head.state import Head
 from cluster.policy import liveness
-from cluster.policy.staging import heir_runs
 
 
 class FakeConn:
@@ -67,14 +67,9 @@ class Cluster:
     def finish(self, task_id: int, status: int = pb.OK, **fields: Any) -> None:
         node = next((n for n in self.nodes if task_id in n.running), None) or \
             next(n for n in self.nodes if n.alive and self._has_call(n, task_id))
-        results = [pb.TaskResult(task_id=task_id, status=status, node=node.name, **fields)]
-        # As a daemon does (cluster.node.staged): what was staged behind a task that did
-        # not succeed comes back, link by link.
-        heir = self.head.staging.heirs.get(task_id)
-        while heir is not None and not heir_runs(status, fields.get("nested", ())):
-            results.append(pb.TaskResult(task_id=heir.task_id, status=pb.BOUNCED))
-            heir = self.head.staging.heirs.get(heir.task_id)
-        self.head.on_node_message(node, pb.NodeToHead(results=results))
+        result = pb.TaskResult(task_id=task_id, status=status, node=node.name, **fields)
+        self.head.on_node_message(node, pb.NodeToHead(
+            results=with_sent_back(self.head.staging.heirs, result)))
 
     def _has_call(self, node: Any, task_id: int) -> bool:
         return any(s.task_id == task_id for s in node.conn.tasks())

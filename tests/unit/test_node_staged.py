@@ -55,3 +55,12 @@ def test_a_cancelled_heir_is_taken_out():
     taken = staged.take(2)
     assert taken is not None and taken.task_id == 2
     assert staged.ended(pb.TaskResult(task_id=1, status=pb.OK)) == (None, None)
+
+
+def test_the_kinds_staging_names_are_the_protocols():
+    # (cluster.policy.staging keeps them as plain ints: the worker imports no protobuf.)
+    from cluster.policy import staging
+
+    assert (staging.PYTHON, staging.BASH, staging.ACTOR_CREATE, staging.ACTOR_CALL) == \
+        (pb.PYTHON, pb.BASH, pb.ACTOR_CREATE, pb.ACTOR_CALL)
+    assert staging.OK == pb.OK

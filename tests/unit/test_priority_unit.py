@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers import with_sent_back
 
 from cluster.common.ids import DRIVER_SHIFT
 from cluster.common.protocol import fill, pb
@@ -95,13 +96,10 @@ class Cluster:
 
     def finish(self, task_id: int, status: int = pb.OK, **fields: Any) -> None:
         node = next(n for n in self.nodes if task_id in n.running)
-        results = [pb.TaskResult(task_id=task_id, status=status, node=node.name,
-                                 run_seconds=1.0, **fields)]
-        heir = self.head.staging.heirs.get(task_id)  # (a daemon sends back what was staged
-        while heir is not None and status != pb.OK:  # behind a task that failed)
-            results.append(pb.TaskResult(task_id=heir.task_id, status=pb.BOUNCED))
-            heir = self.head.staging.heirs.get(heir.task_id)
-        self.head.on_node_message(node, pb.NodeToHead(results=results))
+        result = pb.TaskResult(task_id=task_id, status=status, node=node.name,
+                               run_seconds=1.0, **fields)
+        self.head.on_node_message(node, pb.NodeToHead(
+            results=with_sent_back(self.head.staging.heirs, result)))
 
     def cancel(self, task_id: int, force: bool = False) -> None:
         self.head.on_driver_message(self.driver, pb.DriverToHead(cancel=[pb.CancelRequest(
