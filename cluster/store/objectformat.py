@@ -40,6 +40,7 @@ from typing import Any
 import cloudpickle
 
 from cluster.common import serialization
+from cluster.store import bulkcopy
 
 MAGIC = b"SHOALOBJ"
 KIND_PICKLE, KIND_ARROW = 1, 2
@@ -78,9 +79,9 @@ class Encoded:
         for i, (offset, length) in enumerate(self.layout):
             BUF.pack_into(view, HEAD.size + i * BUF.size, offset, length)
         start = HEAD.size + BUF.size * len(self.buffers)
-        view[start:start + len(self.meta)] = self.meta
-        for (offset, length), raw in zip(self.layout, self.buffers, strict=True):
-            view[offset:offset + length] = raw
+        bulkcopy.copy_into(view, start, self.meta)
+        for (offset, _), raw in zip(self.layout, self.buffers, strict=True):
+            bulkcopy.copy_into(view, offset, raw)
 
     def parts(self) -> list[memoryview]:
         """The object's bytes as consecutive pieces, the buffers not copied (for sending

@@ -14,7 +14,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 REQUIRED = ["cluster.policy.scheduler", "cluster.policy.autoscaler", "cluster.common.ids",
-            "cluster.policy.priority", "api._retry", "api._lease"]
+            "cluster.policy.priority", "api._retry", "api._lease",
+            "cluster.store.bulkcopy"]
 SCANNED = ["cluster/policy", "cluster/common"]
 
 
