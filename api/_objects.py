@@ -1,9 +1,9 @@
 """The driver's side of the object stores: putting large values, fetching stored ones.
 
-A driver on a node's host writes into that node's store (gRPC Allocate/Seal over the
-store's Unix socket) and maps objects from it directly: zero-copy, no transfer. A driver
-elsewhere (a login node) pushes to and gets from the nodes' transfer servers over TCP
-(:mod:`cluster.transfer`). gRPC is imported on first use only.
+A driver on a node's host writes into that node's store (allocate and seal over the
+store's objects lane, :mod:`api._storelane`) and maps objects from it directly: zero-copy,
+no transfer. A driver elsewhere (a login node) pushes to and gets from the nodes' transfer
+servers over TCP (:mod:`cluster.store.transfer`).
 
 ``SHOAL_OBJECTS_VIA_NETWORK=1`` makes a driver behave as if no store were on its host
 (to measure or test what a driver on another host sees).
@@ -11,11 +11,13 @@ elsewhere (a login node) pushes to and gets from the nodes' transfer servers ove
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 from typing import Any
 
+from api._storelane import StoreLane
 from cluster.common.protocol import pb
 from cluster.store import objectformat
 from cluster.store.objectstore import WriteMappings
@@ -28,7 +30,7 @@ class ObjectClient:
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._channels: dict[str, Any] = {}
+        self._lanes: dict[str, StoreLane] = {}
         self._lock = threading.Lock()
         self._buffers = _BufferPool()
         self._tls_context: Any = None
@@ -47,17 +49,13 @@ class ObjectClient:
             return False
         return bool(node.store_dir) and os.access(node.store_dir, os.W_OK)
 
-    def _stub(self, node: pb.NodeInfo) -> Any:
-        import grpc
-
-        from cluster.common import shoal_pb2_grpc as pb_grpc
-
-        target = f"unix:{os.path.join(node.store_dir, _SOCKET)}"
+    def _lane(self, node: pb.NodeInfo) -> StoreLane:
+        path = os.path.join(node.store_dir, _SOCKET)
         with self._lock:
-            channel = self._channels.get(target)
-            if channel is None:
-                channel = self._channels[target] = grpc.insecure_channel(target)
-        return pb_grpc.ObjectsStub(channel)
+            lane = self._lanes.get(path)
+            if lane is None:
+                lane = self._lanes[path] = StoreLane(path, self._client.secret, node.name)
+        return lane
 
     def _tls(self) -> Any:
         """An ssl context for transfers on a --tls cluster (None otherwise)."""
@@ -68,11 +66,6 @@ class ObjectClient:
 
             self._tls_context = client_context(self._client.tls_ca)
         return self._tls_context
-
-    def _metadata(self) -> Any:
-        from cluster.common.auth import call_metadata
-
-        return call_metadata(self._client.secret)
 
     # ---- put -----------------------------------------------------------------------------
     def store(self, object_id: int, enc: objectformat.Encoded) -> pb.Value:
@@ -110,22 +103,15 @@ class ObjectClient:
 
     def _write_local(self, node: pb.NodeInfo, object_id: int,
                      enc: objectformat.Encoded) -> None:
-        import grpc
-
-        from api._errors import ObjectStoreFullError
-
+        lane = self._lane(node)
+        path = lane.allocate(enc.size)
         try:
-            stub = self._stub(node)
-            path = stub.Allocate(pb.AllocRequest(size=enc.size),
-                                 metadata=self._metadata()).path
             self._writes.write(path, enc.size, enc.write_into)
-            stub.Seal(pb.SealRequest(object_id=object_id, path=path, size=enc.size),
-                      metadata=self._metadata())
-        except grpc.RpcError as err:
-            if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise ObjectStoreFullError(err.details()) from None
-            raise ConnectionError(f"could not store the object on node {node.name}: "
-                                  f"{err.details()}") from None
+        except BaseException:  # (Ctrl-C in the middle of a large copy too)
+            with contextlib.suppress(ConnectionError):
+                lane.abort(path)
+            raise
+        lane.seal(object_id, path, enc.size)
 
     def value_message(self, object_id: int, value: Any) -> pb.Value:
         """The put message for `value` under `object_id`: its bytes inline when small,
@@ -182,11 +168,11 @@ class ObjectClient:
                               + ("; ".join(errors) or "no live node holds it"))
 
     def close(self) -> None:
-        """Close the channels to object servers."""
+        """Close the connections to node stores."""
         with self._lock:
-            for channel in self._channels.values():
-                channel.close()
-            self._channels.clear()
+            for lane in self._lanes.values():
+                lane.close()
+            self._lanes.clear()
 
 
 class _BufferPool:

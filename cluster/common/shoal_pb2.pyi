@@ -597,12 +597,6 @@ class AllocRequest(_message.Message):
     size: int
     def __init__(self, size: _Optional[int] = ...) -> None: ...
 
-class AllocReply(_message.Message):
-    __slots__ = ("path",)
-    PATH_FIELD_NUMBER: _ClassVar[int]
-    path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
-
 class SealRequest(_message.Message):
     __slots__ = ("object_id", "path", "size")
     OBJECT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -613,9 +607,25 @@ class SealRequest(_message.Message):
     size: int
     def __init__(self, object_id: _Optional[int] = ..., path: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
-class SealReply(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+class ObjectsRequest(_message.Message):
+    __slots__ = ("allocate", "seal", "abort")
+    ALLOCATE_FIELD_NUMBER: _ClassVar[int]
+    SEAL_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    allocate: AllocRequest
+    seal: SealRequest
+    abort: str
+    def __init__(self, allocate: _Optional[_Union[AllocRequest, _Mapping]] = ..., seal: _Optional[_Union[SealRequest, _Mapping]] = ..., abort: _Optional[str] = ...) -> None: ...
+
+class ObjectsReply(_message.Message):
+    __slots__ = ("path", "full", "invalid")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    INVALID_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    full: str
+    invalid: str
+    def __init__(self, path: _Optional[str] = ..., full: _Optional[str] = ..., invalid: _Optional[str] = ...) -> None: ...
 
 class NestedFrame(_message.Message):
     __slots__ = ("channel", "payload", "closed", "ended", "failed")

@@ -282,8 +282,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     if daemon is not None:
         daemon.stop()
     if store_server is not None:
-        daemon.transfers.close()
-        await store_server.stop(0)
+        await store_server.stop()
     if server is not None:
         lane.close()
         await server.stop(0)
@@ -318,7 +317,7 @@ async def _address_from_stdin() -> str:
 async def _start_store(ns: argparse.Namespace, secret: str,
                        daemon: Any) -> tuple[Any, str, str]:
     """The daemon's object store (in its runtime directory, spilling to node-local disk)
-    and its servers; returns (gRPC server, transfer address, the store directory)."""
+    and its servers; returns (those servers, transfer address, the store directory)."""
     from cluster.store import objectserver
     from cluster.store.objectstore import ObjectStore
 
@@ -349,9 +348,9 @@ async def _start_store(ns: argparse.Namespace, secret: str,
         client_tls = tls.client_context(ns.tls_ca)
         daemon.address = ""
     daemon.puller = objectserver.Puller(store, secret, client_tls)
-    server, transfers = await objectserver.start(store, secret, ns.host, server_tls)
-    daemon.transfers = transfers
-    return server, transfers.address, store.directory
+    servers = await objectserver.start(store, secret, ns.host, server_tls)
+    daemon.transfers = servers.transfers
+    return servers, servers.transfers.address, store.directory
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,8 +1,8 @@
 """A daemon's object services: how objects get into its store and move between nodes.
 
-- ``Objects`` (gRPC, on a Unix socket in the store directory): a writer on this host
-  (a driver beside the node) asks to ``Allocate`` a file in the store, writes the object
-  into it, and ``Seal``s it.
+- The objects lane (framed protobuf on a Unix socket in the store directory, see
+  ``ObjectsRequest`` in proto/shoal.proto): a writer on this host (a driver beside the
+  node) asks to allocate a file in the store, writes the object into it, and seals it.
 - :class:`~cluster.transfer.TransferServer` (TCP, the node's address): other hosts get
   objects from this store and drivers elsewhere push objects into it.
 - :class:`Puller`: brings the objects this node's tasks need from the nodes holding them.
@@ -13,15 +13,14 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
-import grpc
-
-from cluster.common import shoal_pb2_grpc as pb_grpc
-from cluster.common.auth import server_interceptor
+from cluster.common import wire
 from cluster.common.protocol import pb
+from cluster.common.streams import AsyncFrameProtocol
 from cluster.store import transfer
 from cluster.store.objectstore import ObjectStore, StoreFullError
 
@@ -32,40 +31,123 @@ SOCKET_NAME = "objects.sock"
 MAX_PULLS = 4
 
 
-class ObjectService(pb_grpc.ObjectsServicer):
-    """Allocate and Seal for writers on this host."""
+class _ObjectsSession:
+    """One connection to the objects lane: the secret, then requests answered in order
+    (an allocation that must spill first runs in a thread, so the loop never waits on it;
+    the requests after it wait their turn). What it allocated and did not seal is given
+    back when it closes: a driver killed in the middle of a put leaks nothing."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, secret: bytes) -> None:
         self.store = store
+        self.secret = secret
+        self.authenticated = False
+        self.protocol = AsyncFrameProtocol(self.on_frame, self.on_lost, decode=bytes)
+        self._turn: asyncio.Future[None] | None = None
+        self._unsealed: set[str] = set()
 
-    async def Allocate(  # noqa: N802 - gRPC method name
-        self, request: pb.AllocRequest, context: grpc.aio.ServicerContext
-    ) -> pb.AllocReply:
+    def on_frame(self, body: bytes) -> None:
+        if not self.authenticated:
+            # Nothing but the secret is looked at before this passes.
+            if not hmac.compare_digest(body, self.secret):
+                log.warning("objects lane: wrong secret, connection closed")
+                self.protocol.write(wire.frame(b"UNAUTHENTICATED"))
+                self.protocol.close()
+                return
+            self.authenticated = True
+            return
         try:
-            path = await asyncio.to_thread(self.store.alloc, request.size)
-        except StoreFullError as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(err))
-        return pb.AllocReply(path=path)
+            request = pb.ObjectsRequest.FromString(body)
+        except Exception:  # noqa: BLE001
+            log.warning("objects lane: malformed request, connection closed")
+            self.protocol.close()
+            return
+        if self._turn is None:
+            reply = self._at_once(request)
+            if reply is not None:  # the common case: no thread, no task
+                self._reply(reply)
+                return
+        self._turn = asyncio.ensure_future(self._answer(self._turn, request))
 
-    async def Seal(  # noqa: N802
-        self, request: pb.SealRequest, context: grpc.aio.ServicerContext
-    ) -> pb.SealReply:
+    def _at_once(self, request: pb.ObjectsRequest) -> pb.ObjectsReply | None:
+        """The reply, or None for an allocation that must spill first (a thread hop costs
+        ~0.3 ms, the whole call ~0.05 ms otherwise)."""
+        op = request.WhichOneof("op")
+        if op == "seal":
+            return self.seal(request.seal)
+        if op == "abort":
+            if request.abort in self._unsealed:  # (only what this connection allocated)
+                self._unsealed.discard(request.abort)
+                self.store.abort(request.abort)
+            return pb.ObjectsReply()
+        if op != "allocate":
+            return pb.ObjectsReply(invalid="an empty request (from a newer driver?)")
+        if not self.store.fits(request.allocate.size):
+            return None
+        return self._allocate(request.allocate.size)
+
+    async def _answer(self, before: asyncio.Future[None] | None,
+                      request: pb.ObjectsRequest) -> None:
+        if before is not None:
+            await before
+        reply = self._at_once(request)
+        if reply is None:
+            reply = await asyncio.to_thread(self._allocate, request.allocate.size)
+        self._reply(reply)
+        if self._turn is asyncio.current_task():  # nothing queued behind this one
+            self._turn = None
+
+    def _allocate(self, size: int) -> pb.ObjectsReply:
+        try:
+            path = self.store.alloc(size)
+        except StoreFullError as err:
+            return pb.ObjectsReply(full=str(err))
+        except OSError as err:  # e.g. the store's directory was removed under us
+            return pb.ObjectsReply(invalid=f"could not allocate: {err}")
+        self._unsealed.add(path)
+        return pb.ObjectsReply(path=path)
+
+    def seal(self, request: pb.SealRequest) -> pb.ObjectsReply:
         try:
             self.store.seal(request.object_id, request.path)
-        except ValueError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        return pb.SealReply()
+        except (ValueError, OSError) as err:
+            return pb.ObjectsReply(invalid=str(err))
+        self._unsealed.discard(request.path)
+        return pb.ObjectsReply()
+
+    def _reply(self, reply: pb.ObjectsReply) -> None:
+        self.protocol.write(wire.frame(reply.SerializeToString()))
+
+    def on_lost(self) -> None:
+        for path in self._unsealed:
+            self.store.abort(path)
+        self._unsealed.clear()
+
+
+class ObjectServers:
+    """The objects lane on the store directory's Unix socket and the transfer server."""
+
+    def __init__(self, lane: asyncio.AbstractServer,
+                 transfers: transfer.TransferServer) -> None:
+        self.lane = lane
+        self.transfers = transfers
+
+    async def stop(self) -> None:
+        """Stop both; connections open on the lane are closed."""
+        self.transfers.close()
+        self.lane.close()
+        await self.lane.wait_closed()
 
 
 async def start(store: ObjectStore, secret: str, host: str,
-                tls: Any = None) -> tuple[grpc.aio.Server, transfer.TransferServer]:
-    """Serve `store`: gRPC on its directory's Unix socket, transfers on ``host`` (TLS with
-    `tls`, an ssl server context)."""
-    server = grpc.aio.server(interceptors=[server_interceptor(secret)])
-    pb_grpc.add_ObjectsServicer_to_server(ObjectService(store), server)
-    server.add_insecure_port(f"unix:{os.path.join(store.directory, SOCKET_NAME)}")
-    await server.start()
-    return server, transfer.TransferServer(store, secret, host, tls)
+                tls: Any = None) -> ObjectServers:
+    """Serve `store`: the objects lane on its directory's Unix socket, transfers on
+    ``host`` (TLS with `tls`, an ssl server context)."""
+    loop = asyncio.get_running_loop()
+    key = secret.encode()
+    lane = await loop.create_unix_server(
+        lambda: cast(asyncio.BaseProtocol, _ObjectsSession(store, key).protocol),
+        path=os.path.join(store.directory, SOCKET_NAME))
+    return ObjectServers(lane, transfer.TransferServer(store, secret, host, tls))
 
 
 class StoreTarget:

@@ -94,6 +94,12 @@ class ObjectStore:
             self.used += size
         return path
 
+    def fits(self, size: int) -> bool:
+        """Whether :meth:`alloc` of `size` bytes would spill nothing (a quick check)."""
+        size = max(size, 1)
+        with self._lock:
+            return self.used + size <= self.capacity and self._tmpfs_free() >= size
+
     def seal(self, object_id: int, path: str) -> None:
         """The object written at `path` (from :meth:`alloc`) is complete: it is now
         `object_id`, immutable, readable by every process on the node."""
