@@ -287,6 +287,7 @@ ROWS = [
     ("actor_async", "actor calls fire-then-wait, per s", True),
     ("cold", "cold start to first result, s", False),
     ("obj_put", "put 256 MiB, GB/s", True),
+    ("obj_put_1mib", "put 1 MiB, us", False),
     ("obj_get", "get of a 1 GiB put, ms", False),
     ("obj_task_sum", "task sum of put ref, % in-proc", True),
     ("obj_result", "256 MiB result to driver, ms", False),

@@ -3,7 +3,8 @@
 A cluster of two daemons on this host (a head with its daemon, plus a second daemon) with
 the driver beside them:
 
-- put of a 256 MiB array (GB/s) and get of a 1 GiB put object (ms), driver on the host;
+- put of a 256 MiB array (GB/s), puts of a 1 MiB array (us each), and get of a 1 GiB
+  put object (ms), driver on the host;
 - a task summing a 256 MiB put ref, as % of numpy.sum over the same bytes in-process;
 - a 256 MiB task result fetched by the driver (ms: it is mapped, not copied), and a
   512 MiB actor method result (a direct call) measured the same way: the call has
@@ -31,6 +32,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+
+import bench_peers  # noqa: E402
 
 import api  # noqa: E402
 from cluster.common import clusterfile  # noqa: E402
@@ -109,6 +112,7 @@ def run(reps: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in (
         "obj_put", "obj_get", "obj_task_sum", "obj_result", "obj_actor_result", "obj_n2n",
         "obj_tcp", "obj_remote_put", "obj_remote_get")}
+    out["obj_put_1mib"] = bench_peers.small_puts(api.put, reps)
     arr = np.random.default_rng(0).random(32 * MiB)              # 256 MiB
     ref = api.put(arr)
     del ref
