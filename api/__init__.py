@@ -99,9 +99,13 @@ _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
 
 
 def _targets(cf: clusterfile.ClusterFile) -> list[str]:
+    """Where a driver reading `cf` tries to connect, in order: the head's Unix socket (on
+    its host), its driver lane over TCP, its gRPC address."""
     targets = []
     if cf.unix_socket and cf.host == socket.gethostname() and os.path.exists(cf.unix_socket):
         targets.append(f"unix:{cf.unix_socket}")
+    if cf.lane_address:
+        targets.append(f"tcp:{cf.lane_address}")
     targets.append(cf.address)
     return targets
 
@@ -313,8 +317,12 @@ def init(address: str | None = None, *, num_cpus: int | None = None,
         except BaseException:
             _session.stop_embedded(process)
             raise
-        info = ClusterInfo(address=client.address.removeprefix("unix:") if not embedded
-                           else targets[-1], cluster_id=client.cluster_id, embedded=embedded,
+        address = client.address.removeprefix("unix:")
+        if embedded:
+            address = targets[-1]
+        elif cf is not None and address.startswith("tcp:"):
+            address = cf.address  # the head's gRPC address, which api.init() takes
+        info = ClusterInfo(address=address, cluster_id=client.cluster_id, embedded=embedded,
                            nodes=[{"name": n.name, **to_dict(n.total)}
                                   for n in client.nodes.values()], log_dir=log_dir,
                            dashboard_url=f"{dashboard}?token={auth.dashboard_token(secret)}"

@@ -112,8 +112,8 @@ class Client(HeldSubmissions):
                                                      pid=os.getpid()))
         tried = []
         for target in self.targets:
-            if target.startswith("unix:"):
-                transport: Transport = LaneTransport(target[5:], self.secret, self._take)
+            if target.startswith(("unix:", "tcp:")):
+                transport: Transport = LaneTransport(target, self.secret, self._take)
             else:
                 from api._grpc_transport import GrpcTransport
 

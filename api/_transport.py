@@ -3,13 +3,14 @@
 A transport takes batches from the client through ``take()`` (a DriverToHead, or None when
 nothing is pending) and hands every HeadToDriver to ``on_message``. Two exist:
 
-- :class:`LaneTransport` (here): a Unix socket to a head on this host (see
-  :mod:`cluster.head.server`); the user thread writes its frames itself, and reads the
-  results itself while it waits for one (:meth:`LaneTransport.wait_inline`); a reader
-  thread resolves them when no thread waits. No event loop, no thread hop on the way out
-  or (for a waiting thread) back, and no gRPC import.
-- :class:`api._grpc_transport.GrpcTransport`: one bidirectional gRPC stream, for heads on
-  other hosts; imported only when needed.
+- :class:`LaneTransport` (here): the head's driver lane, a Unix socket to a head on this
+  host or a TCP socket to one elsewhere (see :mod:`cluster.head.server`); the user thread
+  writes its frames itself, and reads the results itself while it waits for one
+  (:meth:`LaneTransport.wait_inline`); a reader thread resolves them when no thread waits.
+  No event loop, no thread hop on the way out or (for a waiting thread) back, and no gRPC
+  import.
+- :class:`api._grpc_transport.GrpcTransport`: one bidirectional gRPC stream, for heads
+  known by their ``host:port`` alone and for --tls clusters; imported only when needed.
 """
 
 from __future__ import annotations
@@ -151,11 +152,11 @@ class SendsOnOneThread:
 
 
 class LaneTransport(SendsOnOneThread):
-    """Framed protobuf over the head's local Unix socket."""
+    """Framed protobuf over the head's driver lane: `target` is ``unix:PATH`` (the head's
+    host) or ``tcp:HOST:PORT`` (the cluster file's ``lane_address``)."""
 
-    def __init__(self, path: str, secret: str, take: Take) -> None:
-        self.target = f"unix:{path}"
-        self._path = path
+    def __init__(self, target: str, secret: str, take: Take) -> None:
+        self.target = target
         self._secret = secret
         self._take = take
         self._sock: socket.socket | None = None
@@ -208,11 +209,29 @@ class LaneTransport(SendsOnOneThread):
                 raise EOFError("the head closed the connection")
             self._buf += data
 
+    def _open(self, timeout: float) -> socket.socket:
+        kind, _, where = self.target.partition(":")
+        if kind == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(where)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        host, _, port = where.rpartition(":")
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames are small
+        return sock
+
     def connect(self, hello: pb.DriverToHead, timeout: float) -> pb.Welcome:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
         try:
-            sock.connect(self._path)
+            sock = self._open(timeout)
+        except OSError as err:
+            self._close_wake()
+            raise OSError(f"{self.target} ({err})") from None
+        try:
             self._sock = sock
             sock.sendall(wire.frame(self._secret.encode()) +
                          wire.frame(hello.SerializeToString()))

@@ -24,7 +24,9 @@ ratio to shoal measured in the same run. Workloads:
   (tasks/s), a ``join_app`` fan-out of 1,000 (s; Ray: a task getting 1,000 it submitted)
 - the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task over
   gRPC (``head_cpu_task_us``, ``driver_cpu_task_us``), that burst's tasks/s, and the CPU
-  seconds to boot one daemon and its first worker (``boot_cpu_s``)
+  seconds to boot one daemon and its first worker (``boot_cpu_s``); and the same burst
+  from a driver on another host as it connects, by the cluster file, over the head's
+  driver lane on TCP (``lane_head_cpu_task_us``, ``lane_driver_cpu_task_us``, ``lane_noop``)
 """
 
 from __future__ import annotations
@@ -307,6 +309,9 @@ ROWS = [
     ("grpc_noop", "no-op tasks over gRPC, tasks/s", True),
     ("head_cpu_task_us", "head CPU per task (gRPC), us", False),
     ("driver_cpu_task_us", "driver CPU per task (gRPC), us", False),
+    ("lane_noop", "no-op tasks, TCP driver lane, tasks/s", True),
+    ("lane_head_cpu_task_us", "head CPU per task (TCP lane), us", False),
+    ("lane_driver_cpu_task_us", "driver CPU per task (TCP lane), us", False),
     ("boot_cpu_s", "daemon + worker boot CPU, s", False),
 ]
 
@@ -360,6 +365,8 @@ def main() -> None:
         if proc.returncode != 0:
             print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
+        if "failed" in proc.stderr:  # a workload that failed: its rows are left out, say why
+            print(f"{name}: {proc.stderr[-3000:]}", file=sys.stderr)
         all_results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     if ns.json:
         with open(ns.json, "w") as f:

@@ -11,6 +11,10 @@ TASKS no-op tasks:
 - ``driver_cpu_task_us``: CPU seconds of this process per task, in microseconds;
 - ``grpc_noop``: the burst's tasks per second.
 
+Then the same with the driver connected as one on another host is, by the cluster file
+(a copy without the head's Unix socket): over the head's driver lane on TCP.
+``lane_head_cpu_task_us``, ``lane_driver_cpu_task_us``, ``lane_noop``.
+
 And ``boot_cpu_s``: CPU seconds spent by a fresh daemon process and its first worker from
 its start until it has registered and its worker has run a first (pinned) task: the daemon,
 its zygote (which forks workers, see cluster/node/forkserver.py), the worker, and whatever
@@ -21,6 +25,7 @@ they started and reaped meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -66,6 +71,49 @@ def _daemon(cf: clusterfile.ClusterFile, name: str, cpus: int) -> subprocess.Pop
         cwd=ROOT)  # (not the caller's directory: its `cluster` would come first on sys.path)
 
 
+@api.python_app
+def noop() -> None:
+    return None
+
+
+def _from_elsewhere(cf: clusterfile.ClusterFile) -> str:
+    """A copy of `cf` as a driver on another host reads it (no Unix socket it could use)."""
+    data = {**dataclasses.asdict(cf), "host": "elsewhere", "unix_socket": ""}
+    fd, path = tempfile.mkstemp(suffix=".json", dir=os.environ["SHOAL_HOME"])
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    return path
+
+
+def _bursts(cf: clusterfile.ClusterFile, reps: int, tasks: int) -> dict[str, list[float]]:
+    """Per repetition, a burst of `tasks` no-ops: the head's and this driver's CPU per
+    task (us), and tasks/s."""
+    out: dict[str, list[float]] = {"head_cpu_task_us": [], "driver_cpu_task_us": [],
+                                   "grpc_noop": []}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            noop().result(timeout=10)
+            break
+        except api.ResourceUnavailableError:  # the daemon has not joined yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    head, me = psutil.Process(cf.head_pid), psutil.Process()
+    for f in [noop() for _ in range(tasks // 4 if reps else 0)]:   # warm-up
+        f.result()
+    for _ in range(reps):
+        h0, d0, t0 = _cpu(head), _cpu(me), time.perf_counter()
+        futs = [noop() for _ in range(tasks)]
+        for f in futs:
+            f.result()
+        elapsed = time.perf_counter() - t0
+        out["head_cpu_task_us"].append((_cpu(head) - h0) / tasks * 1e6)
+        out["driver_cpu_task_us"].append((_cpu(me) - d0) / tasks * 1e6)
+        out["grpc_noop"].append(tasks / elapsed)
+    return out
+
+
 def main() -> None:
     boot_only = sys.argv[1:2] == ["--boot"]
     args = sys.argv[2:] if boot_only else sys.argv[1:]
@@ -79,33 +127,16 @@ def main() -> None:
     out: dict[str, list[float]] = {"head_cpu_task_us": [], "driver_cpu_task_us": [],
                                    "grpc_noop": [], "boot_cpu_s": []}
     try:
+        if not boot_only:
+            api.init(_from_elsewhere(cf), log_to_driver=False)   # the TCP driver lane
+            assert api._session.client().address.startswith("tcp:")
+            lane = _bursts(cf, reps, tasks)
+            api.shutdown()
+            out["lane_head_cpu_task_us"] = lane["head_cpu_task_us"]
+            out["lane_driver_cpu_task_us"] = lane["driver_cpu_task_us"]
+            out["lane_noop"] = lane["grpc_noop"]
         api.init(cf.address, log_to_driver=False)   # host:port: gRPC, not the local lane
-
-        @api.python_app
-        def noop() -> None:
-            return None
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                noop().result(timeout=10)
-                break
-            except api.ResourceUnavailableError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        head, me = psutil.Process(cf.head_pid), psutil.Process()
-        for f in [noop() for _ in range(0 if boot_only else tasks // 4)]:   # warm-up
-            f.result()
-        for _ in range(0 if boot_only else reps):
-            h0, d0, t0 = _cpu(head), _cpu(me), time.perf_counter()
-            futs = [noop() for _ in range(tasks)]
-            for f in futs:
-                f.result()
-            elapsed = time.perf_counter() - t0
-            out["head_cpu_task_us"].append((_cpu(head) - h0) / tasks * 1e6)
-            out["driver_cpu_task_us"].append((_cpu(me) - d0) / tasks * 1e6)
-            out["grpc_noop"].append(tasks / elapsed)
+        out.update(_bursts(cf, 0 if boot_only else reps, tasks))
         for i in range(reps):
             name = f"boot{i}"
             proc = _daemon(cf, name, 1)

@@ -10,7 +10,9 @@ the cluster's 0700 runtime directory carrying the very same protobuf batches as
 length-prefixed frames, the first of which must be the cluster secret. It exists for
 latency: on the 2-core machines we measure on, one gRPC-Python message costs 150-200 us
 each way (a bare two-process ping-pong is ~385 us, ~9 event-loop turns in the head per
-task), while a framed Unix socket costs ~20 us. Everything that crosses hosts is gRPC.
+task), while a framed Unix socket costs ~20 us. Drivers on other hosts get the same lane
+over TCP (the cluster file's ``lane_address``), except on a --tls cluster; daemons, and
+drivers that know only the head's ``host:port``, use gRPC.
 """
 
 from __future__ import annotations
@@ -97,6 +99,22 @@ async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.Abstr
         lambda: cast(asyncio.BaseProtocol, _LaneSession(head, key).protocol), path=path)
     settle_gc()
     return server
+
+
+async def start_tcp_driver_lane(head: Head, secret: str,
+                                host: str) -> tuple[asyncio.AbstractServer, int]:
+    """Serve the driver lane over TCP on ``host:0`` for drivers on other hosts; returns
+    (server, port). Not on a --tls cluster: the driver's reader thread and its senders use
+    one socket at once, which an ``ssl`` socket does not allow, so those drivers keep gRPC.
+    (A driver on another host over gRPC cost the head 66-105 us of CPU a no-op task and
+    itself 38-48; over a framed socket, 47-78 and 21-36: scripts/bench_cost.py.)"""
+    loop = asyncio.get_running_loop()
+    key = secret.encode()
+    server = await loop.create_server(
+        lambda: cast(asyncio.BaseProtocol, _LaneSession(head, key).protocol),
+        host=host, port=0, reuse_port=False)
+    port = server.sockets[0].getsockname()[1]
+    return server, port
 
 
 def settle_gc() -> None:

@@ -134,7 +134,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     server = None
     head = None
     port = 0
-    unix_path = ""
+    unix_path = lane_address = ""
+    tcp_lane: Any = None
 
     def finish() -> None:
         # Remote daemons need a moment to receive their shutdown message; a cluster that
@@ -181,7 +182,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         # `python -X importtime`, of a boot of ~0.15), nor the cluster file (1-2 ms).
         from cluster.common import clusterfile
         from cluster.common.streams import LocalConn
-        from cluster.head.server import start_driver_lane, start_server
+        from cluster.head.server import start_driver_lane, start_server, start_tcp_driver_lane
         from cluster.head.state import Head
 
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
@@ -194,7 +195,11 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
             head.history.attach(loop, head)
         unix_path = os.path.join(runtime, "driver.sock")
         server, port = await start_server(head, secret, ns.host, tls_pair)
-        lane = await start_driver_lane(head, secret, unix_path)
+        if ns.write_cluster_file and not ns.tls:  # (where drivers elsewhere can find it)
+            tcp_lane, lane_port = await start_tcp_driver_lane(head, secret, ns.host)
+            lane_address = f"[{ns.host}]:{lane_port}" if ":" in ns.host else \
+                f"{ns.host}:{lane_port}"
+        lane = await start_driver_lane(head, secret, unix_path)  # (the last: see settle_gc)
         if daemon is not None:
             register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid(),
                                    store_address=store_address, store_dir=store_dir)
@@ -237,6 +242,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         clusterfile.write(clusterfile.ClusterFile(
             cluster_id=ns.cluster_id, address=address, secret=secret,
             host=socket.gethostname(), head_pid=os.getpid(), unix_socket=unix_path,
+            lane_address=lane_address,
             runtime_dir=runtime, log_dir=log_dir, created=time.time(),
             slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
             extra={**({"autoscale": True} if ns.autoscale else {}),
@@ -285,6 +291,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         await store_server.stop()
     if server is not None:
         lane.close()
+        if tcp_lane is not None:
+            tcp_lane.close()
         await server.stop(0)
     if dashboard is not None:
         await dashboard.stop()

@@ -243,3 +243,64 @@ def test_a_node_stores_objects_lane_refuses_a_wrong_secret(running_cluster):
             assert sock.recv(100) == wire.frame(b"UNAUTHENTICATED")
             assert sock.recv(100) == b"", "the daemon must close the connection"
     assert os.listdir(status.nodes[0].store_dir) == ["objects.sock"], "a refused call allocated"
+
+
+def _as_seen_from_another_host(cf: clusterfile.ClusterFile, tmp_path, **changes) -> str:
+    """A copy of `cf` as a driver on another host reads it: the head's Unix socket is on
+    the head's host, so only its TCP addresses are of use."""
+    import dataclasses
+    import json
+
+    data = {**dataclasses.asdict(cf), "host": "elsewhere", "unix_socket": "", **changes}
+    path = tmp_path / "from-elsewhere.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_a_driver_on_another_host_uses_the_tcp_driver_lane(no_session, running_cluster,
+                                                           tmp_path):
+    assert running_cluster.lane_address.rsplit(":", 1)[0] == \
+        running_cluster.address.rsplit(":", 1)[0]
+    assert running_cluster.lane_address != running_cluster.address
+    info = api.init(_as_seen_from_another_host(running_cluster, tmp_path), timeout=10)
+    client = api._session.client()
+    assert client.address == f"tcp:{running_cluster.lane_address}"
+    assert info.address == running_cluster.address, "the address api.init() can be given"
+
+    @api.python_app
+    def add(a, b):
+        return a + b
+
+    futures = [add(i, i) for i in range(200)]
+    assert [f.result(timeout=60) for f in futures] == [2 * i for i in range(200)]
+    assert add(add(1, 2), add(3, 4)).result(timeout=60) == 10
+    assert api.get(api.put(b"x" * 300_000)) == b"x" * 300_000
+
+
+def test_a_dead_tcp_lane_falls_back_to_grpc(no_session, running_cluster, tmp_path):
+    path = _as_seen_from_another_host(running_cluster, tmp_path,
+                                      lane_address=f"127.0.0.1:{_dead_port()}")
+    api.init(path, timeout=10)
+    assert type(api._session.client()._transport).__name__ == "GrpcTransport"
+
+
+def test_the_tcp_driver_lane_refuses_a_wrong_secret_before_parsing(running_cluster, tmp_path):
+    from cluster.common import wire
+
+    marker = str(tmp_path / "executed")
+    hello, poison = _poisoned_submit(marker)
+    host, port = running_cluster.lane_address.rsplit(":", 1)
+    for secret in (b"", b"wrong"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(wire.frame(secret) + wire.frame(hello) + wire.frame(poison))
+            assert sock.recv(100) == wire.frame(b"UNAUTHENTICATED")
+            assert sock.recv(100) == b"", "the head must close the connection"
+    time.sleep(1.0)
+    assert not os.path.exists(marker), "a refused payload was unpickled"
+
+
+def test_a_wrong_secret_over_the_tcp_lane_is_a_clear_error(no_session, running_cluster,
+                                                           tmp_path):
+    path = _as_seen_from_another_host(running_cluster, tmp_path, secret="not-the-secret")
+    with pytest.raises(api.ConnectionError, match="refused our secret"):
+        api.init(path, timeout=5)

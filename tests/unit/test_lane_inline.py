@@ -62,7 +62,7 @@ class _Head:
 def lane(tmp_path: Any) -> Any:
     path = os.path.join(str(tmp_path), "driver.sock")
     head = _Head(path)
-    transport = LaneTransport(path, "secret", lambda: None)
+    transport = LaneTransport(f"unix:{path}", "secret", lambda: None)
     transport.connect(pb.DriverToHead(), 10)
     assert head.ready.wait(HANG)
     got: dict[int, int] = {}   # task id -> ident of the thread that delivered it

@@ -156,7 +156,7 @@ def _transport_on(lane: _Lane, pending: list[pb.TaskSpec]) -> _transport.LaneTra
             pending.clear()
         return message
 
-    transport = _transport.LaneTransport("unused", "secret", take)
+    transport = _transport.LaneTransport("unix:unused", "secret", take)
     transport._sock = lane.ours
     transport._first = pb.HeadToDriver()
     transport.start(lambda message: None, lambda reason: None)
