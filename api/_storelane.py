@@ -62,7 +62,7 @@ class StoreLane:
             try:
                 sock = self._connected()
                 sock.sendall(wire.frame(request.SerializeToString()))
-                body = self._read_frame(sock)
+                body = wire.recv_frames(sock, self._buf, "the daemon")[0]  # (one at a time)
             except (OSError, EOFError) as err:
                 self._drop()
                 raise ConnectionError(f"could not store the object on node {self._node} "
@@ -95,16 +95,6 @@ class StoreLane:
             raise
         self._sock, self._pid, self._buf = sock, os.getpid(), bytearray()
         return sock
-
-    def _read_frame(self, sock: socket.socket) -> bytes:
-        while True:
-            frames = wire.split(self._buf)
-            if frames:
-                return frames[0]  # (one request in flight: one reply at a time)
-            data = sock.recv(wire.RECV_SIZE)
-            if not data:
-                raise EOFError("the daemon closed the connection")
-            self._buf += data
 
     def _drop(self) -> None:
         if self._sock is not None and self._pid == os.getpid():

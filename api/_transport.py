@@ -198,17 +198,6 @@ class LaneTransport(SendsOnOneThread):
             self._deferred = False
             self.flush()
 
-    def _read_frames(self) -> list[bytes]:
-        assert self._sock is not None
-        while True:
-            frames = wire.split(self._buf)
-            if frames:
-                return frames
-            data = self._sock.recv(wire.RECV_SIZE)
-            if not data:
-                raise EOFError("the head closed the connection")
-            self._buf += data
-
     def _open(self, timeout: float) -> socket.socket:
         kind, _, where = self.target.partition(":")
         if kind == "unix":
@@ -235,7 +224,7 @@ class LaneTransport(SendsOnOneThread):
             self._sock = sock
             sock.sendall(wire.frame(self._secret.encode()) +
                          wire.frame(hello.SerializeToString()))
-            body = self._read_frames()[0]
+            body = wire.recv_frames(sock, self._buf, "the head")[0]
         except (OSError, EOFError) as err:
             sock.close()
             self._close_wake()

@@ -1,16 +1,22 @@
 """Connections as the head and the daemons see them: the outbound half of a gRPC stream,
-and an in-process link. Shared by the head (cluster/head/server.py) and a daemon's link
-to it (cluster/node/headlink.py), so a daemon does not import the head to get them
-(that import cost every daemon ~17 ms of start-up).
+an in-process link, and the framed lanes that take the secret first (the head's driver
+lanes, a store's objects lane). Shared by the head (cluster/head/server.py), a daemon's
+link to it (cluster/node/headlink.py) and its store (cluster/store/objectserver.py), so a
+daemon does not import the head to get them (that import cost every daemon ~17 ms of
+start-up).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from cluster.common import wire
+
+log = logging.getLogger("shoal.lanes")
 
 
 class StreamConn:
@@ -66,3 +72,45 @@ class AsyncFrameProtocol(wire.FrameProtocol, asyncio.BufferedProtocol):
     """:class:`~cluster.common.wire.FrameProtocol` as asyncio sees a buffered protocol, so
     its transport reads with ``recv_into`` the protocol's own buffer (wire.py says why).
     Defined here, not in wire.py, because workers import wire.py and never asyncio."""
+
+
+class SecretFirstFrames:
+    """A framed connection whose first frame must be the cluster `secret` and whose others
+    are protobuf messages of `message_type`, each handed to ``on_message``: the head's
+    driver lanes and a store's objects lane. Nothing but the secret is looked at before it
+    passes; a wrong one is answered ``UNAUTHENTICATED`` and the connection closed, and so
+    is (without an answer) a frame that does not parse. `what` names the lane in logs."""
+
+    def __init__(self, secret: bytes, message_type: Any, on_message: Callable[[Any], None],
+                 on_lost: Callable[[], None], what: str) -> None:
+        self._secret = secret
+        self._parse = message_type.FromString
+        self._on_message = on_message
+        self._what = what
+        self._authenticated = False
+        self.protocol = AsyncFrameProtocol(self._on_frame, on_lost, decode=bytes)
+
+    def _on_frame(self, body: bytes) -> None:
+        if not self._authenticated:
+            if not hmac.compare_digest(body, self._secret):
+                log.warning("%s: wrong secret, connection closed", self._what)
+                self.protocol.write(wire.frame(b"UNAUTHENTICATED"))
+                self.protocol.close()
+                return
+            self._authenticated = True
+            return
+        try:
+            message = self._parse(body)
+        except Exception:  # noqa: BLE001
+            log.warning("%s: malformed message, connection closed", self._what)
+            self.protocol.close()
+            return
+        self._on_message(message)
+
+    def send(self, message: Any) -> None:
+        """Write one protobuf message as a frame (queued; never blocks)."""
+        self.protocol.write(wire.frame(message.SerializeToString()))
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.protocol.close()

@@ -64,6 +64,19 @@ def split(buf: bytearray) -> list[bytes]:
     return out
 
 
+def recv_frames(sock: Any, buf: bytearray, peer: str) -> list[bytes]:
+    """Block on the socket `sock` until `buf` (what it received so far) holds a complete
+    frame; remove and return every complete frame body (EOFError naming `peer` at EOF)."""
+    while True:
+        frames = split(buf)
+        if frames:
+            return frames
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            raise EOFError(f"{peer} closed the connection")
+        buf += data
+
+
 class FrameProtocol(_ProtocolBase):
     """asyncio protocol for a framed socket: ``on_message(decode(body))`` per frame,
     ``on_lost()`` at EOF. A frame that fails to decode closes the connection.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -27,58 +26,29 @@ from typing import Any, cast
 import grpc
 
 from cluster.common import shoal_pb2_grpc as pb_grpc
-from cluster.common import wire
 from cluster.common.auth import server_interceptor
 from cluster.common.protocol import SERVER_OPTIONS, pb
-from cluster.common.streams import AsyncFrameProtocol, StreamConn
+from cluster.common.streams import SecretFirstFrames, StreamConn
 from cluster.head.state import Head
 
 log = logging.getLogger("shoal.head")
 
 
-class _LaneConn:
-    """The head's sending side of one local-lane driver connection."""
-
-    def __init__(self, protocol: wire.FrameProtocol) -> None:
-        self._protocol = protocol
-
-    def send(self, message: Any) -> None:
-        self._protocol.write(wire.frame(message.SerializeToString()))
-
-    def close(self) -> None:
-        self._protocol.close()
-
-
 class _LaneSession:
-    """One local-lane connection: authenticate, then feed DriverToHead frames to the head."""
+    """One driver-lane connection: authenticate, then feed DriverToHead frames to the head
+    (the head sends through :attr:`conn`)."""
 
     def __init__(self, head: Head, secret: bytes) -> None:
         self.head = head
-        self.secret = secret
-        self.authenticated = False
         self.driver: Any = None
-        self.protocol = AsyncFrameProtocol(self.on_frame, self.on_lost, decode=bytes)
-        self.conn = _LaneConn(self.protocol)
+        self.conn = SecretFirstFrames(secret, pb.DriverToHead, self.on_message, self.on_lost,
+                                      "driver lane")
+        self.protocol = self.conn.protocol
 
-    def on_frame(self, body: bytes) -> None:
-        if not self.authenticated:
-            # Nothing but the secret is looked at before this passes.
-            if not hmac.compare_digest(body, self.secret):
-                log.warning("local driver lane: wrong secret, connection closed")
-                self.protocol.write(wire.frame(b"UNAUTHENTICATED"))
-                self.protocol.close()
-                return
-            self.authenticated = True
-            return
-        try:
-            message = pb.DriverToHead.FromString(body)
-        except Exception:  # noqa: BLE001
-            log.warning("local driver lane: malformed message, connection closed")
-            self.protocol.close()
-            return
+    def on_message(self, message: pb.DriverToHead) -> None:
         if self.driver is None:
             if not message.HasField("hello"):
-                self.protocol.close()
+                self.conn.close()
                 return
             self.driver = self.head.driver_joined(self.conn, message.hello)
         self.head.on_driver_message(self.driver, message)
@@ -102,9 +72,9 @@ async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.Abstr
 
 
 async def start_tcp_driver_lane(head: Head, secret: str,
-                                host: str) -> tuple[asyncio.AbstractServer, int]:
+                                host: str) -> tuple[asyncio.AbstractServer, str]:
     """Serve the driver lane over TCP on ``host:0`` for drivers on other hosts; returns
-    (server, port). Not on a --tls cluster: the driver's reader thread and its senders use
+    (server, its host:port). Not on a --tls cluster: the driver's reader thread and its senders use
     one socket at once, which an ``ssl`` socket does not allow, so those drivers keep gRPC.
     (A driver on another host over gRPC cost the head 66-105 us of CPU a no-op task and
     itself 38-48; over a framed socket, 47-78 and 21-36: scripts/bench_cost.py.)"""
@@ -114,7 +84,7 @@ async def start_tcp_driver_lane(head: Head, secret: str,
         lambda: cast(asyncio.BaseProtocol, _LaneSession(head, key).protocol),
         host=host, port=0, reuse_port=False)
     port = server.sockets[0].getsockname()[1]
-    return server, port
+    return server, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def settle_gc() -> None:

@@ -196,9 +196,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         unix_path = os.path.join(runtime, "driver.sock")
         server, port = await start_server(head, secret, ns.host, tls_pair)
         if ns.write_cluster_file and not ns.tls:  # (where drivers elsewhere can find it)
-            tcp_lane, lane_port = await start_tcp_driver_lane(head, secret, ns.host)
-            lane_address = f"[{ns.host}]:{lane_port}" if ":" in ns.host else \
-                f"{ns.host}:{lane_port}"
+            tcp_lane, lane_address = await start_tcp_driver_lane(head, secret, ns.host)
         lane = await start_driver_lane(head, secret, unix_path)  # (the last: see settle_gc)
         if daemon is not None:
             register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid(),

@@ -13,14 +13,12 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 from typing import Any, cast
 
-from cluster.common import wire
 from cluster.common.protocol import pb
-from cluster.common.streams import AsyncFrameProtocol
+from cluster.common.streams import SecretFirstFrames
 from cluster.store import transfer
 from cluster.store.objectstore import ObjectStore, StoreFullError
 
@@ -39,28 +37,12 @@ class _ObjectsSession:
 
     def __init__(self, store: ObjectStore, secret: bytes) -> None:
         self.store = store
-        self.secret = secret
-        self.authenticated = False
-        self.protocol = AsyncFrameProtocol(self.on_frame, self.on_lost, decode=bytes)
+        self.lane = SecretFirstFrames(secret, pb.ObjectsRequest, self.on_request,
+                                      self.on_lost, "objects lane")
         self._turn: asyncio.Future[None] | None = None
         self._unsealed: set[str] = set()
 
-    def on_frame(self, body: bytes) -> None:
-        if not self.authenticated:
-            # Nothing but the secret is looked at before this passes.
-            if not hmac.compare_digest(body, self.secret):
-                log.warning("objects lane: wrong secret, connection closed")
-                self.protocol.write(wire.frame(b"UNAUTHENTICATED"))
-                self.protocol.close()
-                return
-            self.authenticated = True
-            return
-        try:
-            request = pb.ObjectsRequest.FromString(body)
-        except Exception:  # noqa: BLE001
-            log.warning("objects lane: malformed request, connection closed")
-            self.protocol.close()
-            return
+    def on_request(self, request: pb.ObjectsRequest) -> None:
         if self._turn is None:
             reply = self._at_once(request)
             if reply is not None:  # the common case: no thread, no task
@@ -115,7 +97,7 @@ class _ObjectsSession:
         return pb.ObjectsReply()
 
     def _reply(self, reply: pb.ObjectsReply) -> None:
-        self.protocol.write(wire.frame(reply.SerializeToString()))
+        self.lane.send(reply)
 
     def on_lost(self) -> None:
         for path in self._unsealed:
@@ -145,7 +127,7 @@ async def start(store: ObjectStore, secret: str, host: str,
     loop = asyncio.get_running_loop()
     key = secret.encode()
     lane = await loop.create_unix_server(
-        lambda: cast(asyncio.BaseProtocol, _ObjectsSession(store, key).protocol),
+        lambda: cast(asyncio.BaseProtocol, _ObjectsSession(store, key).lane.protocol),
         path=os.path.join(store.directory, SOCKET_NAME))
     return ObjectServers(lane, transfer.TransferServer(store, secret, host, tls))
 
