@@ -22,11 +22,13 @@ ratio to shoal measured in the same run. Workloads:
 - tasks that submit tasks (scripts/bench_nested.py, shoal and Ray): recursive fib(16) on
   2 CPUs (s), 5,000 no-ops submitted and waited for inside one task vs. by the driver
   (tasks/s), a ``join_app`` fan-out of 1,000 (s; Ray: a task getting 1,000 it submitted)
-- the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task over
-  gRPC (``head_cpu_task_us``, ``driver_cpu_task_us``), that burst's tasks/s, and the CPU
-  seconds to boot one daemon and its first worker (``boot_cpu_s``); and the same burst
-  from a driver on another host as it connects, by the cluster file, over the head's
-  driver lane on TCP (``lane_head_cpu_task_us``, ``lane_driver_cpu_task_us``, ``lane_noop``)
+- the multi-node path (scripts/bench_cost.py): head and driver CPU per no-op task with the
+  daemon joined and the driver connected over gRPC (``head_cpu_task_us``,
+  ``driver_cpu_task_us``), that burst's tasks/s; the same burst as ``clusterctl up`` joins
+  a daemon (its node lane) and a driver on another host connects (the TCP driver lane):
+  ``lane_head_cpu_task_us``, ``lane_driver_cpu_task_us``, ``lane_noop``; and the CPU
+  seconds to boot one daemon and its first worker, over the node lane (``boot_cpu_s``)
+  and over gRPC (``grpc_boot_cpu_s``)
 """
 
 from __future__ import annotations
@@ -309,10 +311,11 @@ ROWS = [
     ("grpc_noop", "no-op tasks over gRPC, tasks/s", True),
     ("head_cpu_task_us", "head CPU per task (gRPC), us", False),
     ("driver_cpu_task_us", "driver CPU per task (gRPC), us", False),
-    ("lane_noop", "no-op tasks, TCP driver lane, tasks/s", True),
-    ("lane_head_cpu_task_us", "head CPU per task (TCP lane), us", False),
-    ("lane_driver_cpu_task_us", "driver CPU per task (TCP lane), us", False),
-    ("boot_cpu_s", "daemon + worker boot CPU, s", False),
+    ("lane_noop", "no-op tasks, TCP lanes, tasks/s", True),
+    ("lane_head_cpu_task_us", "head CPU per task (TCP lanes), us", False),
+    ("lane_driver_cpu_task_us", "driver CPU per task (TCP lanes), us", False),
+    ("boot_cpu_s", "daemon + worker boot CPU (node lane), s", False),
+    ("grpc_boot_cpu_s", "daemon + worker boot CPU (gRPC), s", False),
 ]
 
 

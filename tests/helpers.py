@@ -23,11 +23,14 @@ TESTBED = pathlib.Path(os.environ.get("SLURM_TESTBED_DIR", "/var/tmp/shoal-testb
 
 
 def start_daemon(cf: clusterfile.ClusterFile, name: str, *extra: str,
-                 head_timeout: float = 30) -> subprocess.Popen:
+                 head_timeout: float = 30, grpc: bool = False) -> subprocess.Popen:
+    """A daemon joining `cf`'s head as `clusterctl up`'s do, over its node lane (`grpc`:
+    over gRPC, by the head's host:port)."""
     env = {**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}
+    address = cf.address if grpc or not cf.node_lane_address else f"tcp:{cf.node_lane_address}"
     return subprocess.Popen(
         [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", cf.cluster_id,
-         "--head-address", cf.address, "--node-name", name, "--head-timeout",
+         "--head-address", address, "--node-name", name, "--head-timeout",
          str(head_timeout), *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
 

@@ -29,6 +29,7 @@ class ClusterFile:
     head_pid: int = 0
     unix_socket: str = ""             # for drivers on the head's host
     lane_address: str = ""            # host:port of the driver lane over TCP (not --tls)
+    node_lane_address: str = ""       # host:port daemons join over (tcp:...; not --tls)
     runtime_dir: str = ""
     log_dir: str = ""
     slurm_job_id: str = ""
@@ -79,7 +80,7 @@ def write(cf: ClusterFile) -> str:
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "cluster_id": (str,), "address": (str,), "secret": (str,), "state": (str,),
     "host": (str,), "head_pid": (int,), "unix_socket": (str,), "lane_address": (str,),
-    "runtime_dir": (str,),
+    "node_lane_address": (str,), "runtime_dir": (str,),
     "log_dir": (str,), "slurm_job_id": (str,), "nodes": (list,), "slurm_jobs": (list,),
     "slurm_steps": (list,), "created": (int, float), "extra": (dict,),
 }

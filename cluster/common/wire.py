@@ -28,6 +28,9 @@ MAX_FRAME = 1 << 31
 #: Bytes per recv(): Python allocates this much on every call, so a large value costs
 #: more than the syscalls it saves (1 MiB made a no-op task ~14% slower end to end).
 RECV_SIZE = 1 << 16
+#: How the address of a framed lane over TCP is written (``tcp:HOST:PORT``): a driver's
+#: target for the head's TCP driver lane, a daemon's ``--head-address`` for its node lane.
+TCP_PREFIX = "tcp:"
 
 
 def frame(body: bytes) -> bytes:

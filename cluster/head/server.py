@@ -11,8 +11,11 @@ length-prefixed frames, the first of which must be the cluster secret. It exists
 latency: on the 2-core machines we measure on, one gRPC-Python message costs 150-200 us
 each way (a bare two-process ping-pong is ~385 us, ~9 event-loop turns in the head per
 task), while a framed Unix socket costs ~20 us. Drivers on other hosts get the same lane
-over TCP (the cluster file's ``lane_address``), except on a --tls cluster; daemons, and
-drivers that know only the head's ``host:port``, use gRPC.
+over TCP (the cluster file's ``lane_address``), except on a --tls cluster; drivers that
+know only the head's ``host:port`` use gRPC. Daemons get the same framed protobuf on
+the *node lane* (TCP, a port of its own: a daemon's first message could not be told from
+a driver's), which is how ``clusterctl up`` and the autoscaler's blocks join them; a daemon
+given the head's ``host:port``, and every daemon of a --tls cluster, joins over gRPC.
 """
 
 from __future__ import annotations
@@ -71,6 +74,43 @@ async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.Abstr
     return server
 
 
+class _NodeLaneSession:
+    """One node-lane connection: authenticate, then the daemon's NodeToHead frames (the
+    first must register) go to the head, which sends through :attr:`conn`; the node is lost
+    when the connection ends."""
+
+    def __init__(self, head: Head, secret: bytes) -> None:
+        self.head = head
+        self.node: Any = None
+        self.conn = SecretFirstFrames(secret, pb.NodeToHead, self.on_message, self.on_lost,
+                                      "node lane")
+        self.protocol = self.conn.protocol
+
+    def on_message(self, message: pb.NodeToHead) -> None:
+        if self.node is None:
+            if not message.HasField("register"):
+                log.warning("node lane: the first message did not register; closed")
+                self.conn.close()
+                return
+            self.node = self.head.node_joined(self.conn, message.register)
+        self.head.on_node_message(self.node, message)
+
+    def on_lost(self) -> None:
+        if self.node is not None:
+            self.head.node_lost(self.node, "connection closed")
+            self.node = None
+
+
+async def _serve_tcp(session: Callable[[], Any], host: str) -> tuple[asyncio.AbstractServer, str]:
+    """Serve framed sessions (each made by `session`, a protocol) on ``host:0``; returns
+    (server, its host:port)."""
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: cast(asyncio.BaseProtocol, session()), host=host, port=0, reuse_port=False)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def start_tcp_driver_lane(head: Head, secret: str,
                                 host: str) -> tuple[asyncio.AbstractServer, str]:
     """Serve the driver lane over TCP on ``host:0`` for drivers on other hosts; returns
@@ -78,13 +118,17 @@ async def start_tcp_driver_lane(head: Head, secret: str,
     one socket at once, which an ``ssl`` socket does not allow, so those drivers keep gRPC.
     (A driver on another host over gRPC cost the head 66-105 us of CPU a no-op task and
     itself 38-48; over a framed socket, 47-78 and 21-36: scripts/bench_cost.py.)"""
-    loop = asyncio.get_running_loop()
     key = secret.encode()
-    server = await loop.create_server(
-        lambda: cast(asyncio.BaseProtocol, _LaneSession(head, key).protocol),
-        host=host, port=0, reuse_port=False)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return await _serve_tcp(lambda: _LaneSession(head, key).protocol, host)
+
+
+async def start_tcp_node_lane(head: Head, secret: str,
+                              host: str) -> tuple[asyncio.AbstractServer, str]:
+    """Serve the node lane on ``host:0``: daemons (cluster/node/headlink.py LaneHeadLink)
+    join over it in framed protobuf instead of gRPC; returns (server, its host:port). Not
+    on a --tls cluster, whose daemons keep gRPC over TLS."""
+    key = secret.encode()
+    return await _serve_tcp(lambda: _NodeLaneSession(head, key).protocol, host)
 
 
 def settle_gc() -> None:

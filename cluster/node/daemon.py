@@ -5,7 +5,7 @@ once the node's resources allow (GPUs handed out by id through CUDA_VISIBLE_DEVI
 enforces walltimes by killing the worker's process group, replaces dead workers, and sends
 results and print output back in batches: at most one message per event-loop turn.
 
-It talks to the head through a *link* (:class:`cluster.headlink.GrpcHeadLink` over the
+It talks to the head through a *link* (:class:`cluster.node.headlink.HeadLink` over the
 network, or an in-process link when head and daemon share a process), so this module has
 no networking of its own.
 """

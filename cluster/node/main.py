@@ -4,8 +4,9 @@
   daemon share an event loop and talk without serialization), used by ``api.init()`` and
   ``clusterctl up`` outside Slurm;
 - ``--head``: the head alone (Slurm: on the allocation's first node);
-- ``--daemon --head-address HOST:PORT``: one node's daemon joining a head (``-``: read
-  ``HOST:PORT`` from stdin, so `clusterctl up` can start the daemons beside the head);
+- ``--daemon --head-address tcp:HOST:PORT``: one node's daemon joining a head over its
+  node lane (``HOST:PORT``: over gRPC; ``-``: read the address from stdin, so
+  `clusterctl up` can start the daemons beside the head);
 - with ``--daemon``, ``python -m cluster.node`` first forks the zygote that forks this
   node's workers (:mod:`cluster.node.forkserver`).
 
@@ -28,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-from cluster.common import auth, paths
+from cluster.common import auth, paths, wire
 
 log = logging.getLogger("shoal.node")
 #: Object store capacity in bytes, inherited by every daemon of a cluster (srun, sbatch).
@@ -91,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--daemon", action="store_true")
     parser.add_argument("--cluster-id", required=True)
     parser.add_argument("--head-address", default="",
-                        help="HOST:PORT of the head; '-': read it from stdin (one line)")
+                        help="tcp:HOST:PORT, the head's node lane (its cluster file's "
+                             "node_lane_address), or HOST:PORT, its gRPC address (the only "
+                             "one on a --tls cluster); '-': read it from stdin (one line)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind and advertise; 'auto': --interface's address, "
                              "else the address this host's name resolves to")
@@ -134,8 +137,9 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
     server = None
     head = None
     port = 0
-    unix_path = lane_address = ""
+    unix_path = lane_address = node_lane = ""
     tcp_lane: Any = None
+    node_lane_server: Any = None
 
     def finish() -> None:
         # Remote daemons need a moment to receive their shutdown message; a cluster that
@@ -182,7 +186,12 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         # `python -X importtime`, of a boot of ~0.15), nor the cluster file (1-2 ms).
         from cluster.common import clusterfile
         from cluster.common.streams import LocalConn
-        from cluster.head.server import start_driver_lane, start_server, start_tcp_driver_lane
+        from cluster.head.server import (
+            start_driver_lane,
+            start_server,
+            start_tcp_driver_lane,
+            start_tcp_node_lane,
+        )
         from cluster.head.state import Head
 
         head = Head(ns.cluster_id, node_timeout=ns.node_timeout)
@@ -197,6 +206,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         server, port = await start_server(head, secret, ns.host, tls_pair)
         if ns.write_cluster_file and not ns.tls:  # (where drivers elsewhere can find it)
             tcp_lane, lane_address = await start_tcp_driver_lane(head, secret, ns.host)
+            node_lane_server, node_lane = await start_tcp_node_lane(head, secret, ns.host)
         lane = await start_driver_lane(head, secret, unix_path)  # (the last: see settle_gc)
         if daemon is not None:
             register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid(),
@@ -214,7 +224,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
 
             asyncio.ensure_future(local_heartbeat())
     elif daemon is not None:
-        from cluster.node.headlink import GrpcHeadLink
+        from cluster.node.headlink import make_link
 
         if ns.head_address == "-":  # `clusterctl up` writes it once the head is up
             ns.head_address = await _address_from_stdin()
@@ -222,8 +232,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
                                block_id=ns.block_id, store_address=store_address,
                                store_dir=store_dir)
         fill(register.total, daemon.total)
-        link = GrpcHeadLink(daemon, ns.head_address, secret, register, ns.head_timeout,
-                            ca=ns.tls_ca)
+        link = make_link(daemon, ns.head_address, secret, register, ns.head_timeout,
+                         ca=ns.tls_ca)
         daemon.link = link
         asyncio.ensure_future(link.run())
 
@@ -240,7 +250,7 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         clusterfile.write(clusterfile.ClusterFile(
             cluster_id=ns.cluster_id, address=address, secret=secret,
             host=socket.gethostname(), head_pid=os.getpid(), unix_socket=unix_path,
-            lane_address=lane_address,
+            lane_address=lane_address, node_lane_address=node_lane,
             runtime_dir=runtime, log_dir=log_dir, created=time.time(),
             slurm_job_id=os.environ.get("SLURM_JOB_ID", ""),
             extra={**({"autoscale": True} if ns.autoscale else {}),
@@ -254,13 +264,15 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         from cluster.slurm.provider import SlurmProvider
 
         cfg = config.from_mapping(json.loads(ns.autoscale))
-        provider = SlurmProvider(cfg, cluster_id=ns.cluster_id, head_address=address,
+        provider = SlurmProvider(cfg, cluster_id=ns.cluster_id,
+                                 head_address=wire.TCP_PREFIX + node_lane if node_lane else address,
                                  secret_file=clusterfile.path_for(ns.cluster_id),
                                  python=cfg.python or sys.executable, log_dir=log_dir,
                                  package_root=paths.PACKAGE_ROOT)
         manager = BlockManager(head, cfg, provider, ns.cluster_id)
         scaling = asyncio.ensure_future(manager.run())
-    print(json.dumps({"address": address, "unix_socket": unix_path, "pid": os.getpid(),
+    print(json.dumps({"address": address, "node_lane": node_lane, "unix_socket": unix_path,
+                      "pid": os.getpid(),
                       "log_dir": log_dir,
                       "dashboard": dashboard.url if dashboard is not None else ""}), flush=True)
     if ns.watch_stdin:
@@ -291,6 +303,8 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         lane.close()
         if tcp_lane is not None:
             tcp_lane.close()
+        if node_lane_server is not None:
+            node_lane_server.close()
         await server.stop(0)
     if dashboard is not None:
         await dashboard.stop()
@@ -364,11 +378,14 @@ def main(argv: list[str] | None = None) -> None:
     if not (ns.head or ns.daemon):
         raise SystemExit("say --head, --daemon or both")
     if ns.daemon and not ns.head and not ns.head_address:
-        raise SystemExit("--daemon alone needs --head-address HOST:PORT")
+        raise SystemExit("--daemon alone needs --head-address tcp:HOST:PORT or HOST:PORT")
     secret, extra = auth.read_secret(ns.secret_file)
     ns.tls_ca = extra.get("tls_ca", "")
     ns.tls_node_key = extra.get("tls_node_key", "")
     ns.tls_node_cert = extra.get("tls_node_cert", "")
+    if ns.tls_ca and ns.head_address.startswith(wire.TCP_PREFIX):
+        raise SystemExit(f"--head-address {ns.head_address}: a --tls cluster's daemons join "
+                         "over gRPC; give the head's HOST:PORT (its cluster file's address)")
     log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
     ns.log_dir = log_dir
     os.makedirs(log_dir, exist_ok=True)

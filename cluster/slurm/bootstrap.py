@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.common import auth, bytecode, clusterfile, paths
+from cluster.common import auth, bytecode, clusterfile, paths, wire
 from cluster.slurm import commands as slurm
 
 
@@ -213,7 +213,11 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
             daemons = start_daemons()
         assert daemons.stdin is not None
         try:
-            daemons.stdin.write(f"{ready['address']}\n".encode())
+            # The node lane (framed TCP: daemons then never load gRPC) where the head has
+            # one, i.e. unless --tls.
+            lane = ready.get("node_lane", "")
+            target = wire.TCP_PREFIX + lane if lane else ready["address"]
+            daemons.stdin.write(f"{target}\n".encode())
             daemons.stdin.flush()
         except BrokenPipeError:
             pass  # the step is gone already: the loop below says so

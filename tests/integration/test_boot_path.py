@@ -53,7 +53,7 @@ def test_a_daemon_takes_the_head_address_from_stdin(clusterctl, no_session):
     daemon = _daemon(cf, "from-stdin")
     try:
         assert daemon.stdin is not None
-        daemon.stdin.write(f"{cf.address}\n".encode())
+        daemon.stdin.write(f"tcp:{cf.node_lane_address}\n".encode())   # as `up` writes it
         daemon.stdin.close()
         api.init(cf.path)
         pinned = api.python_app(num_cpus=0, resources={"node:from-stdin": 0.01})(_where)
@@ -93,13 +93,13 @@ def test_up_returns_with_the_dashboard_address_in_the_cluster_file(clusterctl):
         clusterctl("down", "--cluster", "boot-dash")
 
 
-def test_a_daemon_alone_imports_no_module_of_the_head(clusterctl, no_session):
+def test_a_daemon_alone_imports_no_module_of_the_head_nor_grpc(clusterctl, no_session):
     up = clusterctl("up", "--num-cpus", "0", "--cluster-id", "boot-imports")
     assert up.returncode == 0, up.stderr
     cf = clusterfile.read(clusterfile.path_for("boot-imports"))
     daemon = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "cluster.node", "--daemon", "--cluster-id",
-         cf.cluster_id, "--head-address", cf.address, "--node-name", "imports",
+         cf.cluster_id, "--head-address", f"tcp:{cf.node_lane_address}", "--node-name", "imports",
          "--num-cpus", "1"],
         env={**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}, cwd=ROOT,
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -117,5 +117,7 @@ def test_a_daemon_alone_imports_no_module_of_the_head(clusterctl, no_session):
         _, err = daemon.communicate(timeout=60)
     imported = [line.rsplit("|", 1)[-1].strip() for line in err.decode().splitlines()
                 if line.startswith("import time:")]
-    assert "grpc" in imported and "cluster.node.daemon" in imported
+    assert "cluster.node.daemon" in imported and "cluster.node.headlink" in imported
     assert [m for m in imported if m.startswith("cluster.head")] == []
+    # On the node lane (how `clusterctl up` joins daemons) gRPC is never loaded.
+    assert [m for m in imported if m == "grpc" or m.startswith("grpc.")] == []

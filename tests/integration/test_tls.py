@@ -30,6 +30,7 @@ def tls_cluster(clusterctl, no_session):
 def test_ca_is_published_and_status_works_over_tls(tls_cluster, clusterctl):
     assert tls_cluster.extra["tls_ca"].startswith("-----BEGIN CERTIFICATE-----")
     assert tls_cluster.lane_address == "", "a --tls head serves no plain TCP driver lane"
+    assert tls_cluster.node_lane_address == "", "nor a plain TCP node lane"
     status = clusterctl("status", "--cluster", "tls")
     assert status.returncode == 0 and "cluster tls" in status.stdout
 

@@ -130,7 +130,7 @@ def test_block_script_golden():
         "scheduler_options": "#SBATCH --exclusive", "interface": "ib0",
         "worker_init": "module load python\nsource ~/venv/bin/activate"})
     text = block_script(cfg, cluster_id="shoal-abc", block_id="3",
-                        head_address="10.0.0.1:4567", secret_file="/home/u/.shoal/c.json",
+                        head_address="tcp:10.0.0.1:4567", secret_file="/home/u/.shoal/c.json",
                         python="/venv/bin/python", log_dir="/tmp/logs", package_root="/src")
     assert "--ntasks-per-node" not in text
     assert "SHOAL_SECRET" not in text

@@ -1,0 +1,226 @@
+"""The head's node lane: daemons joining over framed TCP (as `clusterctl up`'s and the
+autoscaler's blocks do) instead of gRPC. Real head and daemon processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from helpers import ROOT, start_daemon, wait_nodes, wait_until
+
+import api
+from cluster.common import clusterfile, wire
+from cluster.common.protocol import pb
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def head(clusterctl, no_session):
+    """A cluster whose head runs no tasks itself (every task goes to a joined daemon)."""
+    up = clusterctl("up", "--num-cpus", "0", "--cluster-id", "nodelane")
+    assert up.returncode == 0, up.stderr
+    cf = clusterfile.read(clusterfile.path_for("nodelane"))
+    yield cf
+    api.shutdown()
+    clusterctl("down", "--cluster", "nodelane")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+@api.python_app
+def where(x: int) -> tuple[int, int]:
+    return os.getppid(), x * 2
+
+
+def _maps(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_the_cluster_file_names_the_node_lane(head):
+    host, _, port = head.node_lane_address.rpartition(":")
+    assert host == "127.0.0.1" and int(port) > 0
+    assert head.node_lane_address not in (head.address, head.lane_address)
+
+
+@pytest.mark.parametrize("transport", ["lane", "grpc"])
+def test_a_daemon_runs_tasks_and_takes_dependencies_over_either_link(head, transport):
+    daemon = start_daemon(head, "joined", "--num-cpus", "2", grpc=transport == "grpc")
+    try:
+        api.init(head.path)
+        wait_nodes(2)
+        first = [where(i) for i in range(20)]
+        second = [where(f.result(timeout=60)[1]) for f in first]  # futures as arguments
+        assert {f.result(timeout=60)[0] for f in second} == {daemon.pid}
+        assert sorted(f.result()[1] for f in second) == [4 * i for i in range(20)]
+        # A daemon on the node lane never loads gRPC (that is the lane's point: boot CPU,
+        # memory); one given the head's host:port does.
+        assert ("cygrpc" in _maps(daemon.pid)) == (transport == "grpc")
+    finally:
+        _stop(daemon)
+
+
+def test_a_killed_lane_daemon_is_lost_at_once_and_its_task_fails(head, tmp_path):
+    daemon = start_daemon(head, "doomed", "--num-cpus", "1")
+    started = tmp_path / "started"
+    try:
+        api.init(head.path)
+        wait_nodes(2)
+
+        @api.python_app(max_retries=0)
+        def hang(path):
+            open(path, "w").close()
+            time.sleep(120)
+
+        fut = hang(str(started))
+        wait_until(lambda: started.exists() or fut.done(), 60, "the task to start")
+        os.killpg(daemon.pid, signal.SIGKILL)
+        with pytest.raises(api.WorkerCrashedError, match="lost"):
+            fut.result(timeout=60)   # the connection closing says it (no heartbeat timeout)
+    finally:
+        _stop(daemon)
+
+
+def test_a_lane_daemon_with_a_wrong_secret_stops_saying_so(head, tmp_path):
+    env = {**os.environ, "SHOAL_SECRET": "not-the-secret", "PYTHONPATH": ROOT}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", head.cluster_id,
+         "--head-address", f"tcp:{head.node_lane_address}", "--node-name", "intruder",
+         "--num-cpus", "1", "--log-dir", str(tmp_path), "--head-timeout", "600"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        start_new_session=True)
+    try:
+        # Well before --head-timeout: a refused secret is not retried.
+        assert daemon.wait(timeout=60) is not None
+        log = (tmp_path / "daemon-intruder.log").read_text()
+        assert "the head refused our secret" in log, log[-2000:]
+    finally:
+        _stop(daemon)
+
+
+def test_the_node_lane_refuses_a_wrong_secret_and_garbage_and_the_head_goes_on(head):
+    host, port = head.node_lane_address.rsplit(":", 1)
+    register = pb.NodeToHead(register=pb.Register(name="fake", address="127.0.0.1", pid=1))
+    for secret in (b"", b"wrong"):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(wire.frame(secret) + wire.frame(register.SerializeToString()))
+            assert sock.recv(100) == wire.frame(b"UNAUTHENTICATED")
+            assert sock.recv(100) == b"", "the head must close the connection"
+    # The right secret, then something that is not a registration, then not protobuf.
+    for body in (pb.NodeToHead(heartbeat=pb.Heartbeat(running=1)).SerializeToString(),
+                 pickle.dumps("not protobuf") + b"\xff" * 8):
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(wire.frame(head.secret.encode()) + wire.frame(body))
+            assert sock.recv(100) == b"", "the head must close the connection"
+    api.init(head.path)
+    names = [n.name for n in api._session.client().nodes.values() if n.state == "alive"]
+    assert "fake" not in names
+    daemon = start_daemon(head, "after", "--num-cpus", "1")
+    try:
+        wait_nodes(2)
+        assert where(1).result(timeout=60) == (daemon.pid, 2)
+    finally:
+        _stop(daemon)
+
+
+class _Proxy:
+    """A TCP relay in front of the node lane whose connections the test can cut, as a
+    network fault or the head dropping a silent node would."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            up = socket.create_connection(self.upstream)
+            self.pairs.append((down, up))
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        for down, up in self.pairs:
+            for s in (down, up):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_lane_daemon_whose_connection_is_cut_joins_again(head):
+    proxy = _Proxy(head.node_lane_address)
+    env = {**os.environ, "SHOAL_SECRET": head.secret, "PYTHONPATH": ROOT}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", head.cluster_id,
+         "--head-address", f"tcp:{proxy.address}", "--node-name", "cut", "--num-cpus", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        start_new_session=True)
+    try:
+        api.init(head.path)
+        wait_nodes(2)
+        assert where(1).result(timeout=60) == (daemon.pid, 2)
+
+        def nodes(name: str) -> list[str]:
+            return [n.state for n in api._session.client().nodes.values() if n.name == name]
+
+        proxy.cut()
+        wait_until(lambda: len(proxy.pairs) == 2, 60, "the daemon to connect again")
+        wait_nodes(2)
+        # The old registration was lost; the new one runs tasks, on the same process.
+        assert where(2).result(timeout=60) == (daemon.pid, 4)
+        assert sorted(nodes("cut")) == ["alive", "dead"], nodes("cut")
+        assert daemon.poll() is None
+    finally:
+        proxy.close()
+        _stop(daemon)
+
+
+def test_a_tls_cluster_daemon_given_a_lane_address_is_told_to_use_grpc(tmp_path):
+    secret_file = tmp_path / "cluster.json"
+    secret_file.write_text('{"cluster_id": "x", "address": "127.0.0.1:1", "secret": "s",'
+                           ' "extra": {"tls_ca": "CA"}}')
+    run = subprocess.run(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", "x",
+         "--head-address", "tcp:127.0.0.1:1", "--secret-file", str(secret_file),
+         "--log-dir", str(tmp_path), "--num-cpus", "1"],
+        env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert run.returncode != 0
+    assert "a --tls cluster's daemons join over gRPC" in run.stderr, run.stderr[-2000:]
