@@ -1,6 +1,7 @@
 """`clusterctl up` in an allocation starts the daemons' step beside the head's (they read
 its address from stdin), except with --tls, where they read the CA from the cluster file
-the head writes: both come up and run tasks on every node."""
+the head writes: both come up and run tasks on every node (over the head's node lane, and
+with --tls over gRPC)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,15 @@ DRIVER = textwrap.dedent("""
 
     @api.python_app
     def host():
-        import socket, time
+        import os, socket, time
         time.sleep(0.2)
-        return socket.gethostname()
+        with open(f"/proc/{os.getppid()}/maps") as f:   # the worker's daemon
+            grpc = "cygrpc" in f.read()
+        return socket.gethostname(), grpc
 
-    print("HOSTS", ",".join(sorted({f.result(timeout=120) for f in [host() for _ in range(8)]})))
+    seen = {f.result(timeout=120) for f in [host() for _ in range(8)]}
+    print("HOSTS", ",".join(sorted({h for h, _ in seen})))
+    print("DAEMON GRPC", sorted({g for _, g in seen}))
     api.shutdown()
 """)
 
@@ -47,5 +52,7 @@ def test_up_in_an_allocation_with_and_without_tls(tmp_path, flags):
                 if line.startswith("JOB ")), "")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "HOSTS node1,node2" in proc.stdout, proc.stdout
+    # The daemons join over the node lane and never load gRPC; with --tls, over gRPC.
+    assert f"DAEMON GRPC {[bool(flags)]}" in proc.stdout, proc.stdout
     wait_until(lambda: not our_processes(job), 30, "shoal processes to leave the nodes")
     assert not job_alive(job)
