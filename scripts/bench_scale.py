@@ -6,7 +6,9 @@
 
 For each node count: start a head alone (``python -m cluster.node --head``, as on Slurm's
 first node, with its cluster file in a private ``SHOAL_HOME``), start the simulated nodes
-(``python -m cluster.node.sim``, --per-process nodes per process), and measure
+(``python -m cluster.node.sim``, --per-process nodes per process; each joins over the
+head's node lane as ``clusterctl up``'s daemons do, or with ``--grpc`` over gRPC), and
+measure
 
 - ``join_s``: from starting the simulated nodes until the head's status shows all alive;
 - ``head_cpu_idle``: head CPU seconds per wall second over --idle-seconds with nothing to
@@ -173,13 +175,15 @@ def start_head(cluster_id: str, node_timeout: float) -> tuple[subprocess.Popen,
 
 
 def start_sims(cf: clusterfile.ClusterFile, nodes: int, slots: int, per_process: int,
-               extra: list[str]) -> list[subprocess.Popen]:
-    """ceil(nodes / per_process) simulation processes sharing `nodes` evenly."""
+               extra: list[str], grpc: bool = False) -> list[subprocess.Popen]:
+    """ceil(nodes / per_process) simulation processes sharing `nodes` evenly, joining over
+    the head's node lane as `clusterctl up`'s daemons do (`grpc`: over gRPC)."""
     count = max(1, math.ceil(nodes / per_process))
+    address = cf.address if grpc else f"tcp:{cf.node_lane_address}"
     procs = []
     for i in range(count):
         share = nodes // count + (1 if i < nodes % count else 0)
-        cmd = [sys.executable, "-m", "cluster.node.sim", "--head-address", cf.address,
+        cmd = [sys.executable, "-m", "cluster.node.sim", "--head-address", address,
                "--cluster-id", cf.cluster_id, "--nodes", str(share), "--slots", str(slots),
                "--name-prefix", f"sim{i}-", "--log-file",
                os.path.join(cf.log_dir, f"sim{i}.log"), *extra]
@@ -232,7 +236,7 @@ def run_row(ns: argparse.Namespace, nodes: int) -> dict[str, Any]:
     try:
         t0 = time.monotonic()
         extra = ["--heartbeat", str(ns.heartbeat)]
-        sims = start_sims(cf, nodes, ns.slots, ns.per_process, extra)
+        sims = start_sims(cf, nodes, ns.slots, ns.per_process, extra, grpc=ns.grpc)
         row["sim_processes"] = len(sims)
         row["join_s"] = wait_joined(cf, nodes, ns.join_timeout, sims) - t0
         time.sleep(2.0)  # let the join's stragglers (node-table broadcasts) settle
@@ -423,6 +427,8 @@ def main() -> None:
     parser.add_argument("--join-timeout", type=float, default=300.0)
     parser.add_argument("--profile", default="", help="py-spy profiles into this directory")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    parser.add_argument("--grpc", action="store_true",
+                        help="simulated nodes join over gRPC (default: the node lane)")
     parser.add_argument("--queued", type=int, default=0,
                         help="instead of the node rows: head (and driver) memory with this "
                              "many tasks queued")

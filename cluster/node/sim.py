@@ -1,11 +1,13 @@
 """Simulated nodes: many fake daemons in one asyncio process, for scale benchmarks and tests.
 
-    SHOAL_SECRET=... python -m cluster.node.sim --head-address HOST:PORT --cluster-id ID \\
+    SHOAL_SECRET=... python -m cluster.node.sim --head-address tcp:HOST:PORT --cluster-id ID \\
         --nodes 1000 --slots 64 [--name-prefix sim] [--heartbeat 1.0]
 
-Each simulated node is what the head sees of a real daemon: its own gRPC ``NodeStream``
-call, a ``Register`` with ``cpus=--slots`` (plus the ``node:NAME`` resource a real daemon
-advertises), a heartbeat every ``--heartbeat`` seconds, and one OK ``TaskResult`` per task.
+Each simulated node is what the head sees of a real daemon: its own connection to the
+head's node lane (``--head-address tcp:HOST:PORT``, as ``clusterctl up`` joins daemons; a
+TCP connection each) or its own gRPC ``NodeStream`` call (``HOST:PORT``), a ``Register``
+with ``cpus=--slots`` (plus the ``node:NAME`` resource a real daemon advertises), a
+heartbeat every ``--heartbeat`` seconds, and one OK ``TaskResult`` per task.
 No worker runs: a task's result is the pickled ``None`` a real worker would send for a
 no-op app, sent at once, or after ``seconds`` for a task named ``sleep`` called with a
 number (``def sleep(seconds): ...``). Everything else (head, protocol, driver) is real, so
@@ -31,14 +33,14 @@ import random
 import signal
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
-from cluster.common import auth, serialization
+from cluster.common import auth, serialization, wire
 from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common.protocol import CHANNEL_OPTIONS, pb
-from cluster.common.streams import StreamConn
+from cluster.common.streams import AsyncFrameProtocol, StreamConn
 from cluster.common.tls import channel as open_channel
 
 log = logging.getLogger("shoal.sim")
@@ -53,7 +55,7 @@ BACKOFF_MAX = 5.0
 class SimNode:
     """One simulated daemon: registers, heartbeats, answers tasks, reconnects."""
 
-    def __init__(self, sim: Simulation, name: str, channel: grpc.aio.Channel) -> None:
+    def __init__(self, sim: Simulation, name: str, channel: grpc.aio.Channel | None) -> None:
         self.sim = sim
         self.name = name
         self.channel = channel
@@ -62,7 +64,7 @@ class SimNode:
         self.running = 0  # sleeping tasks (reported in heartbeats)
         self.period = sim.heartbeat  # until the head says otherwise
         self.results: list[pb.TaskResult] = []
-        self._outbox: StreamConn | None = None
+        self._outbox: StreamConn | _LaneOutbox | None = None
 
     def register_message(self) -> pb.Register:
         sim = self.sim
@@ -81,7 +83,14 @@ class SimNode:
         while not (self.stopping or sim.stopping):
             reached = False
             try:
-                reached = await self._session()
+                reached = await (self._session() if self.channel is not None
+                                 else self._lane_session())
+            except _Refused:
+                log.error("%s: the head refused our secret; stopping", self.name)
+                break
+            except (ConnectionError, OSError) as err:
+                reached = self.node_id != 0
+                log.info("%s: connection ended: %s", self.name, err)
             except grpc.aio.AioRpcError as err:
                 if err.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("%s: the head refused our secret; stopping", self.name)
@@ -133,7 +142,47 @@ class SimNode:
             call.cancel()
         return reached
 
-    async def _heartbeat(self, outbox: StreamConn) -> None:
+    async def _lane_session(self) -> bool:
+        """One registration over the node lane; returns whether the head answered it."""
+        host, _, port = self.sim.head_address.removeprefix(wire.TCP_PREFIX).rpartition(":")
+        loop = self.sim.loop
+        ended: asyncio.Future[None] = loop.create_future()
+        state = {"reached": False, "refused": False}
+
+        def on_frame(body: bytes) -> None:
+            if not state["reached"] and body == b"UNAUTHENTICATED":
+                state["refused"] = True
+                protocol.close()
+                return
+            if not state["reached"]:
+                state["reached"] = True
+                self.sim.registrations += 1
+            self._on_message(pb.HeadToNode.FromString(body))
+            if self.stopping:
+                protocol.close()
+
+        def on_lost() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        protocol = AsyncFrameProtocol(on_frame, on_lost, decode=bytes)
+        transport, _ = await loop.create_connection(
+            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port))
+        outbox = _LaneOutbox(protocol)
+        protocol.write(wire.frame(self.sim.secret.encode()))
+        outbox.send(pb.NodeToHead(register=self.register_message()))
+        self._outbox = outbox
+        beat = asyncio.ensure_future(self._heartbeat(outbox))
+        try:
+            await ended
+        finally:
+            beat.cancel()
+            transport.close()
+        if state["refused"]:
+            raise _Refused()
+        return state["reached"]
+
+    async def _heartbeat(self, outbox: StreamConn | _LaneOutbox) -> None:
         # A random phase, so thousands of nodes do not beat in the same loop turn.
         await asyncio.sleep(random.uniform(0, self.period))
         while True:
@@ -186,6 +235,23 @@ class SimNode:
             self._outbox.send(pb.NodeToHead(results=self.results))
             self.sim.result_batches += 1
         self.results = []
+
+
+class _Refused(Exception):
+    """The head refused the secret."""
+
+
+class _LaneOutbox:
+    """A node-lane connection's sending side: each message one frame."""
+
+    def __init__(self, protocol: AsyncFrameProtocol) -> None:
+        self.protocol = protocol
+
+    def send(self, message: pb.NodeToHead) -> None:
+        self.protocol.write(wire.frame(message.SerializeToString()))
+
+    def close(self) -> None:
+        self.protocol.close()
 
 
 def _sleep_seconds(spec: pb.TaskSpec) -> float:
@@ -268,11 +334,12 @@ class Simulation:
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         channels: list[grpc.aio.Channel] = []
         width = len(str(self.count))
+        lane = self.head_address.startswith(wire.TCP_PREFIX)
         for index in range(self.count):
-            if index % self.nodes_per_channel == 0:
+            if index % self.nodes_per_channel == 0 and not lane:
                 channels.append(open_channel(self.head_address, self.ca, options, aio=True))
             name = f"{self.prefix}{index:0{width}d}"
-            self.nodes.append(SimNode(self, name, channels[-1]))
+            self.nodes.append(SimNode(self, name, None if lane else channels[-1]))
 
         async def start(node: SimNode) -> None:
             if self.start_spread > 0:
@@ -296,7 +363,8 @@ class Simulation:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m cluster.node.sim", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--head-address", required=True, help="HOST:PORT of the head")
+    parser.add_argument("--head-address", required=True,
+                        help="tcp:HOST:PORT, the head's node lane, or HOST:PORT, its gRPC")
     parser.add_argument("--cluster-id", required=True)
     parser.add_argument("--nodes", type=int, required=True, help="simulated nodes to run")
     parser.add_argument("--slots", type=int, default=64, help="cpus each node registers")

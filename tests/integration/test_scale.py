@@ -1,6 +1,6 @@
 """A few hundred simulated nodes (cluster/node/sim.py) against a real head started by
-clusterctl: every node joins, every task completes exactly once. No timing asserts: the
-scale figures are scripts/bench_scale.py's job."""
+clusterctl, over the node lane and over gRPC: every node joins, every task completes
+exactly once. No timing asserts: the scale figures are scripts/bench_scale.py's job."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+
+import pytest
 
 import api
 from cluster.common import clusterfile
@@ -37,14 +39,16 @@ def _wait_all_alive(cf: clusterfile.ClusterFile, sim: subprocess.Popen,
     raise AssertionError(f"only {alive} of {NODES} simulated nodes joined")
 
 
-def test_hundreds_of_simulated_nodes_run_every_task_once(clusterctl, no_session):
-    cluster_id = "scale-sim"
+@pytest.mark.parametrize("transport", ["lane", "grpc"])
+def test_hundreds_of_simulated_nodes_run_every_task_once(clusterctl, no_session, transport):
+    cluster_id = f"scale-sim-{transport}"
     # --num-cpus 0: the head's own daemon takes no 1-CPU app, so the simulated nodes run all.
     up = clusterctl("up", "--num-cpus", "0", "--cluster-id", cluster_id)
     assert up.returncode == 0, up.stderr
     cf = clusterfile.read(clusterfile.path_for(cluster_id))
     sim = subprocess.Popen(
-        [sys.executable, "-m", "cluster.node.sim", "--head-address", cf.address,
+        [sys.executable, "-m", "cluster.node.sim", "--head-address",
+         cf.address if transport == "grpc" else f"tcp:{cf.node_lane_address}",
          "--cluster-id", cluster_id, "--nodes", str(NODES), "--slots", "4",
          "--name-prefix", PREFIX, "--log-file", os.path.join(cf.log_dir, "sim.log")],
         env={**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}, cwd=ROOT,

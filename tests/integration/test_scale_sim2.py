@@ -28,7 +28,7 @@ def sim_cluster(clusterctl, cluster_id: str, nodes: int, slots: int,
     assert up.returncode == 0, up.stderr
     cf = clusterfile.read(clusterfile.path_for(cluster_id))
     sim = subprocess.Popen(
-        [sys.executable, "-m", "cluster.node.sim", "--head-address", cf.address,
+        [sys.executable, "-m", "cluster.node.sim", "--head-address", f"tcp:{cf.node_lane_address}",
          "--cluster-id", cluster_id, "--nodes", str(nodes), "--slots", str(slots),
          "--name-prefix", prefix, "--log-file", os.path.join(cf.log_dir, "sim.log")],
         env={**os.environ, "SHOAL_SECRET": cf.secret, "PYTHONPATH": ROOT}, cwd=ROOT,
