@@ -82,13 +82,15 @@ class SecretFirstFrames:
     is (without an answer) a frame that does not parse. `what` names the lane in logs."""
 
     def __init__(self, secret: bytes, message_type: Any, on_message: Callable[[Any], None],
-                 on_lost: Callable[[], None], what: str) -> None:
+                 on_lost: Callable[[], None], what: str,
+                 recv_size: int = wire.RECV_SIZE) -> None:
         self._secret = secret
         self._parse = message_type.FromString
         self._on_message = on_message
         self._what = what
         self._authenticated = False
-        self.protocol = AsyncFrameProtocol(self._on_frame, on_lost, decode=bytes)
+        self.protocol = AsyncFrameProtocol(self._on_frame, on_lost, decode=bytes,
+                                           recv_size=recv_size)
 
     def _on_frame(self, body: bytes) -> None:
         if not self._authenticated:

@@ -29,6 +29,7 @@ from typing import Any, cast
 import grpc
 
 from cluster.common import shoal_pb2_grpc as pb_grpc
+from cluster.common import wire
 from cluster.common.auth import server_interceptor
 from cluster.common.protocol import SERVER_OPTIONS, pb
 from cluster.common.streams import SecretFirstFrames, StreamConn
@@ -83,7 +84,7 @@ class _NodeLaneSession:
         self.head = head
         self.node: Any = None
         self.conn = SecretFirstFrames(secret, pb.NodeToHead, self.on_message, self.on_lost,
-                                      "node lane")
+                                      "node lane", recv_size=wire.NODE_RECV_SIZE)
         self.protocol = self.conn.protocol
 
     def on_message(self, message: pb.NodeToHead) -> None:

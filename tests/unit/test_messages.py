@@ -137,8 +137,9 @@ class _Transport:
         pass
 
 
-def _protocol(got: list, lost: list | None = None) -> tuple[wire.FrameProtocol, _Transport]:
-    p = wire.FrameProtocol(got.append, lambda: (lost or []).append(True))
+def _protocol(got: list, lost: list | None = None,
+              recv_size: int = wire.RECV_SIZE) -> tuple[wire.FrameProtocol, _Transport]:
+    p = wire.FrameProtocol(got.append, lambda: (lost or []).append(True), recv_size=recv_size)
     t = _Transport()
     p.connection_made(t)
     return p, t
@@ -156,19 +157,23 @@ def _feed_buffered(p: wire.FrameProtocol, data: bytes, step: int) -> None:
         pos += n
 
 
+@pytest.mark.parametrize("recv_size", [wire.RECV_SIZE, wire.NODE_RECV_SIZE])
 @pytest.mark.parametrize("step", [1, 3, 7, 4096, 1 << 20])
-def test_buffered_reads_give_every_frame_in_order(step):
+def test_buffered_reads_give_every_frame_in_order(step, recv_size):
     # Frames of every size around the buffer's: small ones, one bigger than the whole
-    # receive buffer (it must grow for it, then shrink back), small ones after it.
+    # receive buffer (it must grow for it, then shrink back), small ones after it; and
+    # with the node lane's small first buffer, one between it and RECV_SIZE.
     big = Done(1, 0, b"x" * (3 * wire.RECV_SIZE + 5), 0.0, "")
-    sent = list(SAMPLES) + [big] + list(SAMPLES)
+    middle = Done(2, 0, b"y" * (3 * wire.NODE_RECV_SIZE), 0.0, "")
+    sent = list(SAMPLES) + [middle, big] + list(SAMPLES)
     data = b"".join(wire.encode(m) for m in sent)
     got: list = []
-    p, t = _protocol(got)
+    p, t = _protocol(got, recv_size=recv_size)
+    assert len(p.get_buffer(-1)) == recv_size
     _feed_buffered(p, data, step)
     assert got == sent
     assert not t.closed
-    assert len(p.get_buffer(-1)) == wire.RECV_SIZE  # the big frame's buffer was given back
+    assert len(p.get_buffer(-1)) == recv_size  # the big frame's buffer was given back
 
 
 def test_plain_data_received_uses_the_same_parser():
