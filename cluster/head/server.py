@@ -75,6 +75,10 @@ async def start_driver_lane(head: Head, secret: str, path: str) -> asyncio.Abstr
     return server
 
 
+#: The head's answer to a daemon's heartbeat on the node lane: an empty frame.
+HEARTBEAT_ACK = wire.frame(b"")
+
+
 class _NodeLaneSession:
     """One node-lane connection: authenticate, then the daemon's NodeToHead frames (the
     first must register) go to the head, which sends through :attr:`conn`; the node is lost
@@ -94,6 +98,11 @@ class _NodeLaneSession:
                 self.conn.close()
                 return
             self.node = self.head.node_joined(self.conn, message.register)
+        if message.HasField("heartbeat"):
+            # Answered with an empty frame: a daemon that hears nothing for a few intervals
+            # takes the head for gone (a dead host sends no FIN; gRPC's keepalive pings did
+            # this job on the gRPC link).
+            self.conn.protocol.write(HEARTBEAT_ACK)
         self.head.on_node_message(self.node, message)
 
     def on_lost(self) -> None:

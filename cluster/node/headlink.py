@@ -33,6 +33,11 @@ HEARTBEAT_SECONDS = 1.0   # until the head says otherwise (it spaces them out as
 #: so thousands of daemons that lost (or could not yet reach) a busy head do not retry in
 #: lockstep. (A fixed 0.5 s had 5 of 512 simultaneous daemons give up after 30 s.)
 RETRY_FIRST, RETRY_LAST = 0.2, 5.0
+#: On the node lane the head answers each heartbeat; this many intervals (plus the slack,
+#: in seconds) without a word from it and the daemon takes it for gone.
+SILENT_BEATS, SILENT_SLACK = 3, 5.0
+#: How long one attempt to connect to the node lane may take.
+CONNECT_SECONDS = 10.0
 
 
 class HeadRefused(Exception):
@@ -129,10 +134,15 @@ class LaneHeadLink(HeadLink):
         loop = asyncio.get_running_loop()
         ended: asyncio.Future[None] = loop.create_future()
         refused = False
+        heard = loop.time()   # when the head last sent anything
+        silent = 0.0          # set when the watch below gave up on it
 
         def on_frame(body: bytes) -> None:
-            nonlocal refused
+            nonlocal refused, heard
             if ended.done():
+                return
+            heard = loop.time()
+            if not body:   # the head's answer to a heartbeat
                 return
             if not self._reached and body == b"UNAUTHENTICATED":
                 refused = True
@@ -152,21 +162,40 @@ class LaneHeadLink(HeadLink):
             if not ended.done():
                 ended.set_result(None)
 
+        async def watch() -> None:
+            # The head answers every heartbeat; hearing nothing for SILENT_BEATS intervals
+            # (plus slack) means it is gone, even when no FIN came (a dead host, a cut
+            # network): a TCP connection would otherwise look open for ~15 minutes.
+            nonlocal silent
+            while not ended.done():
+                await asyncio.sleep(1.0)
+                limit = SILENT_BEATS * self.heartbeat_seconds + SILENT_SLACK
+                if loop.time() - heard > limit:
+                    silent = limit
+                    protocol.close()
+                    return
+
         protocol = AsyncFrameProtocol(on_frame, on_lost, decode=bytes)
-        transport, _ = await loop.create_connection(
-            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port))
+        # (Bounded: a SYN to a dead host is retried for ~2 minutes, past --head-timeout.)
+        transport, _ = await asyncio.wait_for(loop.create_connection(
+            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port)),
+            CONNECT_SECONDS)
         conn = _LaneConn(protocol)
         protocol.write(wire.frame(self.secret.encode()))
         conn.send(pb.NodeToHead(register=self.register))
         self._conn = conn
         beat = asyncio.ensure_future(self._heartbeat(conn))
+        watcher = asyncio.ensure_future(watch())
         try:
             await ended
         finally:
             beat.cancel()
+            watcher.cancel()
             transport.close()
         if refused:
             raise HeadRefused()
+        if silent:
+            raise ConnectionError(f"no word from the head for {silent:.0f}s")
         if not self.daemon.stopping:
             raise ConnectionError("the head closed the connection")
 

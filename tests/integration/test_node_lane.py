@@ -145,6 +145,8 @@ class _Proxy:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        #: Forward nothing, either way, and close nothing: what a dead host looks like.
+        self.black = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -153,21 +155,27 @@ class _Proxy:
                 down, _ = self.listener.accept()
             except OSError:
                 return
+            if self.black:
+                threading.Thread(target=self._pump, args=(down, None), daemon=True).start()
+                continue
             up = socket.create_connection(self.upstream)
             self.pairs.append((down, up))
             for a, b in ((down, up), (up, down)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket | None) -> None:
         try:
             while data := src.recv(1 << 16):
-                dst.sendall(data)
+                if not self.black and dst is not None:
+                    dst.sendall(data)
         except OSError:
             pass
+        if self.black:
+            return
         for s in (src, dst):
             try:
-                s.shutdown(socket.SHUT_RDWR)
+                if s is not None:
+                    s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -207,6 +215,33 @@ def test_a_lane_daemon_whose_connection_is_cut_joins_again(head):
         assert where(2).result(timeout=60) == (daemon.pid, 4)
         assert sorted(nodes("cut")) == ["alive", "dead"], nodes("cut")
         assert daemon.poll() is None
+    finally:
+        proxy.close()
+        _stop(daemon)
+
+
+def test_a_lane_daemon_whose_head_falls_silent_stops_after_its_head_timeout(head, tmp_path):
+    """No FIN, no answers (a dead host, a cut network): the daemon notices by the head's
+    missing answers to its heartbeats, not by TCP (which would wait ~15 minutes)."""
+    proxy = _Proxy(head.node_lane_address)
+    env = {**os.environ, "SHOAL_SECRET": head.secret, "PYTHONPATH": ROOT}
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", head.cluster_id,
+         "--head-address", f"tcp:{proxy.address}", "--node-name", "silent", "--num-cpus",
+         "1", "--head-timeout", "2", "--log-dir", str(tmp_path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+        start_new_session=True)
+    try:
+        api.init(head.path)
+        wait_nodes(2)
+        assert where(1).result(timeout=60) == (daemon.pid, 2)
+        time.sleep(3.0)   # a few heartbeats answered: the watch saw the head alive
+        assert daemon.poll() is None
+        proxy.black = True
+        assert daemon.wait(timeout=120) is not None
+        log = (tmp_path / "daemon-silent.log").read_text()
+        assert "no word from the head for" in log, log[-2000:]
+        assert "no contact with the head for" in log, log[-2000:]
     finally:
         proxy.close()
         _stop(daemon)
