@@ -29,7 +29,7 @@ class ClusterFile:
     head_pid: int = 0
     unix_socket: str = ""             # for drivers on the head's host
     lane_address: str = ""            # host:port of the driver lane over TCP (not --tls)
-    node_lane_address: str = ""       # host:port daemons join over (tcp:...; not --tls)
+    node_lane_address: str = ""       # host:port daemons join over (tcp:...; TLS if --tls)
     runtime_dir: str = ""
     log_dir: str = ""
     slurm_job_id: str = ""

@@ -15,7 +15,7 @@ over TCP (the cluster file's ``lane_address``), except on a --tls cluster; drive
 know only the head's ``host:port`` use gRPC. Daemons get the same framed protobuf on
 the *node lane* (TCP, a port of its own: a daemon's first message could not be told from
 a driver's), which is how ``clusterctl up`` and the autoscaler's blocks join them; a daemon
-given the head's ``host:port``, and every daemon of a --tls cluster, joins over gRPC.
+given the head's ``host:port`` joins over gRPC. On a --tls cluster the node lane is TLS.
 """
 
 from __future__ import annotations
@@ -111,12 +111,14 @@ class _NodeLaneSession:
             self.node = None
 
 
-async def _serve_tcp(session: Callable[[], Any], host: str) -> tuple[asyncio.AbstractServer, str]:
-    """Serve framed sessions (each made by `session`, a protocol) on ``host:0``; returns
-    (server, its host:port)."""
+async def _serve_tcp(session: Callable[[], Any], host: str,
+                     ssl: Any = None) -> tuple[asyncio.AbstractServer, str]:
+    """Serve framed sessions (each made by `session`, a protocol) on ``host:0``, over TLS
+    with the `ssl` context; returns (server, its host:port)."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: cast(asyncio.BaseProtocol, session()), host=host, port=0, reuse_port=False)
+        lambda: cast(asyncio.BaseProtocol, session()), host=host, port=0, reuse_port=False,
+        ssl=ssl)
     port = server.sockets[0].getsockname()[1]
     return server, f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
@@ -132,13 +134,22 @@ async def start_tcp_driver_lane(head: Head, secret: str,
     return await _serve_tcp(lambda: _LaneSession(head, key).protocol, host)
 
 
-async def start_tcp_node_lane(head: Head, secret: str,
-                              host: str) -> tuple[asyncio.AbstractServer, str]:
+async def start_tcp_node_lane(head: Head, secret: str, host: str,
+                              tls: tuple[bytes, bytes] | None = None
+                              ) -> tuple[asyncio.AbstractServer, str]:
     """Serve the node lane on ``host:0``: daemons (cluster/node/headlink.py LaneHeadLink)
-    join over it in framed protobuf instead of gRPC; returns (server, its host:port). Not
-    on a --tls cluster, whose daemons keep gRPC over TLS."""
+    join over it in framed protobuf instead of gRPC; returns (server, its host:port). On a
+    --tls cluster (`tls` = the head's key and certificate, PEM) the lane is TLS, verified
+    by the daemons against the cluster's CA as its gRPC is. (asyncio's TLS runs on the
+    event loop's one thread, so the lane can take it; the driver's lane, read and written
+    from two threads, cannot.)"""
     key = secret.encode()
-    return await _serve_tcp(lambda: _NodeLaneSession(head, key).protocol, host)
+    context = None
+    if tls is not None:
+        from cluster.common.tls import server_context
+
+        context = server_context(*tls)
+    return await _serve_tcp(lambda: _NodeLaneSession(head, key).protocol, host, context)
 
 
 def settle_gc() -> None:

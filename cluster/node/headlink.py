@@ -3,10 +3,10 @@
 Two transports carry the same protobuf messages. :class:`LaneHeadLink` (the head's *node
 lane*, ``--head-address tcp:HOST:PORT``, what ``clusterctl up`` and the autoscaler's
 blocks use) sends them as length-prefixed frames over one TCP connection whose first frame
-is the cluster secret; :class:`GrpcHeadLink` (``HOST:PORT``, and every --tls cluster) over
-a gRPC stream. The lane exists for cost: a daemon that never imports gRPC boots on
-~0.05 CPU-s less, holds ~26 MB less, and the head spends less per task on it (figures in
-the README's benchmark section).
+is the cluster secret (TLS on a --tls cluster); :class:`GrpcHeadLink` (``HOST:PORT``) over
+a gRPC stream. The lane exists for cost: a daemon that never imports gRPC boots on less
+CPU and holds ~14 MB less, and the head spends less per task and per heartbeat on it
+(figures in the README's Scale and Benchmarks sections).
 
 When the connection breaks the link retries; once it has not reached the head for
 `head_timeout` seconds it stops the daemon, so a dead head never leaves processes running
@@ -127,7 +127,14 @@ class _LaneConn:
 
 
 class LaneHeadLink(HeadLink):
-    """The link over the head's node lane (`address` is ``HOST:PORT``, or ``[V6]:PORT``)."""
+    """The link over the head's node lane (`address` is ``HOST:PORT``, or ``[V6]:PORT``;
+    `ca`: a --tls cluster's certificate authority, PEM: the lane is then TLS, the head
+    verified against it)."""
+
+    def __init__(self, daemon: Daemon, address: str, secret: str, register: pb.Register,
+                 head_timeout: float = 30.0, ca: str = "") -> None:
+        super().__init__(daemon, address, secret, register, head_timeout)
+        self.ca = ca
 
     async def _session(self) -> None:
         host, _, port = self.address.removeprefix(wire.TCP_PREFIX).rpartition(":")
@@ -177,9 +184,15 @@ class LaneHeadLink(HeadLink):
 
         protocol = AsyncFrameProtocol(on_frame, on_lost, decode=bytes)
         # (Bounded: a SYN to a dead host is retried for ~2 minutes, past --head-timeout.)
+        context: Any = None
+        name = None
+        if self.ca:
+            from cluster.common import tls
+
+            context, name = tls.client_context(self.ca), tls.TARGET_NAME
         transport, _ = await asyncio.wait_for(loop.create_connection(
-            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port)),
-            CONNECT_SECONDS)
+            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port),
+            ssl=context, server_hostname=name), CONNECT_SECONDS)
         conn = _LaneConn(protocol)
         protocol.write(wire.frame(self.secret.encode()))
         conn.send(pb.NodeToHead(register=self.register))
@@ -243,8 +256,7 @@ class GrpcHeadLink(HeadLink):
 def make_link(daemon: Daemon, address: str, secret: str, register: pb.Register,
               head_timeout: float = 30.0, ca: str = "") -> HeadLink:
     """The link `address` asks for: ``tcp:HOST:PORT`` the node lane, ``HOST:PORT`` gRPC
-    (with `ca`, a --tls cluster's, always gRPC: cluster/node/main.py refuses a lane address
-    there before anything starts)."""
-    if address.startswith(wire.TCP_PREFIX) and not ca:
-        return LaneHeadLink(daemon, address, secret, register, head_timeout)
+    (TLS either way with `ca`, a --tls cluster's CA)."""
+    if address.startswith(wire.TCP_PREFIX):
+        return LaneHeadLink(daemon, address, secret, register, head_timeout, ca=ca)
     return GrpcHeadLink(daemon, address, secret, register, head_timeout, ca=ca)

@@ -93,8 +93,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cluster-id", required=True)
     parser.add_argument("--head-address", default="",
                         help="tcp:HOST:PORT, the head's node lane (its cluster file's "
-                             "node_lane_address), or HOST:PORT, its gRPC address (the only "
-                             "one on a --tls cluster); '-': read it from stdin (one line)")
+                             "node_lane_address; TLS on a --tls cluster), or HOST:PORT, its "
+                             "gRPC address; '-': read it from stdin (one line)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind and advertise; 'auto': --interface's address, "
                              "else the address this host's name resolves to")
@@ -206,7 +206,9 @@ async def serve(ns: argparse.Namespace, secret: str, daemon: Any) -> None:
         server, port = await start_server(head, secret, ns.host, tls_pair)
         if ns.write_cluster_file and not ns.tls:  # (where drivers elsewhere can find it)
             tcp_lane, lane_address = await start_tcp_driver_lane(head, secret, ns.host)
-            node_lane_server, node_lane = await start_tcp_node_lane(head, secret, ns.host)
+        if ns.write_cluster_file:  # (on a --tls cluster, TLS with the head's certificate)
+            node_lane_server, node_lane = await start_tcp_node_lane(head, secret, ns.host,
+                                                                    tls_pair)
         lane = await start_driver_lane(head, secret, unix_path)  # (the last: see settle_gc)
         if daemon is not None:
             register = pb.Register(name=node_name, address=f"{ns.host}", pid=os.getpid(),
@@ -383,9 +385,6 @@ def main(argv: list[str] | None = None) -> None:
     ns.tls_ca = extra.get("tls_ca", "")
     ns.tls_node_key = extra.get("tls_node_key", "")
     ns.tls_node_cert = extra.get("tls_node_cert", "")
-    if ns.tls_ca and ns.head_address.startswith(wire.TCP_PREFIX):
-        raise SystemExit(f"--head-address {ns.head_address}: a --tls cluster's daemons join "
-                         "over gRPC; give the head's HOST:PORT (its cluster file's address)")
     log_dir = ns.log_dir or paths.log_dir(ns.cluster_id)
     ns.log_dir = log_dir
     os.makedirs(log_dir, exist_ok=True)

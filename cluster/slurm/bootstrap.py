@@ -213,8 +213,8 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
             daemons = start_daemons()
         assert daemons.stdin is not None
         try:
-            # The node lane (framed TCP: daemons then never load gRPC) where the head has
-            # one, i.e. unless --tls.
+            # The node lane (framed TCP, TLS with --tls: daemons then never load gRPC);
+            # gRPC only from a head that serves none.
             lane = ready.get("node_lane", "")
             target = wire.TCP_PREFIX + lane if lane else ready["address"]
             daemons.stdin.write(f"{target}\n".encode())

@@ -245,17 +245,3 @@ def test_a_lane_daemon_whose_head_falls_silent_stops_after_its_head_timeout(head
     finally:
         proxy.close()
         _stop(daemon)
-
-
-def test_a_tls_cluster_daemon_given_a_lane_address_is_told_to_use_grpc(tmp_path):
-    secret_file = tmp_path / "cluster.json"
-    secret_file.write_text('{"cluster_id": "x", "address": "127.0.0.1:1", "secret": "s",'
-                           ' "extra": {"tls_ca": "CA"}}')
-    run = subprocess.run(
-        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", "x",
-         "--head-address", "tcp:127.0.0.1:1", "--secret-file", str(secret_file),
-         "--log-dir", str(tmp_path), "--num-cpus", "1"],
-        env={**os.environ, "PYTHONPATH": ROOT}, cwd=ROOT, capture_output=True, text=True,
-        timeout=120)
-    assert run.returncode != 0
-    assert "a --tls cluster's daemons join over gRPC" in run.stderr, run.stderr[-2000:]

@@ -1,7 +1,9 @@
-"""`clusterctl up --tls`: verified TLS on every gRPC path; plaintext and wrong CAs fail."""
+"""`clusterctl up --tls`: verified TLS on every gRPC path and on the node lane; plaintext
+and wrong CAs fail."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +32,7 @@ def tls_cluster(clusterctl, no_session):
 def test_ca_is_published_and_status_works_over_tls(tls_cluster, clusterctl):
     assert tls_cluster.extra["tls_ca"].startswith("-----BEGIN CERTIFICATE-----")
     assert tls_cluster.lane_address == "", "a --tls head serves no plain TCP driver lane"
-    assert tls_cluster.node_lane_address == "", "nor a plain TCP node lane"
+    assert tls_cluster.node_lane_address, "its node lane is TLS"
     status = clusterctl("status", "--cluster", "tls")
     assert status.returncode == 0 and "cluster tls" in status.stdout
 
@@ -57,12 +59,14 @@ def test_a_client_with_another_ca_is_refused(tls_cluster, monkeypatch):
         os.rename(cf_path + ".hidden", cf_path)
 
 
-def test_driver_and_remote_daemon_work_over_tls(tls_cluster):
+@pytest.mark.parametrize("link", ["lane", "grpc"])
+def test_driver_and_remote_daemon_work_over_tls(tls_cluster, link):
     env = {**os.environ, "PYTHONPATH": ROOT}
     env.pop("SHOAL_SECRET", None)
+    address = f"tcp:{tls_cluster.node_lane_address}" if link == "lane" else tls_cluster.address
     daemon = subprocess.Popen(
         [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", "tls",
-         "--head-address", tls_cluster.address, "--secret-file", tls_cluster.path,
+         "--head-address", address, "--secret-file", tls_cluster.path,
          "--node-name", "tls-second", "--num-cpus", "2", "--resources", '{"far": 1}'],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -77,8 +81,53 @@ def test_driver_and_remote_daemon_work_over_tls(tls_cluster):
         while time.monotonic() < deadline and len(api._session.client().nodes) < 2:
             time.sleep(0.1)
         assert on_second().result(timeout=60) == daemon.pid
+        with open(f"/proc/{daemon.pid}/maps") as f:
+            assert ("cygrpc" in f.read()) == (link == "grpc")
     finally:
         daemon.kill()
+
+
+def test_the_node_lane_takes_no_plaintext_and_no_other_ca(tls_cluster, tmp_path):
+    import socket
+
+    from cluster.common import wire
+    from cluster.common.tls import make_certificates
+
+    host, port = tls_cluster.node_lane_address.rsplit(":", 1)
+    register = pb.NodeToHead(register=pb.Register(name="plain", address="127.0.0.1", pid=1))
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(wire.frame(tls_cluster.secret.encode()) +
+                     wire.frame(register.SerializeToString()))
+        try:
+            answer = sock.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        assert answer == b"", "a plaintext client got an answer"
+    # A daemon holding another CA (and the secret) does not verify the head: it never joins.
+    other_ca, _, _ = make_certificates(["127.0.0.1"])
+    secret_file = tmp_path / "other.json"
+    secret_file.write_text(json.dumps({"cluster_id": "tls", "address": tls_cluster.address,
+                                       "secret": tls_cluster.secret,
+                                       "extra": {**tls_cluster.extra,
+                                                 "tls_ca": other_ca.decode()}}))
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("SHOAL_SECRET", None)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", "tls",
+         "--head-address", f"tcp:{tls_cluster.node_lane_address}", "--secret-file",
+         str(secret_file), "--node-name", "other-ca", "--num-cpus", "1", "--head-timeout",
+         "2", "--log-dir", str(tmp_path)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert daemon.wait(timeout=120) is not None   # gave up after --head-timeout
+        log = (tmp_path / "daemon-other-ca.log").read_text()
+        assert "CERTIFICATE_VERIFY_FAILED" in log, log[-2000:]
+        api.init(tls_cluster.path)
+        assert "other-ca" not in [n.name for n in api._session.client().nodes.values()]
+        assert "plain" not in [n.name for n in api._session.client().nodes.values()]
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
 
 
 def test_objects_move_over_tls_and_plain_tcp_gets_nothing(tls_cluster, monkeypatch):
