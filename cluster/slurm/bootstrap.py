@@ -185,8 +185,8 @@ def start_in_allocation(interface: str, head_timeout: float, timeout: float,
     with open(os.path.join(log_dir, "head.stderr"), "ab") as err:
         head = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=err, env=env, start_new_session=True)
-    # The daemons' step starts at once, beside the head's: they boot (0.1+ CPU-s each,
-    # mostly importing gRPC) while the head does, and read its address from stdin (srun
+    # The daemons' step starts at once, beside the head's: they boot (~0.1 CPU-s each,
+    # mostly imports) while the head does, and read its address from stdin (srun
     # gives it to every task) when it is up. On 16 test-bed nodes: 0.3-0.4 s of `up`.
     daemon_args = ["--daemon", "--cluster-id", cluster_id, "--head-address", "-",
                    "--log-dir", log_dir, "--host", "auto", "--head-timeout", str(head_timeout),
