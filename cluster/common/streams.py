@@ -74,12 +74,32 @@ class AsyncFrameProtocol(wire.FrameProtocol, asyncio.BufferedProtocol):
     Defined here, not in wire.py, because workers import wire.py and never asyncio."""
 
 
+#: Before the secret passed: the largest first frame accepted (a secret is 43 bytes), and
+#: how long a connection may stay open without sending it (a port scanner, or anyone,
+#: could otherwise hold connections, and the head's file descriptors, for ever).
+SECRET_MAX = 4096
+SECRET_SECONDS = 10.0
+
+
+class _SecretFirstProtocol(AsyncFrameProtocol):
+    """AsyncFrameProtocol that tells its SecretFirstFrames when the connection is made."""
+
+    on_connected: Callable[[], None] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        if self.on_connected is not None:
+            self.on_connected()
+
+
 class SecretFirstFrames:
     """A framed connection whose first frame must be the cluster `secret` and whose others
     are protobuf messages of `message_type`, each handed to ``on_message``: the head's
-    driver lanes and a store's objects lane. Nothing but the secret is looked at before it
-    passes; a wrong one is answered ``UNAUTHENTICATED`` and the connection closed, and so
-    is (without an answer) a frame that does not parse. `what` names the lane in logs."""
+    driver lanes and node lane, and a store's objects lane. Nothing but the secret is
+    looked at before it passes; a wrong one is answered ``UNAUTHENTICATED`` and the
+    connection closed, and so is (without an answer) a frame that does not parse, a first
+    frame longer than SECRET_MAX, and a connection that sent no secret within
+    SECRET_SECONDS. `what` names the lane in logs."""
 
     def __init__(self, secret: bytes, message_type: Any, on_message: Callable[[Any], None],
                  on_lost: Callable[[], None], what: str,
@@ -87,10 +107,28 @@ class SecretFirstFrames:
         self._secret = secret
         self._parse = message_type.FromString
         self._on_message = on_message
+        self._on_lost = on_lost
         self._what = what
         self._authenticated = False
-        self.protocol = AsyncFrameProtocol(self._on_frame, on_lost, decode=bytes,
-                                           recv_size=recv_size)
+        self._timer: asyncio.TimerHandle | None = None
+        self.protocol = _SecretFirstProtocol(self._on_frame, self._lost, decode=bytes,
+                                             recv_size=recv_size)
+        self.protocol.max_frame = SECRET_MAX
+        self.protocol.on_connected = self._connected
+
+    def _connected(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(SECRET_SECONDS, self._expire)
+
+    def _expire(self) -> None:
+        if not self._authenticated:
+            log.warning("%s: no secret within %gs, connection closed", self._what,
+                        SECRET_SECONDS)
+            self.protocol.close()
+
+    def _lost(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._on_lost()
 
     def _on_frame(self, body: bytes) -> None:
         if not self._authenticated:
@@ -100,6 +138,9 @@ class SecretFirstFrames:
                 self.protocol.close()
                 return
             self._authenticated = True
+            self.protocol.max_frame = wire.MAX_FRAME
+            if self._timer is not None:
+                self._timer.cancel()
             return
         try:
             message = self._parse(body)

@@ -102,6 +102,10 @@ class FrameProtocol(_ProtocolBase):
         # for NODE_RECV_SIZE: at 5,000 nodes, 64 KiB buffers were 328 MB of its RSS.
         self._recv_size = recv_size
         self._rbuf = bytearray(recv_size)
+        #: The largest frame accepted; a header announcing more closes the connection
+        #: before any room is made for it (SecretFirstFrames keeps it small until the
+        #: secret passed: else one header from anyone could make us allocate 2 GiB).
+        self.max_frame = MAX_FRAME
         self._start = 0
         self._end = 0
         self.transport: Any = None
@@ -144,8 +148,10 @@ class FrameProtocol(_ProtocolBase):
             start, end = 0, end - start
             self._start, self._end = 0, end
         need = min(RECV_SIZE, len(buf)) // 4
-        if end >= 4:  # a partial frame: make room for all of it
-            need = max(need, 4 + HEADER.unpack_from(buf, 0)[0] - end)
+        if end >= 4:  # a partial frame: make room for all of it (buffer_updated refuses
+            length = HEADER.unpack_from(buf, 0)[0]   # one above max_frame)
+            if length <= self.max_frame:
+                need = max(need, 4 + length - end)
         if len(buf) - end < need:
             # A new buffer, not a resize: asyncio may still hold the last memoryview.
             grown = bytearray(max(2 * len(buf), end + need))
@@ -162,7 +168,7 @@ class FrameProtocol(_ProtocolBase):
         bodies = []
         while end - pos >= 4:
             (length,) = unpack(buf, pos)
-            if length > MAX_FRAME:
+            if length > self.max_frame:
                 self.close()
                 return
             stop = pos + 4 + length

@@ -135,6 +135,21 @@ def test_the_node_lane_refuses_a_wrong_secret_and_garbage_and_the_head_goes_on(h
         _stop(daemon)
 
 
+def test_the_node_lane_closes_an_oversized_first_frame_and_a_silent_connection(head):
+    from cluster.common import streams
+
+    host, port = head.node_lane_address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(wire.HEADER.pack(1 << 30) + b"x" * 1000)   # "a 1 GiB secret follows"
+        assert sock.recv(100) == b"", "the head must close the connection"
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        # Nothing sent: closed after streams.SECRET_SECONDS (the timeout is a hang guard).
+        assert streams.SECRET_SECONDS < 60
+        assert sock.recv(100) == b"", "the head must close a connection that sends nothing"
+    api.init(head.path)   # and it serves on
+    assert [n.name for n in api._session.client().nodes.values() if n.state == "alive"]
+
+
 class _Proxy:
     """A TCP relay in front of the node lane whose connections the test can cut, as a
     network fault or the head dropping a silent node would."""
