@@ -39,6 +39,16 @@ def _stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _lane_daemon(cf: clusterfile.ClusterFile, secret: str, address: str, name: str,
+                 *extra: str) -> subprocess.Popen:
+    """A 1-CPU daemon named `name` joining the node lane at `address` with `secret`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", cf.cluster_id,
+         "--head-address", f"tcp:{address}", "--node-name", name, "--num-cpus", "1", *extra],
+        env={**os.environ, "SHOAL_SECRET": secret, "PYTHONPATH": ROOT}, cwd=ROOT,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 @api.python_app
 def where(x: int) -> tuple[int, int]:
     return os.getppid(), x * 2
@@ -94,13 +104,8 @@ def test_a_killed_lane_daemon_is_lost_at_once_and_its_task_fails(head, tmp_path)
 
 
 def test_a_lane_daemon_with_a_wrong_secret_stops_saying_so(head, tmp_path):
-    env = {**os.environ, "SHOAL_SECRET": "not-the-secret", "PYTHONPATH": ROOT}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", head.cluster_id,
-         "--head-address", f"tcp:{head.node_lane_address}", "--node-name", "intruder",
-         "--num-cpus", "1", "--log-dir", str(tmp_path), "--head-timeout", "600"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-        start_new_session=True)
+    daemon = _lane_daemon(head, "not-the-secret", head.node_lane_address, "intruder",
+                          "--log-dir", str(tmp_path), "--head-timeout", "600")
     try:
         # Well before --head-timeout: a refused secret is not retried.
         assert daemon.wait(timeout=60) is not None
@@ -209,12 +214,7 @@ class _Proxy:
 
 def test_a_lane_daemon_whose_connection_is_cut_joins_again(head):
     proxy = _Proxy(head.node_lane_address)
-    env = {**os.environ, "SHOAL_SECRET": head.secret, "PYTHONPATH": ROOT}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", head.cluster_id,
-         "--head-address", f"tcp:{proxy.address}", "--node-name", "cut", "--num-cpus", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-        start_new_session=True)
+    daemon = _lane_daemon(head, head.secret, proxy.address, "cut")
     try:
         api.init(head.path)
         wait_nodes(2)
@@ -239,13 +239,8 @@ def test_a_lane_daemon_whose_head_falls_silent_stops_after_its_head_timeout(head
     """No FIN, no answers (a dead host, a cut network): the daemon notices by the head's
     missing answers to its heartbeats, not by TCP (which would wait ~15 minutes)."""
     proxy = _Proxy(head.node_lane_address)
-    env = {**os.environ, "SHOAL_SECRET": head.secret, "PYTHONPATH": ROOT}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "cluster.node", "--daemon", "--cluster-id", head.cluster_id,
-         "--head-address", f"tcp:{proxy.address}", "--node-name", "silent", "--num-cpus",
-         "1", "--head-timeout", "2", "--log-dir", str(tmp_path)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
-        start_new_session=True)
+    daemon = _lane_daemon(head, head.secret, proxy.address, "silent", "--head-timeout", "2",
+                          "--log-dir", str(tmp_path))
     try:
         api.init(head.path)
         wait_nodes(2)
