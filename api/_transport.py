@@ -209,8 +209,7 @@ class LaneTransport(SendsOnOneThread):
                 sock.close()
                 raise
             return sock
-        host, _, port = where.rpartition(":")
-        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+        sock = socket.create_connection(wire.host_port(where), timeout=timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # frames are small
         return sock
 

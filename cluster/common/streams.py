@@ -12,7 +12,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 from cluster.common import wire
 
@@ -156,4 +156,58 @@ class SecretFirstFrames:
 
     def close(self) -> None:
         """Close the connection."""
+        self.protocol.close()
+
+
+class LaneClient:
+    """The connecting side of a secret-first lane over TCP (a daemon's node lane, a
+    simulated node's): :meth:`connect` sends the secret; every frame body from the peer
+    goes to `on_body`; :attr:`refused` is set when the peer's first frame was
+    ``UNAUTHENTICATED``; :attr:`heard` is the loop time of the last frame; :attr:`ended`
+    completes when the connection is gone."""
+
+    def __init__(self, on_body: Callable[[bytes], None]) -> None:
+        self._on_body = on_body
+        self._loop = asyncio.get_running_loop()
+        self.ended: asyncio.Future[None] = self._loop.create_future()
+        self.refused = False
+        self.heard = self._loop.time()
+        self._answered = False
+        self.protocol = AsyncFrameProtocol(self._on_frame, self._on_lost, decode=bytes)
+
+    @classmethod
+    async def connect(cls, address: str, secret: str, on_body: Callable[[bytes], None],
+                      ssl: Any = None, server_hostname: str | None = None) -> LaneClient:
+        """Connect to `address` (``[tcp:]HOST:PORT``, over TLS with the `ssl` context) and
+        send `secret` as the first frame."""
+        client = cls(on_body)
+        host, port = wire.host_port(address)
+        await client._loop.create_connection(
+            lambda: cast(asyncio.BaseProtocol, client.protocol), host, port, ssl=ssl,
+            server_hostname=server_hostname)
+        client.protocol.write(wire.frame(secret.encode()))
+        return client
+
+    def _on_frame(self, body: bytes) -> None:
+        if self.ended.done():
+            return
+        self.heard = self._loop.time()
+        if not self._answered:
+            self._answered = True
+            if body == b"UNAUTHENTICATED":
+                self.refused = True
+                self.close()
+                return
+        self._on_body(body)
+
+    def _on_lost(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def send(self, message: Any) -> None:
+        """Write one protobuf message as a frame (queued; never blocks)."""
+        self.protocol.write(wire.frame(message.SerializeToString()))
+
+    def close(self) -> None:
+        """Close the connection (:attr:`ended` completes)."""
         self.protocol.close()

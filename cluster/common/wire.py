@@ -36,6 +36,18 @@ TCP_PREFIX = "tcp:"
 NODE_RECV_SIZE = 1 << 12
 
 
+def host_port(address: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or either behind ``tcp:`` -> (host, port).
+
+    >>> host_port("tcp:[::1]:7000")
+    ('::1', 7000)
+    >>> host_port("10.0.0.1:4567")
+    ('10.0.0.1', 4567)
+    """
+    host, _, port = address.removeprefix(TCP_PREFIX).rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 def frame(body: bytes) -> bytes:
     """One frame around `body`."""
     return HEADER.pack(len(body)) + body

@@ -19,11 +19,11 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, cast
+from typing import Any
 
 from cluster.common import wire
 from cluster.common.protocol import pb
-from cluster.common.streams import AsyncFrameProtocol, StreamConn
+from cluster.common.streams import LaneClient, StreamConn
 from cluster.node.daemon import Daemon
 
 log = logging.getLogger("shoal.daemon")
@@ -116,16 +116,6 @@ class HeadLink:
             conn.send(pb.NodeToHead(heartbeat=self.daemon.heartbeat()))
 
 
-class _LaneConn:
-    """The daemon's side of a node-lane connection: each message one frame."""
-
-    def __init__(self, protocol: AsyncFrameProtocol) -> None:
-        self.protocol = protocol
-
-    def send(self, message: pb.NodeToHead) -> None:
-        self.protocol.write(wire.frame(message.SerializeToString()))
-
-
 class LaneHeadLink(HeadLink):
     """The link over the head's node lane (`address` is ``HOST:PORT``, or ``[V6]:PORT``;
     `ca`: a --tls cluster's certificate authority, PEM: the lane is then TLS, the head
@@ -137,75 +127,55 @@ class LaneHeadLink(HeadLink):
         self.ca = ca
 
     async def _session(self) -> None:
-        host, _, port = self.address.removeprefix(wire.TCP_PREFIX).rpartition(":")
-        loop = asyncio.get_running_loop()
-        ended: asyncio.Future[None] = loop.create_future()
-        refused = False
-        heard = loop.time()   # when the head last sent anything
-        silent = 0.0          # set when the watch below gave up on it
+        silent = 0.0   # set when the watch below gave up on the head
 
-        def on_frame(body: bytes) -> None:
-            nonlocal refused, heard
-            if ended.done():
-                return
-            heard = loop.time()
-            if not body:   # the head's answer to a heartbeat
-                return
-            if not self._reached and body == b"UNAUTHENTICATED":
-                refused = True
-                protocol.close()
+        def on_body(body: bytes) -> None:
+            if not body:   # the head's answer to a heartbeat (LaneClient noted the time)
                 return
             try:
                 message = pb.HeadToNode.FromString(body)
             except Exception:  # noqa: BLE001
                 log.warning("a malformed message from the head; reconnecting")
-                protocol.close()
+                client.close()
                 return
             self._received(message)
             if self.daemon.stopping:
-                protocol.close()
-
-        def on_lost() -> None:
-            if not ended.done():
-                ended.set_result(None)
+                client.close()
 
         async def watch() -> None:
             # The head answers every heartbeat; hearing nothing for SILENT_BEATS intervals
             # (plus slack) means it is gone, even when no FIN came (a dead host, a cut
             # network): a TCP connection would otherwise look open for ~15 minutes.
             nonlocal silent
-            while not ended.done():
+            while not client.ended.done():
                 await asyncio.sleep(1.0)
                 limit = SILENT_BEATS * self.heartbeat_seconds + SILENT_SLACK
-                if loop.time() - heard > limit:
+                if asyncio.get_running_loop().time() - client.heard > limit:
                     silent = limit
-                    protocol.close()
+                    client.close()
                     return
 
-        protocol = AsyncFrameProtocol(on_frame, on_lost, decode=bytes)
-        # (Bounded: a SYN to a dead host is retried for ~2 minutes, past --head-timeout.)
         context: Any = None
         name = None
         if self.ca:
             from cluster.common import tls
 
             context, name = tls.client_context(self.ca), tls.TARGET_NAME
-        transport, _ = await asyncio.wait_for(loop.create_connection(
-            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port),
-            ssl=context, server_hostname=name), CONNECT_SECONDS)
-        conn = _LaneConn(protocol)
-        protocol.write(wire.frame(self.secret.encode()))
-        conn.send(pb.NodeToHead(register=self.register))
-        self._conn = conn
-        beat = asyncio.ensure_future(self._heartbeat(conn))
+        # (Bounded: a SYN to a dead host is retried for ~2 minutes, past --head-timeout.)
+        client = await asyncio.wait_for(
+            LaneClient.connect(self.address, self.secret, on_body, context, name),
+            CONNECT_SECONDS)
+        client.send(pb.NodeToHead(register=self.register))
+        self._conn = client
+        beat = asyncio.ensure_future(self._heartbeat(client))
         watcher = asyncio.ensure_future(watch())
         try:
-            await ended
+            await client.ended
         finally:
             beat.cancel()
             watcher.cancel()
-            transport.close()
-        if refused:
+            client.close()
+        if client.refused:
             raise HeadRefused()
         if silent:
             raise ConnectionError(f"no word from the head for {silent:.0f}s")

@@ -33,14 +33,14 @@ import random
 import signal
 import sys
 import time
-from typing import Any, cast
+from typing import Any
 
 import grpc
 
 from cluster.common import auth, serialization, wire
 from cluster.common import shoal_pb2_grpc as pb_grpc
 from cluster.common.protocol import CHANNEL_OPTIONS, pb
-from cluster.common.streams import AsyncFrameProtocol, StreamConn
+from cluster.common.streams import LaneClient, StreamConn
 from cluster.common.tls import channel as open_channel
 
 log = logging.getLogger("shoal.sim")
@@ -64,7 +64,7 @@ class SimNode:
         self.running = 0  # sleeping tasks (reported in heartbeats)
         self.period = sim.heartbeat  # until the head says otherwise
         self.results: list[pb.TaskResult] = []
-        self._outbox: StreamConn | _LaneOutbox | None = None
+        self._outbox: StreamConn | LaneClient | None = None
 
     def register_message(self) -> pb.Register:
         sim = self.sim
@@ -144,45 +144,31 @@ class SimNode:
 
     async def _lane_session(self) -> bool:
         """One registration over the node lane; returns whether the head answered it."""
-        host, _, port = self.sim.head_address.removeprefix(wire.TCP_PREFIX).rpartition(":")
-        loop = self.sim.loop
-        ended: asyncio.Future[None] = loop.create_future()
-        state = {"reached": False, "refused": False}
+        reached = False
 
-        def on_frame(body: bytes) -> None:
-            if not state["reached"] and body == b"UNAUTHENTICATED":
-                state["refused"] = True
-                protocol.close()
-                return
-            if not state["reached"]:
-                state["reached"] = True
+        def on_body(body: bytes) -> None:
+            nonlocal reached
+            if not reached:
+                reached = True
                 self.sim.registrations += 1
             self._on_message(pb.HeadToNode.FromString(body))
             if self.stopping:
-                protocol.close()
+                client.close()
 
-        def on_lost() -> None:
-            if not ended.done():
-                ended.set_result(None)
-
-        protocol = AsyncFrameProtocol(on_frame, on_lost, decode=bytes)
-        transport, _ = await loop.create_connection(
-            lambda: cast(asyncio.BaseProtocol, protocol), host.strip("[]"), int(port))
-        outbox = _LaneOutbox(protocol)
-        protocol.write(wire.frame(self.sim.secret.encode()))
-        outbox.send(pb.NodeToHead(register=self.register_message()))
-        self._outbox = outbox
-        beat = asyncio.ensure_future(self._heartbeat(outbox))
+        client = await LaneClient.connect(self.sim.head_address, self.sim.secret, on_body)
+        client.send(pb.NodeToHead(register=self.register_message()))
+        self._outbox = client
+        beat = asyncio.ensure_future(self._heartbeat(client))
         try:
-            await ended
+            await client.ended
         finally:
             beat.cancel()
-            transport.close()
-        if state["refused"]:
+            client.close()
+        if client.refused:
             raise _Refused()
-        return state["reached"]
+        return reached
 
-    async def _heartbeat(self, outbox: StreamConn | _LaneOutbox) -> None:
+    async def _heartbeat(self, outbox: StreamConn | LaneClient) -> None:
         # A random phase, so thousands of nodes do not beat in the same loop turn.
         await asyncio.sleep(random.uniform(0, self.period))
         while True:
@@ -239,19 +225,6 @@ class SimNode:
 
 class _Refused(Exception):
     """The head refused the secret."""
-
-
-class _LaneOutbox:
-    """A node-lane connection's sending side: each message one frame."""
-
-    def __init__(self, protocol: AsyncFrameProtocol) -> None:
-        self.protocol = protocol
-
-    def send(self, message: pb.NodeToHead) -> None:
-        self.protocol.write(wire.frame(message.SerializeToString()))
-
-    def close(self) -> None:
-        self.protocol.close()
 
 
 def _sleep_seconds(spec: pb.TaskSpec) -> float:

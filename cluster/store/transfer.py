@@ -32,6 +32,8 @@ import struct
 import threading
 from typing import Any
 
+from cluster.common import wire
+
 log = logging.getLogger("shoal.transfer")
 
 STEP = 2 << 20
@@ -191,8 +193,7 @@ class TransferServer:
 
 def _connect(address: str, secret: str, op: bytes, object_id: int, size: int = 0,
              tls: Any = None) -> socket.socket:
-    host, _, port = address.rpartition(":")
-    sock = socket.create_connection((host.strip("[]"), int(port)), timeout=30)
+    sock = socket.create_connection(wire.host_port(address), timeout=30)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls is not None:
         from cluster.common.tls import NODE_NAME
