@@ -113,7 +113,7 @@ class SecretFirstFrames:
         self._timer: asyncio.TimerHandle | None = None
         self.protocol = _SecretFirstProtocol(self._on_frame, self._lost, decode=bytes,
                                              recv_size=recv_size)
-        self.protocol.max_frame = SECRET_MAX
+        self.protocol.max_first_frame = SECRET_MAX
         self.protocol.on_connected = self._connected
 
     def _connected(self) -> None:
@@ -138,7 +138,6 @@ class SecretFirstFrames:
                 self.protocol.close()
                 return
             self._authenticated = True
-            self.protocol.max_frame = wire.MAX_FRAME
             if self._timer is not None:
                 self._timer.cancel()
             return

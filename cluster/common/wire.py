@@ -114,10 +114,13 @@ class FrameProtocol(_ProtocolBase):
         # for NODE_RECV_SIZE: at 5,000 nodes, 64 KiB buffers were 328 MB of its RSS.
         self._recv_size = recv_size
         self._rbuf = bytearray(recv_size)
-        #: The largest frame accepted; a header announcing more closes the connection
-        #: before any room is made for it (SecretFirstFrames keeps it small until the
-        #: secret passed: else one header from anyone could make us allocate 2 GiB).
-        self.max_frame = MAX_FRAME
+        #: The largest first frame accepted (later ones: MAX_FRAME); a header announcing
+        #: more closes the connection before any room is made for it (SecretFirstFrames
+        #: sets it small, as its first frame is the secret: else one header from anyone
+        #: could make us allocate 2 GiB). Counted per frame, so a secret and a large
+        #: frame arriving in one read are both taken.
+        self.max_first_frame = MAX_FRAME
+        self._first = True
         self._start = 0
         self._end = 0
         self.transport: Any = None
@@ -161,8 +164,8 @@ class FrameProtocol(_ProtocolBase):
             self._start, self._end = 0, end
         need = min(RECV_SIZE, len(buf)) // 4
         if end >= 4:  # a partial frame: make room for all of it (buffer_updated refuses
-            length = HEADER.unpack_from(buf, 0)[0]   # one above max_frame)
-            if length <= self.max_frame:
+            length = HEADER.unpack_from(buf, 0)[0]   # one above the limit)
+            if length <= (self.max_first_frame if self._first else MAX_FRAME):
                 need = max(need, 4 + length - end)
         if len(buf) - end < need:
             # A new buffer, not a resize: asyncio may still hold the last memoryview.
@@ -180,9 +183,10 @@ class FrameProtocol(_ProtocolBase):
         bodies = []
         while end - pos >= 4:
             (length,) = unpack(buf, pos)
-            if length > self.max_frame:
+            if length > (self.max_first_frame if self._first else MAX_FRAME):
                 self.close()
                 return
+            self._first = False
             stop = pos + 4 + length
             if stop > end:
                 break
