@@ -80,7 +80,11 @@ class RunAfter(NamedTuple):
     """Run a task (a :class:`Run`'s fields) right after the task `after` this worker runs
     now, with that one's value as its argument `after`, if it ends as
     :func:`cluster.policy.staging.worker_runs` says; else drop it. The daemon reads the
-    same :class:`Done` and knows which (it sent the task ahead: cluster.node.staged)."""
+    same :class:`Done` and knows which (it sent the task ahead: cluster.node.staged).
+
+    With `after` 0 the task is *prefetched* (cluster.node.prefetch): it runs once the
+    worker's current task ends, whatever its outcome, unless the worker hands it back
+    (:class:`HandBack`) because that task waits."""
 
     after: int
     run: tuple
@@ -262,6 +266,15 @@ class Blocked(NamedTuple):
     inline: bool = True
 
 
+@_tag("hand_back")
+class HandBack(NamedTuple):
+    """Worker -> daemon: prefetched tasks (:class:`RunAfter` with `after` 0) this worker
+    will not run: its task waits (for tasks or an actor's answer), and what it waits for
+    may be one of them. The daemon queues them again, in order."""
+
+    task_ids: list[int]
+
+
 @_tag("unblocked")
 class Unblocked(NamedTuple):
     """Worker -> daemon: task `task_id` runs again and takes its CPUs back."""
@@ -322,12 +335,13 @@ class Denied(NamedTuple):
     """The caller's first frame was not the cluster secret; the connection closes."""
 
 
-assert len(TYPES) == 25, "a message type without its tag"
+assert len(TYPES) == 26, "a message type without its tag"
 
 #: Any one message.
 Message = (Fn | Run | RunAfter | ActorCreate | ActorCall | CallResult | AllocReply | Exit
            | Ready | Done | Created | Log | Call | Alloc | DirectCall | DirectReply | DirectTask
-           | DirectAck | Denied | NestedOut | NestedIn | NestedEnd | Pull | Blocked | Unblocked)
+           | DirectAck | Denied | NestedOut | NestedIn | NestedEnd | Pull | Blocked | HandBack
+           | Unblocked)
 
 _new = tuple.__new__
 

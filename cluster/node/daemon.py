@@ -29,6 +29,7 @@ from cluster.common.messages import (
     CallResult,
     Done,
     Fn,
+    HandBack,
     Log,
     Ready,
     Run,
@@ -36,6 +37,7 @@ from cluster.common.messages import (
 from cluster.common.protocol import pb, to_dict
 from cluster.node.actorhost import ActorHost, ActorHosting
 from cluster.node.nested import NESTED_TYPES, NestedRelay
+from cluster.node.prefetch import Prefetching
 from cluster.node.staged import Presending, StagedTasks
 from cluster.node.workerpool import WorkerHandle, one_node_mpi_env, worker_env
 from cluster.policy import priority
@@ -68,7 +70,7 @@ class _Task:
     pinned: list[int] = field(default_factory=list)
 
 
-class Daemon(ActorHosting, Presending):
+class Daemon(ActorHosting, Presending, Prefetching):
     """Runs tasks on one node's worker processes."""
 
     def __init__(
@@ -128,6 +130,7 @@ class Daemon(ActorHosting, Presending):
         self._prioritized = False
         self.nested = NestedRelay(self)  # apps' nested clients, blocked tasks
         self.staged = StagedTasks()  # tasks sent ahead behind a task here
+        self.init_prefetch()
 
     # ---- lifecycle -------------------------------------------------------------------
     def spawn_initial(self) -> None:
@@ -193,7 +196,7 @@ class Daemon(ActorHosting, Presending):
     def stats(self) -> tuple[int, int, int]:
         """(running, queued, workers)."""
         running = sum(1 for w in self.workers if w.task is not None)
-        return running, len(self.queue), len(self.workers)
+        return running, len(self.queue) + self.prefetched_count, len(self.workers)
 
     # ---- from the head ---------------------------------------------------------------
     def on_head_message(self, message: pb.HeadToNode) -> None:
@@ -374,7 +377,7 @@ class Daemon(ActorHosting, Presending):
         """Drop `task_id` if it has not started here (in the backlog, waiting for its
         arguments, or an actor call in its actor's queue), reporting it CANCELLED; with
         `reply`, tell the head whether it was."""
-        decided = self.cancel_sent_ahead(task_id)
+        decided = self.cancel_sent_ahead(task_id) or self.cancel_prefetched(task_id)
         if decided is not None:
             if reply:
                 self._cancel_replies.append(decided)
@@ -417,6 +420,7 @@ class Daemon(ActorHosting, Presending):
         while queue:
             task = queue[0]
             if not self._fits(task.request):
+                self.prefetch()  # (busy workers may take the next ones now)
                 return
             if not idle:
                 # All workers busy but resources free (fractional or zero-cpu tasks, or
@@ -467,6 +471,7 @@ class Daemon(ActorHosting, Presending):
             worker.anchor = spec.task_id
             if self.staged.behind:
                 self.presend(worker)
+            self.may_prefetch_to(worker)
 
     def _walltime(self, worker: WorkerHandle, task: _Task) -> None:
         if worker.task is task:
@@ -516,10 +521,12 @@ class Daemon(ActorHosting, Presending):
                 worker.task = None
             if task is not None:
                 self._release(task)
+                self.note_run(task.spec.fn_id, message.seconds)
                 if not (self.stopping and message.status != pb.OK):  # (killed by the stop)
                     self._report(task.spec, message.status, message.data, message.message,
                                  message.seconds, worker=worker)
             self.done += 1
+            self.start_prefetched(worker)  # (if it has one, it has started it already)
             if not worker.closing and worker.task is None:
                 self.idle.append(worker)
                 if len(self.workers) > self.num_workers:  # an extra one (cluster.node.nested)
@@ -541,11 +548,14 @@ class Daemon(ActorHosting, Presending):
             self._worker_call(worker, message)
         elif kind is Alloc:
             self._on_alloc(worker, message)
+        elif kind is HandBack:
+            self.requeue_prefetched(worker, message.task_ids)
         elif kind in NESTED_TYPES:
             self.nested.on_worker_message(worker, message)
 
     def _on_worker_lost(self, worker: WorkerHandle) -> None:
         self.forget_presented(worker)
+        self.requeue_prefetched(worker)
         if worker in self.workers:
             self.workers.remove(worker)
         if worker in self.idle:
@@ -631,8 +641,8 @@ class Daemon(ActorHosting, Presending):
         enough work waits here, a moment later with the next results."""
         loop = self.loop or asyncio.get_event_loop()
         low = max(1, LOW_WATER_PER_WORKER * len(self.workers))
-        # Staged tasks count as waiting work: they start here without the head.
-        waiting = len(self.queue) + len(self.staged.behind)
+        # Staged and prefetched tasks count as waiting work: they start without the head.
+        waiting = len(self.queue) + len(self.staged.behind) + self.prefetched_count
         if self._flush_pending:
             if self._flush_timer is not None and waiting < low:
                 # Running low: the head's answer (more work) must be on its way before

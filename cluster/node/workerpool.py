@@ -115,6 +115,8 @@ class WorkerHandle:
         #: (the task it runs now, or the last of them).
         self.presented: deque[int] = deque()
         self.anchor = 0
+        #: Queued tasks prefetched to it (cluster.node.prefetch), in order, not started.
+        self.prefetched: deque[Any] = deque()
         self._on_message = on_message
         self._on_lost = on_lost
         self._protocol: AsyncFrameProtocol | None = None

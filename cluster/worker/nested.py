@@ -11,7 +11,9 @@ A task that waits for other tasks (:meth:`NestedLink.block`) tells the daemon
 (:class:`Blocked`): its CPUs are free while it waits, and the daemon may hand this worker
 one queued task (a :class:`Run`), which runs right here, inside the wait, and reports its
 :class:`Done` as usual; the wait then goes on. Before the task continues, it takes its CPUs
-back (:class:`Unblocked`). See :mod:`cluster.node.nested` for the daemon's side.
+back (:class:`Unblocked`). See :mod:`cluster.node.nested` for the daemon's side. Tasks
+the daemon prefetched to this worker (queued behind the one that now waits) go back to it
+(:class:`HandBack`): what the task waits for may be one of them.
 
 Imports nothing beyond the standard library and the worker's own modules (no protobuf).
 """
@@ -35,9 +37,11 @@ from cluster.common.messages import (
     CallResult,
     Done,
     Fn,
+    HandBack,
     NestedEnd,
     NestedIn,
     Run,
+    RunAfter,
     Unblocked,
 )
 from cluster.common.status import OK
@@ -177,6 +181,7 @@ class NestedLink:
             hook(wake)
         del fut
         deadline = None if timeout is None else time.monotonic() + timeout
+        hand_back_prefetched(worker)
         worker.send(Blocked(holder, inline))
         try:
             while len(finished) < missing:
@@ -200,6 +205,8 @@ class NestedLink:
                 elif item is None:  # the daemon is gone: nothing will answer
                     worker.backlog.append(None)
                     return
+                elif _prefetched(item):
+                    worker.send(HandBack([item.run[0]]))
                 else:
                     worker.backlog.append(item)
         finally:
@@ -252,6 +259,7 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
         worker.send(Blocked(blocked, False))
     deadline = None if timeout is None else time.monotonic() + timeout
     warn_at = time.monotonic() + CYCLE_WARNING_SECONDS
+    hand_back_prefetched(worker)
     kept: list[Any] = []
     try:
         while ref not in results:
@@ -272,6 +280,8 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
                 raise ConnectionError("lost the daemon while waiting for an answer")
             if type(message) is CallResult or type(message) is AllocReply:
                 results[message.ref] = message
+            elif _prefetched(message):
+                worker.send(HandBack([message.run[0]]))
             else:
                 kept.append(message)
     finally:
@@ -282,6 +292,20 @@ def wait_reply(worker: Any, ref: int, what: str, timeout: float | None) -> Any:
 
 
 _NOTHING = object()
+
+
+def _prefetched(message: Any) -> bool:
+    return type(message) is RunAfter and not message.after
+
+
+def hand_back_prefetched(worker: Any) -> None:
+    """Give the daemon back the prefetched tasks `worker` has read and not run (its task
+    is about to wait; those read during the wait go back as they come)."""
+    backlog = worker.backlog
+    ids = [m.run[0] for m in backlog if _prefetched(m)]
+    if ids:
+        backlog[:] = [m for m in backlog if not _prefetched(m)]
+        worker.send(HandBack(ids))
 
 
 def _read_for(worker: Any, seconds: float) -> Any:

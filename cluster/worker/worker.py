@@ -233,13 +233,15 @@ class Worker:
         """A task from the daemon: execute it, end what it left running, report
         :class:`Done`. A task sent ahead (:class:`RunAfter`) runs only if the task this
         worker ran last is its input and ended as ``worker_runs`` says (else the daemon
-        places it): with that one's value, no message in between."""
+        places it): with that one's value, no message in between. A prefetched one
+        (`after` 0) runs in any case."""
         if type(m) is RunAfter:
-            last, value = self.last_done
-            if m.after != last or value is None:
+            after, (last, value) = m.after, self.last_done
+            if after and (after != last or value is None):
                 return
             m = Run(*m.run)
-            m.deps[last] = value
+            if after:
+                m.deps[last] = value
         assert type(m) is Run
         outcome = self.execute(m.task_id, m.fn_id, m.kind, m.name, m.args, m.deps, m.gpus,
                                m.stdout, m.stderr, m.cwd, m.env, store=True)

@@ -28,6 +28,7 @@ from cluster.common.messages import (  # dynamic workflows (cluster/*/nested.py)
     Done,
     Exit,
     Fn,
+    HandBack,
     Log,
     NestedEnd,
     NestedIn,
@@ -45,6 +46,7 @@ SAMPLES = [
         ("out.txt", "w"), None, "/tmp", {"A": "1"}),
     Run(2, b"f", 1, "bash", 7, {}, None, None, None, "", None),
     RunAfter(2, (3, b"f", 0, "inc", b"args", {}, None, None, None, "", None)),
+    RunAfter(0, (4, b"f", 0, "noop", b"args", {}, None, None, None, "", None)),  # prefetched
     ActorCreate(3, b"c", "Counter", b"args", {}, None, "/tmp", None, 2, b"secret", "/run",
                 "127.0.0.1"),
     ActorCall(4, "add", b"args", {}),
@@ -69,6 +71,7 @@ SAMPLES = [
     Pull(18, 19, ["127.0.0.1:5000"]),
     Blocked(17),
     Blocked(17, False),
+    HandBack([20, 21]),
     Unblocked(17),
 ]
 
