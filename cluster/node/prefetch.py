@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from cluster.common.messages import Fn, RunAfter
 from cluster.common.protocol import pb
 from cluster.node.staged import StagedTasks, presendable
-from cluster.policy.prefetch import may_prefetch, slowest
+from cluster.policy.prefetch import PREFETCH_DEPTH, may_prefetch, slowest
 
 if TYPE_CHECKING:
     from cluster.node.nested import NestedRelay
@@ -94,8 +94,6 @@ class Prefetching:
             return
         now = time.perf_counter()
         while queue and room:
-            task = queue[0]
-            spec = task.spec
             worker = next(iter(room))
             current = worker.task
             if current is None or worker.closing or worker.stack or worker.presented or \
@@ -104,22 +102,41 @@ class Prefetching:
                         len(worker.prefetched)):
                 del room[worker]
                 continue
-            if current.request != task.request or not presendable(spec):
+            if not self._prefetch_to(worker, current.request):
                 return  # (the queue's order stands: nothing jumps its first task)
+
+    def _prefetch_to(self, worker: Any, request: dict[str, float]) -> bool:
+        """Hand `worker` the front of the queue up to PREFETCH_DEPTH, in one write; False
+        if the queue's first task may not be prefetched to it."""
+        queue, prefetched = self.queue, worker.prefetched
+        frames: list[tuple] = []
+        fits = True
+        while queue and len(prefetched) < PREFETCH_DEPTH:
+            task = queue[0]
+            spec = task.spec
+            if task.request != request or not presendable(spec):
+                fits = False
+                break
             if spec.fn_id not in worker.functions:
                 blob = self.functions.get(spec.fn_id)
-                if blob is None:
-                    return  # (the daemon reports it when it would start it)
-                worker.send(Fn(spec.fn_id, blob))
+                if blob is None:  # (the daemon reports it when it would start it)
+                    fits = False
+                    break
+                frames.append(Fn(spec.fn_id, blob))
                 worker.functions.add(spec.fn_id)
             queue.popleft()
             deps = {v.id: v.data for v in spec.dep_values}
-            worker.send(RunAfter(0, (spec.task_id, spec.fn_id, spec.kind, spec.name,
-                                     spec.args, deps, None, None, None, spec.cwd, None)))
-            worker.prefetched.append(task)
-            worker.anchor = 0  # (nothing staged is sent ahead behind what it runs now)
+            frames.append(RunAfter(0, (spec.task_id, spec.fn_id, spec.kind, spec.name,
+                                       spec.args, deps, None, None, None, spec.cwd, None)))
+            prefetched.append(task)
             self.prefetched_count += 1
             self.prefetched_total += 1
+        if frames:
+            worker.send_many(frames)
+            worker.anchor = 0  # (nothing staged is sent ahead behind what it runs now)
+        if len(prefetched) >= PREFETCH_DEPTH:
+            del self.prefetch_room[worker]
+        return fits
 
     def start_prefetched(self, worker: Any) -> bool:
         """`worker` ended its task: book the first task prefetched to it as running there

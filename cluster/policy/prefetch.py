@@ -13,7 +13,8 @@ daemon prefetches only where the wait is known to be short:
 - the worker's task is of a function whose runs on this node so far have all been short
   (:func:`slowest` of them under :data:`PREFETCH_BELOW_SECONDS`), and it has not yet run that
   long itself: a task behind a slow one would wait while another worker idles;
-- no more than :data:`PREFETCH_DEPTH` wait in one worker.
+- no more than :data:`PREFETCH_DEPTH` wait in one worker, which is handed them
+  :data:`PREFETCH_BATCH` at a time.
 
 >>> may_prefetch(slowest(None, 0.0001), 0.0002, 0)
 True
@@ -23,7 +24,9 @@ False
 False
 >>> may_prefetch(0.0001, 0.01, 0)               # this one runs long already
 False
->>> may_prefetch(0.0001, 0.0, PREFETCH_DEPTH)      # enough wait in that worker
+>>> may_prefetch(0.0001, 0.0, PREFETCH_DEPTH - PREFETCH_BATCH)   # room for a batch
+True
+>>> may_prefetch(0.0001, 0.0, PREFETCH_DEPTH - 1)  # enough wait in that worker
 False
 """
 
@@ -33,9 +36,12 @@ from __future__ import annotations
 #: is the worker's idle gap between tasks (~0.1-0.3 ms on 2 cores), worth having for
 #: tasks this short; the cost of a wrong guess is one task waiting behind one run.
 PREFETCH_BELOW_SECONDS = 0.002
-#: How many tasks wait in one worker. One covers the daemon's turnaround for tasks longer
-#: than it; two keep a worker fed on no-ops, which end faster than the daemon answers.
-PREFETCH_DEPTH = 2
+#: How many tasks wait in one worker, and how many it is handed at a time (in one write):
+#: it gets more once it has room for PREFETCH_BATCH, so it always holds one or more while
+#: the daemon answers, and the daemon writes to it once every PREFETCH_BATCH tasks (a
+#: send was ~11% of the head-and-daemon process's samples in a no-op burst, one a task).
+PREFETCH_DEPTH = 4
+PREFETCH_BATCH = 2
 #: How fast the memory of a slow run fades: each shorter run takes this share of the gap.
 #: A function's first run on each worker is slow (its body is unpickled, its imports run:
 #: 0.19 s for a test module importing the api), so this is quick: ~16 no-op runs later it
@@ -66,4 +72,4 @@ def may_prefetch(slowness: float | None, running: float, waiting: int,
     with `slowness` (:func:`slowest`; None: never run here), has run for `running`
     seconds, and has `waiting` tasks prefetched already."""
     return (slowness is not None and slowness < PREFETCH_BELOW_SECONDS
-            and running < PREFETCH_BELOW_SECONDS and waiting < depth)
+            and running < PREFETCH_BELOW_SECONDS and waiting + PREFETCH_BATCH <= depth)

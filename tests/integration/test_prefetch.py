@@ -21,7 +21,7 @@ from cluster.common import serialization
 from cluster.common.messages import CallResult, RunAfter
 from cluster.common.protocol import pb
 from cluster.node.daemon import Daemon
-from cluster.policy.prefetch import may_prefetch
+from cluster.policy.prefetch import PREFETCH_DEPTH, may_prefetch
 
 
 def job(mode: str, path: str = "") -> str:
@@ -154,8 +154,8 @@ def test_nothing_is_prefetched_behind_a_function_known_to_be_slow(tmp_path):
 def _two_held_then(node: Node, tmp_path: Any, *calls: tuple[Any, ...]) -> tuple[
         int, int, list[int], str, str]:
     """Both workers run a held task ('hold' is known to be short: it ran with its gate
-    open), and `calls` queue behind them: prefetched two to a worker, to the one whose task
-    started first first."""
+    open), and `calls` queue behind them: prefetched PREFETCH_DEPTH to a worker, to the one
+    whose task started first first."""
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
     ids = node.submit(("hold", first), ("hold", second), *calls)
     return ids[0], ids[1], ids[2:], first, second
@@ -169,27 +169,28 @@ async def _warm_hold(node: Node, tmp_path: Any) -> None:
 def test_tasks_prefetched_to_a_worker_that_dies_run_on_another(tmp_path):
     async def body(node: Node) -> None:
         await _warm_hold(node, tmp_path)
+        depth = PREFETCH_DEPTH
         first, second, rest, first_gate, second_gate = _two_held_then(
-            node, tmp_path, *[("quick",)] * 4)
+            node, tmp_path, *[("quick",)] * (2 * depth))
         doomed, other = node.worker_running(first), node.worker_running(second)
-        assert [t.spec.task_id for t in doomed.prefetched] == rest[:2]
-        assert [t.spec.task_id for t in other.prefetched] == rest[2:]
-        assert node.daemon.stats()[1] == 4, "prefetched tasks count as queued"
+        assert [t.spec.task_id for t in doomed.prefetched] == rest[:depth]
+        assert [t.spec.task_id for t in other.prefetched] == rest[depth:]
+        assert node.daemon.stats()[1] == 2 * depth, "prefetched tasks count as queued"
         await node.until(lambda: os.path.exists(first_gate + ".pid"), "the held task")
-        os.kill(doomed.pid, signal.SIGKILL)  # with two tasks prefetched to it
-        results = await node.results([first, *rest[:2]])  # (the others wait behind second)
+        os.kill(doomed.pid, signal.SIGKILL)  # with tasks prefetched to it
+        results = await node.results([first, *rest[:depth]])  # (others wait behind second)
         assert results[0].status == pb.WORKER_CRASHED
-        assert [r.status for r in results[1:]] == [pb.OK] * 2, "a prefetched task was lost"
+        assert [r.status for r in results[1:]] == [pb.OK] * depth, "a prefetched task was lost"
         open(second_gate, "w").close()
-        results = await node.results([second, *rest[2:]])
-        assert [r.status for r in results] == [pb.OK] * 3
+        results = await node.results([second, *rest[depth:]])
+        assert [r.status for r in results] == [pb.OK] * (depth + 1)
     run(tmp_path, body)
 
 
 def test_a_cancelled_prefetched_task_ends_cancelled_and_never_completes(tmp_path):
     async def body(node: Node) -> None:
         await _warm_hold(node, tmp_path)
-        marks = [str(tmp_path / f"mark{i}") for i in range(4)]
+        marks = [str(tmp_path / f"mark{i}") for i in range(2 * PREFETCH_DEPTH)]
         first, second, rest, first_gate, second_gate = _two_held_then(
             node, tmp_path, *[("mark", m) for m in marks])
         held = node.worker_running(second)
