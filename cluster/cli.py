@@ -207,7 +207,8 @@ def cmd_status(ns: argparse.Namespace) -> int:
           f"drivers {reply.drivers}   head pid {reply.head_pid}{job}")
     print(f"tasks: {reply.tasks_queued} queued, {reply.tasks_running} running, "
           f"{reply.tasks_done} done, {reply.tasks_failed} failed"
-          f"{f' ({reply.tasks_staged} started staged)' if reply.tasks_staged else ''}   "
+          f"{f' ({reply.tasks_staged} started staged)' if reply.tasks_staged else ''}"
+          f"{f' ({reply.tasks_prefetched} prefetched)' if reply.tasks_prefetched else ''}   "
           f"objects: {reply.objects} ({reply.object_bytes / 2**20:.1f} MiB)")
     print(f"nodes: {reply.nodes_alive} alive of {reply.nodes_total}   in use "
           f"{_fmt_res(reply.used)} of {_fmt_res(reply.total)}")

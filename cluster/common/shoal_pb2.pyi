@@ -470,16 +470,18 @@ class Register(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., pid: _Optional[int] = ..., block_id: _Optional[str] = ..., store_address: _Optional[str] = ..., store_dir: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("running", "queued", "workers", "store")
+    __slots__ = ("running", "queued", "workers", "store", "prefetched")
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
+    PREFETCHED_FIELD_NUMBER: _ClassVar[int]
     running: int
     queued: int
     workers: int
     store: StoreStats
-    def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ...) -> None: ...
+    prefetched: int
+    def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ..., prefetched: _Optional[int] = ...) -> None: ...
 
 class NodeToHead(_message.Message):
     __slots__ = ("register", "results", "logs", "heartbeat", "actor_events", "submit", "copies", "lost", "cancel_replies", "leaving", "nested", "blocked", "unblocked")
@@ -542,7 +544,7 @@ class StatusRequest(_message.Message):
     def __init__(self, node_limit: _Optional[int] = ...) -> None: ...
 
 class StatusReply(_message.Message):
-    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used", "nested_records", "tasks_staged")
+    __slots__ = ("cluster_id", "nodes", "tasks_queued", "tasks_running", "tasks_done", "tasks_failed", "drivers", "objects", "object_bytes", "uptime", "head_pid", "blocks", "actors", "nodes_total", "nodes_alive", "total", "used", "nested_records", "tasks_staged", "tasks_prefetched")
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TASKS_QUEUED_FIELD_NUMBER: _ClassVar[int]
@@ -562,6 +564,7 @@ class StatusReply(_message.Message):
     USED_FIELD_NUMBER: _ClassVar[int]
     NESTED_RECORDS_FIELD_NUMBER: _ClassVar[int]
     TASKS_STAGED_FIELD_NUMBER: _ClassVar[int]
+    TASKS_PREFETCHED_FIELD_NUMBER: _ClassVar[int]
     cluster_id: str
     nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
     tasks_queued: int
@@ -581,7 +584,8 @@ class StatusReply(_message.Message):
     used: Resources
     nested_records: int
     tasks_staged: int
-    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., nested_records: _Optional[int] = ..., tasks_staged: _Optional[int] = ...) -> None: ...
+    tasks_prefetched: int
+    def __init__(self, cluster_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ..., tasks_queued: _Optional[int] = ..., tasks_running: _Optional[int] = ..., tasks_done: _Optional[int] = ..., tasks_failed: _Optional[int] = ..., drivers: _Optional[int] = ..., objects: _Optional[int] = ..., object_bytes: _Optional[int] = ..., uptime: _Optional[float] = ..., head_pid: _Optional[int] = ..., blocks: _Optional[_Iterable[_Union[BlockInfo, _Mapping]]] = ..., actors: _Optional[_Iterable[_Union[ActorInfo, _Mapping]]] = ..., nodes_total: _Optional[int] = ..., nodes_alive: _Optional[int] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., nested_records: _Optional[int] = ..., tasks_staged: _Optional[int] = ..., tasks_prefetched: _Optional[int] = ...) -> None: ...
 
 class ShutdownRequest(_message.Message):
     __slots__ = ()

@@ -46,6 +46,9 @@ def render(reply: pb.StatusReply, counts: dict[str, int]) -> str:
     metric("shoal_tasks_staged_total", "counter",
            "Tasks that started on their input's node, not through the head.",
            [({}, reply.tasks_staged)])
+    metric("shoal_tasks_prefetched_total", "counter",
+           "Tasks that started on a worker they were prefetched to while it was busy.",
+           [({}, reply.tasks_prefetched)])
     if counts:
         metric("shoal_history_tasks", "gauge", "App tasks in the run history, by state.",
                [({"state": k}, v) for k, v in sorted(counts.items())])

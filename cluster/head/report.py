@@ -67,7 +67,8 @@ def status_reply(head: Reportable, node_limit: int = 0) -> pb.StatusReply:
         objects=objects, object_bytes=object_bytes,
         uptime=time.time() - head.started, head_pid=os.getpid(),
         blocks=head.blocks_info(), actors=head.actor_table.status(),
-        tasks_staged=head.staging.started)
+        tasks_staged=head.staging.started,
+        tasks_prefetched=sum(n.heartbeat.prefetched for n in head.nodes.values()))
     fill(reply.total, total)
     fill(reply.used, used)
     return reply

@@ -683,8 +683,8 @@ class Daemon(ActorHosting, Presending, Prefetching):
 
     def heartbeat(self) -> pb.Heartbeat:
         """Current load, for the head's node table."""
-        running, queued, workers = self.stats()
-        beat = pb.Heartbeat(running=running, queued=queued, workers=workers)
+        beat = pb.Heartbeat(prefetched=self.prefetched_total)
+        beat.running, beat.queued, beat.workers = self.stats()
         if self.store is not None:
             stats = self.store.stats()
             beat.store.objects, beat.store.bytes = stats["objects"], stats["bytes"]

@@ -67,7 +67,7 @@ class Prefetching:
         self.prefetch_room: dict[Any, None] = {}
         #: Tasks prefetched to workers, not started: queued work of this node.
         self.prefetched_count = 0
-        self.prefetched_total = 0  # (ever: the tests' evidence that it happens)
+        self.prefetched_total = 0  # started prefetched, ever (in the node's heartbeat)
         self.prefetch_off = os.environ.get("SHOAL_PREFETCH", "1") == "0"
 
     def may_prefetch_to(self, worker: Any) -> None:
@@ -130,7 +130,6 @@ class Prefetching:
                                        spec.args, deps, None, None, None, spec.cwd, None)))
             prefetched.append(task)
             self.prefetched_count += 1
-            self.prefetched_total += 1
         if frames:
             worker.send_many(frames)
             worker.anchor = 0  # (nothing staged is sent ahead behind what it runs now)
@@ -145,6 +144,7 @@ class Prefetching:
             return False
         task = worker.prefetched.popleft()
         self.prefetched_count -= 1
+        self.prefetched_total += 1
         self._take(task)
         worker.task = task
         worker.timed_out = False

@@ -217,3 +217,24 @@ def test_status_counts_the_links_that_started_staged(clusterctl, tmp_path):
         "open(gate, 'w').close()\nassert futs[-1].result(timeout=60) == 5\n",
         str(tmp_path / "gate"), os.path.join(ROOT, "tests"))
     assert "(5 started staged)" in out, out
+
+
+def test_status_counts_the_tasks_started_prefetched(clusterctl, tmp_path):
+    from helpers import ROOT
+
+    out = _status_after(
+        clusterctl, tmp_path, "cli-prefetch",
+        "import sys, time\nsys.path.insert(0, sys.argv[2])\n"
+        "import api\nfrom helpers import head_status\n"
+        "api.init(sys.argv[1])\n"
+        "@api.python_app\ndef noop():\n    return None\n"
+        "deadline = time.monotonic() + 60\n"
+        "while head_status().tasks_prefetched == 0:  # (heartbeats carry the count)\n"
+        "    assert time.monotonic() < deadline, 'nothing started prefetched'\n"
+        "    futs = [noop() for _ in range(500)]\n"
+        "    assert [f.result(timeout=60) for f in futs] == [None] * 500\n"
+        "    time.sleep(0.5)\n",
+        os.path.join(ROOT, "tests"))
+    tasks = next(x for x in out.splitlines() if x.startswith("tasks:"))
+    assert " prefetched)" in tasks, out
+    assert int(tasks.split(" prefetched)")[0].rsplit("(", 1)[1]) > 0

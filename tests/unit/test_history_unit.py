@@ -200,7 +200,7 @@ def test_timeline_has_one_row_per_worker(tmp_path):
 
 def test_metrics_text_format():
     reply = pb.StatusReply(cluster_id='c"1', nodes_total=2, nodes_alive=1, tasks_queued=3,
-                           tasks_running=1, tasks_done=10, tasks_failed=2)
+                           tasks_running=1, tasks_done=10, tasks_failed=2, tasks_prefetched=7)
     node = reply.nodes.add(name="nodeA", node_id=1, running=1)
     fill(node.total, {"cpus": 4.0, "memory": 2.0**30})
     fill(node.used, {"cpus": 1.0})
@@ -210,6 +210,7 @@ def test_metrics_text_format():
     assert 'shoal_up{cluster="c\\"1"} 1' in text
     assert 'shoal_node_resource_used{node="nodeA",node_id="1",resource="cpus"} 1' in text
     assert 'shoal_tasks{state="queued"} 3' in text and "shoal_tasks_done_total 10" in text
+    assert "shoal_tasks_prefetched_total 7" in text
     assert 'shoal_actors{state="alive"} 1' in text
     for line in text.splitlines():
         if not line.startswith("#"):
