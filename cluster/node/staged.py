@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from cluster.common.messages import Fn, RunAfter
-from cluster.common.protocol import pb, to_dict
+from cluster.common.protocol import pb
 from cluster.policy.staging import PYTHON, heir_runs, worker_runs
 
 #: How far down a chain a worker is sent tasks ahead. Each one sent ahead is one frame the
@@ -83,7 +83,7 @@ def presendable(spec: pb.TaskSpec) -> bool:
     return (spec.kind == PYTHON and not spec.walltime and not spec.stdout and not spec.stderr
             and not spec.env and not spec.args_ref and not spec.parent_task
             and spec.ranks_per_node <= 1 and not any(v.size for v in spec.dep_values)
-            and not to_dict(spec.resources).get("gpus"))
+            and not spec.resources.gpus)  # (never a custom "gpus": protocol.fill)
 
 
 class Presending:
