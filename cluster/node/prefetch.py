@@ -48,8 +48,8 @@ class Prefetching:
     nested: NestedRelay
     _prioritized: bool
 
-    if TYPE_CHECKING:  # the daemon's (cluster/node/daemon.py)
-        def _take(self, task: Any) -> str | None: ...
+    if TYPE_CHECKING:  # the daemon's (cluster/node/daemon.py, cluster/node/staged.py)
+        def book_started(self, worker: Any, task: Any) -> bool: ...
 
         def _report(self, spec: pb.TaskSpec, status: pb.Status, data: Any, message: str,
                     seconds: float, route: str = "", worker: Any = None) -> None: ...
@@ -137,29 +137,21 @@ class Prefetching:
             del self.prefetch_room[worker]
         return fits
 
-    def start_prefetched(self, worker: Any) -> bool:
+    def start_prefetched(self, worker: Any) -> None:
         """`worker` ended its task: book the first task prefetched to it as running there
-        (it has started it), if it has one and has no other task now; False if not."""
+        (it has started it), if it has one and has no other task now."""
         if not worker.prefetched or worker.task is not None or self.stopping:
-            return False
+            return
         task = worker.prefetched.popleft()
         self.prefetched_count -= 1
         self.prefetched_total += 1
-        self._take(task)
-        worker.task = task
-        worker.timed_out = False
-        task.started = time.perf_counter()
-        task_id = task.spec.task_id
-        if task_id in self.staged.kill_on_start:  # cancelled while it waited there: it
-            worker.closing = True                 # ends CANCELLED (the daemon's _report),
-            worker.kill()                         # the others go back to the queue
-            return True
+        if not self.book_started(worker, task):
+            return  # (killed: the others go back to the queue)
         if not worker.prefetched:
-            worker.anchor = task_id  # (a staged task behind it may be sent ahead again)
+            worker.anchor = task.spec.task_id  # (a staged task behind it may go ahead)
             if self.staged.behind:
                 self.presend(worker)
         self.may_prefetch_to(worker)
-        return True
 
     def requeue_prefetched(self, worker: Any, task_ids: list[int] | None = None) -> None:
         """Put tasks prefetched to `worker` back at the front of the queue, in order: those

@@ -176,18 +176,26 @@ class Presending:
             self.forget_presented(worker)
             return False
         staged.ended(result)
-        task = self._new_task(heir)
+        worker.anchor = presented.popleft()
+        if self.book_started(worker, self._new_task(heir)):
+            self.presend(worker)
+        else:  # (what it ran after it goes back)
+            self.forget_presented(worker)
+        return True
+
+    def book_started(self, worker: Any, task: Any) -> bool:
+        """`worker` has started `task`, sent to it ahead (staged, or prefetched:
+        cluster.node.prefetch), with no message in between: book it as running there, in
+        the slot of the task that just ended. False if it was cancelled while it waited
+        there: the worker is killed, and the task ends CANCELLED (the daemon's _report)."""
         self._take(task)
         worker.task = task
         worker.timed_out = False
         task.started = time.perf_counter()
-        worker.anchor = presented.popleft()
-        if worker.anchor in staged.kill_on_start:  # cancelled while sent ahead: it ends
-            worker.closing = True                   # CANCELLED (see the daemon's _report),
-            worker.kill()                           # and what it ran after it goes back
-            self.forget_presented(worker)
-        else:
-            self.presend(worker)
+        if task.spec.task_id in self.staged.kill_on_start:
+            worker.closing = True
+            worker.kill()
+            return False
         return True
 
     def forget_presented(self, worker: Any) -> None:
