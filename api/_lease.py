@@ -196,9 +196,12 @@ class TaskLease:
         """Send a task made busy by _take; False if the connection broke (the task is
         then no longer busy: the caller sends it through the head)."""
         conn, message, future = send
+        # Counted before the write: the task can end, and its caller read `sent`, before
+        # conn.send returns (a test saw one task too many that way, on a loaded machine).
+        self.sent += 1
         if conn.send(message):
-            self.sent += 1
             return True
+        self.sent -= 1
         with self._lock:
             if self._busy is not None and self._busy[2] is future:
                 self._busy = None
