@@ -425,14 +425,14 @@ class Daemon(ActorHosting, Presending, Prefetching):
             if not idle:
                 # All workers busy but resources free (fractional or zero-cpu tasks, or
                 # tasks blocked in a wait): a worker blocked in a wait runs it meanwhile,
-                # else grow up to the cap (see cluster.node.nested).
-                waiting = self.nested.take_waiting(
-                    task, len(self.workers) >= self.max_workers) if self.nested.waiting else None
+                # else grow up to the cap, past it only if all wait (cluster.node.nested).
+                at_cap = len(self.workers) >= self.max_workers
+                waiting = self.nested.take_waiting(task, at_cap)
                 if waiting is not None:
                     queue.popleft()
                     self._start(waiting, task)
                     continue
-                if self._starting == 0 and len(self.workers) < self.max_workers:
+                if self._starting == 0 and (not at_cap or self.nested.all_blocked()):
                     self._spawn()
                 return
             worker = idle.popleft()

@@ -11,9 +11,17 @@
   as the recursion, and the parent could not go on without it anyway); else a new worker
   while the node has fewer than ``Daemon.max_workers`` (the per-node cap: ``4 x CPUs``
   and at least the initial workers; extra ones exit after :data:`EXTRA_IDLE_SECONDS`
-  idle); else, past the cap, any waiting worker. So tasks queue and run rather than
-  deadlock, and a deep recursion cannot fork-bomb the node. Tasks submitted inside tasks
-  go newest first (depth first), here and in the head's queues.
+  idle); else, at the cap, a waiting worker whose task is a further ancestor of the
+  queued one (a grandparent, ...); else the task waits for a worker to free up, unless
+  every worker's task waits, when one more worker starts past the cap (none would free
+  up). A worker's stack is therefore always a line of ancestors, never deeper than the
+  recursion: a waiting task resumes only once everything above it on its stack has
+  ended, so an unrelated task placed there could in turn wait for one buried under
+  another worker's stack, which waits for this one (seen: any waiting worker took any
+  task past the cap, and fib(16) on 2 CPUs hung with stacks 120-139 deep, or a worker
+  died). A deep recursion still cannot fork-bomb the node: its children go onto their
+  parents' stacks. Tasks submitted inside tasks go newest first (depth first), here and
+  in the head's queues.
 
 A worker's ``task`` is the task it runs now; ``stack`` holds the tasks under it, blocked in
 a wait (an empty list for every ordinary worker: the hot path only checks it is empty).
@@ -189,15 +197,18 @@ class NestedRelay:
         (daemon.loop or asyncio.get_event_loop()).call_later(EXTRA_IDLE_SECONDS, retire)
 
     # ---- running tasks on waiting workers ------------------------------------------------
-    def take_waiting(self, task: Any, any_worker: bool) -> WorkerHandle | None:
+    def take_waiting(self, task: Any, at_cap: bool) -> WorkerHandle | None:
         """A waiting worker to run `task` on, inside the wait (the waiting task goes on
-        its stack): the one whose task waits for this one, its parent (it cannot go on
-        without it anyway, and the stack stays as deep as the recursion), or with
-        `any_worker` (the node is at its worker cap) any waiting worker."""
-        worker = self.waiting.pop(task.spec.parent_task, None) if task.spec.parent_task \
-            else None
-        if worker is None and any_worker and self.waiting:
-            worker = self.waiting.pop(next(iter(self.waiting)))
+        its stack): the one whose task is its parent (it cannot go on without it anyway,
+        and the stack stays as deep as the recursion), or with `at_cap` (the node is at
+        its worker cap) one whose task is a further ancestor of it. Never an unrelated
+        one (the module's docstring says why)."""
+        parent = task.spec.parent_task
+        if not parent or not self.waiting:
+            return None
+        worker = self.waiting.pop(parent, None)
+        if worker is None and at_cap:
+            worker = self._waiting_ancestor(parent)
         if worker is None:
             return None
         worker.waiting = False
@@ -206,6 +217,30 @@ class NestedRelay:
         worker.stack.append(worker.task)
         worker.task = None
         return worker
+
+    def _waiting_ancestor(self, parent: int) -> WorkerHandle | None:
+        """The waiting worker (taken out of ``waiting``) whose task is an ancestor of
+        task `parent`, up its line through the tasks on this node's workers; None if the
+        line leaves the node first. (Built here, at the cap only, not kept up to date on
+        every task's start.)"""
+        parents = {t.spec.task_id: t.spec.parent_task for w in self.daemon.workers
+                   for t in (w.task, *w.stack) if t is not None}
+        seen = {parent}
+        node = parents.get(parent, 0)
+        while node and node not in seen:
+            worker = self.waiting.pop(node, None)
+            if worker is not None:
+                return worker
+            seen.add(node)
+            node = parents.get(node, 0)
+        return None
+
+    def all_blocked(self) -> bool:
+        """Every worker of the node runs a task that waits: none will free up, so one
+        more may start past the cap (else what they wait for may never run)."""
+        blocked = self.blocked
+        return all(w.task is not None and w.task.spec.task_id in blocked
+                   for w in self.daemon.workers)
 
     def finished(self, worker: WorkerHandle, task_id: int) -> Any:
         """`worker` with a stack sent Done for `task_id`: that task (its CPUs back on the

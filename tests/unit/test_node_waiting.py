@@ -1,0 +1,96 @@
+"""Which waiting worker runs a queued task inside its wait (cluster.node.nested): only one
+whose waiting task is the task's parent, or at the worker cap a further ancestor; never an
+unrelated one (that could hang: two stacks each waiting on a task buried in the other)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from cluster.common.protocol import pb
+from cluster.node.nested import NestedRelay
+
+
+def _task(task_id: int, parent: int = 0) -> Any:
+    return SimpleNamespace(spec=pb.TaskSpec(task_id=task_id, parent_task=parent),
+                           request={"cpus": 1.0})
+
+
+def _worker(task: Any, *stack: Any) -> Any:
+    return SimpleNamespace(task=task, stack=list(stack), waiting=False, closing=False)
+
+
+def _relay(*workers: Any) -> NestedRelay:
+    relay = NestedRelay(SimpleNamespace(workers=list(workers), free={"cpus": 0.0}))
+    return relay
+
+
+def _waits(relay: NestedRelay, worker: Any) -> None:
+    """`worker`'s task blocks in a wait that may run one more task meanwhile."""
+    relay.blocked[worker.task.spec.task_id] = 1.0
+    worker.waiting = True
+    relay.waiting[worker.task.spec.task_id] = worker
+
+
+def test_a_child_goes_onto_its_waiting_parents_stack():
+    parent = _task(1)
+    a = _worker(parent)
+    relay = _relay(a)
+    _waits(relay, a)
+    child = _task(2, parent=1)
+    assert relay.take_waiting(child, at_cap=False) is a
+    assert a.stack == [parent] and a.task is None and not a.waiting
+    assert 1 not in relay.waiting
+
+
+def test_an_unrelated_task_never_goes_onto_a_waiting_stack_even_at_the_cap():
+    a = _worker(_task(1))
+    relay = _relay(a)
+    _waits(relay, a)
+    for other in (_task(7), _task(8, parent=5)):  # from a driver; a child of a task elsewhere
+        assert relay.take_waiting(other, at_cap=True) is None
+    assert relay.waiting == {1: a}
+
+
+def test_a_sibling_subtree_never_goes_above_a_waiting_cousin():
+    # Worker a: root 1 waits, under its child 2 (inlined), which waits. A queued child of
+    # the root's other child 3 (running on b) is not a descendant of 2: it may not go on a.
+    root, left, right = _task(1), _task(2, parent=1), _task(3, parent=1)
+    a = _worker(left, root)
+    b = _worker(right)
+    relay = _relay(a, b)
+    _waits(relay, a)
+    assert relay.take_waiting(_task(4, parent=3), at_cap=True) is None
+    assert relay.waiting == {2: a}
+
+
+def test_at_the_cap_a_grandchild_goes_onto_its_waiting_grandparent():
+    grandparent, parent = _task(1), _task(2, parent=1)
+    a = _worker(grandparent)
+    b = _worker(parent)  # running (it has not waited yet)
+    relay = _relay(a, b)
+    _waits(relay, a)
+    grandchild = _task(3, parent=2)
+    assert relay.take_waiting(grandchild, at_cap=False) is None, "below the cap: a new worker"
+    assert relay.take_waiting(grandchild, at_cap=True) is a
+    assert a.stack == [grandparent]
+
+
+def test_a_parent_line_with_a_loop_ends():
+    a = _worker(_task(1, parent=2))
+    b = _worker(_task(2, parent=1))
+    relay = _relay(a, b)
+    assert relay.take_waiting(_task(3, parent=1), at_cap=True) is None  # (nothing waits)
+    _waits(relay, b)
+    assert relay.take_waiting(_task(3, parent=1), at_cap=True) is b
+
+
+def test_one_more_worker_only_when_every_worker_waits():
+    a, b = _worker(_task(1)), _worker(_task(2))
+    relay = _relay(a, b)
+    _waits(relay, a)
+    assert not relay.all_blocked(), "b runs: it will free up"
+    _waits(relay, b)
+    assert relay.all_blocked()
+    b.task = None
+    assert not relay.all_blocked(), "b is free"
