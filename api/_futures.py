@@ -231,6 +231,9 @@ class AppFuture(concurrent.futures.Future):
     _from_store = False  # (set once a stored value has been loaded)
     #: The app's retry_handler state (api._retry.RetryState), if it has one.
     retry: Any = None
+    # (A class default, so __del__ of a future whose __init__ never ran to this point
+    # releases nothing instead of printing an AttributeError: seen at a driver's exit.)
+    _client: Any = None
 
     def __init__(self, task_id: int, name: str, client: Any,
                  stdout: str | None = None, stderr: str | None = None) -> None:
