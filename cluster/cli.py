@@ -214,10 +214,11 @@ def cmd_status(ns: argparse.Namespace) -> int:
           f"{_fmt_res(reply.used)} of {_fmt_res(reply.total)}")
     shown = reply.nodes if full else reply.nodes[:STATUS_NODE_ROWS]
     print(f"{'node':<14} {'address':<16} {'state':<6} {'running':>7} {'done':>7} "
-          f"{'workers':>7}  free / total")
+          f"{'prefetched':>10} {'workers':>7}  free / total")
     for node in shown:
         print(f"{node.name:<14} {node.address:<16} {node.state:<6} {node.running:>7} "
-              f"{node.done:>7} {node.workers:>7}  {_free(node)} / {_fmt_res(node.total)}")
+              f"{node.done:>7} {node.prefetched:>10} {node.workers:>7}  {_free(node)} / "
+              f"{_fmt_res(node.total)}")
     if any(n.store_address for n in reply.nodes):
         print(f"{'object store':<14} {'objects':>8} {'in memory':>12} {'spilled':>10} "
               f"{'limit':>10}")

@@ -268,7 +268,7 @@ class LogLine(_message.Message):
     def __init__(self, task_id: _Optional[int] = ..., name: _Optional[str] = ..., node: _Optional[str] = ..., text: _Optional[str] = ..., stderr: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "address", "total", "used", "state", "running", "queued", "workers", "done", "pid", "block_id", "draining", "store_address", "store_dir", "store")
+    __slots__ = ("node_id", "name", "address", "total", "used", "state", "running", "queued", "workers", "done", "pid", "block_id", "draining", "store_address", "store_dir", "store", "prefetched")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +285,7 @@ class NodeInfo(_message.Message):
     STORE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     STORE_DIR_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
+    PREFETCHED_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     name: str
     address: str
@@ -301,7 +302,8 @@ class NodeInfo(_message.Message):
     store_address: str
     store_dir: str
     store: StoreStats
-    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., state: _Optional[str] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., done: _Optional[int] = ..., pid: _Optional[int] = ..., block_id: _Optional[str] = ..., draining: _Optional[bool] = ..., store_address: _Optional[str] = ..., store_dir: _Optional[str] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ...) -> None: ...
+    prefetched: int
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., address: _Optional[str] = ..., total: _Optional[_Union[Resources, _Mapping]] = ..., used: _Optional[_Union[Resources, _Mapping]] = ..., state: _Optional[str] = ..., running: _Optional[int] = ..., queued: _Optional[int] = ..., workers: _Optional[int] = ..., done: _Optional[int] = ..., pid: _Optional[int] = ..., block_id: _Optional[str] = ..., draining: _Optional[bool] = ..., store_address: _Optional[str] = ..., store_dir: _Optional[str] = ..., store: _Optional[_Union[StoreStats, _Mapping]] = ..., prefetched: _Optional[int] = ...) -> None: ...
 
 class StoreStats(_message.Message):
     __slots__ = ("objects", "bytes", "spilled", "capacity")

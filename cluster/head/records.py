@@ -216,7 +216,7 @@ class Node:
                            running=len(self.running), queued=beat.queued,
                            workers=beat.workers, done=self.done, block_id=self.block_id,
                            draining=self.draining, store_address=self.store_address,
-                           store_dir=self.store_dir)
+                           store_dir=self.store_dir, prefetched=beat.prefetched)
         info.store.CopyFrom(beat.store)
         fill(info.total, self.view.total)
         fill(info.used, {k: v for k, v in self.view.used.items() if v > 1e-9})

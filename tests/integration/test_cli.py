@@ -237,4 +237,9 @@ def test_status_counts_the_tasks_started_prefetched(clusterctl, tmp_path):
         os.path.join(ROOT, "tests"))
     tasks = next(x for x in out.splitlines() if x.startswith("tasks:"))
     assert " prefetched)" in tasks, out
-    assert int(tasks.split(" prefetched)")[0].rsplit("(", 1)[1]) > 0
+    total = int(tasks.split(" prefetched)")[0].rsplit("(", 1)[1])
+    assert total > 0
+    lines = out.splitlines()
+    header = next(i for i, x in enumerate(lines) if x.startswith("node "))
+    column = lines[header].split().index("prefetched")
+    assert int(lines[header + 1].split()[column]) == total, out  # its one node's count
