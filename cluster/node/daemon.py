@@ -432,7 +432,7 @@ class Daemon(ActorHosting, Presending, Prefetching):
                     queue.popleft()
                     self._start(waiting, task)
                     continue
-                if self._starting == 0 and (not at_cap or self.nested.all_blocked()):
+                if self._starting == 0 and (not at_cap or self.nested.may_grow_past_cap()):
                     self._spawn()
                 return
             worker = idle.popleft()

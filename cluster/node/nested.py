@@ -13,15 +13,15 @@
   and at least the initial workers; extra ones exit after :data:`EXTRA_IDLE_SECONDS`
   idle); else, at the cap, a waiting worker whose task is a further ancestor of the
   queued one (a grandparent, ...); else the task waits for a worker to free up, unless
-  every worker's task waits, when one more worker starts past the cap (none would free
-  up). A worker's stack is therefore always a line of ancestors, never deeper than the
-  recursion: a waiting task resumes only once everything above it on its stack has
-  ended, so an unrelated task placed there could in turn wait for one buried under
-  another worker's stack, which waits for this one (seen: any waiting worker took any
-  task past the cap, and fib(16) on 2 CPUs hung with stacks 120-139 deep, or a worker
-  died). A deep recursion still cannot fork-bomb the node: its children go onto their
-  parents' stacks. Tasks submitted inside tasks go newest first (depth first), here and
-  in the head's queues.
+  every worker's task has waited :data:`STALL_SECONDS`, when one more worker starts past
+  the cap (none would free up). A worker's stack is therefore always a line of
+  ancestors, never deeper than the recursion: a waiting task resumes only once
+  everything above it on its stack has ended, so an unrelated task placed there could in
+  turn wait for one buried under another worker's stack, which waits for this one (seen:
+  any waiting worker took any task past the cap, and fib(16) on 2 CPUs hung with stacks
+  120-139 deep, or a worker died). A deep recursion still cannot fork-bomb the node: its
+  children go onto their parents' stacks. Tasks submitted inside tasks go newest first
+  (depth first), here and in the head's queues.
 
 A worker's ``task`` is the task it runs now; ``stack`` holds the tasks under it, blocked in
 a wait (an empty list for every ordinary worker: the hot path only checks it is empty).
@@ -48,6 +48,10 @@ NESTED_TYPES = (NestedOut, NestedEnd, Pull, Blocked, Unblocked)
 #: Seconds an extra worker (beyond the node's initial ones, started while tasks waited)
 #: may stay idle before it exits.
 EXTRA_IDLE_SECONDS = 10.0
+#: Seconds every worker's task must have waited, with a queued task none of them may take,
+#: before one more worker starts past the cap. (At once, a moment when every task waits
+#: for a child the head has not sent yet would grow the node past its cap.)
+STALL_SECONDS = 0.5
 
 
 class NestedRelay:
@@ -67,6 +71,8 @@ class NestedRelay:
         #: (the head applies blocked before unblocked, so order must not matter).
         self.cpu_out: dict[int, bool] = {}
         self._idle_since: dict[WorkerHandle, object] = {}
+        self._stall_timer: asyncio.TimerHandle | None = None  # (see may_grow_past_cap)
+        self._stalled = False
         #: Waiting tasks whose walltime passed (their worker was killed for it).
         self.expired: set[int] = set()
 
@@ -235,12 +241,30 @@ class NestedRelay:
             node = parents.get(node, 0)
         return None
 
-    def all_blocked(self) -> bool:
-        """Every worker of the node runs a task that waits: none will free up, so one
-        more may start past the cap (else what they wait for may never run)."""
+    def may_grow_past_cap(self) -> bool:
+        """Whether one more worker may start past the cap: every worker's task has waited
+        for :data:`STALL_SECONDS` (none will free up, and what they wait for may be the
+        queued task). The first call of such a spell starts its timer, which pumps again
+        when it runs out; a worker's task going on ends the spell."""
         blocked = self.blocked
-        return all(w.task is not None and w.task.spec.task_id in blocked
-                   for w in self.daemon.workers)
+        if not all(w.task is not None and w.task.spec.task_id in blocked
+                   for w in self.daemon.workers):
+            if self._stall_timer is not None:
+                self._stall_timer.cancel()
+                self._stall_timer = None
+            self._stalled = False
+            return False
+        if self._stalled:  # (the next spell waits again)
+            self._stalled, self._stall_timer = False, None
+            return True
+        if self._stall_timer is None:
+            loop = self.daemon.loop or asyncio.get_event_loop()
+            self._stall_timer = loop.call_later(STALL_SECONDS, self._stall_passed)
+        return False
+
+    def _stall_passed(self) -> None:
+        self._stalled = True
+        self.daemon.pump()
 
     def finished(self, worker: WorkerHandle, task_id: int) -> Any:
         """`worker` with a stack sent Done for `task_id`: that task (its CPUs back on the

@@ -21,7 +21,7 @@ def _worker(task: Any, *stack: Any) -> Any:
 
 
 def _relay(*workers: Any) -> NestedRelay:
-    relay = NestedRelay(SimpleNamespace(workers=list(workers), free={"cpus": 0.0}))
+    relay = NestedRelay(SimpleNamespace(workers=list(workers), free={"cpus": 0.0}, loop=None))
     return relay
 
 
@@ -85,12 +85,51 @@ def test_a_parent_line_with_a_loop_ends():
     assert relay.take_waiting(_task(3, parent=1), at_cap=True) is b
 
 
-def test_one_more_worker_only_when_every_worker_waits():
+class _Loop:
+    """A loop stand-in whose timers the test fires by hand."""
+
+    def __init__(self) -> None:
+        self.timers: list[Any] = []
+
+    def call_later(self, delay: float, fn: Any) -> Any:
+        timer = SimpleNamespace(delay=delay, fn=fn, cancelled=False)
+        timer.cancel = lambda: setattr(timer, "cancelled", True)
+        self.timers.append(timer)
+        return timer
+
+
+def test_one_more_worker_only_when_every_worker_has_waited_a_while():
+    import cluster.node.nested as nested
+
     a, b = _worker(_task(1)), _worker(_task(2))
     relay = _relay(a, b)
+    loop = relay.daemon.loop = _Loop()
+    pumps: list[None] = []
+    relay.daemon.pump = lambda: pumps.append(None)
     _waits(relay, a)
-    assert not relay.all_blocked(), "b runs: it will free up"
+    assert not relay.may_grow_past_cap(), "b runs: it will free up"
+    assert loop.timers == []
     _waits(relay, b)
-    assert relay.all_blocked()
-    b.task = None
-    assert not relay.all_blocked(), "b is free"
+    assert not relay.may_grow_past_cap(), "every task waits, but only just"
+    assert not relay.may_grow_past_cap()
+    assert [t.delay for t in loop.timers] == [nested.STALL_SECONDS], "one timer a spell"
+    loop.timers[0].fn()
+    assert pumps == [None], "the timer pumps again"
+    assert relay.may_grow_past_cap()
+    assert not relay.may_grow_past_cap(), "the next spell waits again"
+    assert len(loop.timers) == 2
+
+
+def test_a_task_going_on_ends_the_spell():
+    a = _worker(_task(1))
+    relay = _relay(a)
+    loop = relay.daemon.loop = _Loop()
+    relay.daemon.pump = lambda: None
+    _waits(relay, a)
+    assert not relay.may_grow_past_cap()
+    del relay.blocked[1]  # its child ended: it goes on
+    assert not relay.may_grow_past_cap()
+    assert loop.timers[0].cancelled
+    relay.blocked[1] = 1.0
+    assert not relay.may_grow_past_cap(), "a new spell: its own timer"
+    assert len(loop.timers) == 2 and not loop.timers[1].cancelled
