@@ -11,16 +11,17 @@
   as the recursion, and the parent could not go on without it anyway); else a new worker
   while the node has fewer than ``Daemon.max_workers`` (the per-node cap: ``4 x CPUs``
   and at least the initial workers; extra ones exit after :data:`EXTRA_IDLE_SECONDS`
-  idle); else, at the cap, a waiting worker whose task is a further ancestor of the
-  queued one (a grandparent, ...); else the task waits for a worker to free up, unless
-  every worker's task has waited :data:`STALL_SECONDS`, when one more worker starts past
-  the cap (none would free up). A worker's stack is therefore always a line of
-  ancestors, never deeper than the recursion: a waiting task resumes only once
-  everything above it on its stack has ended, so an unrelated task placed there could in
-  turn wait for one buried under another worker's stack, which waits for this one (seen:
-  any waiting worker took any task past the cap, and fib(16) on 2 CPUs hung with stacks
-  120-139 deep, or a worker died). A deep recursion still cannot fork-bomb the node: its
-  children go onto their parents' stacks. Tasks submitted inside tasks go newest first
+  idle); else, at the cap, any waiting worker; else the task waits for a worker to free
+  up, unless every worker's task has waited :data:`STALL_SECONDS`, when one more worker
+  starts past the cap (none would free up). This cannot deadlock while tasks wait only
+  for tasks they submitted (or those did): a waiting task resumes once what it waits for
+  and everything stacked above it have ended, and both started after it did, so no wait
+  ever leads back to an older task. Stacks do grow deep (fib(16) on 2 CPUs: 120-139
+  tasks on each of 8 workers), so a worker raises its recursion limit with each task it
+  runs inside a wait (``cluster.worker.nested.FRAMES_PER_INLINE``: at the default limit
+  that depth failed the tree, or the run hung) and offers no wait past
+  ``MAX_INLINE_DEPTH``. A deep recursion cannot fork-bomb the node: its children go onto
+  their parents' stacks. Tasks submitted inside tasks go newest first
   (depth first), here and in the head's queues.
 
 A worker's ``task`` is the task it runs now; ``stack`` holds the tasks under it, blocked in
@@ -207,14 +208,15 @@ class NestedRelay:
         """A waiting worker to run `task` on, inside the wait (the waiting task goes on
         its stack): the one whose task is its parent (it cannot go on without it anyway,
         and the stack stays as deep as the recursion), or with `at_cap` (the node is at
-        its worker cap) one whose task is a further ancestor of it. Never an unrelated
-        one (the module's docstring says why)."""
-        parent = task.spec.parent_task
-        if not parent or not self.waiting:
+        its worker cap) any waiting worker (the module's docstring says why that cannot
+        deadlock)."""
+        waiting = self.waiting
+        if not waiting:
             return None
-        worker = self.waiting.pop(parent, None)
+        parent = task.spec.parent_task
+        worker = waiting.pop(parent, None) if parent else None
         if worker is None and at_cap:
-            worker = self._waiting_ancestor(parent)
+            worker = waiting.pop(next(iter(waiting)))
         if worker is None:
             return None
         worker.waiting = False
@@ -223,23 +225,6 @@ class NestedRelay:
         worker.stack.append(worker.task)
         worker.task = None
         return worker
-
-    def _waiting_ancestor(self, parent: int) -> WorkerHandle | None:
-        """The waiting worker (taken out of ``waiting``) whose task is an ancestor of
-        task `parent`, up its line through the tasks on this node's workers; None if the
-        line leaves the node first. (Built here, at the cap only, not kept up to date on
-        every task's start.)"""
-        parents = {t.spec.task_id: t.spec.parent_task for w in self.daemon.workers
-                   for t in (w.task, *w.stack) if t is not None}
-        seen = {parent}
-        node = parents.get(parent, 0)
-        while node and node not in seen:
-            worker = self.waiting.pop(node, None)
-            if worker is not None:
-                return worker
-            seen.add(node)
-            node = parents.get(node, 0)
-        return None
 
     def may_grow_past_cap(self) -> bool:
         """Whether one more worker may start past the cap: every worker's task has waited

@@ -55,6 +55,17 @@ WAKE = object()
 #: printed (it reaches the driver): a cycle of actors calling each other synchronously
 #: never finishes, since each waits for the other to be free.
 CYCLE_WARNING_SECONDS = 10.0
+#: Python frames a task run inside a wait adds under the task on top: the recursion limit
+#: is raised by this much for each, so every task, however deep in a worker's stack, has
+#: the frames of its own that one in a fresh worker has. (Measured ~7 a level: a chain of
+#: tasks each waiting for its child hit the limit of 1000 at 139 levels, failing there
+#: and everything above it; fib(16) on 2 CPUs stacked 120-139 deep on its 8 workers and
+#: failed or hung in 1 of 2-4 runs.)
+FRAMES_PER_INLINE = 16
+#: Tasks run inside waits on one worker at most, one inside another: past it a wait takes
+#: none (the daemon runs the child on another worker). A bound on the worker's C stack
+#: too: 10,000 levels ran fine with the limit raised to match.
+MAX_INLINE_DEPTH = 1000
 
 
 class NestedLink:
@@ -74,6 +85,7 @@ class NestedLink:
         self.release_held: Callable[[], None] = lambda: None
         #: Tasks running here that submitted tasks (their end is reported to the head).
         self.parents: set[int] = set()
+        self.depth = 0  # tasks run inside waits, one in another, now (MAX_INLINE_DEPTH)
         worker.inbox = self.inbox
         self._wake_w = -1
         if worker.server is not None:
@@ -162,8 +174,9 @@ class NestedLink:
         worker = self.worker
         task_id = worker.task_id
         holder = worker.cpus_holder() or task_id
-        # Queued tasks may run inside the wait, on this worker: not on an actor's.
-        inline = holder == task_id
+        # Queued tasks may run inside the wait, on this worker: not on an actor's, nor
+        # past MAX_INLINE_DEPTH.
+        inline = holder == task_id and self.depth < MAX_INLINE_DEPTH
         pending = [f for f in futures if not f.done()]
         missing = needed - (len(futures) - len(pending))
         if missing <= 0 or not task_id or (timeout is not None and timeout <= 0):
@@ -199,7 +212,7 @@ class NestedLink:
                 if type(item) is Run:
                     self._inline(item)
                     if len(finished) < missing:
-                        worker.send(Blocked(holder))  # ready for one more meanwhile
+                        worker.send(Blocked(holder, inline))  # ready for one more
                 elif type(item) is Fn:
                     worker.functions[item.fn_id] = item.blob
                 elif item is None:  # the daemon is gone: nothing will answer
@@ -231,8 +244,15 @@ class NestedLink:
         worker.close_log()
         cwd = os.getcwd()
         holding, self.holding = self.holding, False
-        outcome = worker.execute(m.task_id, m.fn_id, m.kind, m.name, m.args, m.deps, m.gpus,
-                                 m.stdout, m.stderr, m.cwd, m.env, store=True)
+        self.depth += 1
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + FRAMES_PER_INLINE)
+        try:
+            outcome = worker.execute(m.task_id, m.fn_id, m.kind, m.name, m.args, m.deps,
+                                     m.gpus, m.stdout, m.stderr, m.cwd, m.env, store=True)
+        finally:
+            sys.setrecursionlimit(limit)
+            self.depth -= 1
         worker.task_id, worker.task_name = outer
         sys.stdout, sys.stderr = worker.out, worker.err
         if os.getcwd() != cwd:

@@ -79,6 +79,24 @@ def test_recursive_fib_16_finishes_on_two_cpus(cluster):
         assert fib(16).result(timeout=60) == 987
 
 
+def _recurse(n):
+    return 0 if n == 0 else _recurse(n - 1) + 1
+
+
+@api.python_app
+def down(n):
+    if n == 0:
+        return _recurse(800)  # (a fresh worker's limit of 1000 frames allows it)
+    return down(n - 1).result() + 1
+
+
+def test_a_chain_400_deep_of_tasks_each_waiting_for_its_child(cluster):
+    # They stack up in one worker, each run inside the wait of the one below: at Python's
+    # default recursion limit that failed at 139 (cluster.worker.nested.FRAMES_PER_INLINE).
+    # The one on top still has the frames of its own a task in a fresh worker has.
+    assert down(400).result(timeout=100) == 1200
+
+
 def test_fan_out_inside_a_task_with_get_wait_and_as_completed(cluster):
     @api.python_app
     def fan(n):
