@@ -349,7 +349,8 @@ class Worker:
                 tb = "".join(traceback.format_exception(type(exc), exc,
                                                         exc.__traceback__.tb_next
                                                         if exc.__traceback__ else None))
-                status, data, message = APP_ERROR, serialization.dumps_error(exc, tb), str(exc)
+                status, data, message = (APP_ERROR, serialization.dumps_error(exc, tb),
+                                         serialization.error_message(exc))
         finally:
             self.out.flush()
             self.err.flush()
@@ -535,7 +536,7 @@ class Worker:
         def failed(exc: BaseException) -> None:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             reply(APP_ERROR, serialization.dumps_error(exc, tb), time.perf_counter() - start,
-                  str(exc))
+                  serialization.error_message(exc))
 
         try:
             args, kwargs = serialization.loads(args_blob, _resolver(deps))

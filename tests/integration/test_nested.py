@@ -97,6 +97,28 @@ def test_a_chain_400_deep_of_tasks_each_waiting_for_its_child(cluster):
     assert down(400).result(timeout=100) == 1200
 
 
+@api.python_app
+def fail_down(n):
+    if n == 0:
+        raise ValueError("leaf boom")
+    return fail_down(n - 1).result() + 1
+
+
+def test_a_failure_deep_in_waiting_tasks_has_bounded_text_naming_the_leaf(cluster):
+    # Each level carried the one below's message and traceback twice: the text doubled a
+    # level (3.6 MB at 12; 25 levels would be ~2 GB). Now each level adds its frames, up
+    # to serialization.MAX_ERROR_TRACEBACK.
+    from cluster.common import serialization
+
+    with pytest.raises(api.TaskError) as info:
+        fail_down(25).result(timeout=60)
+    text = str(info.value)
+    bound = serialization.MAX_ERROR_MESSAGE + 2 * serialization.MAX_ERROR_TRACEBACK
+    assert len(text) < bound, len(text)
+    assert text.rstrip().endswith("ValueError: leaf boom"), text[-300:]
+    assert "characters left out" in text
+
+
 def test_fan_out_inside_a_task_with_get_wait_and_as_completed(cluster):
     @api.python_app
     def fan(n):
