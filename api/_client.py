@@ -96,6 +96,9 @@ class Client(HeldSubmissions):
         #: Held submissions that never reached the head (failed in the driver, or
         #: cancelled): task id -> (name, error), for the submissions held behind them.
         self._held_failed: dict[int, tuple[str, BaseException]] = {}
+        self._release_lock = threading.RLock()  # (api._held: releases after held submits)
+        self._pinned: dict[int, int] = {}
+        self._late_releases: set[int] = set()
         # Workflow control (api._cancel): cancel requests, retry_handler answers, and the
         # tasks whose CANCELLED result ends them as cancelled futures.
         self._cancels: list[pb.CancelRequest] = []
@@ -425,6 +428,8 @@ class Client(HeldSubmissions):
     def release(self, object_id: int) -> None:
         """Drop the driver's reference (sent with the next batch, or when idle)."""
         if not self.closed:
+            if self._pinned and self.defer_release(object_id):
+                return  # (a held submission depends on it: released after it is sent)
             self._releases.append(object_id)
             self.put_locations.pop(object_id, None)
 

@@ -41,7 +41,13 @@ class HeldSubmissions:
     _transport: Any
     objects: Any
 
+    _release_lock: threading.RLock
+    _pinned: dict[int, int]  # dependency id -> held submissions depending on it
+    _late_releases: set[int]  # releases held back until those are sent
+
     def put(self, value: pb.Value) -> None: ...
+
+    def release(self, object_id: int) -> None: ...
 
     def _fail_locally(self, future: AppFuture, err: BaseException) -> None: ...
 
@@ -64,10 +70,63 @@ class HeldSubmissions:
         submission of the same `key` (an actor id: a caller's calls keep their order);
         `fail(err)` instead when a direct call among `deps` failed. `also`: futures to
         wait for as well (submissions held in other queues)."""
+        self._pin_released(deps)
+
+        def sent() -> None:
+            try:
+                send()
+            finally:  # (after its spec is queued: a batch carries submits before releases)
+                self._unpin_released(deps)
+
+        def failed(err: BaseException) -> None:
+            try:
+                fail(err)
+            finally:
+                self._unpin_released(deps)
+
         with self._defer_lock:
             waiting = self._unknown_to_head(deps) + (also or [])
-            self._deferred.setdefault(key, deque()).append((waiting, send, fail))
+            self._deferred.setdefault(key, deque()).append((waiting, sent, failed))
             self._drain(key)
+
+    # ---- releases that wait for held submissions ----------------------------------------
+    # A held submission's other dependencies may finish, and their futures be dropped,
+    # before it goes: their releases must reach the head after it does, or the head has
+    # dropped the value it needs (OBJECT_LOST "released or never created": seen once in a
+    # clean-clone run, a dependency sent to the head finishing before one on the leased
+    # worker). Guarded by a reentrant lock of its own: release() runs in __del__, which
+    # garbage collection may call on any thread, inside these very methods too.
+
+    def defer_release(self, object_id: int) -> bool:
+        """Hold back the release of `object_id` if a held submission depends on it (it
+        is sent once the last such submission is); False: release it now."""
+        with self._release_lock:
+            if object_id not in self._pinned:
+                return False
+            self._late_releases.add(object_id)
+            return True
+
+    def _pin_released(self, deps: Iterable[int]) -> None:
+        with self._release_lock:
+            pinned = self._pinned
+            for dep in deps:
+                pinned[dep] = pinned.get(dep, 0) + 1
+
+    def _unpin_released(self, deps: Iterable[int]) -> None:
+        late = []
+        with self._release_lock:
+            pinned = self._pinned
+            for dep in deps:
+                count = pinned.get(dep, 0) - 1
+                if count > 0:
+                    pinned[dep] = count
+                    continue
+                pinned.pop(dep, None)
+                if dep in self._late_releases:
+                    self._late_releases.discard(dep)
+                    late.append(dep)
+        for dep in late:
+            self.release(dep)
 
     def _drain(self, key: Any) -> None:
         """Send the submissions of `key` whose dependencies have resolved, in order; wait

@@ -137,6 +137,26 @@ def test_large_result_stays_in_the_store_and_feeds_a_dependent(cluster):
     assert square(small).result(timeout=60) == 49 * 49
 
 
+@api.python_app
+def total_of(values):
+    return sum(values)
+
+
+def test_a_held_task_keeps_its_other_dependencies_until_it_is_sent(cluster):
+    # `slow` runs leased, so total_of waits in the driver until the head knows slow's
+    # value. square(4) goes through the head, ends, and its future is dropped meanwhile:
+    # its release must reach the head after total_of does (else the head has dropped the
+    # value total_of needs: OBJECT_LOST, seen once in a clean-clone run).
+    lease = _leased()
+    before = lease.sent
+    slow = sleep_for(1.0)
+    assert lease.sent - before == 1, "the slow task did not run leased"
+    fut = total_of([slow, square(4)])
+    assert fut.result(timeout=60) == 17.0
+    client = _session.client()  # the release held back went out once total_of was sent
+    assert not client._pinned and not client._late_releases
+
+
 def test_a_burst_s_first_task_runs_leased_the_rest_through_the_head(cluster, tmp_path):
     lease = _leased()
     before, actor = lease.sent, lease.actor_id
