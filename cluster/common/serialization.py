@@ -246,20 +246,27 @@ def error_message(exc: BaseException) -> str:
     return clip_text(text, MAX_ERROR_MESSAGE)
 
 
+def describe_error(exc: BaseException, traceback_text: str) -> tuple[bytes, str]:
+    """An app's exception as a task's failure carries it: (:func:`dumps_error`'s payload,
+    its :func:`error_message`), the message made once for both."""
+    message = error_message(exc)
+    kind = type(exc)
+    try:
+        inner: bytes | None = dumps(exc)
+    except Exception:
+        inner = None
+    meta = (inner, kind.__module__, kind.__qualname__, message,
+            clip_text(traceback_text, MAX_ERROR_TRACEBACK))
+    return pickle.dumps(meta, protocol=PROTOCOL), message
+
+
 def dumps_error(exc: BaseException, traceback_text: str) -> bytes:
     """Serialize an app's exception with its traceback text (both clipped); never fails.
 
     The exception object is pickled separately from its description, so a driver that
     cannot load the exception's class still gets the type name, message and traceback.
     """
-    kind = type(exc)
-    try:
-        inner: bytes | None = dumps(exc)
-    except Exception:
-        inner = None
-    meta = (inner, kind.__module__, kind.__qualname__, error_message(exc),
-            clip_text(traceback_text, MAX_ERROR_TRACEBACK))
-    return pickle.dumps(meta, protocol=PROTOCOL)
+    return describe_error(exc, traceback_text)[0]
 
 
 def loads_error(data: bytes) -> tuple[BaseException | None, str, str, str, str]:

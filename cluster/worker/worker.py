@@ -349,8 +349,8 @@ class Worker:
                 tb = "".join(traceback.format_exception(type(exc), exc,
                                                         exc.__traceback__.tb_next
                                                         if exc.__traceback__ else None))
-                status, data, message = (APP_ERROR, serialization.dumps_error(exc, tb),
-                                         serialization.error_message(exc))
+                status = APP_ERROR
+                data, message = serialization.describe_error(exc, tb)
         finally:
             self.out.flush()
             self.err.flush()
@@ -535,8 +535,8 @@ class Worker:
 
         def failed(exc: BaseException) -> None:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            reply(APP_ERROR, serialization.dumps_error(exc, tb), time.perf_counter() - start,
-                  serialization.error_message(exc))
+            data, message = serialization.describe_error(exc, tb)
+            reply(APP_ERROR, data, time.perf_counter() - start, message)
 
         try:
             args, kwargs = serialization.loads(args_blob, _resolver(deps))
