@@ -70,19 +70,19 @@ class HeldSubmissions:
         submission of the same `key` (an actor id: a caller's calls keep their order);
         `fail(err)` instead when a direct call among `deps` failed. `also`: futures to
         wait for as well (submissions held in other queues)."""
-        self._pin_released(deps)
+        self._hold_back_releases(deps)
 
         def sent() -> None:
             try:
                 send()
             finally:  # (after its spec is queued: a batch carries submits before releases)
-                self._unpin_released(deps)
+                self._release_held_back(deps)
 
         def failed(err: BaseException) -> None:
             try:
                 fail(err)
             finally:
-                self._unpin_released(deps)
+                self._release_held_back(deps)
 
         with self._defer_lock:
             waiting = self._unknown_to_head(deps) + (also or [])
@@ -106,13 +106,13 @@ class HeldSubmissions:
             self._late_releases.add(object_id)
             return True
 
-    def _pin_released(self, deps: Iterable[int]) -> None:
+    def _hold_back_releases(self, deps: Iterable[int]) -> None:
         with self._release_lock:
             pinned = self._pinned
             for dep in deps:
                 pinned[dep] = pinned.get(dep, 0) + 1
 
-    def _unpin_released(self, deps: Iterable[int]) -> None:
+    def _release_held_back(self, deps: Iterable[int]) -> None:
         late = []
         with self._release_lock:
             pinned = self._pinned

@@ -21,8 +21,8 @@
   runs inside a wait (``cluster.worker.nested.FRAMES_PER_INLINE``: at the default limit
   that depth failed the tree, or the run hung) and offers no wait past
   ``MAX_INLINE_DEPTH``. A deep recursion cannot fork-bomb the node: its children go onto
-  their parents' stacks. Tasks submitted inside tasks go newest first
-  (depth first), here and in the head's queues.
+  their parents' stacks. Tasks submitted inside tasks go newest first (depth first), here
+  and in the head's queues.
 
 A worker's ``task`` is the task it runs now; ``stack`` holds the tasks under it, blocked in
 a wait (an empty list for every ordinary worker: the hot path only checks it is empty).

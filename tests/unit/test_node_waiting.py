@@ -21,8 +21,7 @@ def _worker(task: Any, *stack: Any) -> Any:
 
 
 def _relay(*workers: Any) -> NestedRelay:
-    relay = NestedRelay(SimpleNamespace(workers=list(workers), free={"cpus": 0.0}, loop=None))
-    return relay
+    return NestedRelay(SimpleNamespace(workers=list(workers), free={"cpus": 0.0}, loop=None))
 
 
 def _waits(relay: NestedRelay, worker: Any) -> None:
